@@ -1,0 +1,271 @@
+"""Wiring: builds the CA service from a ServeConfig, starts and stops it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from apscheduler.schedulers.background import BackgroundScheduler
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from ca import kube, state_dir
+from ca.auth.base import Authenticator, AuthenticatorChain
+from ca.auth.client_cert import ClientCertificateAuthenticator
+from ca.auth.jwks import (
+    KeySource,
+    RefreshingKeySet,
+    StaticKeySet,
+    http_json_fetcher,
+    oidc_jwks_fetcher,
+)
+from ca.auth.jwt_token import JwtAuthenticator, PodChecker, TokenRules
+from ca.auth.token_cache import TokenCache
+from ca.auth.tokenreview import TokenReviewAuthenticator
+from ca.authority import SigningAuthority
+from ca.cacerts import load_cacerts_dir
+from ca.clock import Clock, SystemClock
+from ca.config import KUBERNETES_ISSUER, ServeConfig
+from ca.devtoken import DevTokenIssuer
+from ca.errors import ConfigError
+from ca.grpc_api import SERVICE_NAME, CertificateService
+from ca.issuer import IssuancePolicy, Issuer
+from ca.metrics import CaMetrics
+from ca.selfsigned import RootFactory
+from ca.serving import ServingIdentity
+from ca.spiffe_id import SpiffeId
+
+log = logging.getLogger("meshca")
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
+    """The CA material for this configuration and what happened to it (loaded/created)."""
+    if cfg.cacerts is not None:
+        return load_cacerts_dir(cfg.cacerts), "loaded"
+    factory = RootFactory(trust_domain=cfg.trust_domain, key_algorithm=cfg.ca_key_type, clock=clock)
+    use_secret = cfg.ca_store == "secret" or (cfg.ca_store == "auto" and api is not None)
+    if use_secret:
+        if api is None:
+            raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
+        authority, created = kube.load_or_create_root_secret(
+            api, namespace=cfg.ca_namespace, name=cfg.ca_secret, factory=factory
+        )
+    else:
+        authority, created = state_dir.load_or_create_root(cfg.state_dir, factory)
+    return authority, "created" if created else "loaded"
+
+
+def _key_source(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[KeySource, tuple[str, ...]]:
+    if cfg.jwks is not None:
+        issuer = cfg.token_issuer or KUBERNETES_ISSUER
+        if cfg.jwks.startswith(("http://", "https://")):
+            return RefreshingKeySet(http_json_fetcher(cfg.jwks), cfg.jwks), (issuer,)
+        return StaticKeySet.from_file(Path(cfg.jwks)), (issuer,)
+    if api is not None:
+        issuer = cfg.token_issuer or kube.service_account_issuer(api)
+        return RefreshingKeySet(kube.jwks_fetcher(api), "the API server's /openid/v1/jwks"), (issuer,)
+    if cfg.token_issuer is not None:
+        return RefreshingKeySet(
+            oidc_jwks_fetcher(cfg.token_issuer), f"OIDC discovery of {cfg.token_issuer}"
+        ), (cfg.token_issuer,)
+    dev = DevTokenIssuer.load_or_create(cfg.state_dir, clock)
+    log.warning(
+        "no token issuer configured: trusting the development token signer in %s "
+        "(mint tokens with 'meshca token'); configure --jwks or --kubeconfig for a real cluster",
+        cfg.state_dir,
+    )
+    return dev.key_set(), (dev.issuer,)
+
+
+def build_authenticators(
+    cfg: ServeConfig, clock: Clock, api: Any | None, pods: PodChecker | None
+) -> AuthenticatorChain:
+    cache = TokenCache(cfg.token_cache_size)
+    token_auth: Authenticator
+    if cfg.auth == "tokenreview":
+        if api is None:
+            raise ConfigError("--auth tokenreview needs cluster access; give --kubeconfig or run in a pod")
+        token_auth = TokenReviewAuthenticator(
+            review=kube.tokenreview_call(api),
+            audiences=cfg.audiences,
+            trust_domain=cfg.trust_domain,
+            clock=clock,
+            cache=cache,
+        )
+    else:
+        keys, issuers = _key_source(cfg, clock, api)
+        token_auth = JwtAuthenticator(
+            keys=keys,
+            rules=TokenRules(issuers=issuers, audiences=cfg.audiences, trust_domain=cfg.trust_domain),
+            clock=clock,
+            pods=pods,
+            cache=cache,
+        )
+    return AuthenticatorChain(
+        [ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock), token_auth]
+    )
+
+
+@dataclass
+class CaServer:
+    """A built CA service; `start()` binds its ports."""
+
+    cfg: ServeConfig
+    clock: Clock
+    authority: SigningAuthority
+    issuer: Issuer
+    metrics: CaMetrics
+    serving: ServingIdentity
+    service: CertificateService
+    pod_cache: kube.PodCache | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    _server: grpc.Server | None = None
+    _scheduler: BackgroundScheduler | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=self.cfg.grpc_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 1),
+            ],
+            maximum_concurrent_rpcs=self.cfg.grpc_workers * 64,
+        )
+        server.add_generic_rpc_handlers((self.service.handler(),))
+        health_servicer = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
+        if self.cfg.renew_listen is not None:
+            self.ports["renew"] = self._bind(server, self.cfg.renew_listen, require_client_cert=True)
+        if self.cfg.metrics_listen is not None:
+            host, _, port = self.cfg.metrics_listen.rpartition(":")
+            metrics_server, _ = start_http_server(int(port), host, registry=self.metrics.registry)
+            self.ports["metrics"] = metrics_server.server_port
+        server.start()
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        self._scheduler = self._schedule()
+        log.info(
+            "meshca CA serving",
+            extra={
+                "trust_domain": self.cfg.trust_domain,
+                "ports": self.ports,
+                "ca_source": self.authority.source,
+                "ca_key_id": self.authority.key_id,
+            },
+        )
+
+    def _bind(self, server: grpc.Server, address: str, *, require_client_cert: bool) -> int:
+        credentials = self.serving.server_credentials(require_client_cert=require_client_cert)
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as err:
+            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
+        if port == 0:
+            raise ConfigError(f"cannot listen on {address}; is the port in use or the address wrong?")
+        return port
+
+    def _schedule(self) -> BackgroundScheduler:
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(self._update_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
+        self._schedule_serving_rotation(scheduler)
+        scheduler.start()
+        return scheduler
+
+    def _schedule_serving_rotation(self, scheduler: BackgroundScheduler) -> None:
+        scheduler.add_job(
+            self._rotate_serving,
+            "date",
+            run_date=self.serving.current.renew_at(),
+            id="rotate-serving-cert",
+            replace_existing=True,
+        )
+
+    def _rotate_serving(self) -> None:
+        current = self.serving.rotate()
+        log.info(
+            "rotated the CA server's TLS certificate",
+            extra={"not_after": current.not_after.isoformat()},
+        )
+        if self._scheduler is not None:
+            self._schedule_serving_rotation(self._scheduler)
+
+    def _update_expiry_gauges(self) -> None:
+        now = self.clock.now()
+        root, chain = self.authority.root_expiry(), self.authority.expiry()
+        self.metrics.root_expiry.set(root.timestamp())
+        self.metrics.root_expiry_seconds.set((root - now).total_seconds())
+        self.metrics.chain_expiry.set(chain.timestamp())
+        self.metrics.chain_expiry_seconds.set((chain - now).total_seconds())
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self.pod_cache is not None:
+            self.pod_cache.stop()
+        if self._server is not None:
+            self._server.stop(grace_s).wait()
+        self._stopped.set()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
+    clock = clock or SystemClock()
+    api = kube.api_client(cfg.kubeconfig, cfg.in_cluster) if cfg.has_cluster_access else None
+    authority, what = load_authority(cfg, clock, api)
+    log.info(
+        f"CA {what}",
+        extra={
+            "ca_event": what,
+            "ca_source": authority.source,
+            "ca_key_id": authority.key_id,
+            "ca_fingerprint": authority.fingerprint,
+            "ca_not_after": authority.expiry().isoformat(),
+        },
+    )
+    bundle = state_dir.write_trust_bundle(cfg.state_dir, authority)
+    log.info("wrote the trust bundle", extra={"path": str(bundle)})
+    pod_cache = None
+    if api is not None and cfg.pod_check and cfg.auth == "jwt":
+        pod_cache = kube.PodCache(api)
+        pod_cache.start()
+    policy = IssuancePolicy(
+        default_ttl=cfg.default_ttl,
+        max_ttl=cfg.max_ttl,
+        over_max=cfg.ttl_over_max,
+        strict_csr_names=cfg.strict_csr_names,
+    )
+    issuer = Issuer(authority=authority, policy=policy, clock=clock)
+    metrics = CaMetrics()
+    service = CertificateService(
+        issuer=issuer,
+        authenticators=build_authenticators(cfg, clock, api, pod_cache),
+        metrics=metrics,
+        cluster_id=cfg.cluster_id,
+    )
+    serving = ServingIdentity(
+        authority=authority,
+        hosts=cfg.dns_names,
+        spiffe_id=SpiffeId.for_workload(cfg.trust_domain, cfg.ca_namespace, "meshca"),
+        clock=clock,
+    )
+    return CaServer(
+        cfg=cfg,
+        clock=clock,
+        authority=authority,
+        issuer=issuer,
+        metrics=metrics,
+        serving=serving,
+        service=service,
+        pod_cache=pod_cache,
+    )

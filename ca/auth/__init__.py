@@ -1,0 +1,1 @@
+"""Authentication of certificate requests: who is asking, proven how."""

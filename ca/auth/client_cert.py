@@ -1,0 +1,69 @@
+"""Renewal by mutual TLS: a workload proves itself with a still-valid certificate of ours.
+
+The TLS layer has already checked that the chain leads to our trust bundle;
+here we check the certificate is a workload SVID of our trust domain and is
+still valid by our clock.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+
+from ca.auth.base import Caller, Credentials
+from ca.clock import Clock
+from ca.errors import AuthenticationError, InvalidSpiffeIdError
+from ca.spiffe_id import SpiffeId
+
+
+def _refused(problem: str) -> AuthenticationError:
+    return AuthenticationError(
+        f"the client certificate cannot be used for renewal: {problem}; "
+        "request a new certificate with the service-account token instead",
+        reason="client_cert_invalid",
+    )
+
+
+class ClientCertificateAuthenticator:
+    name = "client-certificate"
+
+    def __init__(self, *, trust_domain: str, clock: Clock) -> None:
+        self._trust_domain = trust_domain
+        self._clock = clock
+
+    def authenticate(self, credentials: Credentials) -> Caller | None:
+        pem = credentials.peer_certificate_pem
+        if not pem:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError as err:
+            raise _refused(f"it cannot be parsed ({err})") from err
+        now = self._clock.now()
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise _refused(f"it is valid only from {cert.not_valid_before_utc} to {cert.not_valid_after_utc}")
+        spiffe_id = self._workload_id(cert)
+        workload = spiffe_id.workload()
+        assert workload is not None
+        return Caller(
+            spiffe_id=spiffe_id,
+            namespace=workload[0],
+            service_account=workload[1],
+            method=self.name,
+            expires_at=cert.not_valid_after_utc,
+        )
+
+    def _workload_id(self, cert: x509.Certificate) -> SpiffeId:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            raise _refused("it has no subject alternative name") from None
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        if len(uris) != 1:
+            raise _refused(f"it has {len(uris)} URI SANs, an X.509-SVID has exactly one")
+        try:
+            spiffe_id = SpiffeId.parse(uris[0])
+        except InvalidSpiffeIdError as err:
+            raise _refused(str(err)) from err
+        if not spiffe_id.is_member_of(self._trust_domain) or spiffe_id.workload() is None:
+            raise _refused(f"{spiffe_id} is not a workload of trust domain {self._trust_domain}")
+        return spiffe_id

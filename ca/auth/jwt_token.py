@@ -1,0 +1,198 @@
+"""Local validation of Kubernetes service-account tokens (JWTs) against the issuer's keys.
+
+Time checks use the injected clock, not pyjwt's, so expiry is testable without
+sleeping; pyjwt checks the signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import jwt
+
+from ca.auth.base import Caller, Credentials
+from ca.auth.jwks import KeySource
+from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
+from ca.auth.token_cache import TokenCache, token_key
+from ca.clock import Clock
+from ca.errors import AuthenticationError
+from ca.spiffe_id import SpiffeId
+
+ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+_SIGNATURE_ONLY = {
+    "verify_signature": True,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+}
+
+
+class PodChecker(Protocol):
+    def check_bound_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Raise AuthenticationError unless the pod exists with this uid."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRules:
+    issuers: tuple[str, ...]
+    audiences: tuple[str, ...]
+    trust_domain: str
+    leeway: timedelta = timedelta(seconds=30)
+
+
+def _timestamp(claims: Mapping[str, Any], name: str) -> datetime | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise AuthenticationError(f"the token's {name!r} claim is not a number", reason="token_malformed")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def check_time_claims(claims: Mapping[str, Any], now: datetime, leeway: timedelta) -> datetime:
+    """Check exp and nbf against `now`; return the expiry."""
+    expires = _timestamp(claims, "exp")
+    if expires is None:
+        raise AuthenticationError(
+            "the token has no 'exp' claim; meshca accepts only expiring (projected) tokens",
+            reason="token_malformed",
+        )
+    if now >= expires + leeway:
+        raise AuthenticationError(
+            f"the token expired at {expires.isoformat()}; the kubelet refreshes projected tokens, "
+            "so check the token file is a projected volume and is re-read on each request",
+            reason="token_expired",
+        )
+    not_before = _timestamp(claims, "nbf")
+    if not_before is not None and now + leeway < not_before:
+        raise AuthenticationError(
+            f"the token is not valid before {not_before.isoformat()}; check the clocks of the "
+            "API server and the CA",
+            reason="token_not_yet_valid",
+        )
+    return expires
+
+
+def check_issuer(claims: Mapping[str, Any], issuers: Sequence[str]) -> None:
+    issuer = claims.get("iss")
+    if issuer not in issuers:
+        raise AuthenticationError(
+            f"the token was issued by {issuer!r}, not by {', '.join(map(repr, issuers))}; "
+            "set --token-issuer to the API server's service-account issuer",
+            reason="token_wrong_issuer",
+        )
+
+
+def check_audience(claims: Mapping[str, Any], audiences: Sequence[str]) -> None:
+    raw = claims.get("aud")
+    token_audiences = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    if not set(token_audiences) & set(audiences):
+        raise AuthenticationError(
+            f"the token's audiences {token_audiences} include none of {list(audiences)}; mount a "
+            f"projected token with audience {audiences[0]!r} or add its audience with --audience",
+            reason="token_wrong_audience",
+        )
+
+
+def caller_from(
+    identity: ServiceAccountIdentity, trust_domain: str, method: str, expires: datetime | None
+) -> Caller:
+    return Caller(
+        spiffe_id=SpiffeId.for_workload(trust_domain, identity.namespace, identity.service_account),
+        namespace=identity.namespace,
+        service_account=identity.service_account,
+        method=method,
+        service_account_uid=identity.service_account_uid,
+        pod_name=identity.pod_name,
+        pod_uid=identity.pod_uid,
+        node_name=identity.node_name,
+        token_id=identity.token_id,
+        expires_at=expires,
+    )
+
+
+def check_pod(caller: Caller, pods: PodChecker | None) -> None:
+    if pods is not None and caller.pod_name and caller.pod_uid:
+        pods.check_bound_pod(caller.namespace, caller.pod_name, caller.pod_uid)
+
+
+class JwtAuthenticator:
+    name = "jwt"
+
+    def __init__(
+        self,
+        *,
+        keys: KeySource,
+        rules: TokenRules,
+        clock: Clock,
+        pods: PodChecker | None = None,
+        cache: TokenCache | None = None,
+    ) -> None:
+        self._keys = keys
+        self._rules = rules
+        self._clock = clock
+        self._pods = pods
+        self._cache = cache or TokenCache(0)
+
+    def authenticate(self, credentials: Credentials) -> Caller | None:
+        token = credentials.bearer_token
+        if token is None:
+            return None
+        now = self._clock.now()
+        key = token_key(token)
+        caller = self._cache.get(key, now)
+        if caller is None:
+            caller = self._verify(token, now)
+            assert caller.expires_at is not None
+            self._cache.put(key, caller, caller.expires_at + self._rules.leeway)
+        check_pod(caller, self._pods)
+        return caller
+
+    def _verify(self, token: str, now: datetime) -> Caller:
+        claims = self._verified_claims(token)
+        check_issuer(claims, self._rules.issuers)
+        check_audience(claims, self._rules.audiences)
+        expires = check_time_claims(claims, now, self._rules.leeway)
+        identity = identity_from_claims(claims)
+        return caller_from(identity, self._rules.trust_domain, self.name, expires)
+
+    def _verified_claims(self, token: str) -> Mapping[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as err:
+            raise AuthenticationError(
+                f"the bearer token is not a JWT ({err}); send the service-account token itself",
+                reason="token_malformed",
+            ) from err
+        kid = header.get("kid")
+        key = self._keys.key_for(kid if isinstance(kid, str) else None)
+        try:
+            claims: Mapping[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(ALGORITHMS),
+                options=_SIGNATURE_ONLY,  # type: ignore[arg-type]
+            )
+        except jwt.InvalidSignatureError as err:
+            raise AuthenticationError(
+                f"the token's signature does not verify with key {kid!r} from {self._keys.description}; "
+                "the token was forged or altered",
+                reason="token_bad_signature",
+            ) from err
+        except jwt.InvalidAlgorithmError as err:
+            raise AuthenticationError(
+                f"the token uses an algorithm meshca does not accept ({err}); "
+                f"accepted: {', '.join(ALGORITHMS)}",
+                reason="token_malformed",
+            ) from err
+        except jwt.PyJWTError as err:
+            raise AuthenticationError(
+                f"the bearer token cannot be verified ({err})", reason="token_malformed"
+            ) from err
+        return claims

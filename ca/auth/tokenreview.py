@@ -1,0 +1,70 @@
+"""Authentication by asking the API server (TokenReview), with a short result cache.
+
+The API call is injected; the parse of its answer is pure (ca.auth.k8s_identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+
+from ca.auth.base import Caller, Credentials
+from ca.auth.jwt_token import caller_from
+from ca.auth.k8s_identity import identity_from_review
+from ca.auth.token_cache import TokenCache, token_key
+from ca.clock import Clock
+
+# (token, audiences) -> TokenReview `status`; raises UnavailableError when the API is unreachable.
+ReviewCall = Callable[[str, Sequence[str]], Mapping[str, Any]]
+
+
+def unverified_expiry(token: str) -> datetime | None:
+    """The `exp` a token states, read without verification: used only to bound caching."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return datetime.fromtimestamp(exp, UTC) if isinstance(exp, int | float) else None
+
+
+class TokenReviewAuthenticator:
+    name = "tokenreview"
+
+    def __init__(
+        self,
+        *,
+        review: ReviewCall,
+        audiences: Sequence[str],
+        trust_domain: str,
+        clock: Clock,
+        cache: TokenCache | None = None,
+        cache_ttl: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._review = review
+        self._audiences = tuple(audiences)
+        self._trust_domain = trust_domain
+        self._clock = clock
+        self._cache = cache or TokenCache(0)
+        self._cache_ttl = cache_ttl
+
+    def authenticate(self, credentials: Credentials) -> Caller | None:
+        token = credentials.bearer_token
+        if token is None:
+            return None
+        now = self._clock.now()
+        key = token_key(token)
+        cached = self._cache.get(key, now)
+        if cached is not None:
+            return cached
+        identity = identity_from_review(self._review(token, self._audiences))
+        expires = unverified_expiry(token)
+        caller = caller_from(identity, self._trust_domain, self.name, expires)
+        valid_until = now + self._cache_ttl
+        if expires is not None:
+            valid_until = min(valid_until, expires)
+        self._cache.put(key, caller, valid_until)
+        return caller

@@ -1,0 +1,64 @@
+"""The `meshca` command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from ca import logs
+from ca.clock import SystemClock
+from ca.config import build_parser, environment, serve_config, token_config
+from ca.devtoken import DevTokenIssuer
+from ca.errors import ErrorKind, MeshcaError
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+
+
+def _serve(args: object) -> int:
+    from ca.app import build_server
+
+    cfg = serve_config(args, environment())  # type: ignore[arg-type]
+    logs.configure(cfg.log_level)
+    server = build_server(cfg)
+    server.start()
+
+    def shutdown(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    server.wait()
+    return 0
+
+
+def _token(args: object) -> int:
+    cfg = token_config(args)  # type: ignore[arg-type]
+    issuer = DevTokenIssuer.load_or_create(cfg.state_dir, SystemClock())
+    print(
+        issuer.mint(
+            namespace=cfg.namespace,
+            service_account=cfg.service_account,
+            audiences=cfg.audiences,
+            ttl=cfg.ttl,
+            pod_name=cfg.pod_name,
+            pod_uid=cfg.pod_uid,
+        )
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser(environment()).parse_args(argv)
+    commands = {"serve": _serve, "token": _token}
+    try:
+        return commands[args.command](args)
+    except MeshcaError as err:
+        print(f"meshca: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG if err.kind is ErrorKind.CONFIG else EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

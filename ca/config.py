@@ -1,0 +1,263 @@
+"""Settings from flags and the environment, into frozen config objects.
+
+The only module that reads `os.environ`. Every flag `--some-flag` can also be
+set as `MESHCA_SOME_FLAG`; a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from ca.durations import parse_duration
+from ca.errors import ConfigError
+from ca.issuer import OverMaxTtl
+from ca.keys import KeyAlgorithm
+from ca.spiffe_id import validate_trust_domain
+
+DEFAULT_STATE_DIR = "./meshca-state"
+DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
+KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+def env_name(flag: str) -> str:
+    return "MESHCA_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def listen_address(text: str) -> str | None:
+    """`:15012` -> `0.0.0.0:15012`; `off` or empty disables the listener."""
+    text = text.strip()
+    if text in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not a listen address; write it as HOST:PORT or :PORT")
+    return f"{host or '0.0.0.0'}:{port}"
+
+
+def _split(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    listen: str
+    renew_listen: str | None
+    metrics_listen: str | None
+    state_dir: Path
+    trust_domain: str
+    cacerts: Path | None
+    ca_key_type: KeyAlgorithm
+    ca_store: str
+    ca_namespace: str
+    ca_secret: str
+    auth: str
+    jwks: str | None
+    token_issuer: str | None
+    audiences: tuple[str, ...]
+    kubeconfig: Path | None
+    in_cluster: bool
+    pod_check: bool
+    default_ttl: timedelta
+    max_ttl: timedelta
+    ttl_over_max: OverMaxTtl
+    strict_csr_names: bool
+    dns_names: tuple[str, ...]
+    cluster_id: str | None
+    token_cache_size: int
+    grpc_workers: int
+    log_level: str
+
+    @property
+    def has_cluster_access(self) -> bool:
+        return self.kubeconfig is not None or self.in_cluster
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenConfig:
+    state_dir: Path
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    ttl: timedelta
+    pod_name: str | None
+    pod_uid: str | None
+
+
+class _EnvDefaults:
+    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        self._parser = parser
+        self._environ = environ
+
+    def add(self, flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
+        env = env_name(flag)
+        value = self._environ.get(env, default)
+        if kwargs.get("action") == "append" and value is not None:
+            value = [value]  # type: ignore[assignment]
+        self._parser.add_argument(
+            flag,
+            default=value,
+            help=f"{help_text} [env {env}; default {default}]",
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshca", description="A certificate authority for service meshes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the CA service (Istio-compatible certificate API)")
+    s = _EnvDefaults(serve, environ)
+    s.add("--listen", ":15012", "gRPC TLS address for certificate requests with a token")
+    s.add(
+        "--renew-listen",
+        ":15013",
+        "gRPC mutual-TLS address for renewal with a client certificate; 'off' to disable",
+    )
+    s.add("--metrics-listen", ":15014", "Prometheus metrics HTTP address; 'off' to disable")
+    s.add(
+        "--state-dir",
+        DEFAULT_STATE_DIR,
+        "directory for the CA root, trust bundle and dev token key",
+    )
+    s.add("--trust-domain", "cluster.local", "SPIFFE trust domain of issued identities")
+    s.add("--cacerts", None, "directory with a plugged-in CA in Istio's cacerts layout")
+    s.add("--ca-key-type", "ec-p256", "key type of a newly created self-signed root")
+    s.add(
+        "--ca-store",
+        "auto",
+        "where a self-signed root is kept: auto, dir or secret",
+        choices=["auto", "dir", "secret"],
+    )
+    s.add("--ca-namespace", "istio-system", "namespace of the CA Secret")
+    s.add("--ca-secret", "istio-ca-secret", "name of the Secret that keeps the self-signed root")
+    s.add(
+        "--auth",
+        "jwt",
+        "token authentication: jwt (local validation) or tokenreview",
+        choices=["jwt", "tokenreview"],
+    )
+    s.add("--jwks", None, "JWKS file or URL with the token issuer's keys")
+    s.add(
+        "--token-issuer",
+        None,
+        "expected token issuer (iss); with no --jwks, its OIDC discovery gives the keys",
+    )
+    s.add(
+        "--audience",
+        None,
+        "accepted token audience; repeatable or comma-separated (default istio-ca)",
+        action="append",
+    )
+    s.add("--kubeconfig", None, "kubeconfig for cluster access (in a pod the service account is used)")
+    s.add(
+        "--pod-check",
+        "on",
+        "refuse tokens whose bound pod no longer exists (needs cluster access)",
+        choices=["on", "off"],
+    )
+    s.add("--default-ttl", "24h", "certificate lifetime when the request asks for none")
+    s.add("--max-ttl", "90d", "longest certificate lifetime a request may ask for")
+    s.add(
+        "--ttl-over-max",
+        "reject",
+        "what to do with a request over --max-ttl",
+        choices=["reject", "clamp"],
+    )
+    s.add(
+        "--strict-csr-names",
+        "off",
+        "refuse CSRs that ask for another identity",
+        choices=["on", "off"],
+    )
+    s.add("--dns-names", DEFAULT_DNS_NAMES, "DNS names and IPs in the CA server's own certificate")
+    s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
+    s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
+    s.add("--grpc-workers", "16", "gRPC worker threads")
+    s.add("--log-level", "info", "debug, info, warning or error")
+
+    token = commands.add_parser("token", help="mint a development service-account token (no cluster)")
+    t = _EnvDefaults(token, environ)
+    t.add("--state-dir", DEFAULT_STATE_DIR, "state directory shared with 'meshca serve'")
+    t.add(
+        "--namespace",
+        None,
+        "service account namespace",
+        required=environ.get(env_name("--namespace")) is None,
+    )
+    t.add(
+        "--service-account",
+        None,
+        "service account name",
+        required=environ.get(env_name("--service-account")) is None,
+    )
+    t.add("--audience", None, "token audience; repeatable (default istio-ca)", action="append")
+    t.add("--ttl", "12h", "token lifetime")
+    t.add("--pod-name", None, "bind the token to this pod name")
+    t.add("--pod-uid", None, "bind the token to this pod uid")
+    return parser
+
+
+def _positive_int(text: str, flag: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"{flag} must be a whole number, not {text!r}")
+    return int(text)
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    listen = listen_address(args.listen)
+    if listen is None:
+        raise ConfigError("--listen cannot be off: it is the certificate API")
+    workers = _positive_int(args.grpc_workers, "--grpc-workers")
+    if workers < 1:
+        raise ConfigError("--grpc-workers must be at least 1")
+    return ServeConfig(
+        listen=listen,
+        renew_listen=listen_address(args.renew_listen),
+        metrics_listen=listen_address(args.metrics_listen),
+        state_dir=Path(args.state_dir),
+        trust_domain=validate_trust_domain(args.trust_domain),
+        cacerts=Path(args.cacerts) if args.cacerts else None,
+        ca_key_type=KeyAlgorithm.parse(args.ca_key_type),
+        ca_store=args.ca_store,
+        ca_namespace=args.ca_namespace,
+        ca_secret=args.ca_secret,
+        auth=args.auth,
+        jwks=args.jwks,
+        token_issuer=args.token_issuer,
+        audiences=_split(args.audience or ["istio-ca"]),
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
+        pod_check=args.pod_check == "on",
+        default_ttl=parse_duration(args.default_ttl),
+        max_ttl=parse_duration(args.max_ttl),
+        ttl_over_max=OverMaxTtl(args.ttl_over_max),
+        strict_csr_names=args.strict_csr_names == "on",
+        dns_names=_split([args.dns_names]),
+        cluster_id=args.cluster_id or None,
+        token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),
+        grpc_workers=workers,
+        log_level=args.log_level,
+    )
+
+
+def token_config(args: argparse.Namespace) -> TokenConfig:
+    if bool(args.pod_name) != bool(args.pod_uid):
+        raise ConfigError("give both --pod-name and --pod-uid to bind a token to a pod, or neither")
+    return TokenConfig(
+        state_dir=Path(args.state_dir),
+        namespace=args.namespace,
+        service_account=args.service_account,
+        audiences=_split(args.audience or ["istio-ca"]),
+        ttl=parse_duration(args.ttl),
+        pod_name=args.pod_name,
+        pod_uid=args.pod_uid,
+    )
+
+
+def environment() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,71 @@
+"""The one error hierarchy of meshca.
+
+Every error a user can meet says what went wrong and what to do about it. Each
+class carries a `kind`; only the API layer maps kinds to gRPC status codes and
+the CLI maps them to exit codes.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorKind(Enum):
+    CONFIG = "config"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
+    INVALID_ARGUMENT = "invalid_argument"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+class MeshcaError(Exception):
+    """Base of every error meshca raises on purpose.
+
+    `reason` is a short stable token for metrics and logs (for example
+    `token_expired`); the message is for people.
+    """
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+
+    def __init__(self, message: str, *, reason: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MeshcaError):
+    """A setting, flag or file given to meshca is wrong; fix the configuration."""
+
+    kind = ErrorKind.CONFIG
+
+
+class CaMaterialError(ConfigError):
+    """CA certificates or keys are missing, inconsistent or unusable."""
+
+
+class InvalidSpiffeIdError(MeshcaError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class AuthenticationError(MeshcaError):
+    kind = ErrorKind.UNAUTHENTICATED
+
+
+class PermissionDeniedError(MeshcaError):
+    kind = ErrorKind.PERMISSION_DENIED
+
+
+class InvalidRequestError(MeshcaError):
+    kind = ErrorKind.INVALID_ARGUMENT
+
+
+class UnavailableError(MeshcaError):
+    kind = ErrorKind.UNAVAILABLE
+
+
+class SigningError(MeshcaError):
+    kind = ErrorKind.INTERNAL

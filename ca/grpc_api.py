@@ -1,0 +1,198 @@
+"""The certificate API over gRPC: the only place errors become status codes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import NoReturn
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from ca._proto import istio_ca_pb2
+from ca.auth.base import AuthenticatorChain, Caller, Credentials
+from ca.csr import parse_csr
+from ca.errors import (
+    AuthenticationError,
+    ErrorKind,
+    InvalidRequestError,
+    MeshcaError,
+    PermissionDeniedError,
+)
+from ca.issuer import IssuedCertificate, Issuer
+from ca.metrics import CaMetrics
+
+log = logging.getLogger("meshca.ca")
+
+SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+METHOD_NAME = "CreateCertificate"
+
+STATUS_BY_KIND: Mapping[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.CONFIG: grpc.StatusCode.INTERNAL,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def _single(metadata: Mapping[str, list[str]], key: str) -> str | None:
+    values = metadata.get(key, [])
+    if len(values) > 1:
+        raise InvalidRequestError(
+            f"the request carries {len(values)} '{key}' headers; send exactly one",
+            reason="metadata_invalid",
+        )
+    return values[0] if values else None
+
+
+def bearer_token(header: str | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(
+            "the authorization header is not 'Bearer <token>'; send the service-account token "
+            "as 'authorization: Bearer <token>'",
+            reason="token_malformed",
+        )
+    return token.strip()
+
+
+def credentials_from(context: grpc.ServicerContext) -> Credentials:
+    metadata: dict[str, list[str]] = {}
+    for key, value in context.invocation_metadata():
+        if isinstance(value, str):
+            metadata.setdefault(key.lower(), []).append(value)
+    peer_pems: list[bytes] = context.auth_context().get("x509_pem_cert") or []  # type: ignore[assignment]
+    return Credentials(
+        bearer_token=bearer_token(_single(metadata, "authorization")),
+        peer_certificate_pem=bytes(peer_pems[0]).decode() if peer_pems else None,
+        peer_address=context.peer(),
+        cluster_id=_single(metadata, "clusterid"),
+    )
+
+
+def check_request_metadata(request: istio_ca_pb2.IstioCertificateRequest, caller: Caller) -> None:
+    fields = request.metadata.fields if request.HasField("metadata") else {}
+    if "ImpersonatedIdentity" in fields:
+        raise PermissionDeniedError(
+            f"{caller.spiffe_id} may not request a certificate for another identity "
+            "(ImpersonatedIdentity); meshca issues only the caller's own identity",
+            reason="impersonation_denied",
+        )
+    signer = fields.get("CertSigner")
+    if signer is not None and signer.WhichOneof("kind") not in (None, "null_value") and signer.string_value:
+        raise InvalidRequestError(
+            f"CertSigner {signer.string_value!r} is not served; meshca signs with one CA, "
+            "so leave CertSigner unset",
+            reason="cert_signer_unknown",
+        )
+
+
+class CertificateService:
+    def __init__(
+        self,
+        *,
+        issuer: Issuer,
+        authenticators: AuthenticatorChain,
+        metrics: CaMetrics,
+        cluster_id: str | None = None,
+    ) -> None:
+        self._issuer = issuer
+        self._authenticators = authenticators
+        self._metrics = metrics
+        self._cluster_id = cluster_id
+
+    def create_certificate(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
+        started = time.perf_counter()
+        self._metrics.csr_count.inc()
+        try:
+            issued, caller = self._handle(request_bytes, context)
+        except MeshcaError as err:
+            self._refuse(err, context)
+        except Exception:
+            log.exception("unexpected error while issuing a certificate", extra={"peer": context.peer()})
+            self._metrics.sign_err_count.labels(error="internal").inc()
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                "internal error while issuing the certificate; the CA logged the details",
+            )
+        self._metrics.success_count.inc()
+        self._metrics.issuance_latency.observe(time.perf_counter() - started)
+        log.info(
+            "issued certificate",
+            extra={
+                "spiffe_id": issued.spiffe_id.uri,
+                "serial": format(issued.serial, "x"),
+                "not_after": issued.not_after.isoformat(),
+                "auth": caller.method,
+                "pod": caller.pod_name,
+                "peer": context.peer(),
+            },
+        )
+        response: bytes = istio_ca_pb2.IstioCertificateResponse(cert_chain=issued.chain).SerializeToString()
+        return response
+
+    def _handle(
+        self, request_bytes: bytes, context: grpc.ServicerContext
+    ) -> tuple[IssuedCertificate, Caller]:
+        credentials = credentials_from(context)
+        self._check_cluster(credentials)
+        caller = self._authenticators.authenticate(credentials)
+        request = self._parse(request_bytes)
+        check_request_metadata(request, caller)
+        try:
+            csr = parse_csr(request.csr, self._issuer.policy.key_policy)
+        except InvalidRequestError:
+            self._metrics.csr_parsing_err_count.inc()
+            raise
+        issued = self._issuer.issue(
+            spiffe_id=caller.spiffe_id, csr=csr, requested_ttl_seconds=request.validity_duration
+        )
+        return issued, caller
+
+    def _check_cluster(self, credentials: Credentials) -> None:
+        requested = credentials.cluster_id
+        if requested and self._cluster_id and requested != self._cluster_id:
+            raise AuthenticationError(
+                f"clusterid {requested!r} is not served by this CA (it serves {self._cluster_id!r}); "
+                "point the agent at its own cluster's CA or fix CLUSTER_ID",
+                reason="cluster_unknown",
+            )
+
+    @staticmethod
+    def _parse(request_bytes: bytes) -> istio_ca_pb2.IstioCertificateRequest:
+        try:
+            request: istio_ca_pb2.IstioCertificateRequest
+            request = istio_ca_pb2.IstioCertificateRequest.FromString(request_bytes)
+            return request
+        except (DecodeError, ValueError, RuntimeError) as err:
+            raise InvalidRequestError(
+                f"the request is not a valid IstioCertificateRequest message ({err})",
+                reason="request_malformed",
+            ) from err
+
+    def _refuse(self, err: MeshcaError, context: grpc.ServicerContext) -> NoReturn:
+        if err.kind is ErrorKind.UNAUTHENTICATED:
+            self._metrics.auth_failure_count.labels(reason=err.reason).inc()
+        else:
+            self._metrics.sign_err_count.labels(error=err.reason).inc()
+        log.warning(
+            "refused certificate request",
+            extra={"reason": err.reason, "detail": err.message, "peer": context.peer()},
+        )
+        context.abort(STATUS_BY_KIND[err.kind], err.message)
+        raise AssertionError("context.abort returned")
+
+    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                METHOD_NAME: grpc.unary_unary_rpc_method_handler(
+                    self.create_certificate, request_deserializer=None, response_serializer=None
+                )
+            },
+        )

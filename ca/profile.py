@@ -1,0 +1,191 @@
+"""Certificate templates: what meshca puts in the certificates it makes.
+
+Pure code. Each function returns a `CertificateBuilder`; `sign` turns one into a
+certificate. Profiles follow the SPIFFE X.509-SVID rules and Istio's leaf
+profile (REFERENCE §3).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ca.errors import SigningError
+from ca.keys import PrivateKey, PublicKey
+from ca.spiffe_id import SpiffeId
+
+CLOCK_SKEW = timedelta(minutes=2)
+ROOT_VALIDITY = timedelta(days=3650)
+
+
+def _key_usage(*, digital_signature: bool, key_encipherment: bool, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def leaf_key_usage(key: PublicKey) -> x509.KeyUsage:
+    # RFC 5480: keyEncipherment has no meaning for EC keys, so only RSA leaves get it.
+    return _key_usage(
+        digital_signature=True,
+        key_encipherment=isinstance(key, rsa.RSAPublicKey),
+        cert_sign=False,
+    )
+
+
+def leaf_validity(*, now: datetime, ttl: timedelta, issuer: x509.Certificate) -> tuple[datetime, datetime]:
+    """NotBefore backdated for clock skew; NotAfter clamped to the issuer's NotAfter."""
+    issuer_not_after = issuer.not_valid_after_utc
+    if issuer_not_after <= now:
+        raise SigningError(
+            f"the CA signing certificate expired at {issuer_not_after.isoformat()}; "
+            "rotate the CA certificate (replace the cacerts files or the CA secret)",
+            reason="ca_expired",
+        )
+    not_before = max(now - CLOCK_SKEW, issuer.not_valid_before_utc)
+    return not_before, min(now + ttl, issuer_not_after)
+
+
+def _with_key_ids(
+    builder: x509.CertificateBuilder, subject_key: PublicKey, issuer: x509.Certificate | None
+) -> x509.CertificateBuilder:
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
+    if issuer is None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(subject_key)
+    else:
+        try:
+            ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                issuer.public_key()  # type: ignore[arg-type]
+            )
+    return builder.add_extension(aki, critical=False)
+
+
+def workload_leaf(
+    *,
+    subject_key: PublicKey,
+    spiffe_id: SpiffeId,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """An X.509-SVID: empty subject, one critical URI SAN, cA=false, mTLS EKUs."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(issuer.subject)
+        .public_key(subject_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(leaf_key_usage(subject_key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]),
+            critical=True,
+        )
+    )
+    return _with_key_ids(builder, subject_key, issuer)
+
+
+def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
+
+
+def serving_leaf(
+    *,
+    subject_key: PublicKey,
+    hosts: Sequence[str],
+    spiffe_id: SpiffeId,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """The CA server's own TLS certificate: its DNS names and IPs plus its SPIFFE ID."""
+    san = [*_general_names(hosts), x509.UniformResourceIdentifier(spiffe_id.uri)]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(issuer.subject)
+        .public_key(subject_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(leaf_key_usage(subject_key), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(san), critical=True)
+    )
+    return _with_key_ids(builder, subject_key, issuer)
+
+
+def self_signed_root(
+    *,
+    key: PrivateKey,
+    trust_domain: str,
+    serial: int,
+    now: datetime,
+    validity: timedelta = ROOT_VALIDITY,
+) -> x509.CertificateBuilder:
+    """A self-signed root: O=<trust domain>, cA=true, and the trust domain's SPIFFE ID."""
+    public_key = key.public_key()
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=False, cert_sign=True),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SpiffeId(trust_domain).uri)]),
+            critical=False,
+        )
+    )
+    return _with_key_ids(builder, public_key, None)
+
+
+def sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:
+    algorithm = hashes.SHA384() if _is_p384(key) else hashes.SHA256()
+    return builder.sign(key, algorithm)
+
+
+def _is_p384(key: PrivateKey) -> bool:
+    return isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"

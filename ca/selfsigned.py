@@ -1,0 +1,61 @@
+"""Creating a new self-signed root. Pure given the injected key generator and clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from ca import profile
+from ca.authority import SigningAuthority
+from ca.clock import Clock
+from ca.errors import CaMaterialError
+from ca.issuer import SerialSource, random_serial
+from ca.keys import KeyAlgorithm, PrivateKey, generate_private_key
+from ca.spiffe_id import SpiffeId
+
+KeyGenerator = Callable[[KeyAlgorithm], PrivateKey]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootFactory:
+    """Makes a new self-signed root for a trust domain."""
+
+    trust_domain: str
+    key_algorithm: KeyAlgorithm
+    clock: Clock
+    serials: SerialSource = random_serial
+    generate_key: KeyGenerator = field(default=generate_private_key)
+
+    def create(self, source: str) -> SigningAuthority:
+        key = self.generate_key(self.key_algorithm)
+        cert = profile.sign(
+            profile.self_signed_root(
+                key=key, trust_domain=self.trust_domain, serial=self.serials(), now=self.clock.now()
+            ),
+            key,
+        )
+        return SigningAuthority(signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source=source)
+
+
+def root_trust_domain(cert: x509.Certificate) -> str | None:
+    """The trust domain a CA certificate names in its SPIFFE URI SAN, if it names one."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith("spiffe://"):
+            return SpiffeId.parse(uri).trust_domain
+    return None
+
+
+def check_trust_domain(authority: SigningAuthority, trust_domain: str) -> SigningAuthority:
+    named = root_trust_domain(authority.signing_cert)
+    if named is not None and named != trust_domain:
+        raise CaMaterialError(
+            f"{authority.source} holds a root for trust domain {named!r}, but meshca is configured "
+            f"for {trust_domain!r}; set --trust-domain {named} or point meshca at the right state"
+        )
+    return authority

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Regenerates the Python stubs in ca/_proto from proto/. Run after editing a .proto file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m grpc_tools.protoc -Ica/_proto=proto \
+  --python_out=. --grpc_python_out=. --pyi_out=. \
+  ca/_proto/istio_ca.proto
