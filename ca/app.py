@@ -34,7 +34,7 @@ from ca.config import KUBERNETES_ISSUER, ServeConfig
 from ca.devtoken import DevTokenIssuer
 from ca.errors import ConfigError
 from ca.grpc_api import SERVICE_NAME, CertificateService
-from ca.issuer import IssuancePolicy, Issuer
+from ca.issuer import Issuer
 from ca.metrics import CaMetrics
 from ca.selfsigned import RootFactory
 from ca.serving import ServingIdentity
@@ -239,13 +239,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     if api is not None and cfg.pod_check and cfg.auth == "jwt":
         pod_cache = kube.PodCache(api)
         pod_cache.start()
-    policy = IssuancePolicy(
-        default_ttl=cfg.default_ttl,
-        max_ttl=cfg.max_ttl,
-        over_max=cfg.ttl_over_max,
-        strict_csr_names=cfg.strict_csr_names,
-    )
-    issuer = Issuer(authority=authority, policy=policy, clock=clock)
+    issuer = Issuer(authority=authority, policy=cfg.issuance, clock=clock)
     metrics = CaMetrics()
     service = CertificateService(
         issuer=issuer,

@@ -14,8 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from ca.durations import parse_duration
-from ca.errors import ConfigError
-from ca.issuer import OverMaxTtl
+from ca.errors import ConfigError, InvalidSpiffeIdError
+from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
 from ca.spiffe_id import validate_trust_domain
 
@@ -62,10 +62,7 @@ class ServeConfig:
     kubeconfig: Path | None
     in_cluster: bool
     pod_check: bool
-    default_ttl: timedelta
-    max_ttl: timedelta
-    ttl_over_max: OverMaxTtl
-    strict_csr_names: bool
+    issuance: IssuancePolicy
     dns_names: tuple[str, ...]
     cluster_id: str | None
     token_cache_size: int
@@ -202,6 +199,25 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None:
+    if has_cluster:
+        return
+    if args.auth == "tokenreview":
+        raise ConfigError("--auth tokenreview needs cluster access; give --kubeconfig or run in a pod")
+    if args.ca_store == "secret":
+        raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
+
+
+def _trust_domain(text: str) -> str:
+    try:
+        return validate_trust_domain(text)
+    except InvalidSpiffeIdError as err:
+        raise ConfigError(
+            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, "
+            "digits, '.', '-' and '_', as in cluster.local"
+        ) from err
+
+
 def _positive_int(text: str, flag: str) -> int:
     if not text.strip().isdigit():
         raise ConfigError(f"{flag} must be a whole number, not {text!r}")
@@ -212,6 +228,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
     listen = listen_address(args.listen)
     if listen is None:
         raise ConfigError("--listen cannot be off: it is the certificate API")
+    _check_cluster_needs(args, has_cluster=bool(args.kubeconfig or environ.get("KUBERNETES_SERVICE_HOST")))
     workers = _positive_int(args.grpc_workers, "--grpc-workers")
     if workers < 1:
         raise ConfigError("--grpc-workers must be at least 1")
@@ -220,7 +237,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         renew_listen=listen_address(args.renew_listen),
         metrics_listen=listen_address(args.metrics_listen),
         state_dir=Path(args.state_dir),
-        trust_domain=validate_trust_domain(args.trust_domain),
+        trust_domain=_trust_domain(args.trust_domain),
         cacerts=Path(args.cacerts) if args.cacerts else None,
         ca_key_type=KeyAlgorithm.parse(args.ca_key_type),
         ca_store=args.ca_store,
@@ -233,10 +250,12 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
         pod_check=args.pod_check == "on",
-        default_ttl=parse_duration(args.default_ttl),
-        max_ttl=parse_duration(args.max_ttl),
-        ttl_over_max=OverMaxTtl(args.ttl_over_max),
-        strict_csr_names=args.strict_csr_names == "on",
+        issuance=IssuancePolicy(
+            default_ttl=parse_duration(args.default_ttl),
+            max_ttl=parse_duration(args.max_ttl),
+            over_max=OverMaxTtl(args.ttl_over_max),
+            strict_csr_names=args.strict_csr_names == "on",
+        ),
         dns_names=_split([args.dns_names]),
         cluster_id=args.cluster_id or None,
         token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),

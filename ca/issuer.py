@@ -20,6 +20,7 @@ from ca import profile
 from ca.authority import SigningAuthority
 from ca.clock import Clock
 from ca.csr import ParsedCsr
+from ca.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
 from ca.keys import KeyPolicy
 from ca.spiffe_id import SpiffeId
@@ -53,7 +54,8 @@ class IssuancePolicy:
             raise ConfigError("certificate TTLs must be positive; set --default-ttl and --max-ttl above 0")
         if self.default_ttl > self.max_ttl:
             raise ConfigError(
-                f"--default-ttl ({self.default_ttl}) is longer than --max-ttl ({self.max_ttl}); "
+                f"--default-ttl ({format_duration(self.default_ttl)}) is longer than "
+                f"--max-ttl ({format_duration(self.max_ttl)}); "
                 "lower the default or raise the maximum"
             )
 

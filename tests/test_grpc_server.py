@@ -89,7 +89,11 @@ def test_strict_mode_refuses_a_csr_naming_another_identity(tmp_path: Path) -> No
     ("csr", "ttl", "words"),
     [
         ("not a csr", 0, "not PEM"),
-        ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", 0, "cannot be decoded"),
+        (
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            0,
+            "cannot be decoded",
+        ),
         ("x" * 40_000, 0, "over the"),
         ("", 0, "no CSR"),
         (None, -5, "negative"),
@@ -114,7 +118,11 @@ def test_csr_asking_for_a_ca_is_refused(ca: RunningCa) -> None:
 
 @pytest.mark.parametrize(
     "key_factory",
-    [ed25519.Ed25519PrivateKey.generate, lambda: ec.generate_private_key(ec.SECP521R1()), lambda: rsa_key(1024)],
+    [
+        ed25519.Ed25519PrivateKey.generate,
+        lambda: ec.generate_private_key(ec.SECP521R1()),
+        lambda: rsa_key(1024),
+    ],
     ids=["ed25519", "p521", "rsa1024"],
 )
 def test_disallowed_key_types_are_refused(ca: RunningCa, key_factory: object) -> None:
@@ -138,12 +146,17 @@ def test_token_failures_are_unauthenticated_with_distinct_messages(ca: RunningCa
     wrong_audience = ca.token(audiences=("vault",))
     forged = jwt.encode(
         jwt.decode(ca.token(), options={"verify_signature": False}),
-        rsa_key(), algorithm="RS256", headers={"kid": ca.dev_tokens().kid},
+        rsa_key(),
+        algorithm="RS256",
+        headers={"kid": ca.dev_tokens().kid},
     )
     ca.clock.advance(timedelta(minutes=10))
     messages = set()
     for token, words in [
-        (expired, "expired"), (wrong_audience, "audiences"), (forged, "signature"), ("abc", "not a JWT"),
+        (expired, "expired"),
+        (wrong_audience, "audiences"),
+        (forged, "signature"),
+        ("abc", "not a JWT"),
     ]:
         code, details = _code_and_details(ca, token=token)
         assert code == grpc.StatusCode.UNAUTHENTICATED, details
@@ -160,7 +173,9 @@ def test_token_failures_are_unauthenticated_with_distinct_messages(ca: RunningCa
         ([("clusterid", "other-cluster")], grpc.StatusCode.UNAUTHENTICATED, "not served"),
     ],
 )
-def test_bad_metadata(ca: RunningCa, metadata: list[tuple[str, str]], code: grpc.StatusCode, words: str) -> None:
+def test_bad_metadata(
+    ca: RunningCa, metadata: list[tuple[str, str]], code: grpc.StatusCode, words: str
+) -> None:
     token = None if metadata[0][0] == "authorization" else ca.token()
     got, details = _code_and_details(ca, token=token, metadata=metadata)
     assert got == code and words in details

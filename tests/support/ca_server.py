@@ -21,8 +21,16 @@ from tests.support.pki import ec_key, make_csr
 
 def serve_args(state_dir: Path, *extra: str) -> list[str]:
     return [
-        "serve", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0",
-        "--renew-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *extra,
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--renew-listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        *extra,
     ]
 
 
@@ -47,15 +55,21 @@ class RunningCa:
     def token(self, namespace: str = "default", service_account: str = "web", **kwargs: Any) -> str:
         return self.dev_tokens().mint(namespace=namespace, service_account=service_account, **kwargs)
 
-    def channel(self, *, port: int | None = None, client_key: PrivateKey | None = None,
-                client_chain: bytes | None = None) -> grpc.Channel:
+    def channel(
+        self,
+        *,
+        port: int | None = None,
+        client_key: PrivateKey | None = None,
+        client_chain: bytes | None = None,
+    ) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=self.bundle,
             private_key=private_key_pem(client_key) if client_key is not None else None,
             certificate_chain=client_chain,
         )
         channel = grpc.secure_channel(
-            f"127.0.0.1:{port or self.port}", credentials,
+            f"127.0.0.1:{port or self.port}",
+            credentials,
             options=[("grpc.ssl_target_name_override", "localhost")],
         )
         self.channels.append(channel)
@@ -65,8 +79,14 @@ class RunningCa:
         return istio_ca_pb2_grpc.IstioCertificateServiceStub(self.channel(**kwargs))
 
     def request(
-        self, *, token: str | None = None, csr: str | None = None, key: PrivateKey | None = None,
-        ttl: int = 0, metadata: Sequence[tuple[str, str]] | None = None, **stub_kwargs: Any,
+        self,
+        *,
+        token: str | None = None,
+        csr: str | None = None,
+        key: PrivateKey | None = None,
+        ttl: int = 0,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        **stub_kwargs: Any,
     ) -> tuple[list[str], PrivateKey]:
         key = key or ec_key()
         request = istio_ca_pb2.IstioCertificateRequest(csr=csr or make_csr(key), validity_duration=ttl)
@@ -82,8 +102,9 @@ class RunningCa:
         self.server.stop(grace_s=0.5)
 
 
-def start_ca(state_dir: Path, *extra: str, clock: FakeClock | None = None,
-             environ: dict[str, str] | None = None) -> RunningCa:
+def start_ca(
+    state_dir: Path, *extra: str, clock: FakeClock | None = None, environ: dict[str, str] | None = None
+) -> RunningCa:
     clock = clock or FakeClock()
     args = build_parser(environ or {}).parse_args(serve_args(state_dir, *extra))
     server = build_server(serve_config(args, environ or {}), clock=clock)

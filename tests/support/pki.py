@@ -41,11 +41,21 @@ def pem(cert: x509.Certificate) -> bytes:
 
 
 def _ca_cert(
-    *, subject: str, key: PrivateKey, issuer_cert: x509.Certificate | None, issuer_key: PrivateKey,
-    now: datetime, days: int = 365, ca: bool = True,
+    *,
+    subject: str,
+    key: PrivateKey,
+    issuer_cert: x509.Certificate | None,
+    issuer_key: PrivateKey,
+    now: datetime,
+    days: int = 365,
+    ca: bool = True,
 ) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshca-test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshca-test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, subject),
+        ]
+    )
     issuer_name = issuer_cert.subject if issuer_cert else name
     builder = (
         x509.CertificateBuilder()
@@ -57,9 +67,17 @@ def _ca_cert(
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -84,7 +102,9 @@ class Hierarchy:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "ca-cert.pem").write_bytes(pem(self.signing))
         (directory / "ca-key.pem").write_bytes(private_key_pem(self.signing_key))
-        (directory / "cert-chain.pem").write_bytes(pem(self.signing) + pem(self.intermediate) + pem(self.root))
+        (directory / "cert-chain.pem").write_bytes(
+            pem(self.signing) + pem(self.intermediate) + pem(self.root)
+        )
         (directory / "root-cert.pem").write_bytes(pem(self.root))
         return directory
 
@@ -93,12 +113,20 @@ def make_hierarchy(now: datetime | None = None, signing_key: PrivateKey | None =
     now = now or datetime.now(UTC)
     root_key, intermediate_key = ec_key(), ec_key()
     signing_key = signing_key or ec_key()
-    root = _ca_cert(subject="test root", key=root_key, issuer_cert=None, issuer_key=root_key, now=now,
-                    days=3650)
-    intermediate = _ca_cert(subject="test intermediate", key=intermediate_key, issuer_cert=root,
-                            issuer_key=root_key, now=now)
-    signing = _ca_cert(subject="test signing CA", key=signing_key, issuer_cert=intermediate,
-                       issuer_key=intermediate_key, now=now, days=180)
+    root = _ca_cert(
+        subject="test root", key=root_key, issuer_cert=None, issuer_key=root_key, now=now, days=3650
+    )
+    intermediate = _ca_cert(
+        subject="test intermediate", key=intermediate_key, issuer_cert=root, issuer_key=root_key, now=now
+    )
+    signing = _ca_cert(
+        subject="test signing CA",
+        key=signing_key,
+        issuer_cert=intermediate,
+        issuer_key=intermediate_key,
+        now=now,
+        days=180,
+    )
     return Hierarchy(root_key, root, intermediate_key, intermediate, signing_key, signing)
 
 
