@@ -175,7 +175,7 @@ class CaServer:
 
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(self._update_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
+        scheduler.add_job(self.refresh_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
         self._schedule_serving_rotation(scheduler)
         scheduler.start()
         return scheduler
@@ -198,7 +198,7 @@ class CaServer:
         if self._scheduler is not None:
             self._schedule_serving_rotation(self._scheduler)
 
-    def _update_expiry_gauges(self) -> None:
+    def refresh_expiry_gauges(self) -> None:
         now = self.clock.now()
         root, chain = self.authority.root_expiry(), self.authority.expiry()
         self.metrics.root_expiry.set(root.timestamp())

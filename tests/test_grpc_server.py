@@ -297,7 +297,7 @@ def test_istio_compatible_metrics(ca: RunningCa) -> None:
     ca.request(token=ca.token())
     _code_and_details(ca)
     _code_and_details(ca, token=ca.token(), ttl=-1)
-    ca.server._update_expiry_gauges()
+    ca.server.refresh_expiry_gauges()
     metrics = _metrics(ca)
     assert metrics["citadel_server_csr_count"] == 4
     assert metrics["citadel_server_success_cert_issuance_count"] == 2
