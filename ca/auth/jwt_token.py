@@ -138,7 +138,7 @@ class JwtAuthenticator:
         self._rules = rules
         self._clock = clock
         self._pods = pods
-        self._cache = cache or TokenCache(0)
+        self._cache = cache if cache is not None else TokenCache(0)
 
     def authenticate(self, credentials: Credentials) -> Caller | None:
         token = credentials.bearer_token

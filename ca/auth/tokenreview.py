@@ -48,7 +48,7 @@ class TokenReviewAuthenticator:
         self._audiences = tuple(audiences)
         self._trust_domain = trust_domain
         self._clock = clock
-        self._cache = cache or TokenCache(0)
+        self._cache = cache if cache is not None else TokenCache(0)
         self._cache_ttl = cache_ttl
 
     def authenticate(self, credentials: Credentials) -> Caller | None:
