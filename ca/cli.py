@@ -51,9 +51,12 @@ def _token(args: object) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(environment()).parse_args(argv)
     commands = {"serve": _serve, "token": _token}
     try:
+        try:
+            args = build_parser(environment()).parse_args(argv)
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else EXIT_CONFIG
         return commands[args.command](args)
     except MeshcaError as err:
         print(f"meshca: error: {err}", file=sys.stderr)

@@ -92,9 +92,17 @@ class _EnvDefaults:
 
     def add(self, flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
         env = env_name(flag)
-        value = self._environ.get(env, default)
-        if kwargs.get("action") == "append" and value is not None:
-            value = [value]  # type: ignore[assignment]
+        value = self._environ.get(env)
+        choices = kwargs.get("choices")
+        if value is not None and isinstance(choices, list) and value not in choices:
+            raise ConfigError(f"{env}={value!r} is not one of {', '.join(choices)}")
+        if kwargs.get("action") == "append":
+            # An append flag given on the command line replaces the environment's list
+            # rather than adding to it, so the environment is applied after parsing.
+            self._parser.set_defaults(**{f"{flag.lstrip('-').replace('-', '_')}_env": value})
+            value = None
+        elif value is None:
+            value = default
         self._parser.add_argument(
             flag,
             default=value,
@@ -175,7 +183,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
     s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
     s.add("--grpc-workers", "16", "gRPC worker threads")
-    s.add("--log-level", "info", "debug, info, warning or error")
+    s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 
     token = commands.add_parser("token", help="mint a development service-account token (no cluster)")
     t = _EnvDefaults(token, environ)
@@ -197,6 +205,10 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     t.add("--pod-name", None, "bind the token to this pod name")
     t.add("--pod-uid", None, "bind the token to this pod uid")
     return parser
+
+
+def _audiences(args: argparse.Namespace) -> tuple[str, ...]:
+    return _split(args.audience or [args.audience_env or "istio-ca"])
 
 
 def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None:
@@ -246,7 +258,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         auth=args.auth,
         jwks=args.jwks,
         token_issuer=args.token_issuer,
-        audiences=_split(args.audience or ["istio-ca"]),
+        audiences=_audiences(args),
         kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
         in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
         pod_check=args.pod_check == "on",
@@ -271,7 +283,7 @@ def token_config(args: argparse.Namespace) -> TokenConfig:
         state_dir=Path(args.state_dir),
         namespace=args.namespace,
         service_account=args.service_account,
-        audiences=_split(args.audience or ["istio-ca"]),
+        audiences=_audiences(args),
         ttl=parse_duration(args.ttl),
         pod_name=args.pod_name,
         pod_uid=args.pod_uid,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from ca.errors import InvalidRequestError
 from ca.keys import KeyPolicy, PublicKey, key_type_label
@@ -69,11 +70,11 @@ def parse_csr(pem: str, policy: KeyPolicy) -> ParsedCsr:
         raise _bad_csr("it is not PEM; expected a '-----BEGIN CERTIFICATE REQUEST-----' block")
     try:
         csr = x509.load_pem_x509_csr(pem.encode("utf-8", "surrogateescape"))
-    except ValueError as err:
+    except (ValueError, x509.InvalidVersion) as err:
         raise _bad_csr(f"it cannot be decoded ({err})") from err
     try:
         public_key = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as err:
+    except (ValueError, UnsupportedAlgorithm) as err:
         raise _bad_csr(f"its public key cannot be read ({err})", "key_type_not_allowed") from err
     key = policy.check(public_key)
     try:

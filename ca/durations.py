@@ -16,7 +16,10 @@ def parse_duration(text: str) -> timedelta:
     if match is None:
         raise ConfigError(f"{text!r} is not a duration; write it like 3600, 90s, 30m, 24h or 90d")
     amount, unit = match.groups()
-    return timedelta(seconds=int(amount) * _UNITS[unit or "s"])
+    try:
+        return timedelta(seconds=int(amount) * _UNITS[unit or "s"])
+    except OverflowError:
+        raise ConfigError(f"{text!r} is too long a duration; keep it under a million days") from None
 
 
 def format_duration(value: timedelta) -> str:

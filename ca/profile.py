@@ -57,7 +57,10 @@ def leaf_validity(*, now: datetime, ttl: timedelta, issuer: x509.Certificate) ->
             reason="ca_expired",
         )
     not_before = max(now - CLOCK_SKEW, issuer.not_valid_before_utc)
-    return not_before, min(now + ttl, issuer_not_after)
+    # Compared as durations first: now + ttl can overflow datetime for huge TTLs.
+    if ttl >= issuer_not_after - now:
+        return not_before, issuer_not_after
+    return not_before, now + ttl
 
 
 def _with_key_ids(

@@ -93,7 +93,10 @@ class SpiffeId:
 
     @classmethod
     def for_workload(cls, trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
-        return cls(trust_domain, f"/ns/{namespace}/sa/{service_account}")
+        path = f"/ns/{namespace}/sa/{service_account}"
+        if "/" in namespace or "/" in service_account:
+            raise _invalid(SCHEME + trust_domain + path, "a namespace or service account may not contain '/'")
+        return cls(trust_domain, path)
 
     def workload(self) -> tuple[str, str] | None:
         """(namespace, service account) if this is a mesh workload ID, else None."""

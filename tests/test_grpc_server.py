@@ -353,7 +353,7 @@ def test_restart_keeps_the_root_and_earlier_certificates_verify(tmp_path: Path) 
     second = start_ca(tmp_path)
     try:
         assert second.bundle == bundle_before
-        chain_after, key_after = second.request(token=second.token("shop", "cart"))
+        chain_after, _ = second.request(token=second.token("shop", "cart"))
         assert chain_after[-1] == chain_before[-1]
         assert_valid_svid(chain_before, key_before, CART, second.clock.now())
         assert_valid_svid([*chain_before[:-1], chain_after[-1]], key_before, CART, second.clock.now())

@@ -195,4 +195,10 @@ class JwtAuthenticator:
             raise AuthenticationError(
                 f"the bearer token cannot be verified ({err})", reason="token_malformed"
             ) from err
+        except (TypeError, ValueError) as err:
+            raise AuthenticationError(
+                f"the token's algorithm {header.get('alg')!r} does not fit key {kid!r} from "
+                f"{self._keys.description}; the token was forged or altered",
+                reason="token_bad_signature",
+            ) from err
         return claims
