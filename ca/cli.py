@@ -9,7 +9,7 @@ from types import FrameType
 
 from ca import logs
 from ca.clock import SystemClock
-from ca.config import build_parser, environment, serve_config, token_config
+from ca.config import agent_config, build_parser, environment, serve_config, token_config
 from ca.devtoken import DevTokenIssuer
 from ca.errors import ErrorKind, MeshcaError
 
@@ -34,6 +34,31 @@ def _serve(args: object) -> int:
     return 0
 
 
+def _agent(args: object) -> int:
+    from ca.agent.runner import build_agent
+
+    cfg = agent_config(args)  # type: ignore[arg-type]
+    logs.configure(cfg.log_level)
+    process = build_agent(cfg)
+    if cfg.once:
+        process.agent.attempt()
+        process.client.close()
+        if process.agent.current is None:
+            error = process.agent.last_error
+            print(f"meshca: error: no certificate written: {error}", file=sys.stderr)
+            return EXIT_FAILURE
+        return 0
+    process.start()
+
+    def shutdown(signum: int, frame: FrameType | None) -> None:
+        process.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    process.wait()
+    return 0
+
+
 def _token(args: object) -> int:
     cfg = token_config(args)  # type: ignore[arg-type]
     issuer = DevTokenIssuer.load_or_create(cfg.state_dir, SystemClock())
@@ -51,7 +76,7 @@ def _token(args: object) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    commands = {"serve": _serve, "token": _token}
+    commands = {"serve": _serve, "agent": _agent, "token": _token}
     try:
         try:
             args = build_parser(environment()).parse_args(argv)

@@ -1,0 +1,151 @@
+"""The agent's loop, one attempt at a time: each attempt says when the next is due.
+
+No sleeping and no threads here: the scheduler (ca.agent.runner) calls
+`attempt()` at the time the previous attempt asked for, and tests call it with
+a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from ca.agent.schedule import Backoff, RenewalPolicy, UniformRandom
+from ca.agent.svid import Svid, accept_response
+from ca.clock import Clock
+from ca.errors import MeshcaError
+from ca.keys import KeyAlgorithm, PrivateKey
+from ca.spiffe_id import SpiffeId
+
+log = logging.getLogger("meshca.agent")
+MIN_INTERVAL = timedelta(seconds=1)
+
+
+class CertificateSource(Protocol):
+    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]: ...
+
+
+class SvidSink(Protocol):
+    def publish(self, svid: Svid) -> None:
+        """Make this SVID the one served; called only with validated SVIDs."""
+        ...
+
+
+class AgentObserver(Protocol):
+    def attempted(self, *, ok: bool, seconds: float) -> None: ...
+
+    def holding(self, svid: Svid | None, now: datetime) -> None: ...
+
+
+def build_csr(key: PrivateKey, spiffe_id: SpiffeId | None) -> str:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if spiffe_id is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]), critical=True
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    trust_domain: str
+    key_type: KeyAlgorithm
+    ttl: timedelta
+    renewal: RenewalPolicy
+    backoff: Backoff
+    expected_identity: Callable[[], SpiffeId | None]
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        settings: AgentSettings,
+        source: CertificateSource,
+        sinks: Sequence[SvidSink],
+        clock: Clock,
+        random: UniformRandom,
+        generate_key: Callable[[KeyAlgorithm], PrivateKey],
+        observer: AgentObserver | None = None,
+    ) -> None:
+        self._settings = settings
+        self._source = source
+        self._sinks = tuple(sinks)
+        self._clock = clock
+        self._random = random
+        self._generate_key = generate_key
+        self._observer = observer
+        self._failures = 0
+        self.current: Svid | None = None
+        self.last_error: MeshcaError | None = None
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def attempt(self) -> datetime:
+        """Try once to get a new SVID; return when to try next."""
+        started = time.perf_counter()
+        try:
+            svid = self._fetch()
+        except MeshcaError as err:
+            return self._after_failure(err, time.perf_counter() - started)
+        self._failures = 0
+        self.last_error = None
+        for sink in self._sinks:
+            sink.publish(svid)
+        self.current = svid
+        now = self._clock.now()
+        self._observe(ok=True, seconds=time.perf_counter() - started, now=now)
+        renew_at = self._settings.renewal.renew_at(now, svid.not_after, self._random)
+        log.info(
+            "certificate rotated",
+            extra={
+                "spiffe_id": svid.spiffe_id.uri,
+                "not_after": svid.not_after.isoformat(),
+                "serial": format(svid.leaf.serial_number, "x"),
+                "renew_at": renew_at.isoformat(),
+            },
+        )
+        return max(renew_at, now + MIN_INTERVAL)
+
+    def _fetch(self) -> Svid:
+        expected = self._settings.expected_identity()
+        key = self._generate_key(self._settings.key_type)
+        pems = self._source.create_certificate(
+            build_csr(key, expected), int(self._settings.ttl.total_seconds())
+        )
+        return accept_response(
+            pems, key, trust_domain=self._settings.trust_domain, expected=expected, now=self._clock.now()
+        )
+
+    def _after_failure(self, err: MeshcaError, seconds: float) -> datetime:
+        self.last_error = err
+        now = self._clock.now()
+        delay = self._settings.backoff.delay(self._failures, self._random)
+        self._failures += 1
+        self._observe(ok=False, seconds=seconds, now=now)
+        held = self.current
+        log.warning(
+            "certificate request failed; keeping the last good certificate",
+            extra={
+                "reason": err.reason,
+                "detail": err.message,
+                "attempt": self._failures,
+                "retry_in_s": round(delay.total_seconds(), 3),
+                "serving_until": held.not_after.isoformat() if held else None,
+            },
+        )
+        return now + delay
+
+    def _observe(self, *, ok: bool, seconds: float, now: datetime) -> None:
+        if self._observer is not None:
+            self._observer.attempted(ok=ok, seconds=seconds)
+            self._observer.holding(self.current, now)

@@ -1,0 +1,67 @@
+"""Certificates on disk in Istio's layout, switched atomically as a set.
+
+The files live in a fresh hidden directory; a `..data` symlink names the
+current one and is replaced with one rename, and `cert-chain.pem`, `key.pem`
+and `root-cert.pem` point through it. A reader therefore never sees a key from
+one issuance beside a chain from another (the scheme the kubelet uses for
+projected volumes).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ca.agent.svid import Svid
+from ca.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
+
+CERT_CHAIN = "cert-chain.pem"
+KEY = "key.pem"
+ROOT_CERT = "root-cert.pem"
+DATA_LINK = "..data"
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_symlink(link: Path, target: str) -> None:
+    temporary = link.with_name(link.name + ".tmp")
+    if temporary.is_symlink() or temporary.exists():
+        temporary.unlink()
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def write_svid(directory: Path, svid: Svid) -> Path:
+    """Write the SVID's chain, key and roots; returns the new versioned directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    version = Path(tempfile.mkdtemp(prefix="..", dir=directory))
+    _write(version / CERT_CHAIN, svid.chain_pem(), PUBLIC_MODE)
+    _write(version / KEY, svid.key_pem(), SECRET_MODE)
+    _write(version / ROOT_CERT, svid.roots_pem(), PUBLIC_MODE)
+    os.chmod(version, 0o755)
+    fsync_directory(version)
+    previous = _current_version(directory)
+    _replace_symlink(directory / DATA_LINK, version.name)
+    for name in (CERT_CHAIN, KEY, ROOT_CERT):
+        link = directory / name
+        if not (link.is_symlink() and os.readlink(link) == f"{DATA_LINK}/{name}"):
+            _replace_symlink(link, f"{DATA_LINK}/{name}")
+    fsync_directory(directory)
+    if previous is not None and previous != version:
+        shutil.rmtree(previous, ignore_errors=True)
+    return version
+
+
+def _current_version(directory: Path) -> Path | None:
+    link = directory / DATA_LINK
+    if not link.is_symlink():
+        return None
+    return directory / os.readlink(link)

@@ -1,0 +1,158 @@
+"""Runs the agent: its attempts on an APScheduler timetable, its socket servers, its HTTP endpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from apscheduler.schedulers.background import BackgroundScheduler
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+from ca.agent.agent import Agent, AgentSettings
+from ca.agent.broadcast import SvidBroadcast
+from ca.agent.ca_client import CaClient, CaEndpoint
+from ca.agent.identity import token_identity
+from ca.agent.schedule import Backoff, RenewalPolicy
+from ca.agent.sds import SdsService
+from ca.agent.sinks import FileSink
+from ca.agent.svid import Svid
+from ca.agent.telemetry import AgentMetrics, TelemetryServer
+from ca.agent.workload_api import WorkloadApiService
+from ca.clock import Clock, SystemClock
+from ca.config import AgentConfig
+from ca.errors import ConfigError
+from ca.keys import generate_private_key
+
+log = logging.getLogger("meshca.agent")
+ATTEMPT_JOB = "certificate-attempt"
+
+
+class _BroadcastSink:
+    def __init__(self, broadcast: SvidBroadcast) -> None:
+        self._broadcast = broadcast
+
+    def publish(self, svid: Svid) -> None:
+        self._broadcast.publish(svid)
+
+
+def unix_server(path: Path, register: list[object]) -> grpc.Server:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"uds-{path.name}"))
+    for item in register:
+        if isinstance(item, SdsService):
+            sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(item, server)
+        elif isinstance(item, WorkloadApiService):
+            server.add_generic_rpc_handlers((item.handler(),))
+    if server.add_insecure_port(f"unix:{path}") == 0:
+        raise ConfigError(f"cannot listen on the Unix socket {path}; check the directory is writable")
+    return server
+
+
+@dataclass
+class AgentProcess:
+    cfg: AgentConfig
+    agent: Agent
+    broadcast: SvidBroadcast
+    metrics: AgentMetrics
+    client: CaClient
+    clock: Clock
+    servers: list[grpc.Server] = field(default_factory=list)
+    telemetry: TelemetryServer | None = None
+    _scheduler: BackgroundScheduler | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        if self.telemetry is not None:
+            self.telemetry.start()
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.start()
+        self._schedule(self.clock.now())
+
+    def _schedule(self, when: object) -> None:
+        assert self._scheduler is not None
+        self._scheduler.add_job(
+            self._attempt,
+            "date",
+            run_date=when,
+            id=ATTEMPT_JOB,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    def _attempt(self) -> None:
+        next_at = self.agent.attempt()
+        if not self._stopped.is_set():
+            self._schedule(next_at)
+
+    def retry_now(self) -> None:
+        """Ask the CA again at once (an operator forcing rotation)."""
+        self._schedule(self.clock.now())
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        for server in self.servers:
+            server.stop(0.5).wait()
+        if self.telemetry is not None:
+            self.telemetry.stop()
+        self.client.close()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+
+def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
+    clock = clock or SystemClock()
+    broadcast = SvidBroadcast()
+    metrics = AgentMetrics()
+    client = CaClient(
+        CaEndpoint(
+            address=cfg.ca_address,
+            root_file=cfg.ca_root,
+            server_name=cfg.ca_server_name,
+            cluster_id=cfg.cluster_id,
+        ),
+        cfg.token_file,
+    )
+    settings = AgentSettings(
+        trust_domain=cfg.trust_domain,
+        key_type=cfg.key_type,
+        ttl=cfg.ttl,
+        renewal=RenewalPolicy(ratio=cfg.rotation_ratio, jitter=cfg.rotation_jitter),
+        backoff=Backoff(),
+        expected_identity=lambda: token_identity(cfg.token_file, cfg.trust_domain),
+    )
+    agent = Agent(
+        settings=settings,
+        source=client,
+        sinks=[FileSink(cfg.output_dir), _BroadcastSink(broadcast)],
+        clock=clock,
+        random=random.SystemRandom().random,
+        generate_key=generate_private_key,
+        observer=metrics,
+    )
+    process = AgentProcess(
+        cfg=cfg, agent=agent, broadcast=broadcast, metrics=metrics, client=client, clock=clock
+    )
+    if cfg.once:
+        return process
+    if cfg.sds_socket is not None:
+        process.servers.append(unix_server(cfg.sds_socket, [SdsService(broadcast)]))
+    if cfg.workload_api_socket is not None:
+        process.servers.append(unix_server(cfg.workload_api_socket, [WorkloadApiService(broadcast)]))
+    if cfg.health_listen is not None:
+        host, _, port = cfg.health_listen.rpartition(":")
+        process.telemetry = TelemetryServer(host, int(port), metrics)
+    return process

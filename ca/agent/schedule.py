@@ -1,0 +1,50 @@
+"""When to renew and how long to wait after a failure: pure functions of time and chance.
+
+The random source is passed in so that tests sit exactly on the thresholds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from ca.errors import ConfigError
+
+UniformRandom = Callable[[], float]
+"""Returns a float in [0, 1)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenewalPolicy:
+    ratio: float = 0.5
+    jitter: float = 0.01
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.ratio <= 0.95:
+            raise ConfigError(f"--rotation-ratio {self.ratio} is outside 0.05-0.95; 0.5 renews at half-life")
+        if not 0 <= self.jitter <= 0.2 or self.ratio + self.jitter >= 1:
+            raise ConfigError(f"--rotation-jitter {self.jitter} must be 0-0.2 and keep renewal before expiry")
+
+    def renew_at(self, received_at: datetime, not_after: datetime, random: UniformRandom) -> datetime:
+        """At `ratio` of the remaining lifetime, moved by up to +-`jitter` of it.
+
+        Measured from when the certificate arrived, not from its NotBefore: the CA
+        backdates NotBefore for clock skew, which for short TTLs would put the
+        renewal in the past.
+        """
+        lifetime = max(not_after - received_at, timedelta(0))
+        offset = self.ratio + self.jitter * (2 * random() - 1)
+        return received_at + lifetime * offset
+
+
+@dataclass(frozen=True, kw_only=True)
+class Backoff:
+    """Exponential backoff with full jitter between half and all of the step."""
+
+    initial: timedelta = timedelta(milliseconds=500)
+    maximum: timedelta = timedelta(seconds=60)
+
+    def delay(self, attempt: int, random: UniformRandom) -> timedelta:
+        step: timedelta = min(self.initial * (2 ** min(attempt, 30)), self.maximum)
+        return step * (0.5 + random() / 2)
