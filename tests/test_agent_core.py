@@ -1,0 +1,231 @@
+"""The agent's pure core: renewal timing, backoff, response validation, the attempt loop."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings
+from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT, write_svid
+from ca.agent.schedule import Backoff, RenewalPolicy
+from ca.agent.svid import BadResponseError, Svid, accept_response
+from ca.csr import parse_csr
+from ca.errors import ConfigError, UnavailableError
+from ca.issuer import IssuancePolicy, Issuer
+from ca.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
+from ca.selfsigned import RootFactory
+from ca.spiffe_id import SpiffeId
+from tests.support.clock import FakeClock
+from tests.support.pki import ec_key, make_csr
+
+CART = SpiffeId.for_workload("cluster.local", "shop", "cart")
+
+
+class FakeCa:
+    """Issues with the real issuer; can be told to fail or to answer for another key."""
+
+    def __init__(self, clock: FakeClock, trust_domain: str = "cluster.local") -> None:
+        authority = RootFactory(
+            trust_domain=trust_domain, key_algorithm=KeyAlgorithm.EC_P256, clock=clock
+        ).create("t")
+        self.issuer = Issuer(authority=authority, policy=IssuancePolicy(), clock=clock)
+        self.fail_with: Exception | None = None
+        self.swap_key = False
+        self.identity = CART
+        self.calls: list[int] = []
+
+    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
+        self.calls.append(ttl_seconds)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.swap_key:
+            csr_pem = make_csr(ec_key())
+        csr = parse_csr(csr_pem, KeyPolicy())
+        return self.issuer.issue(spiffe_id=self.identity, csr=csr, requested_ttl_seconds=ttl_seconds).chain
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.published: list[Svid] = []
+
+    def publish(self, svid: Svid) -> None:
+        self.published.append(svid)
+
+
+def _agent(
+    clock: FakeClock, ca: FakeCa, sink: RecordingSink, *, ttl: timedelta = timedelta(hours=1)
+) -> Agent:
+    settings = AgentSettings(
+        trust_domain="cluster.local",
+        key_type=KeyAlgorithm.EC_P256,
+        ttl=ttl,
+        renewal=RenewalPolicy(ratio=0.5, jitter=0.0),
+        backoff=Backoff(),
+        expected_identity=lambda: CART,
+    )
+    return Agent(
+        settings=settings,
+        source=ca,
+        sinks=[sink],
+        clock=clock,
+        random=lambda: 0.5,
+        generate_key=generate_private_key,
+    )
+
+
+def test_renewal_at_half_of_the_remaining_life_with_bounded_jitter() -> None:
+    clock = FakeClock()
+    start, end = clock.now(), clock.now() + timedelta(hours=24)
+    policy = RenewalPolicy(ratio=0.5, jitter=0.01)
+    assert policy.renew_at(start, end, lambda: 0.5) == start + timedelta(hours=12)
+    assert policy.renew_at(start, end, lambda: 0.0) == start + timedelta(hours=24) * 0.49
+    assert policy.renew_at(start, end, lambda: 0.999999) < start + timedelta(hours=24) * 0.51
+
+
+@pytest.mark.parametrize(("ratio", "jitter"), [(0.0, 0.01), (1.0, 0.0), (0.9, 0.1), (0.5, -0.1)])
+def test_bad_renewal_settings_are_config_errors(ratio: float, jitter: float) -> None:
+    with pytest.raises(ConfigError):
+        RenewalPolicy(ratio=ratio, jitter=jitter)
+
+
+def test_backoff_doubles_from_half_a_second_up_to_a_minute() -> None:
+    backoff = Backoff()
+    full = [backoff.delay(n, lambda: 0.999999) for n in range(10)]
+    assert full[0] == pytest.approx(timedelta(milliseconds=500), abs=timedelta(milliseconds=1))
+    assert full[1] == pytest.approx(timedelta(seconds=1), abs=timedelta(milliseconds=1))
+    assert max(full) <= timedelta(seconds=60)
+    assert backoff.delay(1000, lambda: 0.0) == timedelta(seconds=30)
+
+
+def test_accepts_a_valid_response_and_refuses_bad_ones() -> None:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    key = ec_key()
+    chain = ca.issuer.issue(
+        spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
+    ).chain
+    svid = accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())
+    assert svid.spiffe_id == CART
+
+    cases: list[tuple[list[str], PrivateKey, str, SpiffeId | None, str]] = [
+        (chain, ec_key(), "cluster.local", CART, "different key"),
+        (chain, key, "other.domain", None, "outside trust domain"),
+        (
+            chain,
+            key,
+            "cluster.local",
+            SpiffeId.for_workload("cluster.local", "shop", "web"),
+            "this workload is",
+        ),
+        (chain[:1], key, "cluster.local", CART, "element"),
+        (
+            [chain[0], FakeCa(clock).issuer.authority.trust_bundle_pem()],
+            key,
+            "cluster.local",
+            CART,
+            "validate",
+        ),
+        (["garbage", chain[1]], key, "cluster.local", CART, "parsed"),
+    ]
+    for pems, held_key, domain, expected, words in cases:
+        with pytest.raises(BadResponseError) as caught:
+            accept_response(pems, held_key, trust_domain=domain, expected=expected, now=clock.now())
+        assert words in str(caught.value)
+
+
+def test_an_expired_chain_is_refused() -> None:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    key = ec_key()
+    chain = ca.issuer.issue(
+        spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=60
+    ).chain
+    with pytest.raises(BadResponseError):
+        accept_response(
+            chain, key, trust_domain="cluster.local", expected=CART, now=clock.now() + timedelta(hours=1)
+        )
+
+
+def test_attempt_publishes_and_schedules_renewal_at_half_life() -> None:
+    clock, sink = FakeClock(), RecordingSink()
+    ca = FakeCa(clock)
+    agent = _agent(clock, ca, sink)
+    next_at = agent.attempt()
+    assert len(sink.published) == 1 and agent.current is sink.published[0]
+    assert next_at == clock.now() + timedelta(minutes=30)
+    assert ca.calls == [3600]
+
+
+def test_failures_back_off_and_keep_the_last_good_certificate() -> None:
+    clock, sink = FakeClock(), RecordingSink()
+    ca = FakeCa(clock)
+    agent = _agent(clock, ca, sink)
+    agent.attempt()
+    good = agent.current
+    ca.fail_with = UnavailableError("CA down", reason="unavailable")
+    delays = []
+    for _ in range(4):
+        delays.append(agent.attempt() - clock.now())
+    assert agent.current is good and len(sink.published) == 1
+    assert delays == sorted(delays) and delays[0] < delays[-1] <= timedelta(seconds=60)
+    assert agent.consecutive_failures == 4
+    ca.fail_with = None
+    agent.attempt()
+    assert agent.current is not good and agent.consecutive_failures == 0 and len(sink.published) == 2
+
+
+def test_a_chain_for_another_key_is_never_published() -> None:
+    clock, sink = FakeClock(), RecordingSink()
+    ca = FakeCa(clock)
+    agent = _agent(clock, ca, sink)
+    ca.swap_key = True
+    agent.attempt()
+    assert sink.published == [] and agent.current is None
+    assert agent.last_error is not None and "different key" in str(agent.last_error)
+
+
+def test_short_lived_certificates_never_renew_in_a_hot_loop() -> None:
+    clock, sink = FakeClock(), RecordingSink()
+    agent = _agent(clock, FakeCa(clock), sink, ttl=timedelta(seconds=1))
+    assert agent.attempt() - clock.now() >= MIN_INTERVAL
+
+
+def _svid(clock: FakeClock) -> Svid:
+    ca, key = FakeCa(clock), ec_key()
+    chain = ca.issuer.issue(
+        spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
+    ).chain
+    return accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())
+
+
+def test_output_files_switch_together_and_the_key_is_private(tmp_path: Path) -> None:
+    clock = FakeClock()
+    first, second = _svid(clock), _svid(clock)
+    write_svid(tmp_path, first)
+    old_version = tmp_path / os.readlink(tmp_path / DATA_LINK)
+    write_svid(tmp_path, second)
+    assert (tmp_path / CERT_CHAIN).read_bytes() == second.chain_pem()
+    assert (tmp_path / KEY).read_bytes() == second.key_pem()
+    assert (tmp_path / ROOT_CERT).read_bytes() == second.roots_pem()
+    assert stat.S_IMODE((tmp_path / KEY).stat().st_mode) == 0o600
+    assert not old_version.exists()
+    leaf = x509.load_pem_x509_certificate((tmp_path / CERT_CHAIN).read_bytes())
+    assert leaf.public_key() == second.key.public_key()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("..")) == [
+        CERT_CHAIN,
+        KEY,
+        ROOT_CERT,
+    ]
+
+
+def test_output_replaces_plain_files_left_by_another_writer(tmp_path: Path) -> None:
+    for name in (CERT_CHAIN, KEY, ROOT_CERT):
+        (tmp_path / name).write_text("stale")
+    svid = _svid(FakeClock())
+    write_svid(tmp_path, svid)
+    assert (tmp_path / KEY).read_bytes() == svid.key_pem()
