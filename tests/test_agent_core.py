@@ -16,37 +16,11 @@ from ca.agent.schedule import Backoff, RenewalPolicy
 from ca.agent.svid import BadResponseError, Svid, accept_response
 from ca.csr import parse_csr
 from ca.errors import ConfigError, UnavailableError
-from ca.issuer import IssuancePolicy, Issuer
 from ca.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
-from ca.selfsigned import RootFactory
 from ca.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
-
-CART = SpiffeId.for_workload("cluster.local", "shop", "cart")
-
-
-class FakeCa:
-    """Issues with the real issuer; can be told to fail or to answer for another key."""
-
-    def __init__(self, clock: FakeClock, trust_domain: str = "cluster.local") -> None:
-        authority = RootFactory(
-            trust_domain=trust_domain, key_algorithm=KeyAlgorithm.EC_P256, clock=clock
-        ).create("t")
-        self.issuer = Issuer(authority=authority, policy=IssuancePolicy(), clock=clock)
-        self.fail_with: Exception | None = None
-        self.swap_key = False
-        self.identity = CART
-        self.calls: list[int] = []
-
-    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
-        self.calls.append(ttl_seconds)
-        if self.fail_with is not None:
-            raise self.fail_with
-        if self.swap_key:
-            csr_pem = make_csr(ec_key())
-        csr = parse_csr(csr_pem, KeyPolicy())
-        return self.issuer.issue(spiffe_id=self.identity, csr=csr, requested_ttl_seconds=ttl_seconds).chain
+from tests.support.svids import CART, FakeCa, make_svid
 
 
 class RecordingSink:
@@ -195,17 +169,9 @@ def test_short_lived_certificates_never_renew_in_a_hot_loop() -> None:
     assert agent.attempt() - clock.now() >= MIN_INTERVAL
 
 
-def _svid(clock: FakeClock) -> Svid:
-    ca, key = FakeCa(clock), ec_key()
-    chain = ca.issuer.issue(
-        spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
-    ).chain
-    return accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())
-
-
 def test_output_files_switch_together_and_the_key_is_private(tmp_path: Path) -> None:
     clock = FakeClock()
-    first, second = _svid(clock), _svid(clock)
+    first, second = make_svid(clock), make_svid(clock)
     write_svid(tmp_path, first)
     old_version = tmp_path / os.readlink(tmp_path / DATA_LINK)
     write_svid(tmp_path, second)
@@ -226,6 +192,6 @@ def test_output_files_switch_together_and_the_key_is_private(tmp_path: Path) -> 
 def test_output_replaces_plain_files_left_by_another_writer(tmp_path: Path) -> None:
     for name in (CERT_CHAIN, KEY, ROOT_CERT):
         (tmp_path / name).write_text("stale")
-    svid = _svid(FakeClock())
+    svid = make_svid(FakeClock())
     write_svid(tmp_path, svid)
     assert (tmp_path / KEY).read_bytes() == svid.key_pem()
