@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
-import grpc
 from apscheduler.schedulers.background import BackgroundScheduler
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from ca import kube, state_dir
@@ -33,7 +31,8 @@ from ca.clock import Clock, SystemClock
 from ca.config import KUBERNETES_ISSUER, ServeConfig
 from ca.devtoken import DevTokenIssuer
 from ca.errors import ConfigError
-from ca.grpc_api import SERVICE_NAME, CertificateService
+from ca.grpc_api import CertificateService
+from ca.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.issuer import Issuer
 from ca.metrics import CaMetrics
 from ca.selfsigned import RootFactory
@@ -41,7 +40,6 @@ from ca.serving import ServingIdentity
 from ca.spiffe_id import SpiffeId
 
 log = logging.getLogger("meshca")
-MAX_MESSAGE_BYTES = 256 * 1024
 
 
 def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
@@ -125,32 +123,25 @@ class CaServer:
     service: CertificateService
     pod_cache: kube.PodCache | None = None
     ports: dict[str, int] = field(default_factory=dict)
-    _server: grpc.Server | None = None
+    _server: ApiServer | None = None
+    _metrics_http: WSGIServer | None = None
     _scheduler: BackgroundScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=self.cfg.grpc_workers, thread_name_prefix="grpc"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 1),
-            ],
-            maximum_concurrent_rpcs=self.cfg.grpc_workers * 64,
+        server: ApiServer = (
+            AsyncioServer(self.service)
+            if self.cfg.grpc_server == "asyncio"
+            else ThreadedServer(self.service, workers=self.cfg.grpc_workers)
         )
-        server.add_generic_rpc_handlers((self.service.handler(),))
-        health_servicer = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
             self.ports["renew"] = self._bind(server, self.cfg.renew_listen, require_client_cert=True)
         if self.cfg.metrics_listen is not None:
             host, _, port = self.cfg.metrics_listen.rpartition(":")
-            metrics_server, _ = start_http_server(int(port), host, registry=self.metrics.registry)
-            self.ports["metrics"] = metrics_server.server_port
+            self._metrics_http, _ = start_http_server(int(port), host, registry=self.metrics.registry)
+            self.ports["metrics"] = self._metrics_http.server_port
         server.start()
-        for name in ("", SERVICE_NAME):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._scheduler = self._schedule()
         log.info(
@@ -163,15 +154,8 @@ class CaServer:
             },
         )
 
-    def _bind(self, server: grpc.Server, address: str, *, require_client_cert: bool) -> int:
-        credentials = self.serving.server_credentials(require_client_cert=require_client_cert)
-        try:
-            port = server.add_secure_port(address, credentials)
-        except RuntimeError as err:
-            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
-        if port == 0:
-            raise ConfigError(f"cannot listen on {address}; is the port in use or the address wrong?")
-        return port
+    def _bind(self, server: ApiServer, address: str, *, require_client_cert: bool) -> int:
+        return server.bind(address, self.serving.server_credentials(require_client_cert=require_client_cert))
 
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
@@ -212,7 +196,10 @@ class CaServer:
         if self.pod_cache is not None:
             self.pod_cache.stop()
         if self._server is not None:
-            self._server.stop(grace_s).wait()
+            self._server.stop(grace_s)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
         self._stopped.set()
 
     def wait(self) -> None:

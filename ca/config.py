@@ -67,6 +67,7 @@ class ServeConfig:
     cluster_id: str | None
     token_cache_size: int
     grpc_workers: int
+    grpc_server: str
     log_level: str
 
     @property
@@ -202,7 +203,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add("--dns-names", DEFAULT_DNS_NAMES, "DNS names and IPs in the CA server's own certificate")
     s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
     s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
-    s.add("--grpc-workers", "16", "gRPC worker threads")
+    s.add("--grpc-server", "threaded", "gRPC server flavour", choices=["threaded", "asyncio"])
+    s.add("--grpc-workers", "16", "gRPC worker threads (threaded server)")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 
     agent = commands.add_parser("agent", help="run the workload agent beside a sidecar")
@@ -327,6 +329,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         cluster_id=args.cluster_id or None,
         token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),
         grpc_workers=workers,
+        grpc_server=args.grpc_server,
         log_level=args.log_level,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import NoReturn
+from typing import NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -92,6 +92,11 @@ def check_request_metadata(request: istio_ca_pb2.IstioCertificateRequest, caller
         )
 
 
+class Refusal(NamedTuple):
+    code: grpc.StatusCode
+    message: str
+
+
 class CertificateService:
     def __init__(
         self,
@@ -106,34 +111,54 @@ class CertificateService:
         self._metrics = metrics
         self._cluster_id = cluster_id
 
-    def create_certificate(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
+    def respond(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes | Refusal:
+        """The serialized response, or the status to refuse with.
+
+        Uses only the context accessors that the sync and asyncio servers share.
+        """
         started = time.perf_counter()
         self._metrics.csr_count.inc()
         try:
             issued, caller = self._handle(request_bytes, context)
         except MeshcaError as err:
-            self._refuse(err, context)
+            return self._refusal(err, context)
         except Exception:
             log.exception("unexpected error while issuing a certificate", extra={"peer": context.peer()})
             self._metrics.sign_err_count.labels(error="internal").inc()
-            context.abort(
+            return Refusal(
                 grpc.StatusCode.INTERNAL,
                 "internal error while issuing the certificate; the CA logged the details",
             )
         self._metrics.success_count.inc()
         self._metrics.issuance_latency.observe(time.perf_counter() - started)
-        log.info(
-            "issued certificate",
-            extra={
-                "spiffe_id": issued.spiffe_id.uri,
-                "serial": format(issued.serial, "x"),
-                "not_after": issued.not_after.isoformat(),
-                "auth": caller.method,
-                "pod": caller.pod_name,
-                "peer": context.peer(),
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "issued certificate",
+                extra={
+                    "spiffe_id": issued.spiffe_id.uri,
+                    "serial": format(issued.serial, "x"),
+                    "not_after": issued.not_after.isoformat(),
+                    "auth": caller.method,
+                    "pod": caller.pod_name,
+                    "peer": context.peer(),
+                },
+            )
         response: bytes = istio_ca_pb2.IstioCertificateResponse(cert_chain=issued.chain).SerializeToString()
+        return response
+
+    def create_certificate(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
+        response = self.respond(request_bytes, context)
+        if isinstance(response, Refusal):
+            context.abort(response.code, response.message)
+        return response
+
+    async def create_certificate_async(
+        self, request_bytes: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        response = self.respond(request_bytes, context)  # type: ignore[arg-type]
+        if isinstance(response, Refusal):
+            await context.abort(response.code, response.message)
+            raise AssertionError("abort returned")
         return response
 
     def _handle(
@@ -175,7 +200,7 @@ class CertificateService:
                 reason="request_malformed",
             ) from err
 
-    def _refuse(self, err: MeshcaError, context: grpc.ServicerContext) -> NoReturn:
+    def _refusal(self, err: MeshcaError, context: grpc.ServicerContext) -> Refusal:
         if err.kind is ErrorKind.UNAUTHENTICATED:
             self._metrics.auth_failure_count.labels(reason=err.reason).inc()
         else:
@@ -184,15 +209,17 @@ class CertificateService:
             "refused certificate request",
             extra={"reason": err.reason, "detail": err.message, "peer": context.peer()},
         )
-        context.abort(STATUS_BY_KIND[err.kind], err.message)
-        raise AssertionError("context.abort returned")
+        return Refusal(STATUS_BY_KIND[err.kind], err.message)
 
-    def handler(self) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        method = self.create_certificate_async if asynchronous else self.create_certificate
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 METHOD_NAME: grpc.unary_unary_rpc_method_handler(
-                    self.create_certificate, request_deserializer=None, response_serializer=None
+                    method,
+                    request_deserializer=None,
+                    response_serializer=None,
                 )
             },
         )

@@ -134,7 +134,7 @@ class Agent:
         self._observe(ok=False, seconds=seconds, now=now)
         held = self.current
         log.warning(
-            "certificate request failed; keeping the last good certificate",
+            "certificate request failed" + ("; keeping the last good certificate" if held else ""),
             extra={
                 "reason": err.reason,
                 "detail": err.message,

@@ -116,7 +116,7 @@ class AgentProcess:
 def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     clock = clock or SystemClock()
     broadcast = SvidBroadcast()
-    metrics = AgentMetrics()
+    metrics = AgentMetrics(clock)
     client = CaClient(
         CaEndpoint(
             address=cfg.ca_address,

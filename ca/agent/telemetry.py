@@ -10,13 +10,19 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from ca.agent.svid import Svid
+from ca.clock import Clock
 from ca.metrics import IstioNamedCounters
 
 REQUEST_TYPE = "csr"
 
 
 class AgentMetrics:
-    def __init__(self) -> None:
+    """Counts the agent's CA calls; expiry and readiness are read off the held certificate
+    at scrape time, so they stay true between calls."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._held: Svid | None = None
         self.registry = CollectorRegistry()
         counters = CollectorRegistry(auto_describe=True)
         self.registry.register(IstioNamedCounters(counters))
@@ -44,7 +50,7 @@ class AgentMetrics:
             ["resource_name"],
             registry=self.registry,
         )
-        self.ready = False
+        self.cert_expiry.labels(resource_name="default").set_function(self._seconds_left)
 
     def attempted(self, *, ok: bool, seconds: float) -> None:
         self.outgoing.labels(request_type=REQUEST_TYPE).inc()
@@ -53,12 +59,15 @@ class AgentMetrics:
             self.failed.labels(request_type=REQUEST_TYPE).inc()
 
     def holding(self, svid: Svid | None, now: datetime) -> None:
-        if svid is None:
-            self.ready = False
-            return
-        remaining = (svid.not_after - now).total_seconds()
-        self.cert_expiry.labels(resource_name="default").set(remaining)
-        self.ready = remaining > 0
+        self._held = svid
+
+    def _seconds_left(self) -> float:
+        held = self._held
+        return 0.0 if held is None else (held.not_after - self._clock.now()).total_seconds()
+
+    @property
+    def ready(self) -> bool:
+        return self._seconds_left() > 0
 
 
 class TelemetryServer:

@@ -96,10 +96,10 @@ class RunningCa:
         response = self.stub(**stub_kwargs).CreateCertificate(request, metadata=headers, timeout=10)
         return list(response.cert_chain), key
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 0.5) -> None:
         for channel in self.channels:
             channel.close()
-        self.server.stop(grace_s=0.5)
+        self.server.stop(grace_s=grace_s)
 
 
 def start_ca(

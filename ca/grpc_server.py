@@ -1,0 +1,113 @@
+"""The gRPC server that carries the certificate API: threaded or asyncio.
+
+Both register the same handler and health service. The asyncio server runs
+its loop on a thread of its own, so the caller's API is the same for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ca.errors import ConfigError
+from ca.grpc_api import SERVICE_NAME, CertificateService
+
+MAX_MESSAGE_BYTES = 256 * 1024
+OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 1)]
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class ApiServer(Protocol):
+    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, grace_s: float) -> None: ...
+
+
+def _bound(address: str, port: int) -> int:
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address}; is the port in use or the address wrong?")
+    return port
+
+
+class ThreadedServer:
+    def __init__(self, service: CertificateService, *, workers: int) -> None:
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+            options=OPTIONS,
+            maximum_concurrent_rpcs=workers * 64,
+        )
+        self._server.add_generic_rpc_handlers((service.handler(),))
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+
+    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        try:
+            return _bound(address, self._server.add_secure_port(address, credentials))
+        except RuntimeError as err:
+            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
+
+    def start(self) -> None:
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, SERVING)
+
+    def stop(self, grace_s: float) -> None:
+        self._server.stop(grace_s).wait()
+
+
+class AsyncioServer:
+    """grpc.aio on a private event loop thread: the handler runs on the loop, with no
+    hand-off to a worker thread per request."""
+
+    def __init__(self, service: CertificateService, *, max_concurrent: int = 1024) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        self._health = health_aio.HealthServicer()
+
+        async def build() -> grpc.aio.Server:
+            server = grpc.aio.server(options=OPTIONS, maximum_concurrent_rpcs=max_concurrent)
+            server.add_generic_rpc_handlers((service.handler(asynchronous=True),))
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            return server
+
+        self._server = self._run(build)
+
+    def _run(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        async def add() -> int:
+            port: int = self._server.add_secure_port(address, credentials)
+            return port
+
+        try:
+            port: int = self._run(add)
+            return _bound(address, port)
+        except RuntimeError as err:
+            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
+
+    def start(self) -> None:
+        async def start() -> None:
+            await self._server.start()
+            for name in ("", SERVICE_NAME):
+                await self._health.set(name, SERVING)
+
+        self._run(start)
+
+    def stop(self, grace_s: float) -> None:
+        async def stop() -> None:
+            await self._server.stop(grace_s)
+
+        self._run(stop)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
