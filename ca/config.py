@@ -203,7 +203,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add("--dns-names", DEFAULT_DNS_NAMES, "DNS names and IPs in the CA server's own certificate")
     s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
     s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
-    s.add("--grpc-server", "threaded", "gRPC server flavour", choices=["threaded", "asyncio"])
+    s.add(
+        "--grpc-server",
+        "asyncio",
+        "gRPC server: asyncio (runs each request on the event loop) or threaded",
+        choices=["asyncio", "threaded"],
+    )
     s.add("--grpc-workers", "16", "gRPC worker threads (threaded server)")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 

@@ -202,6 +202,7 @@ class ServerFleet:
     log_dir: Path
     ca_key_type: str
     grpc_workers: int | None = None
+    grpc_server: str | None = None
     pool_file: Path | None = None  # needed by the floor server
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)  # logs[i] is the output of procs[i]
@@ -246,6 +247,8 @@ class ServerFleet:
             args = self._meshca_args(port, token_cache_size)
         if self.grpc_workers is not None:
             args += ["--grpc-workers", str(self.grpc_workers)]
+        if self.grpc_server is not None and "--pool-file" not in args:
+            args += ["--grpc-server", self.grpc_server]
         self.started += 1
         log_path = self.log_dir / f"server-{self.started}.log"
         with open(log_path, "wb") as log:
@@ -335,10 +338,10 @@ def floor_server_main(argv: Sequence[str]) -> int:
     import grpc
 
     from ca._proto import istio_ca_pb2
-    from ca.app import MAX_MESSAGE_BYTES
     from ca.clock import SystemClock
     from ca.config import DEFAULT_DNS_NAMES
     from ca.csr import parse_csr
+    from ca.grpc_server import MAX_MESSAGE_BYTES
     from ca.issuer import IssuancePolicy, Issuer
     from ca.keys import KeyAlgorithm
     from ca.selfsigned import RootFactory

@@ -92,6 +92,7 @@ class Settings:
     ca_key_type: str
     servers_d: int  # server processes in (d)
     grpc_workers: int | None
+    grpc_server: str | None
     quick: bool
 
 
@@ -114,6 +115,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--ca-key-type", default="ec-p256", help="CA key type: ec-p256 (default), rsa-2048, ..."
     )
     parser.add_argument("--servers", type=int, default=None, help="server processes in (d) (default: nproc)")
+    parser.add_argument(
+        "--grpc-server",
+        choices=["threaded", "asyncio"],
+        default=None,
+        help="pass --grpc-server to meshca serve",
+    )
     parser.add_argument("--grpc-workers", type=int, default=None, help="pass --grpc-workers to meshca serve")
     parser.add_argument("--quick", action="store_true", help="short phases and a small pool: a smoke run")
     args = parser.parse_args(argv)
@@ -140,6 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         ca_key_type=KeyAlgorithm.parse(args.ca_key_type).value,
         servers_d=max(1, args.servers if args.servers is not None else len(os.sched_getaffinity(0))),
         grpc_workers=args.grpc_workers,
+        grpc_server=args.grpc_server,
         quick=quick,
     )
 
@@ -631,7 +639,7 @@ def run_all(s: Settings) -> Results:
     with tempfile.TemporaryDirectory(prefix="meshca-bench-") as tmp:
         state_dir = Path(tmp) / "state"
         state_dir.mkdir(mode=0o700)
-        with ServerFleet(state_dir, Path(tmp), s.ca_key_type, s.grpc_workers) as fleet:
+        with ServerFleet(state_dir, Path(tmp), s.ca_key_type, s.grpc_workers, s.grpc_server) as fleet:
             progress(f"generating {s.pool} EC P-256 keys + CSRs and {s.pool} dev tokens")
             pool = make_pool(state_dir, s.pool)
             fleet.pool_file = Path(tmp) / "pool.json"

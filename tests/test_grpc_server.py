@@ -359,3 +359,25 @@ def test_restart_keeps_the_root_and_earlier_certificates_verify(tmp_path: Path) 
         assert_valid_svid([*chain_before[:-1], chain_after[-1]], key_before, CART, second.clock.now())
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize("flavour", ["threaded", "asyncio"])
+def test_both_server_flavours_serve_the_same_api(tmp_path: Path, flavour: str) -> None:
+    ca = start_ca(tmp_path, "--grpc-server", flavour)
+    try:
+        chain, key = ca.request(token=ca.token("shop", "cart"))
+        assert_valid_svid(chain, key, CART, ca.clock.now())
+        code, details = _code_and_details(ca, token=ca.token(), ttl=-1)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "negative" in details
+        assert _code_and_details(ca)[0] == grpc.StatusCode.UNAUTHENTICATED
+        renewed, new_key = ca.request(
+            port=ca.server.ports["renew"], client_key=key, client_chain="".join(chain[:-1]).encode()
+        )
+        assert_valid_svid(renewed, new_key, CART, ca.clock.now())
+        result = _raw_call(ca, b"\xff\xff", ca.token())
+        assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT
+        health = health_pb2_grpc.HealthStub(ca.channel())
+        status = health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        ca.stop()
