@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 from ca import logs
@@ -17,6 +17,18 @@ EXIT_CONFIG = 2
 EXIT_FAILURE = 1
 
 
+def _until_signalled(stop: Callable[[], None], wait: Callable[[], None]) -> int:
+    """Block until SIGTERM or SIGINT has stopped the service."""
+
+    def shutdown(signum: int, frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    wait()
+    return 0
+
+
 def _serve(args: object) -> int:
     from ca.app import build_server
 
@@ -24,14 +36,7 @@ def _serve(args: object) -> int:
     logs.configure(cfg.log_level)
     server = build_server(cfg)
     server.start()
-
-    def shutdown(signum: int, frame: FrameType | None) -> None:
-        server.stop()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    server.wait()
-    return 0
+    return _until_signalled(server.stop, server.wait)
 
 
 def _agent(args: object) -> int:
@@ -49,14 +54,7 @@ def _agent(args: object) -> int:
             return EXIT_FAILURE
         return 0
     process.start()
-
-    def shutdown(signum: int, frame: FrameType | None) -> None:
-        process.stop()
-
-    signal.signal(signal.SIGTERM, shutdown)
-    signal.signal(signal.SIGINT, shutdown)
-    process.wait()
-    return 0
+    return _until_signalled(process.stop, process.wait)
 
 
 def _token(args: object) -> int:

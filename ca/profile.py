@@ -80,16 +80,16 @@ def _with_key_ids(
     return builder.add_extension(aki, critical=False)
 
 
-def workload_leaf(
+def _leaf(
     *,
     subject_key: PublicKey,
-    spiffe_id: SpiffeId,
+    names: Sequence[x509.GeneralName],
     issuer: x509.Certificate,
     serial: int,
     not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
-    """An X.509-SVID: empty subject, one critical URI SAN, cA=false, mTLS EKUs."""
+    """Empty subject, critical SAN, cA=false, critical key usage, mTLS EKUs, AKI/SKI."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))
@@ -104,12 +104,29 @@ def workload_leaf(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,
         )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id.uri)]),
-            critical=True,
-        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=True)
     )
     return _with_key_ids(builder, subject_key, issuer)
+
+
+def workload_leaf(
+    *,
+    subject_key: PublicKey,
+    spiffe_id: SpiffeId,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """An X.509-SVID: exactly one URI SAN, the workload's SPIFFE ID."""
+    return _leaf(
+        subject_key=subject_key,
+        names=[x509.UniformResourceIdentifier(spiffe_id.uri)],
+        issuer=issuer,
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
+    )
 
 
 def _general_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
@@ -133,24 +150,14 @@ def serving_leaf(
     not_after: datetime,
 ) -> x509.CertificateBuilder:
     """The CA server's own TLS certificate: its DNS names and IPs plus its SPIFFE ID."""
-    san = [*_general_names(hosts), x509.UniformResourceIdentifier(spiffe_id.uri)]
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(issuer.subject)
-        .public_key(subject_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(leaf_key_usage(subject_key), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(san), critical=True)
+    return _leaf(
+        subject_key=subject_key,
+        names=[*_general_names(hosts), x509.UniformResourceIdentifier(spiffe_id.uri)],
+        issuer=issuer,
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
     )
-    return _with_key_ids(builder, subject_key, issuer)
 
 
 def self_signed_root(

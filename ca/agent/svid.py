@@ -16,9 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from ca.errors import MeshcaError
+from ca.errors import InvalidSpiffeIdError, MeshcaError
 from ca.keys import PrivateKey, private_key_pem
 from ca.spiffe_id import SpiffeId
+from ca.svid_id import svid_spiffe_id
 
 
 class BadResponseError(MeshcaError):
@@ -91,16 +92,9 @@ def _load(pems: Sequence[str]) -> tuple[list[x509.Certificate], list[x509.Certif
 
 def _leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
     try:
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise _bad("the leaf has no subject alternative name") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        raise _bad(f"the leaf has {len(uris)} URI SANs; an X.509-SVID has exactly one")
-    try:
-        return SpiffeId.parse(uris[0])
-    except MeshcaError as err:
-        raise _bad(str(err)) from err
+        return svid_spiffe_id(leaf)
+    except InvalidSpiffeIdError as err:
+        raise _bad(f"the leaf is not an X.509-SVID: {err}") from err
 
 
 def accept_response(

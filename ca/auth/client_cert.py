@@ -13,6 +13,7 @@ from ca.auth.base import Caller, Credentials
 from ca.clock import Clock
 from ca.errors import AuthenticationError, InvalidSpiffeIdError
 from ca.spiffe_id import SpiffeId
+from ca.svid_id import svid_spiffe_id
 
 
 def _refused(problem: str) -> AuthenticationError:
@@ -54,14 +55,7 @@ class ClientCertificateAuthenticator:
 
     def _workload_id(self, cert: x509.Certificate) -> SpiffeId:
         try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            raise _refused("it has no subject alternative name") from None
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        if len(uris) != 1:
-            raise _refused(f"it has {len(uris)} URI SANs, an X.509-SVID has exactly one")
-        try:
-            spiffe_id = SpiffeId.parse(uris[0])
+            spiffe_id = svid_spiffe_id(cert)
         except InvalidSpiffeIdError as err:
             raise _refused(str(err)) from err
         if not spiffe_id.is_member_of(self._trust_domain) or spiffe_id.workload() is None:

@@ -19,7 +19,7 @@ import jwt
 from ca.auth.base import Caller, Credentials
 from ca.auth.jwks import KeySource
 from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
-from ca.auth.token_cache import TokenCache, token_key
+from ca.auth.token_cache import TokenCache
 from ca.clock import Clock
 from ca.errors import AuthenticationError
 from ca.spiffe_id import SpiffeId
@@ -169,22 +169,18 @@ class JwtAuthenticator:
         if token is None:
             return None
         now = self._clock.now()
-        key = token_key(token)
-        caller = self._cache.get(key, now)
-        if caller is None:
-            caller = self._verify(token, now)
-            assert caller.expires_at is not None
-            self._cache.put(key, caller, caller.expires_at + self._rules.leeway)
+        caller = self._cache.through(token, now, lambda: self._verify(token, now))
         check_pod(caller, self._pods)
         return caller
 
-    def _verify(self, token: str, now: datetime) -> Caller:
+    def _verify(self, token: str, now: datetime) -> tuple[Caller, datetime]:
         claims = self._verified_claims(token)
         check_issuer(claims, self._rules.issuers)
         check_audience(claims, self._rules.audiences)
         expires = check_time_claims(claims, now, self._rules.leeway)
         identity = identity_from_claims(claims)
-        return caller_from(identity, self._rules.trust_domain, self.name, expires)
+        caller = caller_from(identity, self._rules.trust_domain, self.name, expires)
+        return caller, expires + self._rules.leeway
 
     def _verified_claims(self, token: str) -> Mapping[str, Any]:
         header = unverified_header(token)

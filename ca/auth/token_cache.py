@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime
 
 from ca.auth.base import Caller
@@ -47,6 +48,16 @@ class TokenCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+
+    def through(self, token: str, now: datetime, verify: Callable[[], tuple[Caller, datetime]]) -> Caller:
+        """The cached caller for `token`, or `verify()`'s, kept until the deadline it gives."""
+        key = token_key(token)
+        cached = self.get(key, now)
+        if cached is not None:
+            return cached
+        caller, valid_until = verify()
+        self.put(key, caller, valid_until)
+        return caller
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -14,7 +14,7 @@ import jwt
 from ca.auth.base import Caller, Credentials
 from ca.auth.jwt_token import caller_from
 from ca.auth.k8s_identity import identity_from_review
-from ca.auth.token_cache import TokenCache, token_key
+from ca.auth.token_cache import TokenCache
 from ca.clock import Clock
 
 # (token, audiences) -> TokenReview `status`; raises UnavailableError when the API is unreachable.
@@ -56,15 +56,11 @@ class TokenReviewAuthenticator:
         if token is None:
             return None
         now = self._clock.now()
-        key = token_key(token)
-        cached = self._cache.get(key, now)
-        if cached is not None:
-            return cached
+        return self._cache.through(token, now, lambda: self._review_token(token, now))
+
+    def _review_token(self, token: str, now: datetime) -> tuple[Caller, datetime]:
         identity = identity_from_review(self._review(token, self._audiences))
         expires = unverified_expiry(token)
         caller = caller_from(identity, self._trust_domain, self.name, expires)
         valid_until = now + self._cache_ttl
-        if expires is not None:
-            valid_until = min(valid_until, expires)
-        self._cache.put(key, caller, valid_until)
-        return caller
+        return caller, valid_until if expires is None else min(valid_until, expires)
