@@ -98,11 +98,14 @@ class TelemetryServer:
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="agent-http", daemon=True)
+        # A long poll keeps an idle agent asleep; stop() does not wait for it to end.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 30.0}, name="agent-http", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        threading.Thread(target=self._server.shutdown, name="agent-http-stop", daemon=True).start()
         self._server.server_close()
