@@ -11,6 +11,7 @@ from wsgiref.simple_server import WSGIServer
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import start_http_server
+from sqlalchemy.exc import SQLAlchemyError
 
 from ca import kube, state_dir
 from ca.auth.base import Authenticator, AuthenticatorChain
@@ -34,6 +35,9 @@ from ca.errors import ConfigError
 from ca.grpc_api import CertificateService
 from ca.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.issuer import Issuer
+from ca.ledger.ledger import HEAD_FILE, HeadFile, HeadPublisher, Ledger, load_or_create_ledger_key
+from ca.ledger.schema import CURRENT_VERSION
+from ca.ledger.store import LedgerStore, redact_url
 from ca.metrics import CaMetrics
 from ca.selfsigned import RootFactory
 from ca.serving import ServingIdentity
@@ -122,6 +126,7 @@ class CaServer:
     serving: ServingIdentity
     service: CertificateService
     pod_cache: kube.PodCache | None = None
+    ledger: Ledger | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _server: ApiServer | None = None
     _metrics_http: WSGIServer | None = None
@@ -161,6 +166,15 @@ class CaServer:
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(self.refresh_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
         self._schedule_serving_rotation(scheduler)
+        if self.ledger is not None:
+            scheduler.add_job(
+                self._checkpoint_ledger,
+                "interval",
+                seconds=self.cfg.ledger_checkpoint_interval.total_seconds() or 5,
+                id="ledger-checkpoint",
+            )
+            if self.cfg.ledger_retention is not None:
+                scheduler.add_job(self._compact_ledger, "interval", hours=1, id="ledger-retention")
         scheduler.start()
         return scheduler
 
@@ -182,6 +196,23 @@ class CaServer:
         if self._scheduler is not None:
             self._schedule_serving_rotation(self._scheduler)
 
+    def _checkpoint_ledger(self) -> None:
+        assert self.ledger is not None
+        try:
+            self.ledger.checkpoint()
+        except Exception as err:
+            log.warning("ledger checkpoint failed; will retry", extra={"detail": str(err)})
+
+    def _compact_ledger(self) -> None:
+        assert self.ledger is not None and self.cfg.ledger_retention is not None
+        try:
+            removed = self.ledger.compact(self.clock.now() - self.cfg.ledger_retention)
+        except Exception as err:
+            log.warning("ledger compaction failed; will retry", extra={"detail": str(err)})
+            return
+        if removed:
+            log.info("compacted expired ledger records", extra={"removed": removed})
+
     def refresh_expiry_gauges(self) -> None:
         now = self.clock.now()
         root, chain = self.authority.root_expiry(), self.authority.expiry()
@@ -200,10 +231,37 @@ class CaServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.ledger is not None:
+            self.ledger.close()
         self._stopped.set()
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
+    assert cfg.ledger_url is not None
+    store = LedgerStore(cfg.ledger_url)
+    try:
+        found = store.migrate()
+    except SQLAlchemyError as err:
+        raise ConfigError(
+            f"cannot open the issuance ledger at {redact_url(cfg.ledger_url)} ({str(err).splitlines()[0]}); "
+            "check --ledger and that the database is reachable"
+        ) from err
+    if found not in (0, CURRENT_VERSION):
+        log.info("upgraded the ledger schema", extra={"from_version": found, "to_version": CURRENT_VERSION})
+    publishers: list[HeadPublisher] = [HeadFile(cfg.state_dir / HEAD_FILE).publish]
+    if api is not None:
+        publishers.append(kube.ledger_head_publisher(api, namespace=cfg.ca_namespace))
+    return Ledger(store, key=load_or_create_ledger_key(cfg.ledger_key), clock=clock, publishers=publishers)
+
+
+def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) -> None:
+    try:
+        ledger.record_ca_event(event, authority).result(timeout=10)
+    except Exception as err:
+        log.error("could not record the CA event in the ledger", extra={"event": event, "detail": str(err)})
 
 
 def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
@@ -228,7 +286,11 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         pod_cache.start()
     issuer = Issuer(authority=authority, policy=cfg.issuance, clock=clock)
     metrics = CaMetrics()
+    ledger = open_ledger(cfg, clock, api) if cfg.ledger_url else None
+    if ledger is not None:
+        _record_ca_event(ledger, what, authority)
     service = CertificateService(
+        recorder=ledger,
         issuer=issuer,
         authenticators=build_authenticators(cfg, clock, api, pod_cache),
         metrics=metrics,
@@ -249,4 +311,5 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         serving=serving,
         service=service,
         pod_cache=pod_cache,
+        ledger=ledger,
     )

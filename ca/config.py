@@ -68,6 +68,10 @@ class ServeConfig:
     token_cache_size: int
     grpc_workers: int
     grpc_server: str
+    ledger_url: str | None
+    ledger_key: Path
+    ledger_checkpoint_interval: timedelta
+    ledger_retention: timedelta | None
     log_level: str
 
     @property
@@ -210,6 +214,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         choices=["asyncio", "threaded"],
     )
     s.add("--grpc-workers", "16", "gRPC worker threads (threaded server)")
+    s.add(
+        "--ledger",
+        "auto",
+        "issuance ledger: auto (SQLite in the state dir), a sqlite:/// or postgresql:// URL, or off",
+    )
+    s.add(
+        "--ledger-key", None, "Ed25519 key that signs ledger checkpoints (default <state-dir>/ledger-key.pem)"
+    )
+    s.add("--ledger-checkpoint-interval", "5s", "how often the ledger head is signed and published")
+    s.add("--ledger-retention", "0", "keep expired records this long, then compact them (0 keeps everything)")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 
     agent = commands.add_parser("agent", help="run the workload agent beside a sidecar")
@@ -267,6 +281,17 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     t.add("--pod-name", None, "bind the token to this pod name")
     t.add("--pod-uid", None, "bind the token to this pod uid")
     return parser
+
+
+def ledger_url(text: str, state_dir: Path) -> str | None:
+    text = text.strip()
+    if text in ("off", "none", ""):
+        return None
+    if text == "auto":
+        return f"sqlite:///{state_dir.resolve() / 'ledger.db'}"
+    if not text.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ConfigError(f"--ledger {text!r} is not auto, off, a sqlite:/// URL or a postgresql:// URL")
+    return text
 
 
 def _audiences(args: argparse.Namespace) -> tuple[str, ...]:
@@ -335,6 +360,10 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),
         grpc_workers=workers,
         grpc_server=args.grpc_server,
+        ledger_url=ledger_url(args.ledger, Path(args.state_dir)),
+        ledger_key=Path(args.ledger_key) if args.ledger_key else Path(args.state_dir) / "ledger-key.pem",
+        ledger_checkpoint_interval=parse_duration(args.ledger_checkpoint_interval),
+        ledger_retention=parse_duration(args.ledger_retention) or None,
         log_level=args.log_level,
     )
 

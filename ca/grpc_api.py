@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -19,6 +22,8 @@ from ca.errors import (
     InvalidRequestError,
     MeshcaError,
     PermissionDeniedError,
+    SigningError,
+    UnavailableError,
 )
 from ca.issuer import IssuedCertificate, Issuer
 from ca.metrics import CaMetrics
@@ -97,6 +102,35 @@ class Refusal(NamedTuple):
     message: str
 
 
+class IssuanceRecorder(Protocol):
+    """Where issuances and refusals are recorded (the ledger)."""
+
+    def record_issued(
+        self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
+    ) -> Future[Any]: ...
+
+    def record_refusal(
+        self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
+    ) -> Future[Any]: ...
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A signed certificate waiting for its ledger record to commit before it is returned."""
+
+    issued: IssuedCertificate
+    caller: Caller
+    recorded: Future[Any]
+    started: float
+    peer: str
+
+
+def _done() -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(None)
+    return future
+
+
 class CertificateService:
     def __init__(
         self,
@@ -105,32 +139,65 @@ class CertificateService:
         authenticators: AuthenticatorChain,
         metrics: CaMetrics,
         cluster_id: str | None = None,
+        recorder: IssuanceRecorder | None = None,
+        record_timeout_s: float = 10.0,
     ) -> None:
         self._issuer = issuer
         self._authenticators = authenticators
         self._metrics = metrics
         self._cluster_id = cluster_id
+        self._recorder = recorder
+        self.record_timeout_s = record_timeout_s
 
-    def respond(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes | Refusal:
-        """The serialized response, or the status to refuse with.
+    def respond(self, request_bytes: bytes, context: grpc.ServicerContext) -> Pending | Refusal:
+        """A signed certificate pending its record, or the status to refuse with.
 
         Uses only the context accessors that the sync and asyncio servers share.
         """
         started = time.perf_counter()
         self._metrics.csr_count.inc()
+        caller: Caller | None = None
+        credentials: Credentials | None = None
         try:
-            issued, caller = self._handle(request_bytes, context)
+            credentials = credentials_from(context)
+            self._check_cluster(credentials)
+            caller = self._authenticators.authenticate(credentials)
+            issued = self._issue(request_bytes, caller)
         except MeshcaError as err:
-            return self._refusal(err, context)
+            return self._refusal(err, context.peer(), caller)
         except Exception:
             log.exception("unexpected error while issuing a certificate", extra={"peer": context.peer()})
-            self._metrics.sign_err_count.labels(error="internal").inc()
-            return Refusal(
-                grpc.StatusCode.INTERNAL,
-                "internal error while issuing the certificate; the CA logged the details",
+            return self._refusal(
+                SigningError(
+                    "internal error while issuing the certificate; the CA logged the details",
+                    reason="internal",
+                ),
+                context.peer(),
+                caller,
             )
+        recorded = _done()
+        if self._recorder is not None:
+            recorded = self._recorder.record_issued(
+                issued, caller, client_address=context.peer(), cluster_id=credentials.cluster_id
+            )
+        return Pending(issued=issued, caller=caller, recorded=recorded, started=started, peer=context.peer())
+
+    def finish(self, pending: Pending, record_error: BaseException | None) -> bytes | Refusal:
+        """The response once the record is committed; UNAVAILABLE if it could not be."""
+        if record_error is not None:
+            err = (
+                record_error
+                if isinstance(record_error, MeshcaError)
+                else UnavailableError(
+                    f"the issuance ledger did not confirm the record ({record_error or 'timed out'}); "
+                    "no certificate was returned; retry",
+                    reason="ledger_unavailable",
+                )
+            )
+            return self._refusal(err, pending.peer, pending.caller, record=False)
+        issued, caller = pending.issued, pending.caller
         self._metrics.success_count.inc()
-        self._metrics.issuance_latency.observe(time.perf_counter() - started)
+        self._metrics.issuance_latency.observe(time.perf_counter() - pending.started)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "issued certificate",
@@ -140,14 +207,22 @@ class CertificateService:
                     "not_after": issued.not_after.isoformat(),
                     "auth": caller.method,
                     "pod": caller.pod_name,
-                    "peer": context.peer(),
+                    "peer": pending.peer,
                 },
             )
         response: bytes = istio_ca_pb2.IstioCertificateResponse(cert_chain=issued.chain).SerializeToString()
         return response
 
     def create_certificate(self, request_bytes: bytes, context: grpc.ServicerContext) -> bytes:
-        response = self.respond(request_bytes, context)
+        pending = self.respond(request_bytes, context)
+        if isinstance(pending, Refusal):
+            context.abort(pending.code, pending.message)
+        try:
+            pending.recorded.result(timeout=self.record_timeout_s)
+            error: BaseException | None = None
+        except BaseException as err:
+            error = err
+        response = self.finish(pending, error)
         if isinstance(response, Refusal):
             context.abort(response.code, response.message)
         return response
@@ -155,18 +230,22 @@ class CertificateService:
     async def create_certificate_async(
         self, request_bytes: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
     ) -> bytes:
-        response = self.respond(request_bytes, context)  # type: ignore[arg-type]
+        pending = self.respond(request_bytes, context)  # type: ignore[arg-type]
+        if isinstance(pending, Refusal):
+            await context.abort(pending.code, pending.message)
+            raise AssertionError("abort returned")
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(pending.recorded), self.record_timeout_s)
+            error: BaseException | None = None
+        except Exception as err:
+            error = err
+        response = self.finish(pending, error)
         if isinstance(response, Refusal):
             await context.abort(response.code, response.message)
             raise AssertionError("abort returned")
         return response
 
-    def _handle(
-        self, request_bytes: bytes, context: grpc.ServicerContext
-    ) -> tuple[IssuedCertificate, Caller]:
-        credentials = credentials_from(context)
-        self._check_cluster(credentials)
-        caller = self._authenticators.authenticate(credentials)
+    def _issue(self, request_bytes: bytes, caller: Caller) -> IssuedCertificate:
         request = self._parse(request_bytes)
         check_request_metadata(request, caller)
         try:
@@ -174,10 +253,9 @@ class CertificateService:
         except InvalidRequestError:
             self._metrics.csr_parsing_err_count.inc()
             raise
-        issued = self._issuer.issue(
+        return self._issuer.issue(
             spiffe_id=caller.spiffe_id, csr=csr, requested_ttl_seconds=request.validity_duration
         )
-        return issued, caller
 
     def _check_cluster(self, credentials: Credentials) -> None:
         requested = credentials.cluster_id
@@ -200,16 +278,24 @@ class CertificateService:
                 reason="request_malformed",
             ) from err
 
-    def _refusal(self, err: MeshcaError, context: grpc.ServicerContext) -> Refusal:
+    def _refusal(self, err: MeshcaError, peer: str, caller: Caller | None, *, record: bool = True) -> Refusal:
+        status = STATUS_BY_KIND[err.kind]
         if err.kind is ErrorKind.UNAUTHENTICATED:
             self._metrics.auth_failure_count.labels(reason=err.reason).inc()
         else:
             self._metrics.sign_err_count.labels(error=err.reason).inc()
         log.warning(
-            "refused certificate request",
-            extra={"reason": err.reason, "detail": err.message, "peer": context.peer()},
+            "refused certificate request", extra={"reason": err.reason, "detail": err.message, "peer": peer}
         )
-        return Refusal(STATUS_BY_KIND[err.kind], err.message)
+        if record and self._recorder is not None:
+            self._recorder.record_refusal(
+                reason=err.reason,
+                status_code=status.name,
+                message=err.message,
+                client_address=peer,
+                caller=caller,
+            )
+        return Refusal(status, err.message)
 
     def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         method = self.create_certificate_async if asynchronous else self.create_certificate

@@ -24,6 +24,7 @@ from ca.auth.tokenreview import ReviewCall
 from ca.authority import SigningAuthority, cert_pem, load_pem_certificates
 from ca.errors import AuthenticationError, ConfigError, UnavailableError
 from ca.keys import load_private_key_pem, private_key_pem
+from ca.ledger.checkpoint import Checkpoint
 from ca.selfsigned import RootFactory, check_trust_domain
 
 log = logging.getLogger(__name__)
@@ -281,3 +282,41 @@ def load_or_create_root_secret(
         "check meshca's RBAC for Secrets in that namespace",
         reason="kubernetes_unavailable",
     )
+
+
+LEDGER_HEAD_CONFIGMAP = "meshca-ledger-head"
+LEDGER_HEAD_KEY = "head.json"
+
+
+def ledger_head_publisher(
+    api: client.ApiClient, *, namespace: str, name: str = LEDGER_HEAD_CONFIGMAP
+) -> Callable[[Checkpoint], None]:
+    """Keeps the latest signed ledger head in a ConfigMap, outside the ledger database."""
+    core = client.CoreV1Api(api)
+
+    def publish(checkpoint: Checkpoint) -> None:
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            data={LEDGER_HEAD_KEY: checkpoint.to_json()},
+        )
+        try:
+            core.replace_namespaced_config_map(name, namespace, body)
+        except ApiException as err:
+            if err.status != 404:
+                raise _unavailable(f"updating ConfigMap {namespace}/{name}", err) from err
+            core.create_namespaced_config_map(namespace, body)
+
+    return publish
+
+
+def read_ledger_head(
+    api: client.ApiClient, *, namespace: str, name: str = LEDGER_HEAD_CONFIGMAP
+) -> Checkpoint | None:
+    try:
+        config_map = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise _unavailable(f"reading ConfigMap {namespace}/{name}", err) from err
+    text = (config_map.data or {}).get(LEDGER_HEAD_KEY)
+    return Checkpoint.from_json(text) if text else None

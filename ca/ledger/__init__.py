@@ -1,0 +1,1 @@
+"""The issuance ledger: every identity issued or refused, hash-chained and signed."""

@@ -1,0 +1,190 @@
+"""Ledger entries and the hash chain that links them. Pure code.
+
+An entry's content is a flat JSON object in canonical form (sorted keys, no
+spaces); its hash covers the previous entry's hash and that content, so
+changing, removing or reordering any entry breaks every hash after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS_HASH = "0" * 64
+
+ISSUED = "issued"
+REFUSED = "refused"
+CA_EVENT = "ca_event"
+KINDS = (ISSUED, REFUSED, CA_EVENT)
+
+# Columns kept beside the canonical content so queries can use indexes;
+# verification checks that each one still equals the content.
+INDEXED_FIELDS = (
+    "kind",
+    "time",
+    "serial",
+    "spiffe_id",
+    "namespace",
+    "service_account",
+    "pod_name",
+    "not_after",
+    "reason",
+)
+
+
+def timestamp(moment: datetime) -> str:
+    """UTC, microseconds, 'Z': one spelling for every time in the ledger, sortable as text."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def canonical(content: Mapping[str, Any]) -> str:
+    return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(previous_hash: str, content_json: str) -> str:
+    return hashlib.sha256(f"{previous_hash}\n{content_json}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """One ledger entry as stored: position, content, and the chain links."""
+
+    seq: int
+    content_json: str
+    prev_hash: str
+    entry_hash: str
+    columns: Mapping[str, Any] | None = None
+
+    @property
+    def content(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.content_json)
+        return loaded
+
+
+def indexed_values(content: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: content.get(name) for name in INDEXED_FIELDS}
+
+
+def issued_content(
+    *,
+    time: datetime,
+    serial: int,
+    spiffe_id: str,
+    namespace: str,
+    service_account: str,
+    service_account_uid: str | None,
+    pod_name: str | None,
+    pod_uid: str | None,
+    node_name: str | None,
+    token_id: str | None,
+    auth_method: str,
+    cluster_id: str | None,
+    client_address: str,
+    key_type: str,
+    public_key_sha256: str,
+    certificate_sha256: str,
+    not_before: datetime,
+    not_after: datetime,
+    ca_key_id: str,
+    ca_fingerprint: str,
+) -> dict[str, Any]:
+    return {
+        "kind": ISSUED,
+        "time": timestamp(time),
+        "serial": format(serial, "x"),
+        "spiffe_id": spiffe_id,
+        "namespace": namespace,
+        "service_account": service_account,
+        "service_account_uid": service_account_uid,
+        "pod_name": pod_name,
+        "pod_uid": pod_uid,
+        "node_name": node_name,
+        "token_id": token_id,
+        "auth_method": auth_method,
+        "cluster_id": cluster_id,
+        "client_address": client_address,
+        "key_type": key_type,
+        "public_key_sha256": public_key_sha256,
+        "certificate_sha256": certificate_sha256,
+        "not_before": timestamp(not_before),
+        "not_after": timestamp(not_after),
+        "ttl_seconds": int((not_after - not_before).total_seconds()),
+        "ca_key_id": ca_key_id,
+        "ca_fingerprint": ca_fingerprint,
+    }
+
+
+def refused_content(
+    *,
+    time: datetime,
+    reason: str,
+    status_code: str,
+    message: str,
+    client_address: str,
+    spiffe_id: str | None = None,
+    namespace: str | None = None,
+    service_account: str | None = None,
+    pod_name: str | None = None,
+) -> dict[str, Any]:
+    """A refusal: never the token itself, only what the caller claimed or proved."""
+    return {
+        "kind": REFUSED,
+        "time": timestamp(time),
+        "reason": reason,
+        "status_code": status_code,
+        "message": message,
+        "client_address": client_address,
+        "spiffe_id": spiffe_id,
+        "namespace": namespace,
+        "service_account": service_account,
+        "pod_name": pod_name,
+    }
+
+
+def ca_event_content(
+    *, time: datetime, event: str, ca_key_id: str, ca_fingerprint: str, source: str, not_after: datetime
+) -> dict[str, Any]:
+    return {
+        "kind": CA_EVENT,
+        "time": timestamp(time),
+        "reason": event,
+        "ca_key_id": ca_key_id,
+        "ca_fingerprint": ca_fingerprint,
+        "source": source,
+        "not_after": timestamp(not_after),
+    }
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    problem: str
+
+
+def check_link(entry: Entry, expected_prev: str, expected_seq: int) -> ChainBreak | None:
+    """Why `entry` does not follow on from the entry before it, or None."""
+    if entry.seq != expected_seq:
+        return ChainBreak(entry.seq, f"expected entry {expected_seq} here: entries are missing or reordered")
+    if entry.prev_hash != expected_prev:
+        return ChainBreak(entry.seq, "its previous-hash link does not match the entry before it")
+    if chain_hash(entry.prev_hash, entry.content_json) != entry.entry_hash:
+        return ChainBreak(entry.seq, "its content does not match its hash: the entry was edited")
+    if entry.columns is not None:
+        try:
+            expected = indexed_values(entry.content)
+        except ValueError:
+            return ChainBreak(entry.seq, "its content is not valid JSON: the entry was edited")
+        changed = sorted(name for name, value in expected.items() if entry.columns.get(name) != value)
+        if changed:
+            return ChainBreak(
+                entry.seq, f"its {', '.join(changed)} column(s) differ from its content: edited"
+            )
+    return None

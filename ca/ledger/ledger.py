@@ -1,0 +1,216 @@
+"""The ledger as the CA uses it: record, checkpoint, and keep the signed head outside the database."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from ca.auth.base import Caller
+from ca.authority import SigningAuthority
+from ca.clock import Clock
+from ca.errors import ConfigError
+from ca.files import SECRET_MODE, atomic_write, exclusive_lock
+from ca.issuer import IssuedCertificate
+from ca.keys import key_type_label
+from ca.ledger import checkpoint as cp
+from ca.ledger.entries import Entry, ca_event_content, issued_content, refused_content, timestamp
+from ca.ledger.store import LedgerStore
+from ca.ledger.writer import LedgerWriter
+
+log = logging.getLogger("meshca.ledger")
+
+KEY_FILE = "ledger-key.pem"
+HEAD_FILE = "ledger-head.json"
+
+HeadPublisher = Callable[[cp.Checkpoint], None]
+
+
+def load_or_create_ledger_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    """The checkpoint signing key; CA processes sharing a ledger must share this key."""
+    with exclusive_lock(path.parent / ".meshca.lock"):
+        if not path.exists():
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            atomic_write(path, pem, mode=SECRET_MODE)
+            return key
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
+        raise ConfigError(
+            f"{path} is not an Ed25519 key; restore the ledger key (a new one cannot "
+            "verify the existing checkpoints)"
+        )
+    return loaded
+
+
+class HeadFile:
+    """The latest signed checkpoint, kept as a file beside the database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def publish(self, checkpoint: cp.Checkpoint) -> None:
+        atomic_write(self.path, checkpoint.to_json().encode())
+
+    def read(self) -> cp.Checkpoint | None:
+        if not self.path.exists():
+            return None
+        return cp.Checkpoint.from_json(self.path.read_text())
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: LedgerStore,
+        *,
+        key: ed25519.Ed25519PrivateKey,
+        clock: Clock,
+        publishers: list[HeadPublisher],
+        max_batch: int = 512,
+    ) -> None:
+        self.store = store
+        self._key = key
+        self._clock = clock
+        self._publishers = publishers
+        self.key_id = cp.key_id(key.public_key())
+        self._head_lock = threading.Lock()
+        self._latest: Entry | None = None
+        self._checkpointed_seq = 0
+        self._writer = LedgerWriter(store.append, max_batch=max_batch, on_commit=self._committed)
+
+    @property
+    def public_key(self) -> ed25519.Ed25519PublicKey:
+        return self._key.public_key()
+
+    def _committed(self, entry: Entry) -> None:
+        with self._head_lock:
+            self._latest = entry
+
+    def record_issued(
+        self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
+    ) -> Future[Entry]:
+        authority = issued.authority
+        return self._writer.submit(
+            issued_content(
+                time=self._clock.now(),
+                serial=issued.serial,
+                spiffe_id=issued.spiffe_id.uri,
+                namespace=caller.namespace,
+                service_account=caller.service_account,
+                service_account_uid=caller.service_account_uid,
+                pod_name=caller.pod_name,
+                pod_uid=caller.pod_uid,
+                node_name=caller.node_name,
+                token_id=caller.token_id,
+                auth_method=caller.method,
+                cluster_id=cluster_id,
+                client_address=client_address,
+                key_type=key_type_label(issued.certificate.public_key()),
+                public_key_sha256=issued.public_key_sha256(),
+                certificate_sha256=issued.certificate_sha256(),
+                not_before=issued.not_before,
+                not_after=issued.not_after,
+                ca_key_id=authority.key_id,
+                ca_fingerprint=authority.fingerprint,
+            )
+        )
+
+    def record_refusal(
+        self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
+    ) -> Future[Entry]:
+        return self._writer.submit(
+            refused_content(
+                time=self._clock.now(),
+                reason=reason,
+                status_code=status_code,
+                message=message,
+                client_address=client_address,
+                spiffe_id=caller.spiffe_id.uri if caller else None,
+                namespace=caller.namespace if caller else None,
+                service_account=caller.service_account if caller else None,
+                pod_name=caller.pod_name if caller else None,
+            )
+        )
+
+    def record_ca_event(self, event: str, authority: SigningAuthority) -> Future[Entry]:
+        return self._writer.submit(
+            ca_event_content(
+                time=self._clock.now(),
+                event=event,
+                ca_key_id=authority.key_id,
+                ca_fingerprint=authority.fingerprint,
+                source=authority.source,
+                not_after=authority.expiry(),
+            )
+        )
+
+    def checkpoint(self) -> cp.Checkpoint | None:
+        """Sign the current head, store it, and publish it outside the database."""
+        seq, head_hash, anchor_seq, _ = self.store.head()
+        if seq == 0 or seq == self._checkpointed_seq:
+            return None
+        signed = cp.sign(
+            cp.Checkpoint(
+                head_seq=seq,
+                head_hash=head_hash,
+                count=seq - anchor_seq,
+                time=timestamp(self._clock.now()),
+                key_id=self.key_id,
+            ),
+            self._key,
+        )
+        self.store.add_checkpoint(signed)
+        for publish in self._publishers:
+            try:
+                publish(signed)
+            except Exception as err:
+                log.warning("could not publish the ledger head", extra={"detail": str(err)})
+        self._checkpointed_seq = seq
+        return signed
+
+    def compact(self, cutoff: datetime) -> int:
+        """Remove the prefix of records that expired before `cutoff`, anchored by a signed checkpoint."""
+        _, _, anchor_seq, _ = self.store.head()
+        end = self.store.expired_prefix_end(timestamp(cutoff))
+        if end <= anchor_seq:
+            return 0
+        anchor_hash = self.store.entry_hash(end)
+        if anchor_hash is None:
+            return 0
+        signed = cp.sign(
+            cp.Checkpoint(
+                head_seq=end,
+                head_hash=anchor_hash,
+                count=end - anchor_seq,
+                time=timestamp(self._clock.now()),
+                key_id=self.key_id,
+            ),
+            self._key,
+        )
+        self.store.add_checkpoint(signed)
+        return self.store.compact_through(end, anchor_hash)
+
+    def close(self) -> None:
+        self._writer.close()
+        try:
+            self.checkpoint()
+        except Exception as err:
+            log.warning("final ledger checkpoint failed", extra={"detail": str(err)})
+        self.store.dispose()
+
+
+def public_key_pem(key: ed25519.Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def describe(entry: Entry) -> dict[str, Any]:
+    return {"seq": entry.seq, **entry.content}

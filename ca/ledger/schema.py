@@ -1,0 +1,121 @@
+"""Ledger tables and the migrations that bring an existing ledger up to date.
+
+Each migration runs once, in order, in its own transaction; the version is kept
+in `ledger_meta`. Never edit a released migration: add the next one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    select,
+    text,
+)
+
+metadata = MetaData()
+
+entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("time", String(32), nullable=False),
+    Column("serial", String(40)),
+    Column("spiffe_id", String(2048)),
+    Column("namespace", String(253)),
+    Column("service_account", String(253)),
+    Column("pod_name", String(253)),
+    Column("not_after", String(32)),
+    Column("reason", String(64)),
+    Column("content", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)
+
+checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("head_seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("body", Text, nullable=False),
+)
+
+head = Table(
+    "ledger_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("anchor_seq", BigInteger, nullable=False),
+    Column("anchor_hash", String(64), nullable=False),
+)
+
+meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+def _v1(conn: Connection) -> None:
+    """Entries, checkpoints and the head row, as first released."""
+    v1 = MetaData()
+    entries_v1 = Table(
+        "ledger_entries",
+        v1,
+        *(
+            Column(c.name, c.type, primary_key=c.primary_key, autoincrement=False, nullable=c.nullable)
+            for c in entries.columns
+            if c.name != "reason"
+        ),
+    )
+    Index("ix_ledger_time", entries_v1.c.time)
+    Index("ix_ledger_spiffe_id", entries_v1.c.spiffe_id)
+    v1.create_all(conn)
+    checkpoints.create(conn)
+    head.create(conn)
+    conn.execute(head.insert().values(id=1, seq=0, hash="0" * 64, anchor_seq=0, anchor_hash="0" * 64))
+
+
+def _v2(conn: Connection) -> None:
+    """A `reason` column for refusal reports, filled from each entry's content; audit indexes."""
+    conn.execute(text("ALTER TABLE ledger_entries ADD COLUMN reason VARCHAR(64)"))
+    rows = conn.execute(select(entries.c.seq, entries.c.content)).all()
+    for seq, content in rows:
+        reason = json.loads(content).get("reason")
+        if reason is not None:
+            conn.execute(entries.update().where(entries.c.seq == seq).values(reason=reason))
+    Index("ix_ledger_ns_sa", entries.c.namespace, entries.c.service_account).create(conn, checkfirst=True)
+    Index("ix_ledger_not_after", entries.c.not_after).create(conn, checkfirst=True)
+    Index("ix_ledger_pod", entries.c.pod_name).create(conn, checkfirst=True)
+    Index("ix_ledger_kind_time", entries.c.kind, entries.c.time).create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2)
+CURRENT_VERSION = len(MIGRATIONS)
+
+
+def version(conn: Connection) -> int:
+    if not inspect(conn).has_table("ledger_meta"):
+        return 0
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def set_version(conn: Connection, number: int) -> None:
+    meta.create(conn, checkfirst=True)
+    updated = conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(number)))
+    if updated.rowcount == 0:
+        conn.execute(meta.insert().values(key="schema_version", value=str(number)))

@@ -1,0 +1,240 @@
+"""The ledger in SQL (SQLAlchemy Core): SQLite by default, PostgreSQL for shared ledgers.
+
+Appends take the head row's lock (SELECT ... FOR UPDATE on PostgreSQL, BEGIN
+IMMEDIATE on SQLite), so CA processes sharing one database extend a single
+chain one batch at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, create_engine, event, func, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ca.errors import ConfigError, UnavailableError
+from ca.ledger import schema
+from ca.ledger.checkpoint import Checkpoint
+from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, canonical, chain_hash, indexed_values
+
+READ_BATCH = 5000
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, lock_timeout_s: float = 2.0) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, pool_pre_ping=True)
+        _sqlite_pragmas(engine, lock_timeout_s)
+        return engine
+    if url.startswith("postgresql"):
+        url = (
+            url.replace("postgresql://", "postgresql+psycopg://", 1) if "+" not in url.split(":")[0] else url
+        )
+        timeout_ms = int(lock_timeout_s * 1000)
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=4,
+            connect_args={
+                "options": f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms * 5}",
+                "connect_timeout": max(1, int(lock_timeout_s)),
+            },
+        )
+    raise ConfigError(f"--ledger {url!r} is not a sqlite:/// or postgresql:// URL")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def storage_error(action: str, err: Exception) -> UnavailableError:
+    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return UnavailableError(
+        f"the issuance ledger could not be {action} ({detail}); no certificate is returned until it "
+        "can be, and the CA retries by itself; check the ledger database",
+        reason="ledger_unavailable",
+    )
+
+
+class LedgerStore:
+    def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
+        self._is_sqlite = url.startswith("sqlite")
+
+    def migrate(self, target: int = schema.CURRENT_VERSION) -> int:
+        """Bring the schema up to `target`; returns the version found before."""
+        with self.engine.begin() as conn:
+            if not self._is_sqlite:
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724311)")
+            found = schema.version(conn)
+            for number in range(found + 1, target + 1):
+                schema.MIGRATIONS[number - 1](conn)
+                schema.set_version(conn, number)
+        return found
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return schema.version(conn)
+
+    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """Append entries as one transaction, chained after the current head."""
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    select(schema.head.c.seq, schema.head.c.hash)
+                    .where(schema.head.c.id == 1)
+                    .with_for_update()
+                ).one()
+                seq, previous = int(row.seq), str(row.hash)
+                written: list[Entry] = []
+                rows = []
+                for content in contents:
+                    seq += 1
+                    content_json = canonical(content)
+                    entry_hash = chain_hash(previous, content_json)
+                    written.append(
+                        Entry(seq=seq, content_json=content_json, prev_hash=previous, entry_hash=entry_hash)
+                    )
+                    rows.append(
+                        {
+                            "seq": seq,
+                            **indexed_values(content),
+                            "content": content_json,
+                            "prev_hash": previous,
+                            "entry_hash": entry_hash,
+                        }
+                    )
+                    previous = entry_hash
+                conn.execute(schema.entries.insert(), rows)
+                conn.execute(schema.head.update().where(schema.head.c.id == 1).values(seq=seq, hash=previous))
+        except SQLAlchemyError as err:
+            raise storage_error("written", err) from err
+        return written
+
+    def head(self) -> tuple[int, str, int, str]:
+        """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.head).where(schema.head.c.id == 1)).one()
+        return int(row.seq), str(row.hash), int(row.anchor_seq), str(row.anchor_hash)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(schema.entries)).scalar_one())
+
+    def entries(self, after_seq: int = 0) -> Iterator[Entry]:
+        """All entries after `after_seq`, in sequence order, read in batches."""
+        last = after_seq
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(schema.entries)
+                    .where(schema.entries.c.seq > last)
+                    .order_by(schema.entries.c.seq)
+                    .limit(READ_BATCH)
+                ).all()
+            for row in rows:
+                mapping = row._mapping
+                yield Entry(
+                    seq=int(row.seq),
+                    content_json=row.content,
+                    prev_hash=row.prev_hash,
+                    entry_hash=row.entry_hash,
+                    columns={name: mapping[name] for name in INDEXED_FIELDS},
+                )
+            if len(rows) < READ_BATCH:
+                return
+            last = int(rows[-1].seq)
+
+    def indexed_row(self, seq: int) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schema.entries).where(schema.entries.c.seq == seq)).first()
+        return dict(row._mapping) if row is not None else None
+
+    def add_checkpoint(self, checkpoint: Checkpoint) -> None:
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    select(schema.checkpoints.c.head_seq).where(
+                        schema.checkpoints.c.head_seq == checkpoint.head_seq
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(
+                        schema.checkpoints.insert().values(
+                            head_seq=checkpoint.head_seq, body=checkpoint.to_json()
+                        )
+                    )
+        except SQLAlchemyError as err:
+            raise storage_error("checkpointed", err) from err
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(schema.checkpoints.c.body).order_by(schema.checkpoints.c.head_seq)
+            ).all()
+        return [Checkpoint.from_json(body) for (body,) in rows]
+
+    def expired_prefix_end(self, cutoff: str) -> int:
+        """The last seq S such that every entry up to S ended before `cutoff` (a ledger timestamp).
+
+        Compaction removes only such a prefix, so the chain after it stays whole.
+        """
+        e = schema.entries.c
+        still_live = or_(
+            and_(e.kind == ISSUED, e.not_after >= cutoff), and_(e.kind != ISSUED, e.time >= cutoff)
+        )
+        with self.engine.connect() as conn:
+            first_live = conn.execute(select(func.min(e.seq)).where(still_live)).scalar()
+            if first_live is not None:
+                return int(first_live) - 1
+            last = conn.execute(select(func.max(e.seq))).scalar()
+        return int(last) if last is not None else 0
+
+    def entry_hash(self, seq: int) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(schema.entries.c.entry_hash).where(schema.entries.c.seq == seq)
+            ).scalar()
+        return str(value) if value is not None else None
+
+    def compact_through(self, seq: int, anchor_hash: str) -> int:
+        """Delete entries up to `seq` and move the anchor there; returns how many were removed."""
+        with self.engine.begin() as conn:
+            removed = conn.execute(schema.entries.delete().where(schema.entries.c.seq <= seq)).rowcount
+            conn.execute(
+                schema.head.update()
+                .where(schema.head.c.id == 1)
+                .values(anchor_seq=seq, anchor_hash=anchor_hash)
+            )
+            conn.execute(schema.checkpoints.delete().where(schema.checkpoints.c.head_seq < seq))
+        return int(removed)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
