@@ -8,6 +8,7 @@ tail, is detectable by anyone holding the public key.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,11 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
+HEAD = "head"
+COMPACTION = "compaction"
+"""A compaction checkpoint says the records up to it expired and were removed on purpose;
+only such a checkpoint may anchor the start of a compacted ledger."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,10 +30,12 @@ class Checkpoint:
     count: int
     time: str
     key_id: str
+    purpose: str = HEAD
     signature: str = ""
 
     def payload(self) -> bytes:
         body = {
+            "purpose": self.purpose,
             "head_seq": self.head_seq,
             "head_hash": self.head_hash,
             "count": self.count,
@@ -48,6 +56,7 @@ class Checkpoint:
             count=int(data["count"]),
             time=str(data["time"]),
             key_id=str(data["key_id"]),
+            purpose=str(data["purpose"]),
             signature=str(data["signature"]),
         )
 
@@ -59,14 +68,7 @@ def key_id(public_key: ed25519.Ed25519PublicKey) -> str:
 
 def sign(checkpoint: Checkpoint, key: ed25519.Ed25519PrivateKey) -> Checkpoint:
     signature = base64.b64encode(key.sign(checkpoint.payload())).decode()
-    return Checkpoint(
-        head_seq=checkpoint.head_seq,
-        head_hash=checkpoint.head_hash,
-        count=checkpoint.count,
-        time=checkpoint.time,
-        key_id=checkpoint.key_id,
-        signature=signature,
-    )
+    return dataclasses.replace(checkpoint, signature=signature)
 
 
 def signature_valid(checkpoint: Checkpoint, public_key: ed25519.Ed25519PublicKey) -> bool:

@@ -193,6 +193,7 @@ class Ledger:
                 count=end - anchor_seq,
                 time=timestamp(self._clock.now()),
                 key_id=self.key_id,
+                purpose=cp.COMPACTION,
             ),
             self._key,
         )

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import ConfigError, UnavailableError
 from ca.ledger import schema
-from ca.ledger.checkpoint import Checkpoint
+from ca.ledger.checkpoint import COMPACTION, Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, canonical, chain_hash, indexed_values
 
 READ_BATCH = 5000
@@ -190,6 +190,13 @@ class LedgerStore:
                         schema.checkpoints.insert().values(
                             head_seq=checkpoint.head_seq, body=checkpoint.to_json()
                         )
+                    )
+                elif checkpoint.purpose == COMPACTION:
+                    # A compaction anchor outranks an ordinary checkpoint at the same entry.
+                    conn.execute(
+                        schema.checkpoints.update()
+                        .where(schema.checkpoints.c.head_seq == checkpoint.head_seq)
+                        .values(body=checkpoint.to_json())
                     )
         except SQLAlchemyError as err:
             raise storage_error("checkpointed", err) from err

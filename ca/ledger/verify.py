@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ca.ledger.checkpoint import Checkpoint, signature_valid
+from ca.ledger.checkpoint import COMPACTION, Checkpoint, signature_valid
 from ca.ledger.entries import check_link
 from ca.ledger.store import LedgerStore
 
@@ -48,7 +48,8 @@ def verify_ledger(
                 checkpoint.head_seq,
                 f"the checkpoint at entry {checkpoint.head_seq} is not signed by the ledger key",
             )
-    if anchor_seq > 0 and (anchor_seq not in checkpoints or checkpoints[anchor_seq].head_hash != anchor_hash):
+    anchor = checkpoints.get(anchor_seq)
+    if anchor_seq > 0 and (anchor is None or anchor.purpose != COMPACTION or anchor.head_hash != anchor_hash):
         return VerifyReport(
             0,
             len(checkpoints),

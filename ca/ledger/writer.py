@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from ca.errors import MeshcaError, UnavailableError
@@ -21,6 +21,17 @@ log = logging.getLogger("meshca.ledger")
 
 Append = Callable[[Sequence[Mapping[str, Any]]], list[Entry]]
 _Item = tuple[Mapping[str, Any], "Future[Entry]"]
+
+
+def _settle(future: Future[Entry], *, entry: Entry | None = None, error: BaseException | None = None) -> None:
+    """Resolve a waiter's future; one its client already gave up on (cancelled) is left alone."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(entry)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass
 
 
 class LedgerWriter:
@@ -66,16 +77,16 @@ class LedgerWriter:
             except MeshcaError as err:
                 log.error("ledger write failed", extra={"detail": err.message, "entries": len(batch)})
                 for _, future in batch:
-                    future.set_exception(err)
+                    _settle(future, error=err)
                 continue
             except Exception as err:
                 log.exception("ledger write failed unexpectedly")
                 failure = UnavailableError(f"the issuance ledger failed ({err})", reason="ledger_unavailable")
                 for _, future in batch:
-                    future.set_exception(failure)
+                    _settle(future, error=failure)
                 continue
             for (_, future), entry in zip(batch, written, strict=True):
-                future.set_result(entry)
+                _settle(future, entry=entry)
             if self._on_commit is not None:
                 self._on_commit(written[-1])
 

@@ -1,0 +1,95 @@
+"""Opening a ledger for reading: an audit never creates, migrates or locks one.
+
+`LedgerStore` takes SQLite's write lock for every transaction (BEGIN IMMEDIATE),
+which is right for the CA's appends but would make a long audit query hold up
+issuance. A reader's SQLite connections are plain read transactions with
+`query_only` set, so they run beside a writing CA (WAL) without blocking it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
+
+from ca.errors import ConfigError
+from ca.ledger import schema
+from ca.ledger.store import make_engine, redact_url
+
+BUSY_TIMEOUT_S = 5.0
+# A reader's statements may scan a large ledger (a report, an export batch); PostgreSQL's
+# statement timeout is five times this.
+POSTGRES_LOCK_TIMEOUT_S = 12.0
+
+
+class LedgerReader:
+    """Read access to one ledger database; `engine` is what the audit queries run on."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a sqlite:/// URL."""
+    return Path(url.removeprefix("sqlite:///").partition("?")[0])
+
+
+def _read_only_sqlite(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    return engine
+
+
+def open_reader(url: str) -> LedgerReader:
+    """A reader for the ledger at `url`, which must exist and have this meshca's schema."""
+    shown = redact_url(url)
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if not path.is_file():
+            raise ConfigError(
+                f"there is no ledger at {path}; point --ledger at the CA's ledger (auto means "
+                "<state-dir>/ledger.db) or --state-dir at the CA's state directory"
+            )
+        engine = _read_only_sqlite(url)
+    else:
+        engine = make_engine(url, lock_timeout_s=POSTGRES_LOCK_TIMEOUT_S)
+    try:
+        with engine.connect() as conn:
+            found = schema.version(conn)
+    except SQLAlchemyError as err:
+        engine.dispose()
+        raise ConfigError(
+            f"cannot read the ledger at {shown} ({str(err).splitlines()[0]}); "
+            "check --ledger and that the database is reachable and readable"
+        ) from err
+    if found == 0:
+        engine.dispose()
+        raise ConfigError(f"{shown} holds no meshca ledger; point --ledger at the CA's ledger database")
+    if found != schema.CURRENT_VERSION:
+        engine.dispose()
+        advice = (
+            "start this version of 'meshca serve' on it once to upgrade it"
+            if found < schema.CURRENT_VERSION
+            else "audit it with the newer meshca that wrote it"
+        )
+        raise ConfigError(
+            f"the ledger at {shown} has schema version {found} but this meshca reads version "
+            f"{schema.CURRENT_VERSION}; {advice}"
+        )
+    return LedgerReader(url, engine)
