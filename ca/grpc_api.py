@@ -189,8 +189,8 @@ class CertificateService:
                 record_error
                 if isinstance(record_error, MeshcaError)
                 else UnavailableError(
-                    f"the issuance ledger did not confirm the record ({str(record_error) or 'no answer in time'}); "
-                    "no certificate was returned; retry",
+                    "the issuance ledger did not confirm the record "
+                    f"({str(record_error) or 'no answer in time'}); no certificate was returned; retry",
                     reason="ledger_unavailable",
                 )
             )
