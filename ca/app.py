@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca import kube, state_dir
+from ca.admin_api import LedgerAdminService, build_admin_service
 from ca.auth.base import Authenticator, AuthenticatorChain
 from ca.auth.client_cert import ClientCertificateAuthenticator
 from ca.auth.jwks import (
@@ -127,6 +128,7 @@ class CaServer:
     service: CertificateService
     pod_cache: kube.PodCache | None = None
     ledger: Ledger | None = None
+    admin: LedgerAdminService | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _server: ApiServer | None = None
     _metrics_http: WSGIServer | None = None
@@ -134,10 +136,11 @@ class CaServer:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
+        extra = (self.admin,) if self.admin is not None else ()
         server: ApiServer = (
-            AsyncioServer(self.service)
+            AsyncioServer(self.service, extra=extra)
             if self.cfg.grpc_server == "asyncio"
-            else ThreadedServer(self.service, workers=self.cfg.grpc_workers)
+            else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
         self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
@@ -231,6 +234,8 @@ class CaServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.admin is not None:
+            self.admin.close()
         if self.ledger is not None:
             self.ledger.close()
         self._stopped.set()
@@ -289,10 +294,11 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     ledger = open_ledger(cfg, clock, api) if cfg.ledger_url else None
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
+    authenticators = build_authenticators(cfg, clock, api, pod_cache)
     service = CertificateService(
         recorder=ledger,
         issuer=issuer,
-        authenticators=build_authenticators(cfg, clock, api, pod_cache),
+        authenticators=authenticators,
         metrics=metrics,
         cluster_id=cfg.cluster_id,
     )
@@ -312,4 +318,5 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         service=service,
         pod_cache=pod_cache,
         ledger=ledger,
+        admin=build_admin_service(cfg, clock, authenticators, ledger, api),
     )

@@ -9,7 +9,7 @@ from types import FrameType
 
 from ca import logs
 from ca.clock import SystemClock
-from ca.config import agent_config, build_parser, environment, serve_config, token_config
+from ca.config import agent_config, audit_config, build_parser, environment, serve_config, token_config
 from ca.devtoken import DevTokenIssuer
 from ca.errors import ErrorKind, MeshcaError
 
@@ -73,8 +73,14 @@ def _token(args: object) -> int:
     return 0
 
 
+def _audit(args: object) -> int:
+    from ca.audit.command import run
+
+    return run(audit_config(args, SystemClock().now()))  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    commands = {"serve": _serve, "agent": _agent, "token": _token}
+    commands = {"serve": _serve, "agent": _agent, "token": _token, "audit": _audit}
     try:
         try:
             args = build_parser(environment()).parse_args(argv)

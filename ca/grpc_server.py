@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -22,6 +22,14 @@ from ca.grpc_api import SERVICE_NAME, CertificateService
 MAX_MESSAGE_BYTES = 256 * 1024
 OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 1)]
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class RpcService(Protocol):
+    """A further service the server carries beside the certificate API (the ledger admin API)."""
+
+    name: str
+
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler: ...  # type: ignore[type-arg]
 
 
 class ApiServer(Protocol):
@@ -39,13 +47,16 @@ def _bound(address: str, port: int) -> int:
 
 
 class ThreadedServer:
-    def __init__(self, service: CertificateService, *, workers: int) -> None:
+    def __init__(
+        self, service: CertificateService, *, workers: int, extra: Sequence[RpcService] = ()
+    ) -> None:
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
             options=OPTIONS,
             maximum_concurrent_rpcs=workers * 64,
         )
-        self._server.add_generic_rpc_handlers((service.handler(),))
+        self._server.add_generic_rpc_handlers((service.handler(), *(s.handler() for s in extra)))
+        self._names = ("", SERVICE_NAME, *(s.name for s in extra))
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
@@ -57,7 +68,7 @@ class ThreadedServer:
 
     def start(self) -> None:
         self._server.start()
-        for name in ("", SERVICE_NAME):
+        for name in self._names:
             self._health.set(name, SERVING)
 
     def stop(self, grace_s: float) -> None:
@@ -68,7 +79,10 @@ class AsyncioServer:
     """grpc.aio on a private event loop thread: the handler runs on the loop, with no
     hand-off to a worker thread per request."""
 
-    def __init__(self, service: CertificateService, *, max_concurrent: int = 1024) -> None:
+    def __init__(
+        self, service: CertificateService, *, max_concurrent: int = 1024, extra: Sequence[RpcService] = ()
+    ) -> None:
+        self._names = ("", SERVICE_NAME, *(s.name for s in extra))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
@@ -76,7 +90,9 @@ class AsyncioServer:
 
         async def build() -> grpc.aio.Server:
             server = grpc.aio.server(options=OPTIONS, maximum_concurrent_rpcs=max_concurrent)
-            server.add_generic_rpc_handlers((service.handler(asynchronous=True),))
+            server.add_generic_rpc_handlers(
+                (service.handler(asynchronous=True), *(s.handler(asynchronous=True) for s in extra))
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
             return server
 
@@ -99,7 +115,7 @@ class AsyncioServer:
     def start(self) -> None:
         async def start() -> None:
             await self._server.start()
-            for name in ("", SERVICE_NAME):
+            for name in self._names:
                 await self._health.set(name, SERVING)
 
         self._run(start)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +204,9 @@ class ServerFleet:
     grpc_workers: int | None = None
     grpc_server: str | None = None
     pool_file: Path | None = None  # needed by the floor server
+    # `meshca serve --ledger`: "off" (no issuance ledger), "auto" (SQLite in the state dir,
+    # the server's default) or a sqlite:/// or postgresql:// URL.
+    ledger: str = "off"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)  # logs[i] is the output of procs[i]
     started: int = 0
@@ -280,6 +283,8 @@ class ServerFleet:
             self.ca_key_type,
             "--token-cache-size",
             str(token_cache_size),
+            "--ledger",
+            self.ledger,
             "--log-level",
             "warning",
         ]
@@ -315,6 +320,72 @@ class ServerFleet:
                 proc.wait(timeout=5)
         self.procs.clear()
         self.logs.clear()
+
+
+# --------------------------------------------------------------------------- ledger databases
+
+
+def _libpq(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(admin_url: str, prefix: str = "meshca_bench") -> Iterator[str]:
+    """A new database on the server of `admin_url` (for a PostgreSQL ledger), dropped afterwards.
+
+    Raises psycopg.Error if the server cannot be reached or the database not made.
+    """
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_libpq(admin_url), connect_timeout=5, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield (
+            make_url(admin_url)
+            .set(drivername="postgresql", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with psycopg.connect(_libpq(admin_url), connect_timeout=5, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    entries: int
+    issued: int
+    verified: bool
+    summary: str
+
+
+def check_ledger(url: str, state_dir: Path) -> LedgerCheck:
+    """Count a ledger's records and verify its chain and checkpoints with the state dir's key.
+
+    The head file is not used: ledgers on several databases share one state dir here.
+    """
+    from sqlalchemy import func, select
+
+    from ca.ledger import schema
+    from ca.ledger.ledger import KEY_FILE, load_or_create_ledger_key
+    from ca.ledger.store import LedgerStore
+    from ca.ledger.verify import verify_ledger
+
+    store = LedgerStore(url)
+    try:
+        with store.engine.connect() as conn:
+            issued = conn.execute(
+                select(func.count()).select_from(schema.entries).where(schema.entries.c.kind == "issued")
+            ).scalar_one()
+        report = verify_ledger(store, load_or_create_ledger_key(state_dir / KEY_FILE).public_key())
+        return LedgerCheck(store.count(), int(issued), report.ok, report.summary())
+    finally:
+        store.dispose()
 
 
 # --------------------------------------------------------------------------- transport floor

@@ -3,8 +3,9 @@
 
 Run from the project root with the project's virtualenv:
 
-    .venv/bin/python scripts/bench_ca.py            # full run, about 2.5 minutes on 2 cores
-    .venv/bin/python scripts/bench_ca.py --quick    # smoke run, about 40 seconds
+    .venv/bin/python scripts/bench_ca.py                       # full run, about 4.5 minutes on 2 cores
+    .venv/bin/python scripts/bench_ca.py --quick               # smoke run, about 1 minute
+    .venv/bin/python scripts/bench_ca.py --ledger-phase only   # just (e), about 2 minutes
 
 For the CA key type chosen with --ca-key-type it prints:
 
@@ -14,7 +15,15 @@ For the CA key type chosen with --ca-key-type it prints:
       validation, closed loop at the peak, with the token cache on and off, against (a);
   (c) latency at half of each peak rate: open loop on a fixed timetable, latency counted
       from the scheduled send time so that queueing shows;
-  (d) the rate with one `meshca serve` per core sharing the port (SO_REUSEPORT).
+  (d) the rate with one `meshca serve` per core sharing the port (SO_REUSEPORT);
+  (e) what the issuance ledger costs: one `meshca serve` with `--ledger off`, with the
+      default SQLite ledger (`--ledger auto`) and with a PostgreSQL ledger (a fresh database
+      on --postgres), under the same closed-loop load, in interleaved rounds (median), and
+      the ratios ledger / no ledger.
+
+The servers of (a)-(d) run with `--ledger off`, so that those phases measure issuance
+alone (`meshca serve` records every issuance in a SQLite ledger by default); (e) adds the
+ledger. After (e) each ledger's records are counted and verified.
 
 "Peak" is found by a short closed-loop sweep over requests in flight (--concurrency
 fixes it instead): the smallest level within 10% of the best sweep rate. Rates on this
@@ -32,6 +41,7 @@ at the end, on Ctrl-C and on errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -56,11 +66,14 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca, if no
 
 from _bench_common import (
     ClientResult,
+    LedgerCheck,
     LoadSpec,
     RequestPool,
     ServerFleet,
+    check_ledger,
     client_process,
     free_port,
+    fresh_postgres_database,
     make_pool,
     percentile,
     process_cpu_seconds,
@@ -94,6 +107,10 @@ class Settings:
     grpc_workers: int | None
     grpc_server: str | None
     quick: bool
+    ledger_phase: str = "run"  # run (after (a)-(d)), only, skip
+    ledger_rounds: int = 3
+    ledger_in_flight: int | None = None
+    postgres: str | None = None  # admin URL of the server that gets the PostgreSQL ledger's database
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -123,6 +140,27 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     parser.add_argument("--grpc-workers", type=int, default=None, help="pass --grpc-workers to meshca serve")
     parser.add_argument("--quick", action="store_true", help="short phases and a small pool: a smoke run")
+    parser.add_argument(
+        "--ledger-phase",
+        choices=["run", "only", "skip"],
+        default="run",
+        help="(e), the issuance ledger's cost: run it after (a)-(d) (default), run only it, or skip it",
+    )
+    parser.add_argument(
+        "--ledger-rounds", type=int, default=None, help="interleaved rounds per ledger setting (default 3)"
+    )
+    parser.add_argument(
+        "--ledger-in-flight",
+        type=int,
+        default=None,
+        help="requests in flight in (e) (default: the most of the sweep, 64; 16 with --quick)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("MESHCA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL admin URL for (e): a fresh database is made there and dropped after; "
+        "'off' leaves PostgreSQL out (default postgresql://postgres@127.0.0.1:5432/test)",
+    )
     args = parser.parse_args(argv)
 
     from ca.keys import KeyAlgorithm
@@ -149,6 +187,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         grpc_workers=args.grpc_workers,
         grpc_server=args.grpc_server,
         quick=quick,
+        ledger_phase=args.ledger_phase,
+        ledger_rounds=max(1, args.ledger_rounds if args.ledger_rounds is not None else (1 if quick else 3)),
+        ledger_in_flight=max(1, args.ledger_in_flight) if args.ledger_in_flight else None,
+        postgres=None if args.postgres in ("", "off", "none") else args.postgres,
     )
 
 
@@ -236,6 +278,8 @@ def _service(state_dir: Path, key_type: str, cache_size: int) -> Any:
         key_type,
         "--token-cache-size",
         str(cache_size),
+        "--ledger",
+        "off",
     ]
     return build_server(serve_config(build_parser({}).parse_args(argv), {})).service
 
@@ -538,7 +582,7 @@ def print_ceiling(c: Ceiling, s: Settings) -> None:
         (f"  CertificateService handler, no gRPC, token cache {DEFAULT_CACHE}", c.handler_cached_us),
     ]
     print(
-        f"\n(a) In-process ceiling, one core, no gRPC/TLS  (CA key {s.ca_key_type}; "
+        f"\n(a) In-process ceiling, one core, no gRPC/TLS, no ledger  (CA key {s.ca_key_type}; "
         f"median of {s.rounds} interleaved rounds)"
     )
     print(f"  {'step':<60}{'us/op':>8}{'ops/s':>9}")
@@ -635,13 +679,154 @@ class Results:
     floor: LoadResult
 
 
-def run_all(s: Settings) -> Results:
+# --------------------------------------------------------------------------- (e) the ledger
+
+LEDGER_OFF = "no ledger (--ledger off)"
+LEDGER_SQLITE = "SQLite ledger (--ledger auto)"
+LEDGER_POSTGRES = "PostgreSQL ledger"
+
+
+@dataclass
+class LedgerSetting:
+    label: str
+    ledger: str  # the --ledger value
+    runs: list[LoadResult] = field(default_factory=list)
+    check: LedgerCheck | None = None
+
+    @property
+    def median(self) -> LoadResult:
+        ordered = sorted(self.runs, key=lambda r: r.certs_per_s)
+        return ordered[(len(ordered) - 1) // 2]
+
+
+@dataclass
+class LedgerPhase:
+    in_flight: int
+    in_flight_source: str
+    settings: list[LedgerSetting]
+    skipped: dict[str, str] = field(default_factory=dict)  # label: why it was not measured
+
+    def get(self, label: str) -> LedgerSetting | None:
+        return next((x for x in self.settings if x.label == label), None)
+
+    def cost_ratio(self, label: str) -> float:
+        off, other = self.get(LEDGER_OFF), self.get(label)
+        if off is None or other is None:
+            return math.nan
+        return ratio(other.median.certs_per_s, off.median.certs_per_s)
+
+
+def measure_ledger(s: Settings, pool: RequestPool, state_dir: Path, tmp: Path) -> LedgerPhase:
+    """One server per ledger setting, all up at once on their own ports; interleaved rounds."""
+    with contextlib.ExitStack() as stack:
+        settings = [LedgerSetting(LEDGER_OFF, "off"), LedgerSetting(LEDGER_SQLITE, "auto")]
+        skipped: dict[str, str] = {}
+        if s.postgres is None:
+            skipped[LEDGER_POSTGRES] = "--postgres off"
+        else:
+            try:
+                url = stack.enter_context(fresh_postgres_database(s.postgres))
+                settings.append(LedgerSetting(LEDGER_POSTGRES, url))
+            except Exception as err:
+                skipped[LEDGER_POSTGRES] = f"no database on {s.postgres}: {str(err).strip().splitlines()[0]}"
+        benches: list[tuple[LedgerSetting, Bench, int]] = []
+        for setting in settings:
+            logs = tmp / f"ledger-{setting.ledger if setting.ledger in ('off', 'auto') else 'postgresql'}"
+            logs.mkdir()
+            fleet = stack.enter_context(
+                ServerFleet(
+                    state_dir, logs, s.ca_key_type, s.grpc_workers, s.grpc_server, ledger=setting.ledger
+                )
+            )
+            port = free_port()
+            fleet.start(port=port, count=1, token_cache_size=DEFAULT_CACHE)
+            bench = Bench(s, pool, fleet, root_pem=(state_dir / "root-cert.pem").read_bytes())
+            benches.append((setting, bench, port))
+        # Throughput: every server saturated by the same load (the most in flight of the sweep, or
+        # --ledger-in-flight). At a few in flight a closed loop only measures the commit latency.
+        in_flight = s.ledger_in_flight or max(s.levels)
+        source = "--ledger-in-flight" if s.ledger_in_flight else "the most of the sweep: all saturated"
+        for round_number in range(s.ledger_rounds):
+            for setting, bench, port in benches:
+                progress(f"(e) round {round_number + 1}/{s.ledger_rounds}")
+                setting.runs.append(bench.run(setting.label, port, DEFAULT_CACHE, in_flight=in_flight))
+        for _, bench, _ in benches:
+            bench.fleet.stop_all()  # each server writes its final checkpoint
+        for setting in settings:
+            if setting.ledger != "off":
+                url = sqlite_url(state_dir / "ledger.db") if setting.ledger == "auto" else setting.ledger
+                setting.check = check_ledger(url, state_dir)
+        return LedgerPhase(in_flight, source, settings, skipped)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def report_ledger(s: Settings, lp: LedgerPhase) -> list[tuple[str, float]]:
+    """Prints (e); returns its ratio lines."""
+    rounds = f"median of {s.ledger_rounds} interleaved rounds" if s.ledger_rounds > 1 else "one round"
+    print_table(
+        f"(e) The issuance ledger: one `meshca serve` each, token cache on, closed loop at {lp.in_flight} "
+        f"in flight ({lp.in_flight_source}); {rounds}",
+        [x.median for x in lp.settings],
+        lambda r: _ledger_note(lp, r),
+    )
+    for label, why in lp.skipped.items():
+        print(f"  {label:<34}skipped: {why}")
+    off = lp.get(LEDGER_OFF)
+    if off is not None and len(off.runs) > 1:
+        for x in lp.settings:
+            rates = "  ".join(f"{r.certs_per_s:,.0f}" for r in x.runs)
+            print(f"  {x.label:<34}rounds: {rates} certs/s")
+    sqlite_ratio = lp.cost_ratio(LEDGER_SQLITE)
+    verdict = "within" if sqlite_ratio >= 0.85 else "OVER"
+    print(
+        f"  -> the SQLite ledger keeps {sqlite_ratio:.0%} of the no-ledger rate "
+        f"(costs {1 - sqlite_ratio:.0%}; target: at most 15%: {verdict})"
+    )
+    if lp.get(LEDGER_POSTGRES) is not None:
+        pg_ratio = lp.cost_ratio(LEDGER_POSTGRES)
+        print(f"  -> the PostgreSQL ledger keeps {pg_ratio:.0%} of it (costs {1 - pg_ratio:.0%})")
+    return [
+        ("SQLite ledger / no ledger, end to end", sqlite_ratio),
+        ("PostgreSQL ledger / no ledger, end to end", lp.cost_ratio(LEDGER_POSTGRES)),
+    ]
+
+
+def _ledger_note(lp: LedgerPhase, r: LoadResult) -> str:
+    setting = next(x for x in lp.settings if x.runs and x.median is r)
+    if setting.check is None:
+        return ""
+    c = setting.check
+    return (
+        f"ledger after the phase: {c.entries:,} records, {c.issued:,} issuances; "
+        + ("verified" if c.verified else f"VERIFY FAILED: {c.summary}")
+        + f";  = {lp.cost_ratio(setting.label):.2f} x no ledger"
+    )
+
+
+def ledger_summary(lp: LedgerPhase) -> dict[str, Any]:
+    summary: dict[str, Any] = {"in_flight": lp.in_flight, "rounds": len(lp.settings[0].runs)}
+    for x in lp.settings:
+        key = {"off": "off", "auto": "sqlite"}.get(x.ledger, "postgresql")
+        summary[key] = _brief(x.median) | {"rounds_certs_per_s": [round(r.certs_per_s, 1) for r in x.runs]}
+        if x.check is not None:
+            summary[key] |= {"records": x.check.entries, "verified": x.check.verified}
+    summary["ratio_sqlite_to_off"] = round(lp.cost_ratio(LEDGER_SQLITE), 3)
+    summary["ratio_postgresql_to_off"] = round(lp.cost_ratio(LEDGER_POSTGRES), 3)
+    return summary
+
+
+def run_all(s: Settings) -> tuple[Results | None, LedgerPhase | None]:
     with tempfile.TemporaryDirectory(prefix="meshca-bench-") as tmp:
         state_dir = Path(tmp) / "state"
         state_dir.mkdir(mode=0o700)
         with ServerFleet(state_dir, Path(tmp), s.ca_key_type, s.grpc_workers, s.grpc_server) as fleet:
             progress(f"generating {s.pool} EC P-256 keys + CSRs and {s.pool} dev tokens")
             pool = make_pool(state_dir, s.pool)
+            if s.ledger_phase == "only":
+                return None, measure_ledger(s, pool, state_dir, Path(tmp))
             fleet.pool_file = Path(tmp) / "pool.json"
             write_pool_file(fleet.pool_file, pool)
             progress("(a) in-process ceiling")
@@ -671,10 +856,33 @@ def run_all(s: Settings) -> Results:
             fleet.stop_all()
             port = start(s.servers_d, DEFAULT_CACHE)
             multi = bench.peak(f"{s.servers_d} servers, token cache on", port, DEFAULT_CACHE)
-    return Results(ceiling, peak_on, half_on, peak_off, half_off, multi, floor)
+            fleet.stop_all()
+            results = Results(ceiling, peak_on, half_on, peak_off, half_off, multi, floor)
+            ledger = None
+            if s.ledger_phase == "run":
+                ledger = measure_ledger(s, pool, state_dir, Path(tmp))
+    return results, ledger
 
 
-def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
+def report_ledger_only(s: Settings, lp: LedgerPhase, cores: int, elapsed_s: float) -> None:
+    lines = report_ledger(s, lp)
+    print("\nRatios")
+    for name, value in lines:
+        print(f"  {name:<50}{value:>6.2f}")
+    print(f"  (benchmark wall time {elapsed_s:.0f} s)")
+    summary = {
+        "ca_key_type": s.ca_key_type,
+        "cores": cores,
+        "quick": s.quick,
+        "duration_s": s.duration_s,
+        "pool": s.pool,
+        "ledger": ledger_summary(lp),
+        "wall_s": round(elapsed_s, 1),
+    }
+    print(json.dumps(summary, separators=(",", ":")))
+
+
+def report(s: Settings, res: Results, cores: int, elapsed_s: float, lp: LedgerPhase | None = None) -> None:
     c = res.ceiling
     requests = res.peak_on.certs_per_s * (s.duration_s + s.warmup_s)
 
@@ -687,7 +895,7 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
         return text
 
     print_table(
-        "(b) End to end through one `meshca serve`: TLS + token check, closed loop at the peak",
+        "(b) End to end through one `meshca serve --ledger off`: TLS + token check, closed loop at the peak",
         [res.peak_on, res.peak_off, res.floor],
         b_note,
     )
@@ -711,7 +919,7 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
         lambda r: f"sender lag at most {r.max_send_lag_ms:.1f} ms behind the timetable",
     )
     print_table(
-        f"(d) {s.servers_d} `meshca serve` processes on one port (SO_REUSEPORT), token cache on, closed loop",
+        f"(d) {s.servers_d} `meshca serve --ledger off` processes on one port (SO_REUSEPORT), token cache on",
         [res.peak_on, res.multi],
         lambda r: (
             (sweep_text(r) + ";  " if r is res.multi else "")
@@ -724,6 +932,7 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
         f"{s.servers_d}-process rate is a lower bound of what {s.servers_d} dedicated cores would serve."
     )
 
+    ledger_lines = report_ledger(s, lp) if lp is not None else []
     gain = ratio(res.multi.certs_per_s, res.peak_on.certs_per_s)
     print("\nRatios")
     lines = [
@@ -735,6 +944,7 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
         (f"{s.servers_d} server processes / 1 (cache on)", gain),
         ("p99 at 50% peak / p99 at peak (cache on)", ratio(res.half_on.p99_ms, res.peak_on.p99_ms)),
         ("p99 at 50% peak / p99 at peak (cache off)", ratio(res.half_off.p99_ms, res.peak_off.p99_ms)),
+        *ledger_lines,
     ]
     for name, value in lines:
         print(f"  {name:<50}{value:>6.2f}")
@@ -760,6 +970,8 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float) -> None:
         "ratio_multi_to_single": round(gain, 3),
         "wall_s": round(elapsed_s, 1),
     }
+    if lp is not None:
+        summary["ledger"] = ledger_summary(lp)
     print(json.dumps(summary, separators=(",", ":")))
 
 
@@ -783,11 +995,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  clients: {s.clients} processes x {s.channels_per_client} TLS channels, sharing the "
         f"{cores} cores with the server(s); loopback, target name 'localhost'",
-        flush=True,
     )
-    results = run_all(s)
-    report(s, results, cores, time.perf_counter() - started)
+    ledger_text = {
+        "run": "(a)-(d) with --ledger off, then (e) the ledger's cost",
+        "only": "only (e) the ledger's cost",
+        "skip": "(a)-(d) with --ledger off; (e) skipped",
+    }[s.ledger_phase]
+    postgres = "PostgreSQL left out" if s.postgres is None else f"PostgreSQL ledger on {_redact(s.postgres)}"
+    print(f"  ledger: {ledger_text}; {postgres}", flush=True)
+    results, ledger = run_all(s)
+    elapsed = time.perf_counter() - started
+    if results is not None:
+        report(s, results, cores, elapsed, ledger)
+    elif ledger is not None:
+        report_ledger_only(s, ledger, cores, elapsed)
     return 0
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,353 @@
+"""The ledger admin service over gRPC: the audit queries, for callers with an admin identity.
+
+Callers authenticate as for a certificate (client certificate on the renewal
+port, or a bearer token); their SPIFFE ID must be one of --admin-identity.
+Queries run on a small pool of threads of their own, so a long report or
+verify neither blocks the asyncio server's event loop nor takes every worker
+of the threaded server. This module is the only place admin errors become
+status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from google.protobuf.message import Message
+
+from ca._proto import meshca_admin_pb2 as pb
+from ca.audit.moments import parse_moment
+from ca.auth.base import AuthenticatorChain, Caller
+from ca.clock import Clock
+from ca.config import ServeConfig
+from ca.durations import parse_duration
+from ca.errors import ConfigError, ErrorKind, InvalidRequestError, MeshcaError, PermissionDeniedError
+from ca.grpc_api import STATUS_BY_KIND, credentials_from
+from ca.issuer import IssuancePolicy
+from ca.ledger import queries
+from ca.ledger.checkpoint import Checkpoint
+from ca.ledger.entries import canonical
+from ca.ledger.ledger import HEAD_FILE, Ledger
+from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
+from ca.ledger.reader import LedgerReader, open_reader
+from ca.ledger.verify import VerifyReport
+
+log = logging.getLogger("meshca.admin")
+
+ADMIN_SERVICE_NAME = "meshca.admin.v1.LedgerAdmin"
+MAX_LIST = 1000
+QUERY_THREADS = 2
+INTERNAL_MESSAGE = "the ledger admin call failed; the CA logged the details"
+
+Verifier = Callable[[], VerifyReport]
+Work = Callable[[Any], Message]
+HeadSource = Callable[[], Checkpoint | None]
+
+
+class LedgerOffError(MeshcaError):
+    """The CA keeps no ledger, so there is nothing to query."""
+
+    kind = ErrorKind.CONFIG
+
+
+def _status(err: MeshcaError) -> grpc.StatusCode:
+    if isinstance(err, LedgerOffError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return STATUS_BY_KIND[err.kind]
+
+
+def _moment(text: str, now: datetime, field: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_moment(text, now, flag=field)
+    except ConfigError as err:
+        raise InvalidRequestError(err.message, reason="filter_invalid") from err
+
+
+def _with_max_ttl(policy: IssuancePolicy, text: str) -> IssuancePolicy:
+    try:
+        max_ttl = parse_duration(text)
+        default_ttl = min(policy.default_ttl, max_ttl)
+        return IssuancePolicy(default_ttl=default_ttl, max_ttl=max_ttl, key_policy=policy.key_policy)
+    except ConfigError as err:
+        raise InvalidRequestError(f"max_ttl: {err.message}", reason="filter_invalid") from err
+
+
+def audit_filter(message: pb.EntryFilter, now: datetime) -> queries.AuditFilter:
+    """The request's filter; empty fields match everything."""
+    return queries.AuditFilter(
+        spiffe_id=message.spiffe_id or None,
+        namespace=message.namespace or None,
+        service_account=message.service_account or None,
+        pod=message.pod or None,
+        since=_moment(message.since, now, "since"),
+        until=_moment(message.until, now, "until"),
+        status=message.status or None,
+        valid_at=_moment(message.valid_at, now, "valid_at"),
+    )
+
+
+def entry_message(entry: Mapping[str, Any]) -> pb.Entry:
+    content = {k: v for k, v in entry.items() if k != "seq"}
+    return pb.Entry(
+        seq=int(entry["seq"]),
+        content_json=canonical(content),
+        **{
+            name: str(content.get(name) or "")
+            for name in (
+                "kind",
+                "time",
+                "serial",
+                "spiffe_id",
+                "namespace",
+                "service_account",
+                "pod_name",
+                "not_after",
+                "reason",
+            )
+        },
+    )
+
+
+def report_message(report: queries.Report) -> pb.ReportResponse:
+    return pb.ReportResponse(
+        at=report.at,
+        max_ttl_seconds=report.max_ttl_seconds,
+        identities=[
+            pb.IdentityStats(
+                namespace=i.namespace or "",
+                spiffe_id=i.spiffe_id or "",
+                issued=i.issued,
+                valid_now=i.valid_now,
+                ttl=[
+                    pb.TtlBucket(label=label, count=count)
+                    for label, count in zip(report.ttl_labels, i.ttl_buckets, strict=True)
+                ],
+                refused=i.refused,
+            )
+            for i in report.identities
+        ],
+        refusals=[
+            pb.RefusalCount(
+                namespace=r.namespace or "", spiffe_id=r.spiffe_id or "", reason=r.reason, count=r.count
+            )
+            for r in report.refusals
+        ],
+        violations=[
+            pb.Violation(
+                seq=v.seq,
+                serial=v.serial,
+                spiffe_id=v.spiffe_id,
+                namespace=v.namespace,
+                key_type=v.key_type,
+                lifetime_seconds=v.lifetime_seconds,
+                not_after=v.not_after,
+                problems=list(v.problems),
+            )
+            for v in report.violations
+        ],
+        violations_total=report.violations_total,
+    )
+
+
+class LedgerAdminService:
+    name = ADMIN_SERVICE_NAME
+
+    def __init__(
+        self,
+        *,
+        authenticators: AuthenticatorChain,
+        admin_identities: Iterable[str],
+        clock: Clock,
+        policy: IssuancePolicy,
+        reader: LedgerReader | None,
+        verifier: Verifier | None,
+    ) -> None:
+        self._authenticators = authenticators
+        self._admins = frozenset(admin_identities)
+        self._clock = clock
+        self._policy = policy
+        self._reader = reader
+        self._verifier = verifier
+        self._executor = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="ledger-admin")
+
+    # ------------------------------------------------------------------ authorization
+
+    def authorize(self, context: grpc.ServicerContext) -> Caller:
+        if not self._admins:
+            raise PermissionDeniedError(
+                "the ledger admin service admits no one: this CA names no admin identity; start it "
+                "with --admin-identity spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> "
+                "(or MESHCA_ADMIN_IDENTITY, comma-separated) for the operators allowed",
+                reason="admin_not_configured",
+            )
+        caller = self._authenticators.authenticate(credentials_from(context))
+        if caller.spiffe_id.uri not in self._admins:
+            raise PermissionDeniedError(
+                f"{caller.spiffe_id} is not an admin identity of this CA; call with a credential "
+                "of an identity named by --admin-identity, or ask the CA's operators to add it",
+                reason="admin_denied",
+            )
+        return caller
+
+    def _ledger(self) -> LedgerReader:
+        if self._reader is None:
+            raise LedgerOffError(
+                "this CA keeps no issuance ledger (--ledger off), so there is nothing to query; "
+                "start it with --ledger auto or a database URL",
+                reason="ledger_off",
+            )
+        return self._reader
+
+    # ------------------------------------------------------------------ the queries
+
+    def list_entries(self, request: pb.ListEntriesRequest) -> pb.ListEntriesResponse:
+        limit = request.limit or queries.DEFAULT_LIMIT
+        if limit > MAX_LIST:
+            raise InvalidRequestError(
+                f"limit {limit} is over {MAX_LIST}; page with the time filters or use "
+                "'meshca audit export' on the ledger",
+                reason="limit_invalid",
+            )
+        audit = audit_filter(request.filter, self._clock.now())
+        found, more = queries.list_page(self._ledger(), audit, limit)
+        return pb.ListEntriesResponse(entries=[entry_message(e) for e in found], truncated=more)
+
+    def show_serial(self, request: pb.ShowSerialRequest) -> pb.ShowSerialResponse:
+        found = queries.find_serial(self._ledger(), request.serial)
+        return pb.ShowSerialResponse(entries=[entry_message(e) for e in found])
+
+    def report(self, request: pb.ReportRequest) -> pb.ReportResponse:
+        now = self._clock.now()
+        at = _moment(request.at, now, "at") or now
+        policy = _with_max_ttl(self._policy, request.max_ttl) if request.max_ttl else self._policy
+        result = queries.report(self._ledger(), at, policy, audit_filter(request.filter, now))
+        return report_message(result)
+
+    def verify(self, request: pb.VerifyRequest) -> pb.VerifyResponse:
+        self._ledger()
+        assert self._verifier is not None
+        result = self._verifier()
+        return pb.VerifyResponse(
+            ok=result.ok,
+            entries_checked=result.entries_checked,
+            checkpoints_checked=result.checkpoints_checked,
+            bad_seq=result.bad_seq or 0,
+            problem=result.problem or "",
+            summary=result.summary(),
+        )
+
+    # ------------------------------------------------------------------ gRPC plumbing
+
+    def _refused(self, method: str, err: MeshcaError, peer: str) -> None:
+        log.warning(
+            "refused ledger admin call",
+            extra={"method": method, "reason": err.reason, "detail": err.message, "peer": peer},
+        )
+
+    def _admitted(self, method: str, caller: Caller, peer: str) -> None:
+        log.info("ledger admin call", extra={"method": method, "caller": caller.spiffe_id.uri, "peer": peer})
+
+    def _sync(self, method: str, work: Work) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                self._admitted(method, self.authorize(context), context.peer())
+                return self._executor.submit(work, request).result()
+            except MeshcaError as err:
+                self._refused(method, err, context.peer())
+                context.abort(_status(err), err.message)
+            except Exception:
+                log.exception("ledger admin call failed", extra={"method": method, "peer": context.peer()})
+                context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+        return handle
+
+    def _async(self, method: str, work: Work) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                self._admitted(method, self.authorize(context), context.peer())  # type: ignore[arg-type]
+                return await asyncio.wrap_future(self._executor.submit(work, request))
+            except MeshcaError as err:
+                self._refused(method, err, context.peer())
+                await context.abort(_status(err), err.message)
+            except Exception:
+                log.exception("ledger admin call failed", extra={"method": method, "peer": context.peer()})
+                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+        return handle
+
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        methods: dict[str, tuple[type[Message], Work]] = {
+            "ListEntries": (pb.ListEntriesRequest, self.list_entries),
+            "ShowSerial": (pb.ShowSerialRequest, self.show_serial),
+            "Report": (pb.ReportRequest, self.report),
+            "Verify": (pb.VerifyRequest, self.verify),
+        }
+        wrap = self._async if asynchronous else self._sync
+        return grpc.method_handlers_generic_handler(
+            ADMIN_SERVICE_NAME,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    wrap(name, work),
+                    request_deserializer=request_type.FromString,
+                    response_serializer=lambda response: response.SerializeToString(),
+                )
+                for name, (request_type, work) in methods.items()
+            },
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._reader is not None:
+            self._reader.dispose()
+
+
+def head_verifier(
+    reader: LedgerReader,
+    public_key: ed25519.Ed25519PublicKey,
+    head_file: Path,
+    more_heads: Iterable[HeadSource] = (),
+) -> Verifier:
+    """Verify the ledger against the head file and any further head sources, each read afresh."""
+
+    def verify() -> VerifyReport:
+        try:
+            heads = [head for head in (read_head_file(head_file), *(s() for s in more_heads)) if head]
+        except UnreadableHead as err:
+            return VerifyReport(0, 0, None, str(err))
+        return verify_at_head(reader.url, reader.engine, public_key, heads)
+
+    return verify
+
+
+def build_admin_service(
+    cfg: ServeConfig, clock: Clock, authenticators: AuthenticatorChain, ledger: Ledger | None, api: Any | None
+) -> LedgerAdminService:
+    """The admin service for this CA: its ledger read without write locks, its heads, its policy."""
+    reader: LedgerReader | None = None
+    verifier: Verifier | None = None
+    if ledger is not None and cfg.ledger_url is not None:
+        reader = open_reader(cfg.ledger_url)
+        more_heads: list[HeadSource] = []
+        if api is not None:
+            from ca import kube
+
+            more_heads.append(functools.partial(kube.read_ledger_head, api, namespace=cfg.ca_namespace))
+        verifier = head_verifier(reader, ledger.public_key, cfg.state_dir / HEAD_FILE, more_heads)
+    return LedgerAdminService(
+        authenticators=authenticators,
+        admin_identities=cfg.admin_identities,
+        clock=clock,
+        policy=cfg.issuance,
+        reader=reader,
+        verifier=verifier,
+    )

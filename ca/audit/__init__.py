@@ -1,0 +1,1 @@
+"""`meshca audit`: list, show, export, report on and verify the issuance ledger."""

@@ -1,0 +1,182 @@
+"""Running `meshca audit`: open the ledger for reading, run one query, print the result.
+
+Results go to stdout, notes about them (nothing matched, more matched than the
+limit) to stderr, so a pipe gets only data. Exit status: 0 done, 1 verification
+failed or a serial not found, 2 bad flags or no ledger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TextIO
+
+from ca.audit import render
+from ca.config import AuditConfig
+from ca.errors import ConfigError, InvalidRequestError
+from ca.ledger import queries
+from ca.ledger.checkpoint import Checkpoint
+from ca.ledger.ledger import HEAD_FILE
+from ca.ledger.live_verify import UnreadableHead, load_verify_key, read_head_file, verify_at_head
+from ca.ledger.reader import LedgerReader, open_reader
+from ca.ledger.verify import VerifyReport
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def terminal_width() -> int:
+    return max(60, shutil.get_terminal_size((120, 24)).columns)
+
+
+@contextlib.contextmanager
+def _reader(cfg: AuditConfig) -> Iterator[LedgerReader]:
+    reader = open_reader(cfg.ledger_url)
+    try:
+        yield reader
+    finally:
+        reader.dispose()
+
+
+def _note(text: str) -> None:
+    print(f"meshca: {text}", file=sys.stderr)
+
+
+def _write(out: TextIO, lines: Iterable[str]) -> None:
+    for line in lines:
+        out.write(line if line.endswith("\n") else line + "\n")
+
+
+def _entries(cfg: AuditConfig, out: TextIO, entries: list[dict[str, object]]) -> None:
+    if cfg.output == "json":
+        _write(out, (render.json_line(e) for e in entries))
+    elif cfg.output == "csv":
+        _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
+    else:
+        _write(out, render.entries_table(entries, terminal_width()))
+
+
+def _list(cfg: AuditConfig, out: TextIO) -> int:
+    with _reader(cfg) as reader:
+        entries, more = queries.list_page(reader, cfg.filter, cfg.limit)
+    _entries(cfg, out, entries)
+    if not entries:
+        _note("no ledger entries match the filters")
+    elif more:
+        _note(
+            f"showing the newest {len(entries)} matching entries; more match: narrow the filters, "
+            f"raise --limit (up to {queries.MAX_LIMIT}) or use 'meshca audit export'"
+        )
+    return EXIT_OK
+
+
+def _show(cfg: AuditConfig, out: TextIO) -> int:
+    assert cfg.serial is not None
+    with _reader(cfg) as reader:
+        entries = queries.find_serial(reader, cfg.serial)
+    if not entries:
+        _note(
+            f"no ledger entry names serial {cfg.serial}; check the number "
+            "('openssl x509 -noout -serial -in cert.pem') and that --ledger is this CA's ledger"
+        )
+        return EXIT_FAILED
+    if cfg.output == "table":
+        for index, entry in enumerate(entries):
+            _write(out, ([""] if index else []) + render.entry_detail(entry))
+    else:
+        _entries(cfg, out, entries)
+    return EXIT_OK
+
+
+def _export(cfg: AuditConfig, out: TextIO) -> int:
+    with _reader(cfg) as reader:
+        entries = queries.export(reader, cfg.filter)
+        if cfg.output == "csv":
+            _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
+        else:
+            _write(out, (render.json_line(e) for e in entries))
+    return EXIT_OK
+
+
+def _report(cfg: AuditConfig, out: TextIO) -> int:
+    with _reader(cfg) as reader:
+        result = queries.report(reader, cfg.at, cfg.policy, cfg.filter)
+    if cfg.output == "json":
+        out.write(render.json_line(render.report_dict(result)) + "\n")
+    elif cfg.output == "csv":
+        _write(out, render.csv_lines(render.report_csv_fields(result), render.report_csv_rows(result)))
+    else:
+        _write(out, render.report_table(result, terminal_width()))
+    return EXIT_OK
+
+
+def _external_heads(cfg: AuditConfig) -> tuple[list[Checkpoint], list[str]]:
+    """The signed heads kept outside the database and where they were found."""
+    heads: list[Checkpoint] = []
+    found: list[str] = []
+    path = cfg.state_dir / HEAD_FILE
+    head = read_head_file(path)
+    if head is not None:
+        heads.append(head)
+        found.append(str(path))
+    if cfg.kubeconfig is not None:
+        from ca import kube
+
+        api = kube.api_client(cfg.kubeconfig, in_cluster=False)
+        head = kube.read_ledger_head(api, namespace=cfg.ca_namespace)
+        if head is not None:
+            heads.append(head)
+            found.append(f"ConfigMap {cfg.ca_namespace}/{kube.LEDGER_HEAD_CONFIGMAP}")
+    return heads, found
+
+
+def _verify(cfg: AuditConfig, out: TextIO) -> int:
+    key = load_verify_key(cfg.ledger_key)
+    found: list[str] = []
+    with _reader(cfg) as reader:
+        try:
+            heads, found = _external_heads(cfg)
+        except UnreadableHead as err:
+            result = VerifyReport(0, 0, None, str(err))
+        else:
+            result = verify_at_head(reader.url, reader.engine, key, heads)
+    if cfg.output == "json":
+        out.write(render.json_line(render.verify_dict(result, found)) + "\n")
+    else:
+        out.write(result.summary() + "\n")
+        if found:
+            out.write(f"signed heads kept outside the database: {', '.join(found)}\n")
+        elif result.ok:
+            where = str(cfg.state_dir / HEAD_FILE)
+            if cfg.kubeconfig is not None:
+                where += f" or ConfigMap {cfg.ca_namespace}/meshca-ledger-head"
+            out.write(
+                f"note: no signed head kept outside the database was found (looked for {where}); "
+                "without one, a rollback of the whole database cannot be detected\n"
+            )
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+ACTIONS: dict[str, Callable[[AuditConfig, TextIO], int]] = {
+    "list": _list,
+    "show": _show,
+    "export": _export,
+    "report": _report,
+    "verify": _verify,
+}
+
+
+def run(cfg: AuditConfig, out: TextIO | None = None) -> int:
+    try:
+        return ACTIONS[cfg.action](cfg, out or sys.stdout)
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
+    except BrokenPipeError:
+        # The reader of the output went away (`| head`): not an error. Point stdout at
+        # /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
