@@ -18,7 +18,7 @@ from ca.durations import parse_duration
 from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
-from ca.ledger.queries import DEFAULT_LIMIT, AuditFilter
+from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter
 from ca.spiffe_id import SpiffeId, validate_trust_domain
 
 DEFAULT_STATE_DIR = "./meshca-state"
