@@ -34,7 +34,7 @@ from ca.grpc_api import STATUS_BY_KIND, credentials_from
 from ca.issuer import IssuancePolicy
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
-from ca.ledger.entries import canonical
+from ca.ledger.entries import INDEXED_FIELDS, canonical
 from ca.ledger.ledger import HEAD_FILE, Ledger
 from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader
@@ -101,20 +101,7 @@ def entry_message(entry: Mapping[str, Any]) -> pb.Entry:
     return pb.Entry(
         seq=int(entry["seq"]),
         content_json=canonical(content),
-        **{
-            name: str(content.get(name) or "")
-            for name in (
-                "kind",
-                "time",
-                "serial",
-                "spiffe_id",
-                "namespace",
-                "service_account",
-                "pod_name",
-                "not_after",
-                "reason",
-            )
-        },
+        **{name: str(content.get(name) or "") for name in INDEXED_FIELDS},
     )
 
 

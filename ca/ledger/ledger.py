@@ -8,7 +8,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -153,21 +152,23 @@ class Ledger:
             )
         )
 
+    def _signed(self, seq: int, entry_hash: str, *, count: int, purpose: str) -> cp.Checkpoint:
+        unsigned = cp.Checkpoint(
+            head_seq=seq,
+            head_hash=entry_hash,
+            count=count,
+            time=timestamp(self._clock.now()),
+            key_id=self.key_id,
+            purpose=purpose,
+        )
+        return cp.sign(unsigned, self._key)
+
     def checkpoint(self) -> cp.Checkpoint | None:
         """Sign the current head, store it, and publish it outside the database."""
         seq, head_hash, anchor_seq, _ = self.store.head()
         if seq == 0 or seq == self._checkpointed_seq:
             return None
-        signed = cp.sign(
-            cp.Checkpoint(
-                head_seq=seq,
-                head_hash=head_hash,
-                count=seq - anchor_seq,
-                time=timestamp(self._clock.now()),
-                key_id=self.key_id,
-            ),
-            self._key,
-        )
+        signed = self._signed(seq, head_hash, count=seq - anchor_seq, purpose=cp.HEAD)
         self.store.add_checkpoint(signed)
         for publish in self._publishers:
             try:
@@ -186,17 +187,7 @@ class Ledger:
         anchor_hash = self.store.entry_hash(end)
         if anchor_hash is None:
             return 0
-        signed = cp.sign(
-            cp.Checkpoint(
-                head_seq=end,
-                head_hash=anchor_hash,
-                count=end - anchor_seq,
-                time=timestamp(self._clock.now()),
-                key_id=self.key_id,
-                purpose=cp.COMPACTION,
-            ),
-            self._key,
-        )
+        signed = self._signed(end, anchor_hash, count=end - anchor_seq, purpose=cp.COMPACTION)
         self.store.add_checkpoint(signed)
         return self.store.compact_through(end, anchor_hash)
 
@@ -207,11 +198,3 @@ class Ledger:
         except Exception as err:
             log.warning("final ledger checkpoint failed", extra={"detail": str(err)})
         self.store.dispose()
-
-
-def public_key_pem(key: ed25519.Ed25519PublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def describe(entry: Entry) -> dict[str, Any]:
-    return {"seq": entry.seq, **entry.content}
