@@ -79,8 +79,27 @@ def _audit(args: object) -> int:
     return run(audit_config(args, SystemClock().now()))  # type: ignore[arg-type]
 
 
+def _policy(args: object) -> int:
+    from ca.policy.command import run
+
+    return run(args)  # type: ignore[arg-type]
+
+
+def _enforce(args: object) -> int:
+    from ca.enforce.command import run
+
+    return run(args)  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    commands = {"serve": _serve, "agent": _agent, "token": _token, "audit": _audit}
+    commands = {
+        "serve": _serve,
+        "agent": _agent,
+        "token": _token,
+        "audit": _audit,
+        "policy": _policy,
+        "enforce": _enforce,
+    }
     try:
         try:
             args = build_parser(environment()).parse_args(argv)

@@ -8,41 +8,25 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from ca.audit.moments import parse_moment
 from ca.durations import parse_duration
+from ca.enforce.command import add_enforce_parser
 from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
+from ca.flags import EnvDefaults, env_name, listen_address, split_list
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
 from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter
+from ca.policy.command import add_policy_parser
 from ca.spiffe_id import SpiffeId, validate_trust_domain
 
 DEFAULT_STATE_DIR = "./meshca-state"
 DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
 KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
-
-
-def env_name(flag: str) -> str:
-    return "MESHCA_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def listen_address(text: str) -> str | None:
-    """`:15012` -> `0.0.0.0:15012`; `off` or empty disables the listener."""
-    text = text.strip()
-    if text in ("", "off", "none"):
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{text!r} is not a listen address; write it as HOST:PORT or :PORT")
-    return f"{host or '0.0.0.0'}:{port}"
-
-
-def _split(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,38 +113,12 @@ class AuditConfig:
     ca_namespace: str
 
 
-class _EnvDefaults:
-    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
-        self._parser = parser
-        self._environ = environ
-
-    def add(self, flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
-        env = env_name(flag)
-        value = self._environ.get(env)
-        choices = kwargs.get("choices")
-        if value is not None and isinstance(choices, list) and value not in choices:
-            raise ConfigError(f"{env}={value!r} is not one of {', '.join(choices)}")
-        if kwargs.get("action") == "append":
-            # An append flag given on the command line replaces the environment's list
-            # rather than adding to it, so the environment is applied after parsing.
-            self._parser.set_defaults(**{f"{flag.lstrip('-').replace('-', '_')}_env": value})
-            value = None
-        elif value is None:
-            value = default
-        self._parser.add_argument(
-            flag,
-            default=value,
-            help=f"{help_text} [env {env}; default {default}]",
-            **kwargs,  # type: ignore[arg-type]
-        )
-
-
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshca", description="A certificate authority for service meshes.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the CA service (Istio-compatible certificate API)")
-    s = _EnvDefaults(serve, environ)
+    s = EnvDefaults(serve, environ)
     s.add("--listen", ":15012", "gRPC TLS address for certificate requests with a token")
     s.add(
         "--renew-listen",
@@ -253,7 +211,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 
     agent = commands.add_parser("agent", help="run the workload agent beside a sidecar")
-    a = _EnvDefaults(agent, environ)
+    a = EnvDefaults(agent, environ)
     a.add("--ca-addr", "localhost:15012", "address of the meshca CA service")
     a.add("--ca-root", "./meshca-state/root-cert.pem", "root certificate(s) to trust the CA's TLS with")
     a.add("--ca-server-name", None, "TLS server name to expect from the CA, if not the address's host")
@@ -288,7 +246,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     a.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
 
     token = commands.add_parser("token", help="mint a development service-account token (no cluster)")
-    t = _EnvDefaults(token, environ)
+    t = EnvDefaults(token, environ)
     t.add("--state-dir", DEFAULT_STATE_DIR, "state directory shared with 'meshca serve'")
     t.add(
         "--namespace",
@@ -311,6 +269,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     actions = audit.add_subparsers(dest="audit_action", required=True)
     for action, help_text in AUDIT_ACTIONS.items():
         _audit_flags(actions.add_parser(action, help=help_text, description=help_text), action, environ)
+    add_policy_parser(commands, environ)
+    add_enforce_parser(commands, environ)
     return parser
 
 
@@ -326,7 +286,7 @@ TIME_HELP = "2026-11-21T08:00:00Z, 2026-11-21, now, or an age such as 24h or 7d 
 
 
 def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[str, str]) -> None:
-    a = _EnvDefaults(parser, environ)
+    a = EnvDefaults(parser, environ)
     a.add("--ledger", "auto", "the ledger: auto (<state-dir>/ledger.db), a sqlite:/// or postgresql:// URL")
     a.add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory (ledger, ledger key and head)")
     if action == "show":
@@ -371,7 +331,7 @@ def ledger_url(text: str, state_dir: Path) -> str | None:
 
 
 def _audiences(args: argparse.Namespace) -> tuple[str, ...]:
-    return _split(args.audience or [args.audience_env or "istio-ca"])
+    return split_list(args.audience or [args.audience_env or "istio-ca"])
 
 
 def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None:
@@ -431,7 +391,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
             over_max=OverMaxTtl(args.ttl_over_max),
             strict_csr_names=args.strict_csr_names == "on",
         ),
-        dns_names=_split([args.dns_names]),
+        dns_names=split_list([args.dns_names]),
         cluster_id=args.cluster_id or None,
         token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),
         grpc_workers=workers,
@@ -446,7 +406,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
 
 
 def _admin_identities(args: argparse.Namespace, trust_domain: str) -> tuple[str, ...]:
-    identities = _split(args.admin_identity or [args.admin_identity_env or ""])
+    identities = split_list(args.admin_identity or [args.admin_identity_env or ""])
     for text in identities:
         try:
             spiffe_id = SpiffeId.parse(text)

@@ -69,3 +69,7 @@ class UnavailableError(MeshcaError):
 
 class SigningError(MeshcaError):
     kind = ErrorKind.INTERNAL
+
+
+class PolicyError(ConfigError):
+    """A PeerAuthentication manifest is invalid; the message names the object and the field."""

@@ -1,0 +1,1 @@
+"""The enforcer: PeerAuthentication applied to real inbound (and outbound) connections."""

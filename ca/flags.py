@@ -1,0 +1,58 @@
+"""Flags that can also be set from the environment, shared by every `meshca` command.
+
+Every flag `--some-flag` can also be set as `MESHCA_SOME_FLAG`; a flag given on
+the command line wins. The environment itself is read only by `ca.config`,
+which passes it in.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+
+from ca.errors import ConfigError
+
+
+def env_name(flag: str) -> str:
+    return "MESHCA_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def listen_address(text: str) -> str | None:
+    """`:15012` -> `0.0.0.0:15012`; `off` or empty disables the listener."""
+    text = text.strip()
+    if text in ("", "off", "none"):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not a listen address; write it as HOST:PORT or :PORT")
+    return f"{host or '0.0.0.0'}:{port}"
+
+
+def split_list(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+class EnvDefaults:
+    def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+        self._parser = parser
+        self._environ = environ
+
+    def add(self, flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
+        env = env_name(flag)
+        value = self._environ.get(env)
+        choices = kwargs.get("choices")
+        if value is not None and isinstance(choices, list) and value not in choices:
+            raise ConfigError(f"{env}={value!r} is not one of {', '.join(choices)}")
+        if kwargs.get("action") == "append":
+            # An append flag given on the command line replaces the environment's list
+            # rather than adding to it, so the environment is applied after parsing.
+            self._parser.set_defaults(**{f"{flag.lstrip('-').replace('-', '_')}_env": value})
+            value = None
+        elif value is None:
+            value = default
+        self._parser.add_argument(
+            flag,
+            default=value,
+            help=f"{help_text} [env {env}; default {default}]",
+            **kwargs,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,1 @@
+"""PeerAuthentication: the policy model, Istio's resolution rules, and where policies come from."""
