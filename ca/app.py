@@ -142,6 +142,9 @@ class CaServer:
             if self.cfg.grpc_server == "asyncio"
             else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
+        if self.ledger is not None and self.ledger.store.is_sqlite and isinstance(server, AsyncioServer):
+            # PostgreSQL keeps its writer thread: its round trips would stall the loop.
+            self.ledger.commit_on_loop(server.loop)
         self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
             self.ports["renew"] = self._bind(server, self.cfg.renew_listen, require_client_cert=True)

@@ -107,11 +107,15 @@ class IssuanceRecorder(Protocol):
 
     def record_issued(
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
-    ) -> Future[Any]: ...
+    ) -> Recorded: ...
 
     def record_refusal(
         self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
-    ) -> Future[Any]: ...
+    ) -> Recorded: ...
+
+
+# The asyncio server's ledger hands out asyncio futures on its loop; the threaded one, thread futures.
+Recorded = Future[Any] | asyncio.Future[Any]
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ class Pending:
 
     issued: IssuedCertificate
     caller: Caller
-    recorded: Future[Any]
+    recorded: Recorded
     started: float
     peer: str
 
@@ -175,7 +179,7 @@ class CertificateService:
                 context.peer(),
                 caller,
             )
-        recorded = _done()
+        recorded: Recorded = _done()
         if self._recorder is not None:
             recorded = self._recorder.record_issued(
                 issued, caller, client_address=context.peer(), cluster_id=credentials.cluster_id
@@ -217,8 +221,11 @@ class CertificateService:
         pending = self.respond(request_bytes, context)
         if isinstance(pending, Refusal):
             context.abort(pending.code, pending.message)
+        recorded = pending.recorded
         try:
-            pending.recorded.result(timeout=self.record_timeout_s)
+            if not isinstance(recorded, Future):
+                raise RuntimeError("the threaded server was given a ledger that runs on an event loop")
+            recorded.result(timeout=self.record_timeout_s)
             error: BaseException | None = None
         except BaseException as err:
             error = err
@@ -235,7 +242,11 @@ class CertificateService:
             await context.abort(pending.code, pending.message)
             raise AssertionError("abort returned")
         try:
-            await asyncio.wait_for(asyncio.wrap_future(pending.recorded), self.record_timeout_s)
+            recorded = pending.recorded
+            if not recorded.done():
+                waiter = recorded if isinstance(recorded, asyncio.Future) else asyncio.wrap_future(recorded)
+                await asyncio.wait_for(waiter, self.record_timeout_s)
+            recorded.result()
             error: BaseException | None = None
         except Exception as err:
             error = err

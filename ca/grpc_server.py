@@ -98,6 +98,10 @@ class AsyncioServer:
 
         self._server = self._run(build)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
     def _run(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from ca.keys import key_type_label
 from ca.ledger import checkpoint as cp
 from ca.ledger.entries import Entry, ca_event_content, issued_content, refused_content, timestamp
 from ca.ledger.store import LedgerStore
-from ca.ledger.writer import LedgerWriter
+from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
 
 log = logging.getLogger("meshca.ledger")
 
@@ -84,7 +85,19 @@ class Ledger:
         self._head_lock = threading.Lock()
         self._latest: Entry | None = None
         self._checkpointed_seq = 0
-        self._writer = LedgerWriter(store.append, max_batch=max_batch, on_commit=self._committed)
+        self._max_batch = max_batch
+        self._writer: LedgerWriter | LoopLedgerWriter = LedgerWriter(
+            store.append, max_batch=max_batch, on_commit=self._committed
+        )
+
+    def commit_on_loop(self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0) -> None:
+        """From now on, commit on `loop`'s thread (see ca.ledger.writer); entries already
+        submitted are committed first."""
+        previous = self._writer
+        self._writer = LoopLedgerWriter(
+            self.store, loop, max_batch=self._max_batch, linger_s=linger_s, on_commit=self._committed
+        )
+        previous.close()
 
     @property
     def public_key(self) -> ed25519.Ed25519PublicKey:
@@ -96,7 +109,7 @@ class Ledger:
 
     def record_issued(
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
-    ) -> Future[Entry]:
+    ) -> Recorded:
         authority = issued.authority
         return self._writer.submit(
             issued_content(
@@ -125,7 +138,7 @@ class Ledger:
 
     def record_refusal(
         self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
-    ) -> Future[Entry]:
+    ) -> Recorded:
         return self._writer.submit(
             refused_content(
                 time=self._clock.now(),
@@ -141,7 +154,8 @@ class Ledger:
         )
 
     def record_ca_event(self, event: str, authority: SigningAuthority) -> Future[Entry]:
-        return self._writer.submit(
+        """Called from the CA's own threads (start-up, rotation), never from the server's loop."""
+        recorded = self._writer.submit(
             ca_event_content(
                 time=self._clock.now(),
                 event=event,
@@ -151,6 +165,9 @@ class Ledger:
                 not_after=authority.expiry(),
             )
         )
+        if not isinstance(recorded, Future):
+            raise RuntimeError("record_ca_event was called on the ledger's event loop")
+        return recorded
 
     def _signed(self, seq: int, entry_hash: str, *, count: int, purpose: str) -> cp.Checkpoint:
         unsigned = cp.Checkpoint(

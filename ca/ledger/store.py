@@ -47,7 +47,8 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
 
 def make_engine(url: str, *, lock_timeout_s: float = 2.0) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, pool_pre_ping=True)
+        # The ledger writer stages a batch on the event loop and commits it on its own thread.
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"check_same_thread": False})
         _sqlite_pragmas(engine, lock_timeout_s)
         return engine
     if url.startswith("postgresql"):
@@ -108,7 +109,8 @@ class _Appender:
         self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
         self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
 
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """Open a transaction holding the write lock and write `contents` in it, uncommitted."""
         cursor = self._dbapi.cursor()
         try:
             if self._is_sqlite:
@@ -119,13 +121,15 @@ class _Appender:
             written, rows = _chain(int(seq), str(previous), contents)
             cursor.executemany(self._insert, rows)
             cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
-            if self._is_sqlite:
-                cursor.execute("COMMIT")
-            else:
-                self._dbapi.commit()
         finally:
             cursor.close()
         return written
+
+    def commit(self) -> None:
+        if self._is_sqlite:
+            self._dbapi.execute("COMMIT")
+        else:
+            self._dbapi.commit()
 
     def discard(self) -> None:
         """Roll back whatever is open and drop the connection; the next append opens a new one."""
@@ -166,14 +170,14 @@ class LedgerStore:
     def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
         self.url = url
         self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
-        self._is_sqlite = url.startswith("sqlite")
+        self.is_sqlite = url.startswith("sqlite")
         self._append_lock = threading.Lock()
         self._appender: _Appender | None = None
 
     def migrate(self, target: int = schema.CURRENT_VERSION) -> int:
         """Bring the schema up to `target`; returns the version found before."""
         with self.engine.begin() as conn:
-            if not self._is_sqlite:
+            if not self.is_sqlite:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724311)")
             found = schema.version(conn)
             for number in range(found + 1, target + 1):
@@ -187,16 +191,38 @@ class LedgerStore:
 
     def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
-        with self._append_lock:
-            try:
-                if self._appender is None:
-                    self._appender = _Appender(self.engine, is_sqlite=self._is_sqlite)
-                return self._appender.append(contents)
-            except Exception as err:
-                if self._appender is not None:
-                    self._appender.discard()
-                    self._appender = None
-                raise storage_error("written", err) from err
+        written = self.stage(contents)
+        self.commit_staged()
+        return written
+
+    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """The first half of `append`: write the entries in an open transaction that holds the
+        ledger's write lock until `commit_staged` (which may run on another thread) ends it."""
+        self._append_lock.acquire()
+        try:
+            if self._appender is None:
+                self._appender = _Appender(self.engine, is_sqlite=self.is_sqlite)
+            return self._appender.stage(contents)
+        except Exception as err:
+            self._abandon()
+            raise storage_error("written", err) from err
+
+    def commit_staged(self) -> None:
+        """Make the staged entries durable, or raise; either way the write lock is released."""
+        try:
+            assert self._appender is not None, "commit_staged without stage"
+            self._appender.commit()
+        except Exception as err:
+            self._abandon()
+            raise storage_error("written", err) from err
+        self._append_lock.release()
+
+    def _abandon(self) -> None:
+        """Roll back and drop the append connection, then release the write lock."""
+        if self._appender is not None:
+            self._appender.discard()
+            self._appender = None
+        self._append_lock.release()
 
     def head(self) -> tuple[int, str, int, str]:
         """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
