@@ -217,13 +217,17 @@ def _selector(value: Any, where: _Where) -> Mapping[str, str] | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        raise where.error("spec.selector", "is not a mapping", "write it as `selector: {matchLabels: {k: v}}`")
+        raise where.error(
+            "spec.selector", "is not a mapping", "write it as `selector: {matchLabels: {k: v}}`"
+        )
     _refuse_unknown(value, _SELECTOR_FIELDS, "spec.selector", where)
     labels = value.get("matchLabels")
     if labels is None:
         return None
     if not isinstance(labels, Mapping):
-        raise where.error("spec.selector.matchLabels", "is not a mapping", "write it as `matchLabels: {k: v}`")
+        raise where.error(
+            "spec.selector.matchLabels", "is not a mapping", "write it as `matchLabels: {k: v}`"
+        )
     selector: dict[str, str] = {}
     for key, label_value in labels.items():
         if not isinstance(key, str) or not key or "*" in key:

@@ -12,6 +12,7 @@ suffix a port is TCP: its bytes are forwarded as they are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,7 @@ DEFAULT_PROTOCOL: Protocol = "tcp"
 # applications (PP2_TYPE_MIN_CUSTOM .. PP2_TYPE_MAX_CUSTOM = 0xE0 .. 0xEF).
 SPIFFE_ID_TLV_TYPE = 0xE0
 
+_PORT = re.compile(r"[0-9]{1,5}")
 INBOUND_SYNTAX = "LISTEN_PORT:APP_PORT[/http|/tcp], for example 15006:8080/http"
 
 
@@ -39,7 +41,7 @@ class InboundPort:
 
 def _port(text: str, what: str, item: str) -> int:
     text = text.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
         raise ConfigError(
             f"--inbound {item!r}: {what} {text!r} is not a port number 1-65535; write {INBOUND_SYNTAX}"
         )
@@ -98,7 +100,7 @@ def parse_port_list(text: str | Sequence[str] | None, flag: str) -> frozenset[in
     for item in (i.strip() for value in texts for i in value.split(",")):
         if not item:
             continue
-        if not item.isdigit() or not 1 <= int(item) <= 65535:
+        if not _PORT.fullmatch(item) or not 1 <= int(item) <= 65535:
             raise ConfigError(
                 f"{flag} {item!r} is not a port number 1-65535; write a comma list such as 9090"
             )

@@ -80,7 +80,10 @@ def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> 
 
 
 def candidates(
-    policies: Iterable[PeerAuthentication], workload: Workload, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    policies: Iterable[PeerAuthentication],
+    workload: Workload,
+    *,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> Candidates:
     mesh: list[PeerAuthentication] = []
     namespace: list[PeerAuthentication] = []
@@ -103,7 +106,10 @@ def candidates(
 
 
 def resolve_workload(
-    policies: Iterable[PeerAuthentication], workload: Workload, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    policies: Iterable[PeerAuthentication],
+    workload: Workload,
+    *,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
 ) -> Resolution:
     found = candidates(policies, workload, root_namespace=root_namespace)
     decision = Decision(port=None, mode=MtlsMode.PERMISSIVE, level="default", decided_by=None)

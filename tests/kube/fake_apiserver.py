@@ -1060,6 +1060,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             fake._authenticate(self.headers.get("Authorization"))
             route = _parse_route(parts.path)
+            if route.rt is not None and route.rt.api_version(route.version) in fake.unserved_versions:
+                raise _route_not_found()
             verb = _verb_for(method, route, query)
         except ApiError as exc:
             fake._record(method, parts.path, query, route, verb)
@@ -1367,6 +1369,8 @@ class FakeKubeApiServer:
         self._watch_count = 0
         self.server_errors: list[str] = []
         self._tokenreview_count = 0
+        # "group/version" strings answered with 404, as for a CRD version with served: false.
+        self.unserved_versions: set[str] = set()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 

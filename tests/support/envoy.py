@@ -282,6 +282,12 @@ def start_envoy(name: str, bootstrap: dict[str, Any], workdir: Path, timeout: fl
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / f"{name}.yaml"
     config.write_text(json.dumps(bootstrap, indent=1))  # JSON is YAML
+    return start_envoy_file(name, config, workdir, timeout)
+
+
+def start_envoy_file(name: str, config: Path, workdir: Path, timeout: float = 15.0) -> RunningEnvoy:
+    """Run Envoy on a bootstrap file as it is and wait until its admin says it is LIVE."""
+    workdir.mkdir(parents=True, exist_ok=True)
     admin_path = workdir / f"{name}.admin"
     log_path = workdir / f"{name}.log"
     with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,518 @@
+"""Data planes that enforce PeerAuthentication, an application behind them, and clients in front.
+
+- `AppServer`: the workload's application on one port. It speaks HTTP/1.1 in
+  plaintext, or TLS with a certificate of its own (so a TLS connection that a
+  data plane passed through untouched is recognisable), after an optional
+  PROXY protocol v2 header. It answers every request with what it saw: TLS or
+  not, the x-forwarded-client-cert header, the PROXY header.
+- `exchange`: one client connection (plaintext, or TLS with or without a client
+  certificate) carrying one or more HTTP/1.1 requests, and what came back.
+- `start_envoy_plane` / `start_python_plane`: `meshca policy envoy-config --watch`
+  + a real Envoy, or `meshca enforce`, in front of the application ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.agent import REPO, free_port, wait_until
+from tests.support.envoy import RunningEnvoy, start_envoy_file
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+APP_COMMON_NAME = "meshca-test-app"
+
+
+# --------------------------------------------------------------------------- the application
+
+
+@dataclass(frozen=True)
+class ProxyHeader:
+    source: tuple[str, int] | None
+    destination: tuple[str, int] | None
+    tlvs: dict[int, bytes]
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
+
+
+def _peek(sock: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes without consuming them (fewer if the peer sends fewer and waits)."""
+    deadline = time.monotonic() + 2.0
+    data = sock.recv(size, socket.MSG_PEEK)
+    while 0 < len(data) < size and PROXY_V2_SIGNATURE.startswith(data) and time.monotonic() < deadline:
+        time.sleep(0.005)
+        data = sock.recv(size, socket.MSG_PEEK)
+    return data
+
+
+def parse_tlvs(data: bytes) -> dict[int, bytes]:
+    tlvs: dict[int, bytes] = {}
+    offset = 0
+    while offset + 3 <= len(data):
+        kind, length = data[offset], struct.unpack("!H", data[offset + 1 : offset + 3])[0]
+        tlvs[kind] = data[offset + 3 : offset + 3 + length]
+        offset += 3 + length
+    return tlvs
+
+
+def read_proxy_v2(sock: socket.socket) -> ProxyHeader | None:
+    """Consume a PROXY protocol v2 header if the connection starts with one."""
+    if _peek(sock, len(PROXY_V2_SIGNATURE)) != PROXY_V2_SIGNATURE:
+        return None
+    head = _recv_exactly(sock, 16)
+    family, length = head[13], struct.unpack("!H", head[14:16])[0]
+    body = _recv_exactly(sock, length)
+    if family == 0x11:  # TCP over IPv4
+        src, dst = socket.inet_ntoa(body[0:4]), socket.inet_ntoa(body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+        return ProxyHeader((src, sport), (dst, dport), parse_tlvs(body[12:]))
+    if family == 0x21:  # TCP over IPv6
+        src, dst = (
+            socket.inet_ntop(socket.AF_INET6, body[0:16]),
+            socket.inet_ntop(socket.AF_INET6, body[16:32]),
+        )
+        sport, dport = struct.unpack("!HH", body[32:36])
+        return ProxyHeader((src, sport), (dst, dport), parse_tlvs(body[36:]))
+    return ProxyHeader(None, None, {})  # LOCAL or unspecified family
+
+
+def self_signed_server(workdir: Path, common_name: str = APP_COMMON_NAME) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = workdir / f"{common_name}.pem", workdir / f"{common_name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    path: str
+    headers: dict[str, list[str]]  # lower-case names, every value in order
+
+
+def read_http_request(stream: Any, buffer: bytearray) -> HttpRequest | None:
+    """One request head (and its Content-Length body) from `stream`; None at a clean EOF."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _version = lines[0].split(" ", 2)
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        headers.setdefault(key.strip().lower(), []).append(value.strip())
+    length = int(headers.get("content-length", ["0"])[0])
+    while len(rest) < length:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    buffer[:] = rest[length:]
+    return HttpRequest(method, path, headers)
+
+
+class AppServer:
+    """One application port: HTTP/1.1 over plaintext or TLS (own certificate), keep-alive, echoing."""
+
+    def __init__(self, tls_context: ssl.SSLContext) -> None:
+        self._tls = tls_context
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self._stopping = False
+        self.connections = 0  # accepted so far
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name=f"app-{self.port}")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping:
+            try:
+                conn, peer = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        conn.settimeout(10)
+        stream: socket.socket = conn
+        try:
+            proxy = read_proxy_v2(conn)
+            tls = _peek(conn, 1) == b"\x16"
+            if tls:
+                stream = self._tls.wrap_socket(conn, server_side=True)
+            buffer = bytearray()
+            while (request := read_http_request(stream, buffer)) is not None:
+                body = json.dumps(self._describe(request, tls=tls, proxy=proxy, peer=peer)).encode()
+                close = "close" in request.headers.get("connection", [""])[0].lower()
+                stream.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(body)}\r\n".encode()
+                    + (b"Connection: close\r\n" if close else b"")
+                    + b"\r\n"
+                    + body
+                )
+                if close:
+                    break
+        except (OSError, ValueError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    @staticmethod
+    def _describe(
+        request: HttpRequest, *, tls: bool, proxy: ProxyHeader | None, peer: tuple[str, int]
+    ) -> dict[str, Any]:
+        return {
+            "path": request.path,
+            "tls": tls,
+            "xfcc": request.headers.get("x-forwarded-client-cert"),
+            "peer": list(peer),
+            "proxy": None
+            if proxy is None
+            else {
+                "source": list(proxy.source) if proxy.source else None,
+                "tlvs": {str(kind): value.decode("utf-8", "replace") for kind, value in proxy.tlvs.items()},
+            },
+        }
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    chain_pem: bytes
+    key_pem: bytes
+
+
+@dataclass
+class Exchange:
+    """What one client connection got back."""
+
+    server_cert: x509.Certificate | None = None
+    responses: list[dict[str, Any]] = field(default_factory=list)  # the app's JSON per answered request
+    statuses: list[int] = field(default_factory=list)
+    local_port: int | None = None
+    error: str | None = None
+
+
+def _read_response(stream: Any, buffer: bytearray) -> tuple[int, bytes] | None:
+    while b"\r\n\r\n" not in buffer:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    length = 0
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "content-length":
+            length = int(value.strip())
+    while len(rest) < length:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status, rest[:length]
+
+
+def client_context(cert: ClientCert | None, workdir: Path, name: str) -> ssl.SSLContext:
+    """A TLS client (with `cert` as its client certificate, if given) that accepts any server
+    certificate: the tests look at the certificate presented to tell who answered."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        cert_file = workdir / f"client-{name}.pem"
+        key_file = cert_file.with_suffix(".key")
+        cert_file.write_bytes(cert.chain_pem)
+        key_file.write_bytes(cert.key_pem)
+        key_file.chmod(0o600)
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def exchange(
+    port: int,
+    *,
+    tls: ssl.SSLContext | None,
+    requests: Sequence[dict[str, str]] = ({},),
+    timeout: float = 5.0,
+) -> Exchange:
+    """Connect, (TLS handshake), send each request (extra headers given) and read each answer."""
+    result = Exchange()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            result.local_port = raw.getsockname()[1]
+            stream: Any = raw
+            if tls is not None:
+                stream = tls.wrap_socket(raw, server_hostname="web.shop.svc.cluster.local")
+                der = stream.getpeercert(binary_form=True)
+                result.server_cert = x509.load_der_x509_certificate(der) if der else None
+            buffer = bytearray()
+            for index, extra in enumerate(requests):
+                last = index == len(requests) - 1
+                head = f"GET /request-{index} HTTP/1.1\r\nHost: web.shop\r\n"
+                head += "".join(f"{key}: {value}\r\n" for key, value in extra.items())
+                head += "Connection: close\r\n" if last else ""
+                stream.sendall((head + "\r\n").encode())
+                answer = _read_response(stream, buffer)
+                if answer is None:
+                    result.error = "connection closed without a response"
+                    break
+                status, body = answer
+                result.statuses.append(status)
+                with contextlib.suppress(ValueError):
+                    result.responses.append(json.loads(body))
+    except (OSError, ssl.SSLError) as err:
+        result.error = f"{type(err).__name__}: {err}"
+    return result
+
+
+# --------------------------------------------------------------------------- data planes
+
+
+@dataclass
+class DataPlane:
+    name: str
+    listen_ports: dict[int, int]  # application port -> the data plane's listen port
+    processes: list[subprocess.Popen[bytes]]
+    logs: list[Path]
+    envoy: RunningEnvoy | None = None
+    stop_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc in self.processes) and (
+            self.envoy is None or self.envoy.proc.poll() is None
+        )
+
+    def pids(self) -> tuple[int, ...]:
+        pids = [proc.pid for proc in self.processes]
+        if self.envoy is not None:
+            pids.append(self.envoy.proc.pid)
+        return tuple(pids)
+
+    def log_tail(self, lines: int = 30) -> str:
+        parts = []
+        for path in self.logs:
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {path.name}\n" + "\n".join(text))
+        if self.envoy is not None:
+            parts.append(f"--- envoy\n{self.envoy.log_tail(lines)}")
+        return "\n".join(parts)
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        for proc in self.processes:
+            stop_process(proc)
+        for hook in self.stop_hooks:
+            hook()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def meshca_process(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m ca.cli ARGS` in the background, its output in `log_path`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
+    env["PYTHONPATH"] = str(REPO)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ca.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaneSpec:
+    """The workload both data planes stand in front of."""
+
+    namespace: str
+    labels: str
+    app_ports: dict[int, str]  # application port -> "http" | "tcp"
+    proxy_protocol: tuple[int, ...]
+    policies: Path
+    trust_domain: str = "cluster.local"
+
+    def inbound(self, listen_ports: dict[int, int]) -> str:
+        return ",".join(f"{listen_ports[app]}:{app}/{proto}" for app, proto in sorted(self.app_ports.items()))
+
+    def common_args(self, listen_ports: dict[int, int]) -> list[str]:
+        args = [
+            "--namespace",
+            self.namespace,
+            "--labels",
+            self.labels,
+            "--inbound",
+            self.inbound(listen_ports),
+            "--listen-host",
+            "127.0.0.1",
+            "--app-host",
+            "127.0.0.1",
+            "--policies",
+            str(self.policies),
+            "--trust-domain",
+            self.trust_domain,
+        ]
+        if self.proxy_protocol:
+            args += ["--proxy-protocol", ",".join(str(p) for p in self.proxy_protocol)]
+        return args
+
+
+def _accepting_or_exited(port: int, proc: subprocess.Popen[bytes]) -> bool:
+    return proc.poll() is not None or _accepting(port)
+
+
+def _accepting(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> DataPlane:
+    """`meshca policy envoy-config --lds-file --watch` keeps the listener file current; Envoy runs on it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    listen_ports = {app: free_port() for app in spec.app_ports}
+    bootstrap, lds = workdir / "bootstrap.yaml", workdir / "listeners.yaml"
+    log = workdir / "envoy-config.log"
+    watcher = meshca_process(
+        [
+            "policy",
+            "envoy-config",
+            *spec.common_args(listen_ports),
+            "--sds-socket",
+            str(sds_socket),
+            "--admin-port",
+            "0",
+            "--lds-file",
+            str(lds),
+            "--bootstrap",
+            str(bootstrap),
+            "--watch",
+        ],
+        log,
+    )
+    plane = DataPlane("envoy", listen_ports, [watcher], [log])
+    try:
+        wait_until(
+            lambda: watcher.poll() is None and bootstrap.exists() and lds.exists(),
+            15,
+            f"envoy-config to write {bootstrap} and {lds}",
+        )
+        plane.envoy = start_envoy_file("enforcer", bootstrap, workdir)
+        for port in listen_ports.values():
+            wait_until(partial(_accepting, port), 10, f"envoy listening on {port}")
+    except AssertionError as err:
+        plane.stop()
+        raise AssertionError(f"{err}\n{plane.log_tail()}") from err
+    except BaseException:
+        plane.stop()
+        raise
+    return plane
+
+
+def start_python_plane(spec: PlaneSpec, *, cert_dir: Path, workdir: Path) -> DataPlane:
+    """`meshca enforce` with the agent's files."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    listen_ports = {app: free_port() for app in spec.app_ports}
+    log = workdir / "enforce.log"
+    proc = meshca_process(
+        [
+            "enforce",
+            *spec.common_args(listen_ports),
+            "--cert-dir",
+            str(cert_dir),
+            "--metrics-listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        log,
+    )
+    plane = DataPlane("python", listen_ports, [proc], [log])
+    try:
+        for port in listen_ports.values():
+            wait_until(partial(_accepting_or_exited, port, proc), 20, f"meshca enforce listening on {port}")
+            if proc.poll() is not None:
+                raise AssertionError(f"meshca enforce exited with {proc.returncode}")
+    except AssertionError as err:
+        plane.stop()
+        raise AssertionError(f"{err}\n{plane.log_tail()}") from err
+    except BaseException:
+        plane.stop()
+        raise
+    return plane
+
+
+@contextlib.contextmanager
+def running(plane: DataPlane) -> Iterator[DataPlane]:
+    try:
+        yield plane
+    finally:
+        plane.stop()
