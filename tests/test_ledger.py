@@ -437,6 +437,53 @@ def test_compaction_keeps_the_ledger_verifiable(ledger_url: str, tmp_path: Path)
         assert next(r.store.entries()).prev_hash == hash_11
 
 
+def test_compaction_never_moves_the_anchor_back(ledger_url: str, tmp_path: Path) -> None:
+    """Two CA processes compacting at once: the one that finishes second with an older cut
+    must not move the anchor back over records the other already removed."""
+    clock = FakeClock()
+    with ledger_rig(ledger_url, tmp_path / "state", clock) as r:
+        r.issue(4, ttl=timedelta(hours=1))  # 1-4
+        clock.advance(2 * DAY)
+        r.issue(1, ttl=timedelta(days=30))  # 5
+        r.checkpoint()
+        hashes = r.hashes()
+        assert r.ledger.compact(clock.now() - DAY) == 4
+        assert r.store.compact_through(2, hashes[2]) == 0  # an older cut arriving late
+        assert r.store.head()[2:] == (4, hashes[4])
+        report = r.verify()
+        assert report.ok, report.summary()
+
+
+def test_the_head_file_only_moves_forward(tmp_path: Path) -> None:
+    """Processes sharing a ledger each publish their checkpoint; an older one written last
+    must not replace a newer head."""
+    key = ed25519.Ed25519PrivateKey.generate()
+
+    def signed(seq: int) -> cp.Checkpoint:
+        unsigned = cp.Checkpoint(
+            head_seq=seq,
+            head_hash=f"{seq:064x}",
+            count=seq,
+            time="2026-11-21T00:00:00.000000Z",
+            key_id=cp.key_id(key.public_key()),
+            purpose=cp.HEAD,
+        )
+        return cp.sign(unsigned, key)
+
+    head = HeadFile(tmp_path / HEAD_FILE)
+    head.publish(signed(7))
+    head.publish(signed(5))
+    current = head.read()
+    assert current is not None and current.head_seq == 7
+    head.publish(signed(9))
+    current = head.read()
+    assert current is not None and current.head_seq == 9
+    head.path.write_text("{not json")
+    head.publish(signed(3))  # a damaged file is replaced by a good head
+    current = head.read()
+    assert current is not None and current.head_seq == 3
+
+
 def test_compaction_stops_at_the_first_live_record(ledger_url: str, tmp_path: Path) -> None:
     clock = FakeClock()
     with ledger_rig(ledger_url, tmp_path / "state", clock) as r:
@@ -666,6 +713,21 @@ def test_a_ledger_that_cannot_be_opened_is_a_config_error(tmp_path: Path, url: s
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
 
 
+def test_a_bad_ledger_on_first_start_creates_no_root_so_the_created_event_is_not_lost(
+    tmp_path: Path,
+) -> None:
+    """The ledger opens before the CA material: a first start that fails on --ledger leaves
+    no root behind, and the next good start records the root as created."""
+    result = _serve_once(tmp_path, f"sqlite:///{tmp_path}/no/such/dir/ledger.db")
+    assert result.returncode == 2, result.stderr
+    state = tmp_path / "state"
+    assert not (state / "root-cert.pem").exists()
+    ca = start_ca(state)
+    ca.stop()
+    first = all_entries(f"sqlite:///{state / 'ledger.db'}")[0].content
+    assert (first["kind"], first["reason"]) == ("ca_event", "created")
+
+
 # --------------------------------------------------------------------------- migration
 
 
@@ -764,12 +826,18 @@ def test_a_v1_ledger_is_migrated_by_the_store(ledger_url: str, tmp_path: Path) -
     store = LedgerStore(ledger_url)
     try:
         assert store.migrate() == 1
-        assert store.schema_version() == schema.CURRENT_VERSION == 2
-        assert store.migrate() == 2  # a second run changes nothing
+        assert store.schema_version() == schema.CURRENT_VERSION == 3
+        assert store.migrate() == 3  # a second run changes nothing
         reasons = {r["seq"]: r["reason"] for r in query(store, "SELECT seq, reason FROM ledger_entries")}
         assert reasons == {1: "created", 2: None, 3: "token_expired", 4: None, 5: "impersonation_denied"}
         indexes = {i["name"] for i in inspect(store.engine).get_indexes("ledger_entries")}
-        assert {"ix_ledger_kind_time", "ix_ledger_ns_sa", "ix_ledger_not_after", "ix_ledger_pod"} <= indexes
+        assert {
+            "ix_ledger_kind_time",
+            "ix_ledger_ns_sa",
+            "ix_ledger_not_after",
+            "ix_ledger_pod",
+            "ix_ledger_serial",
+        } <= indexes
         assert store.head()[:2] == (last_seq, last_hash)
         report = verify_state(ledger_url, state)
         assert report.ok and report.entries_checked == 5, report.summary()
@@ -796,7 +864,7 @@ def test_the_ca_migrates_a_v1_ledger_and_extends_its_chain(ledger_url: str, tmp_
     assert report.ok and report.entries_checked == last_seq + 2, report.summary()
     store = LedgerStore(ledger_url)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
     finally:
         store.dispose()
 

@@ -59,7 +59,19 @@ class HeadFile:
         self.path = path
 
     def publish(self, checkpoint: cp.Checkpoint) -> None:
-        atomic_write(self.path, checkpoint.to_json().encode())
+        """Keep the newer head: CA processes sharing a ledger each publish theirs, and an
+        older one written last must not move the head back."""
+        with exclusive_lock(self.path.parent / f".{self.path.name}.lock"):
+            current = self._read_or_none()
+            if current is not None and current.head_seq >= checkpoint.head_seq:
+                return
+            atomic_write(self.path, checkpoint.to_json().encode())
+
+    def _read_or_none(self) -> cp.Checkpoint | None:
+        try:
+            return self.read()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # unreadable: replace it with a good one
 
     def read(self) -> cp.Checkpoint | None:
         if not self.path.exists():

@@ -103,7 +103,12 @@ def _v2(conn: Connection) -> None:
     Index("ix_ledger_kind_time", entries.c.kind, entries.c.time).create(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2)
+def _v3(conn: Connection) -> None:
+    """An index on `serial`, so that `audit show SERIAL` does not scan the ledger."""
+    Index("ix_ledger_serial", entries.c.serial).create(conn, checkfirst=True)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

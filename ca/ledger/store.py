@@ -318,8 +318,17 @@ class LedgerStore:
         return str(value) if value is not None else None
 
     def compact_through(self, seq: int, anchor_hash: str) -> int:
-        """Delete entries up to `seq` and move the anchor there; returns how many were removed."""
+        """Delete entries up to `seq` and move the anchor there; returns how many were removed.
+
+        The anchor only moves forward: a compaction racing another (several CA processes)
+        that would move it back does nothing.
+        """
         with self.engine.begin() as conn:
+            anchor = conn.execute(
+                select(schema.head.c.anchor_seq).where(schema.head.c.id == 1).with_for_update()
+            ).scalar_one()
+            if int(anchor) >= seq:
+                return 0
             removed = conn.execute(schema.entries.delete().where(schema.entries.c.seq <= seq)).rowcount
             conn.execute(
                 schema.head.update()
