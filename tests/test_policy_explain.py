@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,29 @@ def test_explain_from_the_cluster(
 
 
 def test_cluster_unreachable_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with FakeKubeApiServer() as server:
-        kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
-    code, _, err = explain(
-        capsys, "--namespace", "shop", "--policies", "kube", "--kubeconfig", str(kubeconfig)
-    )
+    # A port held bound but not listening refuses connections, and no other test can take it.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "gone",
+                            "cluster": {"server": f"http://127.0.0.1:{reserved.getsockname()[1]}"},
+                        }
+                    ],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "gone", "context": {"cluster": "gone", "user": "u"}}],
+                    "current-context": "gone",
+                }
+            )
+        )
+        code, _, err = explain(
+            capsys, "--namespace", "shop", "--policies", "kube", "--kubeconfig", str(kubeconfig)
+        )
     assert code == 1
     assert err.startswith("meshca: error: cannot reach the Kubernetes API")

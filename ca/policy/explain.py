@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ca import logs
 from ca.errors import ConfigError
 from ca.flags import EnvDefaults, split_list
 from ca.policy.manifest import NO_CREATION_TIME
@@ -111,6 +112,8 @@ def parse_ports(values: Sequence[str] | None) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A one-shot command reports its outcome itself; library retries are not news here.
+    logs.configure("error")
     request = request_from_args(args)
     try:
         loaded = load_policies_once(

