@@ -17,12 +17,12 @@ from ca.audit.moments import parse_moment
 from ca.durations import parse_duration
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
-from ca.flags import EnvDefaults, env_name, listen_address, split_list
+from ca.flags import EnvDefaults, env_name, listen_address, split_list, trust_domain_flag
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
 from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter
 from ca.policy.command import add_policy_parser
-from ca.spiffe_id import SpiffeId, validate_trust_domain
+from ca.spiffe_id import SpiffeId
 
 DEFAULT_STATE_DIR = "./meshca-state"
 DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
@@ -343,16 +343,6 @@ def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None
         raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
 
 
-def _trust_domain(text: str) -> str:
-    try:
-        return validate_trust_domain(text)
-    except InvalidSpiffeIdError as err:
-        raise ConfigError(
-            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, "
-            "digits, '.', '-' and '_', as in cluster.local"
-        ) from err
-
-
 def _positive_int(text: str, flag: str) -> int:
     if not text.strip().isdigit():
         raise ConfigError(f"{flag} must be a whole number, not {text!r}")
@@ -372,7 +362,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         renew_listen=listen_address(args.renew_listen),
         metrics_listen=listen_address(args.metrics_listen),
         state_dir=Path(args.state_dir),
-        trust_domain=_trust_domain(args.trust_domain),
+        trust_domain=trust_domain_flag(args.trust_domain),
         cacerts=Path(args.cacerts) if args.cacerts else None,
         ca_key_type=KeyAlgorithm.parse(args.ca_key_type),
         ca_store=args.ca_store,
@@ -400,7 +390,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         ledger_key=Path(args.ledger_key) if args.ledger_key else Path(args.state_dir) / "ledger-key.pem",
         ledger_checkpoint_interval=parse_duration(args.ledger_checkpoint_interval),
         ledger_retention=parse_duration(args.ledger_retention) or None,
-        admin_identities=_admin_identities(args, _trust_domain(args.trust_domain)),
+        admin_identities=_admin_identities(args, trust_domain_flag(args.trust_domain)),
         log_level=args.log_level,
     )
 
@@ -439,7 +429,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         cluster_id=args.cluster_id or None,
         token_file=Path(args.token_file),
         output_dir=Path(args.output_dir),
-        trust_domain=_trust_domain(args.trust_domain),
+        trust_domain=trust_domain_flag(args.trust_domain),
         key_type=KeyAlgorithm.parse(args.key_type),
         ttl=parse_duration(args.ttl),
         rotation_ratio=_fraction(args.rotation_ratio, "--rotation-ratio"),

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 
-from ca.errors import ConfigError
+from ca.errors import ConfigError, InvalidSpiffeIdError
+from ca.spiffe_id import validate_trust_domain
 
 
 def env_name(flag: str) -> str:
@@ -28,6 +29,17 @@ def listen_address(text: str) -> str | None:
     return f"{host or '0.0.0.0'}:{port}"
 
 
+def trust_domain_flag(text: str) -> str:
+    """The value of `--trust-domain`, checked as a SPIFFE trust domain name."""
+    try:
+        return validate_trust_domain(text)
+    except InvalidSpiffeIdError as err:
+        raise ConfigError(
+            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, digits, "
+            "'.', '-' and '_', as in cluster.local"
+        ) from err
+
+
 def split_list(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
 
@@ -36,6 +48,10 @@ class EnvDefaults:
     def __init__(self, parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
         self._parser = parser
         self._environ = environ
+
+    @property
+    def parser(self) -> argparse.ArgumentParser:
+        return self._parser
 
     def add(self, flag: str, default: str | None, help_text: str, **kwargs: object) -> None:
         env = env_name(flag)

@@ -196,6 +196,21 @@ def meshca(*args: str) -> list[str]:
     return [sys.executable, "-m", "ca.cli", *args]
 
 
+def run_meshca(*args: str) -> None:
+    """Run a one-shot meshca command (`agent --once`, `policy envoy-config`) to its end."""
+    done = subprocess.run(
+        meshca(*args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"meshca {' '.join(args[:2])} failed: {done.stderr[-2000:]}")
+
+
 def wait_for(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + WAIT_S
     while not check():
@@ -249,39 +264,29 @@ def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
         token = root / f"{account}.token"
         token.write_text(tokens.mint(namespace=NAMESPACE, service_account=account) + "\n")
         out = root / f"certs-{account}"
-        agent = subprocess.run(
-            meshca(
-                "agent",
-                "--once",
-                "on",
-                "--ca-addr",
-                f"127.0.0.1:{ca_port}",
-                "--ca-root",
-                str(state / "root-cert.pem"),
-                "--ca-server-name",
-                "localhost",
-                "--token-file",
-                str(token),
-                "--output-dir",
-                str(out),
-                "--key-type",
-                "ec-p256",
-                "--sds-socket",
-                "off",
-                "--workload-api-socket",
-                "off",
-                "--health-listen",
-                "off",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            check=False,
+        run_meshca(
+            "agent",
+            "--once",
+            "on",
+            "--ca-addr",
+            f"127.0.0.1:{ca_port}",
+            "--ca-root",
+            str(state / "root-cert.pem"),
+            "--ca-server-name",
+            "localhost",
+            "--token-file",
+            str(token),
+            "--output-dir",
+            str(out),
+            "--key-type",
+            "ec-p256",
+            "--sds-socket",
+            "off",
+            "--workload-api-socket",
+            "off",
+            "--health-listen",
+            "off",
         )
-        if agent.returncode != 0:
-            raise RuntimeError(f"meshca agent --once failed: {agent.stderr[-2000:]}")
         dirs.append(out)
     return dirs[0], dirs[1]
 
@@ -359,36 +364,26 @@ def start_envoy_plane(procs: Processes, setup: Setup, *, listen: int) -> Plane:
     work = procs.workdir / "envoy"
     work.mkdir()
     bootstrap, lds = work / "bootstrap.yaml", work / "listeners.yaml"
-    rendered = subprocess.run(
-        meshca(
-            "policy",
-            "envoy-config",
-            "--namespace",
-            NAMESPACE,
-            "--inbound",
-            f"{listen}:{app}/tcp",
-            "--listen-host",
-            "127.0.0.1",
-            "--policies",
-            str(policies),
-            "--cert-dir",
-            str(certs),
-            "--lds-file",
-            str(lds),
-            "--bootstrap",
-            str(bootstrap),
-            "--admin-port",
-            "0",
-        ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=False,
+    run_meshca(
+        "policy",
+        "envoy-config",
+        "--namespace",
+        NAMESPACE,
+        "--inbound",
+        f"{listen}:{app}/tcp",
+        "--listen-host",
+        "127.0.0.1",
+        "--policies",
+        str(policies),
+        "--cert-dir",
+        str(certs),
+        "--lds-file",
+        str(lds),
+        "--bootstrap",
+        str(bootstrap),
+        "--admin-port",
+        "0",
     )
-    if rendered.returncode != 0:
-        raise RuntimeError(f"meshca policy envoy-config failed: {rendered.stderr[-2000:]}")
     proc = procs.spawn(
         "envoy",
         [

@@ -12,7 +12,7 @@ import pytest
 
 from ca.errors import UnavailableError
 from ca.ledger.entries import Entry
-from ca.ledger.writer import LedgerWriter, LoopLedgerWriter
+from ca.ledger.writer import LedgerBusy, LedgerWriter, LoopLedgerWriter
 
 
 class RecordingStore:
@@ -25,9 +25,13 @@ class RecordingStore:
         self.commit_threads: set[str] = set()
         self.stage_threads: set[str] = set()
         self.seq = 0
+        self.busy = False
 
-    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]:
         assert self.staged is None, "a batch was staged while another was still open"
+        if self.busy and not wait:
+            self.busy = False
+            raise LedgerBusy()
         self.stage_threads.add(threading.current_thread().name)
         self.staged = [str(c["id"]) for c in contents]
         written = []
@@ -86,6 +90,20 @@ def test_records_that_arrive_during_a_commit_form_the_next_batch() -> None:
 
     asyncio.run(scenario())
     assert store.batches == [["a"], ["b", "c", "d"]]
+
+
+def test_a_locked_database_is_waited_for_on_the_committer_thread_not_on_the_loop() -> None:
+    store = RecordingStore()
+    store.busy = True  # another connection holds the write lock when the loop tries
+
+    async def scenario() -> None:
+        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
+        assert [e.seq for e in await _record(writer, [1, 2])] == [1, 2]
+        writer.close()
+
+    asyncio.run(scenario())
+    assert store.batches == [["1", "2"]]
+    assert "MainThread" not in store.stage_threads  # staged (and waited) on the committer thread
 
 
 def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on() -> None:

@@ -23,12 +23,13 @@ from ca.agent.schedule import Backoff, RenewalPolicy
 from ca.agent.sds import SdsService
 from ca.agent.sinks import FileSink
 from ca.agent.svid import Svid
-from ca.agent.telemetry import AgentMetrics, TelemetryServer
+from ca.agent.telemetry import AgentMetrics
 from ca.agent.workload_api import WorkloadApiService
 from ca.clock import Clock, SystemClock
 from ca.config import AgentConfig
 from ca.errors import ConfigError
 from ca.keys import generate_private_key
+from ca.status_http import StatusServer
 
 log = logging.getLogger("meshca.agent")
 ATTEMPT_JOB = "certificate-attempt"
@@ -66,7 +67,7 @@ class AgentProcess:
     client: CaClient
     clock: Clock
     servers: list[grpc.Server] = field(default_factory=list)
-    telemetry: TelemetryServer | None = None
+    telemetry: StatusServer | None = None
     _scheduler: BackgroundScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -154,5 +155,12 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         process.servers.append(unix_server(cfg.workload_api_socket, [WorkloadApiService(broadcast)]))
     if cfg.health_listen is not None:
         host, _, port = cfg.health_listen.rpartition(":")
-        process.telemetry = TelemetryServer(host, int(port), metrics)
+        process.telemetry = StatusServer(
+            host,
+            int(port),
+            exposition=metrics.exposition,
+            ready=lambda: metrics.ready,
+            not_ready="no valid certificate yet",
+            thread_name="agent-http",
+        )
     return process

@@ -1,13 +1,10 @@
-"""The agent's health endpoint and Prometheus metrics (Istio agent names)."""
+"""The agent's Prometheus metrics (Istio agent names) and readiness, for `ca.status_http.StatusServer`."""
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ca.agent.svid import Svid
 from ca.clock import Clock
@@ -69,43 +66,5 @@ class AgentMetrics:
     def ready(self) -> bool:
         return self._seconds_left() > 0
 
-
-class TelemetryServer:
-    """HTTP: `/healthz/ready` (200 while a valid certificate is held) and `/metrics`."""
-
-    def __init__(self, host: str, port: int, metrics: AgentMetrics) -> None:
-        outer = metrics
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
-                elif self.path == "/healthz/ready":
-                    ok = outer.ready
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"no valid certificate yet\n")
-                else:
-                    self._send(404, b"not found; try /healthz/ready or /metrics\n")
-
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self.port = self._server.server_port
-        # A long poll keeps an idle agent asleep; stop() does not wait for it to end.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 30.0}, name="agent-http", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        threading.Thread(target=self._server.shutdown, name="agent-http-stop", daemon=True).start()
-        self._server.server_close()
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

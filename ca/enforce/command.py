@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from ca import logs
 from ca.enforce.settings import OUTBOUND_SYNTAX, TLS_ENGINES, config_from_args
 from ca.flags import EnvDefaults
-from ca.policy.model import DEFAULT_ROOT_NAMESPACE
+from ca.policy.workload_flags import add_workload_flags
 
 DESCRIPTION = (
     "Listen in front of the workload's ports and apply its PeerAuthentication to every connection: "
@@ -26,7 +26,6 @@ def add_enforce_parser(
     parser = commands.add_parser(
         "enforce", help="enforce PeerAuthentication on a workload's connections", description=DESCRIPTION
     )
-    parser.set_defaults(in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")))
     e = EnvDefaults(parser, environ)
     e.add(
         "--inbound",
@@ -39,11 +38,7 @@ def add_enforce_parser(
     e.add("--app-host", "127.0.0.1", "address of the application")
     e.add("--cert-dir", "./meshca-certs", "the agent's output: cert-chain.pem, key.pem, root-cert.pem")
     e.add("--trust-domain", "cluster.local", "SPIFFE trust domain peers must belong to")
-    e.add("--namespace", None, "the workload's namespace (needed with --inbound)")
-    e.add("--labels", "", "the workload's labels, k=v,k=v (workload selectors match them)")
-    e.add("--policies", None, "PeerAuthentication source: a directory or file of manifests, or `kube`")
-    e.add("--kubeconfig", None, "kubeconfig for --policies kube (in a pod the service account is used)")
-    e.add("--root-namespace", DEFAULT_ROOT_NAMESPACE, "the mesh's root namespace (mesh-wide policies)")
+    add_workload_flags(e, environ, namespace_help="the workload's namespace (needed with --inbound)")
     e.add("--proxy-protocol", "", "application TCP ports that get a PROXY protocol v2 header; comma list")
     e.add(
         "--outbound",

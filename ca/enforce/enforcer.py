@@ -22,7 +22,7 @@ from ca.enforce.inbound import Deadlines, InboundFlow, PortContext, Shared
 from ca.enforce.listener import Listener, bind
 from ca.enforce.loop import EventLoop
 from ca.enforce.material import POLL_INTERVAL_S, CertWatcher
-from ca.enforce.metrics import EnforcerMetrics, MetricsServer
+from ca.enforce.metrics import EnforcerMetrics
 from ca.enforce.outbound import OUTBOUND_HOST, OutboundContext, OutboundFlow, Resolver
 from ca.enforce.peer import PeerCache
 from ca.enforce.relay import Relay
@@ -31,6 +31,7 @@ from ca.enforce.tls import Material, TlsEngine
 from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
 from ca.policy.source import PolicySet, PolicySource, WorkloadPolicy, open_policy_source
+from ca.status_http import StatusServer
 
 log = logging.getLogger(__name__)
 CERT_JOB = "enforce-certificates"
@@ -86,7 +87,7 @@ class Enforcer:
     loop: EventLoop = field(default_factory=EventLoop)
     connections: OpenConnections = field(default_factory=OpenConnections)
     listeners: list[Listener] = field(default_factory=list)
-    metrics_server: MetricsServer | None = None
+    metrics_server: StatusServer | None = None
     scheduler: BackgroundScheduler = field(default_factory=lambda: BackgroundScheduler(timezone="UTC"))
     _resolver: Resolver | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
@@ -142,7 +143,14 @@ class Enforcer:
         if self.cfg.metrics_listen is not None:
             host, _, port = self.cfg.metrics_listen.rpartition(":")
             try:
-                self.metrics_server = MetricsServer(host, int(port), self.metrics, lambda: self.ready)
+                self.metrics_server = StatusServer(
+                    host,
+                    int(port),
+                    exposition=self.metrics.exposition,
+                    ready=lambda: self.ready,
+                    not_ready="no workload certificate yet",
+                    thread_name="enforce-metrics",
+                )
             except OSError as err:
                 raise ConfigError(
                     f"cannot serve metrics on {self.cfg.metrics_listen}: {err.strerror}"

@@ -1,4 +1,4 @@
-"""The enforcer's Prometheus metrics and its HTTP endpoint (/metrics, /healthz/ready).
+"""The enforcer's Prometheus metrics, served on /metrics by `ca.status_http.StatusServer`.
 
 Per-connection updates go through cached label children (one dict lookup and
 one locked add), so counting costs well under a microsecond. Active
@@ -9,13 +9,10 @@ loaded and invalid policies (`meshca_policy_*`).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -135,45 +132,3 @@ class EnforcerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)
-
-
-class MetricsServer:
-    """HTTP on --metrics-listen: `/metrics`, and `/healthz/ready` (200 once serving with a certificate)."""
-
-    def __init__(self, host: str, port: int, metrics: EnforcerMetrics, ready: Callable[[], bool]) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/metrics":
-                    self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
-                elif self.path == "/healthz/ready":
-                    ok = ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"no workload certificate yet\n")
-                else:
-                    self._send(404, b"not found; try /metrics or /healthz/ready\n")
-
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port: int = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 30.0},
-            name="enforce-metrics",
-            daemon=True,
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        threading.Thread(target=self._server.shutdown, name="enforce-metrics-stop", daemon=True).start()
-        self._server.server_close()

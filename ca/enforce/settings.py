@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.flags import listen_address
-from ca.policy.envoy_command import parse_labels
+from ca.flags import listen_address, trust_domain_flag
 from ca.policy.model import Workload
 from ca.policy.ports import InboundPort, check_proxy_protocol_ports, parse_inbound, parse_port_list
-from ca.spiffe_id import SpiffeId, validate_trust_domain
+from ca.policy.workload_flags import parse_labels
+from ca.spiffe_id import SpiffeId
 
 OUTBOUND_SYNTAX = "LISTEN_PORT:HOST:PORT[=SPIFFE_ID], for example 15001:backend.shop:8443"
 TLS_ENGINES = ["auto", "openssl", "stdlib"]
@@ -109,22 +109,12 @@ def parse_outbound(texts: list[str], trust_domain: str) -> tuple[OutboundTarget,
     return tuple(targets)
 
 
-def _trust_domain(text: str) -> str:
-    try:
-        return validate_trust_domain(text)
-    except InvalidSpiffeIdError as err:
-        raise ConfigError(
-            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, digits, "
-            "'.', '-' and '_', as in cluster.local"
-        ) from err
-
-
 def _texts(values: list[str] | None, env_value: str | None) -> list[str]:
     return list(values) if values else ([env_value] if env_value else [])
 
 
 def config_from_args(args: argparse.Namespace) -> EnforceConfig:
-    trust_domain = _trust_domain(args.trust_domain)
+    trust_domain = trust_domain_flag(args.trust_domain)
     inbound_texts = _texts(args.inbound, getattr(args, "inbound_env", None))
     outbound_texts = _texts(args.outbound, getattr(args, "outbound_env", None))
     if not inbound_texts and not outbound_texts:

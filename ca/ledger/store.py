@@ -8,7 +8,9 @@ chain one batch at a time.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from ca.errors import ConfigError, UnavailableError
 from ca.ledger import schema
 from ca.ledger.checkpoint import COMPACTION, Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, canonical, chain_hash, indexed_values
+from ca.ledger.writer import LedgerBusy
 
 READ_BATCH = 5000
 _ENTRY_COLUMNS = tuple(column.name for column in schema.entries.columns)
@@ -96,10 +99,16 @@ class _Appender:
     issuance. Queries, migrations and maintenance still use SQLAlchemy Core.
     """
 
-    def __init__(self, engine: Engine, *, is_sqlite: bool) -> None:
+    def __init__(self, engine: Engine, *, is_sqlite: bool, lock_timeout_s: float) -> None:
         self._raw = engine.raw_connection()
         self._dbapi: Any = self._raw.driver_connection
+        assert self._dbapi is not None
         self._is_sqlite = is_sqlite
+        self._lock_timeout_s = lock_timeout_s
+        if is_sqlite:
+            # This connection never sleeps inside SQLite waiting for the lock: `_begin` decides
+            # whether to wait, so an event loop can ask without blocking.
+            self._dbapi.execute("PRAGMA busy_timeout=0")
         mark = "?" if is_sqlite else "%s"
         self._insert = (
             f"INSERT INTO {schema.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
@@ -109,13 +118,30 @@ class _Appender:
         self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
         self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
 
-    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    def _begin(self, cursor: Any, *, wait: bool) -> None:
+        """Take SQLite's write lock; if another connection holds it, raise LedgerBusy or
+        (`wait`) retry until the lock timeout."""
+        deadline = time.monotonic() + self._lock_timeout_s
+        while True:
+            try:
+                # The connection runs in autocommit mode (see _sqlite_pragmas); take the lock now.
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) and "busy" not in str(err):
+                    raise
+                if not wait:
+                    raise LedgerBusy() from err
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.005)
+
+    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool) -> list[Entry]:
         """Open a transaction holding the write lock and write `contents` in it, uncommitted."""
         cursor = self._dbapi.cursor()
         try:
             if self._is_sqlite:
-                # The connection runs in autocommit mode (see _sqlite_pragmas); take the write lock now.
-                cursor.execute("BEGIN IMMEDIATE")
+                self._begin(cursor, wait=wait)
             cursor.execute(self._select_head)
             seq, previous = cursor.fetchone()
             written, rows = _chain(int(seq), str(previous), contents)
@@ -170,6 +196,7 @@ class LedgerStore:
     def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
         self.url = url
         self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
+        self._lock_timeout_s = lock_timeout_s
         self.is_sqlite = url.startswith("sqlite")
         self._append_lock = threading.Lock()
         self._appender: _Appender | None = None
@@ -195,14 +222,23 @@ class LedgerStore:
         self.commit_staged()
         return written
 
-    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]:
         """The first half of `append`: write the entries in an open transaction that holds the
-        ledger's write lock until `commit_staged` (which may run on another thread) ends it."""
+        ledger's write lock until `commit_staged` (which may run on another thread) ends it.
+
+        With `wait=False`, SQLite raises LedgerBusy at once (and nothing is staged) when another
+        connection holds the database's write lock, instead of waiting for it.
+        """
         self._append_lock.acquire()
         try:
             if self._appender is None:
-                self._appender = _Appender(self.engine, is_sqlite=self.is_sqlite)
-            return self._appender.stage(contents)
+                self._appender = _Appender(
+                    self.engine, is_sqlite=self.is_sqlite, lock_timeout_s=self._lock_timeout_s
+                )
+            return self._appender.stage(contents, wait=wait)
+        except LedgerBusy:
+            self._append_lock.release()
+            raise
         except Exception as err:
             self._abandon()
             raise storage_error("written", err) from err

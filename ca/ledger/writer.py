@@ -16,6 +16,7 @@ cost the loop far more than the statements themselves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import queue
@@ -126,8 +127,12 @@ class LedgerWriter:
         self._thread.join(timeout_s)
 
 
+class LedgerBusy(Exception):
+    """`Stager.stage(wait=False)`: another connection holds the write lock; nothing was staged."""
+
+
 class Stager(Protocol):
-    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]: ...
+    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]: ...
 
     def commit_staged(self) -> None: ...
 
@@ -196,26 +201,41 @@ class LoopLedgerWriter:
         if self._committing or not self._pending:
             return
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        contents = [content for content, _ in batch]
+        job: Callable[[], list[Entry]]
         try:
-            written = self._store.stage([content for content, _ in batch])
+            written = self._store.stage(contents, wait=False)
+            job = functools.partial(self._commit, written)
+        except LedgerBusy:
+            # Another process or a compaction holds the lock: wait for it on the thread.
+            job = functools.partial(self._stage_and_commit, contents)
         except Exception as err:
             _fail(batch, err)
             self._loop.call_soon(self._stage_next)
             return
         self._committing = True
-        done = self._committer.submit(self._store.commit_staged)
+        done = self._committer.submit(job)
         done.add_done_callback(
-            lambda finished: self._loop.call_soon_threadsafe(self._committed, batch, written, finished)
+            lambda finished: self._loop.call_soon_threadsafe(self._committed, batch, finished)
         )
 
-    def _committed(self, batch: list[_Item], written: list[Entry], finished: Future[None]) -> None:
+    def _commit(self, written: list[Entry]) -> list[Entry]:
+        self._store.commit_staged()
+        return written
+
+    def _stage_and_commit(self, contents: list[Mapping[str, Any]]) -> list[Entry]:
+        written = self._store.stage(contents, wait=True)
+        self._store.commit_staged()
+        return written
+
+    def _committed(self, batch: list[_Item], finished: Future[list[Entry]]) -> None:
         self._committing = False
         self._last_commit = self._loop.time()
         error = finished.exception()
         if error is not None:
             _fail(batch, error)
         else:
-            _succeed(batch, written, self._on_commit)
+            _succeed(batch, finished.result(), self._on_commit)
         self._stage_next()
 
     def close(self, timeout_s: float = 10.0) -> None:

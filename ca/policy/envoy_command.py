@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 
 from ca import logs
-from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.flags import EnvDefaults, env_name
+from ca.errors import ConfigError
+from ca.flags import EnvDefaults, trust_domain_flag
 from ca.policy.envoy_config import (
     FileSecrets,
     InboundWorkload,
@@ -40,11 +40,10 @@ from ca.policy.envoy_config import (
     render_lds,
     render_listeners,
 )
-from ca.policy.explain import parse_labels as parse_labels  # one --labels syntax; re-exported
-from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, Workload
+from ca.policy.model import Decision, Workload
 from ca.policy.ports import check_proxy_protocol_ports, parse_inbound, parse_port_list
 from ca.policy.source import PolicySet, WorkloadPolicy, open_policy_source
-from ca.spiffe_id import validate_trust_domain
+from ca.policy.workload_flags import add_workload_flags, parse_labels
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +78,8 @@ def add_parser(
         "PeerAuthentication (STRICT, PERMISSIVE, DISABLE per port), with certificates over SDS "
         "from `meshca agent`.",
     )
-    parser.set_defaults(in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")))
     e = EnvDefaults(parser, environ)
-    e.add(
-        "--namespace", None, "the workload's namespace", required=environ.get(env_name("--namespace")) is None
-    )
-    e.add("--labels", "", "the workload's labels, k=v,k=v (workload selectors match them)")
+    add_workload_flags(e, environ, namespace_required=True)
     e.add(
         "--inbound",
         None,
@@ -93,9 +88,6 @@ def add_parser(
     )
     e.add("--listen-host", "0.0.0.0", "address the inbound listeners bind")
     e.add("--app-host", "127.0.0.1", "address of the application")
-    e.add("--policies", None, "PeerAuthentication source: a directory or file of manifests, or `kube`")
-    e.add("--kubeconfig", None, "kubeconfig for --policies kube (in a pod the service account is used)")
-    e.add("--root-namespace", DEFAULT_ROOT_NAMESPACE, "the mesh's root namespace (mesh-wide policies)")
     e.add("--trust-domain", "cluster.local", "SPIFFE trust domain peers must belong to")
     e.add(
         "--sds-socket",
@@ -137,16 +129,6 @@ def _admin_port(text: str) -> int:
     if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or int(text) > 65535:
         raise ConfigError(f"--admin-port must be a port number 0-65535, not {text!r}")
     return int(text)
-
-
-def _trust_domain(text: str) -> str:
-    try:
-        return validate_trust_domain(text)
-    except InvalidSpiffeIdError as err:
-        raise ConfigError(
-            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, digits, "
-            "'.', '-' and '_', as in cluster.local"
-        ) from err
 
 
 def _bootstrap_format(choice: str, bootstrap: Path | None) -> str:
@@ -199,7 +181,7 @@ def settings_from_args(args: argparse.Namespace) -> EnvoyConfigSettings:
             inbound=inbound,
             listen_host=args.listen_host,
             app_host=args.app_host,
-            trust_domain=_trust_domain(args.trust_domain),
+            trust_domain=trust_domain_flag(args.trust_domain),
             secrets=_secrets(args, lds_file),
             proxy_protocol_ports=proxy_ports,
         ),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,12 +23,9 @@ from ca.policy.manifest import NO_CREATION_TIME
 from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, MtlsMode, PeerAuthentication, Workload
 from ca.policy.resolve import SCOPES, Candidates, resolve_workload
 from ca.policy.source import load_policies_once
+from ca.policy.workload_flags import add_workload_flags, parse_labels
 
 COMMAND = "explain"
-_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-_LABEL_PREFIX = r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
-_LABEL_KEY = re.compile(rf"({_LABEL_PREFIX}/)?{_LABEL_NAME}")
-_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
 
 
 def add_parser(
@@ -42,19 +38,9 @@ def add_parser(
         "port) for one workload and show, per port, the mode, the level that decided it and the "
         "policy, followed by every policy considered at each level.",
     )
-    parser.set_defaults(in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")))
     e = EnvDefaults(parser, environ)
-    e.add("--namespace", None, "the workload's namespace (required)")
-    e.add("--labels", "", "the workload's labels, k=v,k=v (workload selectors match them)")
+    add_workload_flags(e, environ, namespace_help="the workload's namespace (required)")
     e.add("--port", None, "a workload port to explain; repeatable or a comma list", action="append")
-    e.add(
-        "--policies",
-        None,
-        "PeerAuthentication source (required): a directory or file of manifests, or `kube` "
-        "(the cluster of --kubeconfig, or the service account in a pod)",
-    )
-    e.add("--kubeconfig", None, "kubeconfig for --policies kube (in a pod the service account is used)")
-    e.add("--root-namespace", DEFAULT_ROOT_NAMESPACE, "the mesh's root namespace (mesh-wide policies)")
     e.add("--output", "table", "table for people, json for scripts", choices=["table", "json"])
 
 
@@ -84,21 +70,6 @@ def request_from_args(args: argparse.Namespace) -> ExplainRequest:
         root_namespace=args.root_namespace,
         output=args.output,
     )
-
-
-def parse_labels(text: str) -> dict[str, str]:
-    """`app=web,version=v1` -> labels, checked against Kubernetes label syntax."""
-    labels: dict[str, str] = {}
-    for item in split_list([text]):
-        key, sep, value = (part.strip() for part in item.partition("="))
-        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
-            raise ConfigError(
-                f"--labels item {item!r} is not a Kubernetes label key=value; write e.g. app=web,version=v1"
-            )
-        if key in labels:
-            raise ConfigError(f"--labels gives {key!r} twice; give each label once")
-        labels[key] = value
-    return labels
 
 
 def parse_ports(values: Sequence[str] | None) -> tuple[int, ...]:
