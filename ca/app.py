@@ -44,11 +44,6 @@ from ca.selfsigned import RootFactory
 from ca.serving import ServingIdentity
 from ca.spiffe_id import SpiffeId
 
-# Under load, a ledger batch waits this long for more records to share its commit: with
-# 64 requests in flight it cut the ledger's CPU per certificate by about a quarter
-# (scripts/bench_ca.py, phase e). An idle CA does not wait.
-LEDGER_LINGER_S = 0.005
-
 log = logging.getLogger("meshca")
 
 
@@ -149,7 +144,7 @@ class CaServer:
         )
         if self.ledger is not None and self.ledger.store.is_sqlite and isinstance(server, AsyncioServer):
             # PostgreSQL keeps its writer thread: its round trips would stall the loop.
-            self.ledger.commit_on_loop(server.loop, linger_s=LEDGER_LINGER_S)
+            self.ledger.commit_on_loop(server.loop, linger_s=self.cfg.ledger_linger.total_seconds())
         self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
             self.ports["renew"] = self._bind(server, self.cfg.renew_listen, require_client_cert=True)

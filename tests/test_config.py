@@ -252,6 +252,8 @@ def test_bad_listen_flag_is_a_config_error() -> None:
         ("90d", timedelta(days=90)),
         (" 24H ", timedelta(hours=24)),
         ("007m", timedelta(minutes=7)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("0ms", timedelta(0)),
     ],
 )
 def test_parse_duration(text: str, expected: timedelta) -> None:
@@ -268,10 +270,18 @@ def test_bad_durations(text: str) -> None:
     assert "90d" in caught.value.message
 
 
-@pytest.mark.parametrize("text", ["9999999999d", "99999999999999999999s", "1" * 30 + "h"])
+@pytest.mark.parametrize("text", ["9999999999d", "99999999999999999999s", "1" * 30 + "h", "9" * 30 + "ms"])
 def test_absurdly_long_durations_are_config_errors(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_duration(text)
+
+
+def test_ledger_linger_defaults_to_10ms_and_stays_under_a_second() -> None:
+    assert _serve().ledger_linger == timedelta(milliseconds=10)
+    assert _serve("--ledger-linger", "0").ledger_linger == timedelta(0)
+    assert _serve(env={"MESHCA_LEDGER_LINGER": "2ms"}).ledger_linger == timedelta(milliseconds=2)
+    with pytest.raises(ConfigError, match="longer than 1s"):
+        _serve("--ledger-linger", "2s")
 
 
 @pytest.mark.parametrize(

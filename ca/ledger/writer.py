@@ -166,6 +166,8 @@ class LoopLedgerWriter:
         self._pending: list[_Item] = []
         self._committing = False
         self._last_commit = -math.inf
+        self._first_pending_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-commit")
 
@@ -190,17 +192,33 @@ class LoopLedgerWriter:
 
     def _enqueue(self, item: _Item) -> None:
         self._pending.append(item)
-        if len(self._pending) == 1 and not self._committing:
-            if self._loop.time() - self._last_commit < self._linger_s:
-                # Busy: wait a moment so that the next requests share this commit.
-                self._loop.call_later(self._linger_s, self._stage_next)
-            else:
-                self._loop.call_soon(self._stage_next)
+        if len(self._pending) == 1:
+            self._first_pending_at = self._loop.time()
+            if not self._committing:
+                self._schedule()
+        elif len(self._pending) == self._max_batch and not self._committing:
+            self._schedule(now=True)
+
+    def _schedule(self, *, now: bool = False) -> None:
+        """Stage the pending entries at once when idle, or when the oldest has waited
+        `linger_s` if the last commit was that recent (busy)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        busy = self._loop.time() - self._last_commit < self._linger_s
+        if busy and not now:
+            self._timer = self._loop.call_at(self._first_pending_at + self._linger_s, self._stage_next)
+        else:
+            self._loop.call_soon(self._stage_next)
 
     def _stage_next(self) -> None:
+        self._timer = None
         if self._committing or not self._pending:
             return
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        self._first_pending_at = self._loop.time()
         contents = [content for content, _ in batch]
         job: Callable[[], list[Entry]]
         try:
@@ -211,7 +229,7 @@ class LoopLedgerWriter:
             job = functools.partial(self._stage_and_commit, contents)
         except Exception as err:
             _fail(batch, err)
-            self._loop.call_soon(self._stage_next)
+            self._schedule(now=True)
             return
         self._committing = True
         done = self._committer.submit(job)
@@ -236,7 +254,7 @@ class LoopLedgerWriter:
             _fail(batch, error)
         else:
             _succeed(batch, finished.result(), self._on_commit)
-        self._stage_next()
+        self._schedule()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop taking entries; those already submitted are committed first."""
