@@ -11,10 +11,8 @@ import contextlib
 import http.client
 import json
 import logging
-import shutil
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +37,7 @@ from tests.support.agent import (
     agent_args,
     free_port,
     run_agent_cli,
+    short_dir,
     start_agent,
     wait_until,
 )
@@ -56,16 +55,6 @@ ROTATION_TTL = "20s"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def short_dir(prefix: str) -> Iterator[Path]:
-    """A directory under /tmp, so Unix socket paths stay well under 100 characters."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_token(path: Path, token: str) -> Path:

@@ -25,23 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 import ssl
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import serialization
 
 from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY
-from ca.keys import private_key_pem
-from tests.support.agent import LiveClock, RunningAgent, agent_args, start_agent, wait_until
+from tests.support.agent import LiveClock, RunningAgent, agent_args, short_dir, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.dataplanes import (
     APP_COMMON_NAME,
@@ -50,20 +45,21 @@ from tests.support.dataplanes import (
     DataPlane,
     Exchange,
     PlaneSpec,
-    client_context,
+    client_contexts,
     exchange,
+    issued_cert,
     self_signed_server,
     start_envoy_plane,
     start_python_plane,
+    uri_sans,
 )
-from tests.support.pki import Hierarchy, ec_key, make_hierarchy, pem
+from tests.support.pki import make_hierarchy
 
 pytestmark = pytest.mark.slow
 
 NAMESPACE = "shop"
 WORKLOAD_ID = "spiffe://cluster.local/ns/shop/sa/web"
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
-LOOKALIKE_ID = "spiffe://cluster.local.evil/ns/shop/sa/client"
 FORGED_XFCC = "By=spiffe://cluster.local/ns/evil/sa/x;URI=spiffe://cluster.local/ns/evil/sa/mallory"
 SPIFFE_ID_TLV = "224"  # ca.policy.ports.SPIFFE_ID_TLV_TYPE, as the app's JSON keys it
 
@@ -135,68 +131,17 @@ def agent_files(agent: RunningAgent) -> ClientCert:
     return wait_until(read, 10, f"certificate files in {agent.cfg.output_dir}")
 
 
-CLIENT_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True,
-    content_commitment=False,
-    key_encipherment=False,
-    data_encipherment=False,
-    key_agreement=False,
-    key_cert_sign=False,
-    crl_sign=False,
-    encipher_only=False,
-    decipher_only=False,
-)
-
-
-def lookalike_cert(hierarchy: Hierarchy) -> ClientCert:
-    """The mesh CA's chain and a proper client leaf, but for another trust domain."""
-    key, now = ec_key(), datetime.now(UTC)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(hierarchy.signing.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(LOOKALIKE_ID)]), critical=True
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(CLIENT_KEY_USAGE, critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(hierarchy.signing_key.public_key()),
-            critical=False,
-        )
-        .sign(hierarchy.signing_key, hashes.SHA256())
-    )
-    chain = pem(leaf) + pem(hierarchy.signing) + pem(hierarchy.intermediate)
-    return ClientCert(chain, private_key_pem(key))
-
-
 def foreign_cert(base: Path) -> ClientCert:
     """A certificate for the client's own SPIFFE ID from another (real) meshca CA."""
     other = start_ca(base / "foreign-state", clock=LiveClock())
     try:
-        chain, key = other.request(token=other.token(NAMESPACE, "client"))
+        return issued_cert(other, NAMESPACE, "client")
     finally:
         other.stop()
-    return ClientCert("".join(chain[:-1]).encode(), private_key_pem(key))
 
 
 def leaf_of(chain_pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(chain_pem)
-
-
-def uri_sans(cert: x509.Certificate) -> list[str]:
-    with contextlib.suppress(x509.ExtensionNotFound):
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        return [str(uri) for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]
-    return []
 
 
 # --------------------------------------------------------------------------- the world
@@ -219,16 +164,6 @@ class World:
     def client_hash(self) -> str:
         """Envoy's XFCC `Hash`: SHA-256 of the client certificate (DER), hex."""
         return hashlib.sha256(self.client_leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-@contextlib.contextmanager
-def short_dir(prefix: str) -> Iterator[Path]:
-    """A directory under /tmp, so Unix socket paths stay short."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _start_agent(ca: RunningCa, base: Path, service_account: str, *, sds: bool) -> RunningAgent:
@@ -274,13 +209,7 @@ def world() -> Iterator[World]:
         write_policy(policies / "namespace.yaml", namespace_policy("PERMISSIVE"))
         write_policy(policies / "web.yaml", workload_policy(app_ports))
 
-        clients: dict[str, ssl.SSLContext | None] = {
-            "mesh": client_context(mesh, base, "mesh"),
-            "foreign": client_context(foreign_cert(base), base, "foreign"),
-            "lookalike": client_context(lookalike_cert(hierarchy), base, "lookalike"),
-            "nocert": client_context(None, base, "nocert"),
-            "plaintext": None,
-        }
+        clients = client_contexts(mesh=mesh, foreign=foreign_cert(base), hierarchy=hierarchy, workdir=base)
         yield World(
             base=base,
             ca=ca,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import socket
@@ -16,7 +15,7 @@ import pytest
 
 from ca.agent.output import write_svid
 from ca.cli import main
-from tests.support.agent import REPO, free_port, wait_until
+from tests.support.agent import REPO, free_port, local_http_get, wait_until
 from tests.support.clock import FakeClock
 from tests.support.svids import make_svid
 
@@ -122,26 +121,16 @@ def enforcer_process(cert_dir: Path, policies: Path) -> Iterator[tuple[subproces
             proc.wait(5)
 
 
-def get(port: int, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
 def test_runs_from_the_environment_serves_metrics_and_stops_on_sigterm(
     enforcer_process: tuple[subprocess.Popen[bytes], int, int],
 ) -> None:
     proc, listen, metrics = enforcer_process
-    wait_until(lambda: get(metrics, "/healthz/ready")[0] == 200, 20, "the enforcer ready")
+    wait_until(lambda: local_http_get(metrics, "/healthz/ready")[0] == 200, 20, "the enforcer ready")
     with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # plaintext to a STRICT port
         with contextlib.suppress(ConnectionResetError):
             assert sock.recv(10) == b""
-    status, body = get(metrics, "/metrics")
+    status, body = local_http_get(metrics, "/metrics")
     assert status == 200
     assert 'meshca_enforcer_connections_total{mode="STRICT",outcome="refused",port=' in body
     assert "meshca_policy_policies_loaded" in body  # the policy source's metrics, same endpoint

@@ -25,14 +25,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import serialization
 
 from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY
 from ca.config import build_parser
@@ -44,8 +43,22 @@ from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef
 from ca.policy.source import PolicySet
 from tests.support.agent import LiveClock, RunningAgent, agent_args, free_port, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
-from tests.support.dataplanes import read_proxy_v2
-from tests.support.pki import Hierarchy, ec_key, make_hierarchy, pem
+from tests.support.dataplanes import (
+    ClientCert,
+    LocalServer,
+    client_contexts,
+    connected,
+    header_fields,
+    issued_cert,
+    read_proxy_v2,
+    read_response,
+    recv_at_least,
+    recv_until,
+    server_certificate,
+    take,
+    uri_sans,
+)
+from tests.support.pki import ec_key, make_hierarchy
 
 pytestmark = pytest.mark.slow
 
@@ -70,65 +83,32 @@ PROXY_ROLES = ("tcp-permissive", "tcp-disable")
 # --------------------------------------------------------------------------- applications
 
 
-def _recv_until(sock: socket.socket, buffer: bytearray, marker: bytes) -> bool:
-    while marker not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return False
-        buffer += chunk
-    return True
-
-
 def _recv_n(sock: socket.socket, buffer: bytearray, size: int) -> bytes:
-    while len(buffer) < size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside a body")
-        buffer += chunk
-    data = bytes(buffer[:size])
-    del buffer[:size]
-    return data
+    if not recv_at_least(sock, buffer, size):
+        raise ConnectionError("closed inside a body")
+    return take(buffer, size)
 
 
-def _lines(block: bytes) -> list[list[str]]:
-    return [
-        [n.strip().lower(), v.strip()]
-        for n, _, v in (ln.decode("latin-1").partition(":") for ln in block.split(b"\r\n") if ln)
-    ]
-
-
-class HttpApp:
+class HttpApp(LocalServer):
     """HTTP/1.1, keep-alive, Content-Length and chunked bodies; answers with what it received."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("http-app")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         buffer = bytearray()
         with contextlib.suppress(OSError, ConnectionError), conn:
             conn.settimeout(10)
-            while _recv_until(conn, buffer, b"\r\n\r\n"):
+            while recv_until(conn, buffer, b"\r\n\r\n"):
                 head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
                 buffer[:] = rest
                 lines = head.split(b"\r\n")
-                headers = _lines(b"\r\n".join(lines[1:]))
+                headers = header_fields(b"\r\n".join(lines[1:]))
                 names = {n: v for n, v in headers}
                 body, trailers = b"", []
                 if names.get("transfer-encoding", "").lower() == "chunked":
                     while True:
-                        _recv_until(conn, buffer, b"\r\n")
+                        recv_until(conn, buffer, b"\r\n")
                         line, _, rest = bytes(buffer).partition(b"\r\n")
                         buffer[:] = rest
                         size = int(line.split(b";")[0], 16)
@@ -139,10 +119,10 @@ class HttpApp:
                     while len(buffer) < 2 and (chunk := conn.recv(65536)):
                         buffer += chunk
                     if not buffer.startswith(b"\r\n"):
-                        _recv_until(conn, buffer, b"\r\n\r\n")
+                        recv_until(conn, buffer, b"\r\n\r\n")
                         block, _, rest = bytes(buffer).partition(b"\r\n\r\n")
                         buffer[:] = rest
-                        trailers = _lines(block)
+                        trailers = header_fields(block)
                     else:
                         del buffer[:2]
                 elif "content-length" in names:
@@ -161,9 +141,6 @@ class HttpApp:
                     + answer
                 )
 
-    def stop(self) -> None:
-        self.sock.close()
-
 
 @dataclass
 class Seen:
@@ -171,25 +148,15 @@ class Seen:
     first: bytes
 
 
-class TcpApp:
+class TcpApp(LocalServer):
     """Records each connection's PROXY v2 header (if any) and first bytes, then echoes."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
         self.seen: list[Seen] = []
         self.greeting: bytes | None = None  # set: speak first, as a server-speaks-first protocol
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__("tcp-app")
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         with contextlib.suppress(OSError, ConnectionError), conn:
             conn.settimeout(10)
             proxy = read_proxy_v2(conn)
@@ -201,63 +168,12 @@ class TcpApp:
                 conn.sendall(first)
                 first = conn.recv(65536)
 
-    def stop(self) -> None:
-        self.sock.close()
-
 
 # --------------------------------------------------------------------------- certificates
 
 
-@dataclass(frozen=True)
-class ClientCert:
-    chain: bytes
-    key: bytes
-
-
-def lookalike_cert(hierarchy: Hierarchy) -> ClientCert:
-    """The mesh CA's own chain, but for a SPIFFE ID of another trust domain."""
-    key, now = ec_key(), datetime.now(UTC)
-    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(hierarchy.signing.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier("spiffe://cluster.local.evil/ns/shop/sa/c")]
-            ),
-            critical=True,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(hierarchy.signing_key.public_key()),
-            critical=False,
-        )
-        .sign(hierarchy.signing_key, hashes.SHA256())
-    )
-    return ClientCert(pem(leaf) + pem(hierarchy.signing) + pem(hierarchy.intermediate), private_key_pem(key))
-
-
 def ca_client_cert(ca: RunningCa, service_account: str) -> ClientCert:
-    chain, key = ca.request(token=ca.token(NAMESPACE, service_account))
-    return ClientCert("".join(chain[:-1]).encode(), private_key_pem(key))
-
-
-def tls_client(cert: ClientCert | None, directory: Path, name: str) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # tests look at the server certificate themselves
-    if cert is not None:
-        (directory / f"{name}.pem").write_bytes(cert.chain)
-        (directory / f"{name}.key").write_bytes(cert.key)
-        context.load_cert_chain(directory / f"{name}.pem", directory / f"{name}.key")
-    return context
+    return issued_cert(ca, NAMESPACE, service_account)
 
 
 # --------------------------------------------------------------------------- the world
@@ -308,14 +224,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for app in [*http_apps.values(), *tcp_apps.values()]:
             stack.callback(app.stop)
         mesh = ca_client_cert(ca, "client")
-        leaf = x509.load_pem_x509_certificate(mesh.chain)
-        clients = {
-            "mesh": tls_client(mesh, base, "mesh"),
-            "foreign": tls_client(ca_client_cert(foreign, "client"), base, "foreign"),
-            "lookalike": tls_client(lookalike_cert(hierarchy), base, "lookalike"),
-            "nocert": tls_client(None, base, "nocert"),
-            "plaintext": None,
-        }
+        leaf = x509.load_pem_x509_certificate(mesh.chain_pem)
+        clients = client_contexts(
+            mesh=mesh, foreign=ca_client_cert(foreign, "client"), hierarchy=hierarchy, workdir=base
+        )
         yield World(
             base=base,
             ca=ca,
@@ -414,51 +326,16 @@ class Result:
     error: str | None = None
 
 
-def _read_http(stream: Any, buffer: bytearray) -> tuple[int, bytes] | None:
-    while b"\r\n\r\n" not in buffer:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = bytearray(rest)
-    while len(body) < length:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        body += chunk
-    buffer[:] = body[length:]
-    return status, bytes(body[:length])
-
-
-@contextlib.contextmanager
-def connected(port: int, tls: ssl.SSLContext | None, timeout: float = 5.0) -> Iterator[Any]:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-        if tls is None:
-            yield raw
-            return
-        with tls.wrap_socket(raw) as stream:
-            yield stream
-
-
 def http(port: int, tls: ssl.SSLContext | None, payload: bytes, expect: int) -> Result:
     """Send `payload` (one or more requests) and read up to `expect` responses."""
     result = Result()
     try:
         with connected(port, tls) as stream:
-            if tls is not None:
-                der = stream.getpeercert(binary_form=True)
-                result.server_cert = x509.load_der_x509_certificate(der) if der else None
+            result.server_cert = server_certificate(stream)
             stream.sendall(payload)
             buffer = bytearray()
             for _ in range(expect):
-                answer = _read_http(stream, buffer)
+                answer = read_response(stream, buffer)
                 if answer is None:
                     result.error = "closed"
                     break
@@ -475,9 +352,7 @@ def tcp(port: int, tls: ssl.SSLContext | None, payload: bytes = b"ping") -> Resu
     result = Result()
     try:
         with connected(port, tls) as stream:
-            if tls is not None:
-                der = stream.getpeercert(binary_form=True)
-                result.server_cert = x509.load_der_x509_certificate(der) if der else None
+            result.server_cert = server_certificate(stream)
             stream.sendall(payload)
             while len(result.raw) < len(payload):
                 chunk = stream.recv(65536)
@@ -521,13 +396,6 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return sock.recv(10) == b""
     except ConnectionResetError:
         return True
-
-
-def uri_sans(cert: x509.Certificate | None) -> list[str]:
-    if cert is None:
-        return []
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 # --------------------------------------------------------------------------- the mode matrix
@@ -650,7 +518,7 @@ def test_a_returning_client_resumes_its_session_and_is_still_identified(running:
     port = running.listen["http-strict"]
     with connected(port, tls) as first:
         first.sendall(request("/first"))
-        assert _read_http(first, bytearray()) is not None
+        assert read_response(first, bytearray()) is not None
         session = first.session
     assert session is not None and session.has_ticket
     with (
@@ -659,7 +527,7 @@ def test_a_returning_client_resumes_its_session_and_is_still_identified(running:
     ):
         assert again.session_reused
         again.sendall(request("/again"))
-        answer = _read_http(again, bytearray())
+        answer = read_response(again, bytearray())
     assert answer is not None and answer[0] == 200
     assert xfcc(json.loads(answer[1])) == [
         f"By={WORKLOAD_ID};Hash={running.world.client_hash};URI={CLIENT_ID}"
@@ -747,7 +615,7 @@ def test_expect_100_continue_passes_through(running: Running) -> None:
         stream.sendall(b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
         time.sleep(0.05)
         stream.sendall(b"body")
-        answer = _read_http(stream, bytearray())
+        answer = read_response(stream, bytearray())
     assert answer is not None and json.loads(answer[1])["body"] == "body"
 
 
@@ -884,9 +752,9 @@ def test_outbound_originates_mtls_to_a_strict_peer(running: Running) -> None:
     """Plaintext in on the outbound port, mTLS with the workload certificate to the STRICT HTTP port."""
     result = http(running.outbound_port, None, request("/out", {"x-forwarded-client-cert": FORGED}), expect=1)
     assert result.error is None, result
-    server_hash = hashlib.sha256(
-        running.world.agent.current.leaf.public_bytes(serialization.Encoding.DER)
-    ).hexdigest()  # type: ignore[union-attr]
+    served = running.world.agent.current
+    assert served is not None
+    server_hash = hashlib.sha256(served.leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
     assert xfcc(result.responses[0]) == [f"By={WORKLOAD_ID};Hash={server_hash};URI={WORKLOAD_ID}"]
 
 
@@ -916,10 +784,9 @@ class ForeignServer:
 
     def __init__(self, world: World) -> None:
         cert = ca_client_cert(world.foreign_ca, "backend")
-        self.context = tls_client(None, world.base, "unused")
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        (world.base / "foreign-server.pem").write_bytes(cert.chain)
-        (world.base / "foreign-server.key").write_bytes(cert.key)
+        (world.base / "foreign-server.pem").write_bytes(cert.chain_pem)
+        (world.base / "foreign-server.key").write_bytes(cert.key_pem)
         self.context.load_cert_chain(world.base / "foreign-server.pem", world.base / "foreign-server.key")
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

