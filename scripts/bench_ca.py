@@ -19,7 +19,8 @@ For the CA key type chosen with --ca-key-type it prints:
   (e) what the issuance ledger costs: one `meshca serve` with `--ledger off`, with the
       default SQLite ledger (`--ledger auto`) and with a PostgreSQL ledger (a fresh database
       on --postgres), under the same closed-loop load, in interleaved rounds (median), and
-      the ratios ledger / no ledger.
+      the ratios ledger / no ledger; then the latency each adds at half the no-ledger
+      peak (open loop, as in (c)).
 
 The servers of (a)-(d) run with `--ledger off`, so that those phases measure issuance
 alone (`meshca serve` records every issuance in a SQLite ledger by default); (e) adds the
@@ -691,6 +692,7 @@ class LedgerSetting:
     label: str
     ledger: str  # the --ledger value
     runs: list[LoadResult] = field(default_factory=list)
+    half: LoadResult | None = None  # open loop at half the no-ledger peak: the latency a busy CA adds
     check: LedgerCheck | None = None
 
     @property
@@ -750,6 +752,11 @@ def measure_ledger(s: Settings, pool: RequestPool, state_dir: Path, tmp: Path) -
             for setting, bench, port in benches:
                 progress(f"(e) round {round_number + 1}/{s.ledger_rounds}")
                 setting.runs.append(bench.run(setting.label, port, DEFAULT_CACHE, in_flight=in_flight))
+        # Latency: the same open-loop load on each, half the no-ledger rate, as in (c).
+        half_rate = settings[0].median.certs_per_s / 2
+        for setting, bench, port in benches:
+            progress(f"(e) latency at {half_rate:,.0f}/s: {setting.label}")
+            setting.half = bench.run(f"{setting.label}, half rate", port, DEFAULT_CACHE, total_rate=half_rate)
         for _, bench, _ in benches:
             bench.fleet.stop_all()  # each server writes its final checkpoint
         for setting in settings:
@@ -772,6 +779,13 @@ def report_ledger(s: Settings, lp: LedgerPhase) -> list[tuple[str, float]]:
         [x.median for x in lp.settings],
         lambda r: _ledger_note(lp, r),
     )
+    halves = [x.half for x in lp.settings if x.half is not None]
+    if halves:
+        print_table(
+            "    and the latency each adds at half the no-ledger peak (open loop, fixed timetable)",
+            halves,
+            lambda r: "",
+        )
     for label, why in lp.skipped.items():
         print(f"  {label:<34}skipped: {why}")
     off = lp.get(LEDGER_OFF)
@@ -811,6 +825,8 @@ def ledger_summary(lp: LedgerPhase) -> dict[str, Any]:
     for x in lp.settings:
         key = {"off": "off", "auto": "sqlite"}.get(x.ledger, "postgresql")
         summary[key] = _brief(x.median) | {"rounds_certs_per_s": [round(r.certs_per_s, 1) for r in x.runs]}
+        if x.half is not None:
+            summary[key] |= {"half_rate": _brief(x.half)}
         if x.check is not None:
             summary[key] |= {"records": x.check.entries, "verified": x.check.verified}
     summary["ratio_sqlite_to_off"] = round(lp.cost_ratio(LEDGER_SQLITE), 3)
