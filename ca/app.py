@@ -10,6 +10,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,7 +37,15 @@ from ca.errors import ConfigError
 from ca.grpc_api import CertificateService
 from ca.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.issuer import Issuer
-from ca.ledger.ledger import HEAD_FILE, HeadFile, HeadPublisher, Ledger, load_or_create_ledger_key
+from ca.ledger.ledger import (
+    HEAD_FILE,
+    HeadFile,
+    HeadPublisher,
+    Ledger,
+    ledger_key_from_pem,
+    load_or_create_ledger_key,
+    new_ledger_key_pem,
+)
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import LedgerStore, redact_url
 from ca.metrics import CaMetrics
@@ -262,7 +271,16 @@ def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
     publishers: list[HeadPublisher] = [HeadFile(cfg.state_dir / HEAD_FILE).publish]
     if api is not None:
         publishers.append(kube.ledger_head_publisher(api, namespace=cfg.ca_namespace))
-    return Ledger(store, key=load_or_create_ledger_key(cfg.ledger_key), clock=clock, publishers=publishers)
+    return Ledger(store, key=_ledger_key(cfg, api), clock=clock, publishers=publishers)
+
+
+def _ledger_key(cfg: ServeConfig, api: Any | None) -> ed25519.Ed25519PrivateKey:
+    """In a cluster, unless --ledger-key names a file, every replica shares the key through a
+    Secret beside the CA's; elsewhere it is a file in the state directory."""
+    if api is None or cfg.ledger_key_given:
+        return load_or_create_ledger_key(cfg.ledger_key)
+    pem = kube.load_or_create_ledger_key_secret(api, namespace=cfg.ca_namespace, make=new_ledger_key_pem)
+    return ledger_key_from_pem(pem, f"Secret {cfg.ca_namespace}/{kube.LEDGER_KEY_SECRET}")
 
 
 def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) -> None:

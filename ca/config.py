@@ -56,6 +56,7 @@ class ServeConfig:
     grpc_server: str
     ledger_url: str | None
     ledger_key: Path
+    ledger_key_given: bool  # --ledger-key named a file (else, in a cluster, the key lives in a Secret)
     ledger_checkpoint_interval: timedelta
     ledger_retention: timedelta | None
     ledger_linger: timedelta
@@ -110,6 +111,7 @@ class AuditConfig:
     at: datetime
     policy: IssuancePolicy
     ledger_key: Path
+    ledger_key_given: bool
     kubeconfig: Path | None
     ca_namespace: str
 
@@ -402,6 +404,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         grpc_server=args.grpc_server,
         ledger_url=ledger_url(args.ledger, Path(args.state_dir)),
         ledger_key=Path(args.ledger_key) if args.ledger_key else Path(args.state_dir) / "ledger-key.pem",
+        ledger_key_given=bool(args.ledger_key),
         ledger_checkpoint_interval=parse_duration(args.ledger_checkpoint_interval),
         ledger_retention=parse_duration(args.ledger_retention) or None,
         ledger_linger=_ledger_linger(args.ledger_linger),
@@ -509,6 +512,7 @@ def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
         at=_moment(getattr(args, "at", "now"), now, "--at") or now,
         policy=IssuancePolicy(default_ttl=min(timedelta(hours=24), max_ttl), max_ttl=max_ttl),
         ledger_key=Path(key) if key else state_dir / "ledger-key.pem",
+        ledger_key_given=bool(key),
         kubeconfig=Path(kubeconfig) if kubeconfig else None,
         ca_namespace=getattr(args, "ca_namespace", "istio-system"),
     )

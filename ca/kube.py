@@ -226,6 +226,46 @@ def _decode_secret(data: Mapping[str, str | bytes], key: str, where: str) -> byt
     return base64.b64decode(data[key])
 
 
+def _read_or_create_secret(
+    core: client.CoreV1Api,
+    *,
+    namespace: str,
+    name: str,
+    secret_type: str,
+    make: Callable[[], Mapping[str, bytes]],
+    retries: int,
+    sleep: Callable[[float], None],
+) -> tuple[Mapping[str, str | bytes], bool]:
+    """The Secret's data (base64 values, as the API returns them), created from `make()` if the
+    Secret does not exist. When several replicas start at once, one create wins (409 for the
+    rest) and every replica then reads the winner's data."""
+    where = f"{namespace}/{name}"
+    for attempt in range(retries):
+        try:
+            return core.read_namespaced_secret(name, namespace).data or {}, False
+        except ApiException as err:
+            if err.status != 404:
+                if attempt + 1 == retries:
+                    raise _unavailable(f"reading Secret {where}", err) from err
+                sleep(0.5 * 2**attempt)
+                continue
+        data: dict[str, str | bytes] = {k: base64.b64encode(v).decode() for k, v in make().items()}
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace), type=secret_type, data=data
+        )
+        try:
+            core.create_namespaced_secret(namespace, body)
+            return data, True
+        except ApiException as err:
+            if err.status != 409:
+                raise _unavailable(f"creating Secret {where}", err) from err
+    raise UnavailableError(
+        f"could not read or create the Secret {where} after {retries} attempts; "
+        "check meshca's RBAC for Secrets in that namespace",
+        reason="kubernetes_unavailable",
+    )
+
+
 def load_or_create_root_secret(
     api: client.ApiClient,
     *,
@@ -235,53 +275,70 @@ def load_or_create_root_secret(
     retries: int = 5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[SigningAuthority, bool]:
-    """The self-signed root kept in a Secret, created on first start.
-
-    When several replicas start at once, one create wins (409 for the rest) and
-    every replica then loads the winner's root.
-    """
-    core = client.CoreV1Api(api)
+    """The self-signed root kept in a Secret, created on first start."""
     where = f"{namespace}/{name}"
-    for attempt in range(retries):
-        try:
-            secret = core.read_namespaced_secret(name, namespace)
-            data = secret.data or {}
-            cert = load_pem_certificates(_decode_secret(data, CA_CERT_KEY, where), f"Secret {where}")[0]
-            key = load_private_key_pem(_decode_secret(data, CA_KEY_KEY, where), f"Secret {where}")
-            authority = SigningAuthority(
-                signing_cert=cert,
-                signing_key=key,
-                chain=(),
-                roots=(cert,),
-                source=f"Secret {where}",
-            )
-            return check_trust_domain(authority, factory.trust_domain), False
-        except ApiException as err:
-            if err.status != 404:
-                if attempt + 1 == retries:
-                    raise _unavailable(f"reading Secret {where}", err) from err
-                sleep(0.5 * 2**attempt)
-                continue
+
+    def make() -> Mapping[str, bytes]:
         authority = factory.create(source=f"Secret {where}")
-        body = client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
-            type=CA_SECRET_TYPE,
-            data={
-                CA_CERT_KEY: base64.b64encode(cert_pem(authority.signing_cert).encode()).decode(),
-                CA_KEY_KEY: base64.b64encode(private_key_pem(authority.signing_key)).decode(),
-            },
-        )
-        try:
-            core.create_namespaced_secret(namespace, body)
-            return authority, True
-        except ApiException as err:
-            if err.status != 409:
-                raise _unavailable(f"creating Secret {where}", err) from err
-    raise UnavailableError(
-        f"could not read or create the CA Secret {where} after {retries} attempts; "
-        "check meshca's RBAC for Secrets in that namespace",
-        reason="kubernetes_unavailable",
+        return {
+            CA_CERT_KEY: cert_pem(authority.signing_cert).encode(),
+            CA_KEY_KEY: private_key_pem(authority.signing_key),
+        }
+
+    data, created = _read_or_create_secret(
+        client.CoreV1Api(api),
+        namespace=namespace,
+        name=name,
+        secret_type=CA_SECRET_TYPE,
+        make=make,
+        retries=retries,
+        sleep=sleep,
     )
+    cert = load_pem_certificates(_decode_secret(data, CA_CERT_KEY, where), f"Secret {where}")[0]
+    key = load_private_key_pem(_decode_secret(data, CA_KEY_KEY, where), f"Secret {where}")
+    authority = SigningAuthority(
+        signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source=f"Secret {where}"
+    )
+    return check_trust_domain(authority, factory.trust_domain), created
+
+
+LEDGER_KEY_SECRET = "meshca-ledger-key"
+LEDGER_KEY_KEY = "ledger-key.pem"
+
+
+def load_or_create_ledger_key_secret(
+    api: client.ApiClient,
+    *,
+    namespace: str,
+    make: Callable[[], bytes],
+    name: str = LEDGER_KEY_SECRET,
+    retries: int = 5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bytes:
+    """The ledger key (PEM) that every CA replica signs checkpoints with, kept in a Secret."""
+    data, _ = _read_or_create_secret(
+        client.CoreV1Api(api),
+        namespace=namespace,
+        name=name,
+        secret_type="Opaque",
+        make=lambda: {LEDGER_KEY_KEY: make()},
+        retries=retries,
+        sleep=sleep,
+    )
+    return _decode_secret(data, LEDGER_KEY_KEY, f"{namespace}/{name}")
+
+
+def read_ledger_key_secret(
+    api: client.ApiClient, *, namespace: str, name: str = LEDGER_KEY_SECRET
+) -> bytes | None:
+    """The ledger key from its Secret, or None if there is none (for `audit verify`)."""
+    try:
+        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise _unavailable(f"reading Secret {namespace}/{name}", err) from err
+    return _decode_secret(secret.data or {}, LEDGER_KEY_KEY, f"{namespace}/{name}")
 
 
 LEDGER_HEAD_CONFIGMAP = "meshca-ledger-head"

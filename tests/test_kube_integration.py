@@ -14,9 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca import kube
+from ca.cli import main
 from ca.devtoken import DevTokenIssuer
 from ca.errors import AuthenticationError, CaMaterialError
 from ca.keys import KeyAlgorithm
+from ca.ledger.ledger import ledger_key_from_pem, new_ledger_key_pem
+from ca.ledger.store import LedgerStore
+from ca.ledger.verify import verify_ledger
 from ca.selfsigned import RootFactory
 from tests.kube import FakeKubeApiServer
 from tests.support.ca_server import RunningCa, start_ca
@@ -232,6 +236,55 @@ def test_replicas_starting_together_agree_on_one_root(apiserver: FakeKubeApiServ
         results = list(pool.map(start_replica, range(6)))
     assert len({cert for cert, _ in results}) == 1
     assert sum(created for _, created in results) == 1
+
+
+def test_replicas_share_one_ledger_key_through_a_secret(
+    tmp_path: Path, apiserver: FakeKubeApiServer, signer: DevTokenIssuer
+) -> None:
+    """In a cluster every CA replica signs ledger checkpoints with the key in one Secret, so a
+    ledger they share verifies with it; no key file is left in the state directories."""
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        pems = list(
+            pool.map(
+                lambda _: kube.load_or_create_ledger_key_secret(
+                    apiserver.api_client(), namespace="istio-system", make=new_ledger_key_pem
+                ),
+                range(6),
+            )
+        )
+    assert len(set(pems)) == 1
+    ledger_url = f"sqlite:///{tmp_path / 'shared-ledger.db'}"
+    for name in ("one", "two"):  # each signs its own final checkpoint on stopping
+        ca = _start(tmp_path / name, apiserver, "--ledger", ledger_url)
+        try:
+            ca.request(token=signer.mint(namespace="shop", service_account="cart"))
+        finally:
+            ca.stop()
+    secret = apiserver.get_object("Secret", "istio-system", kube.LEDGER_KEY_SECRET)
+    assert secret is not None and base64.b64decode(secret["data"][kube.LEDGER_KEY_KEY]) == pems[0]
+    assert not any((tmp_path / name / "state" / "ledger-key.pem").exists() for name in ("one", "two"))
+    # `meshca audit verify --kubeconfig` finds the key in the Secret when no file is given.
+    kubeconfig = tmp_path / "one" / "kubeconfig"
+    code = main(
+        [
+            "audit",
+            "verify",
+            "--ledger",
+            ledger_url,
+            "--state-dir",
+            str(tmp_path / "one" / "state"),
+            "--kubeconfig",
+            str(kubeconfig),
+        ]
+    )
+    assert code == 0
+    public = ledger_key_from_pem(pems[0], "secret").public_key()
+    store = LedgerStore(ledger_url)
+    try:
+        report = verify_ledger(store, public)
+        assert report.ok and report.checkpoints_checked >= 2, report.summary()
+    finally:
+        store.dispose()
 
 
 def test_a_broken_ca_secret_is_a_clear_error(apiserver: FakeKubeApiServer) -> None:

@@ -14,13 +14,21 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TextIO
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from ca.audit import render
 from ca.config import AuditConfig
 from ca.errors import ConfigError, InvalidRequestError
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
 from ca.ledger.ledger import HEAD_FILE
-from ca.ledger.live_verify import UnreadableHead, load_verify_key, read_head_file, verify_at_head
+from ca.ledger.live_verify import (
+    UnreadableHead,
+    load_verify_key,
+    read_head_file,
+    verify_at_head,
+    verify_key_from_pem,
+)
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.verify import VerifyReport
 
@@ -133,8 +141,22 @@ def _external_heads(cfg: AuditConfig) -> tuple[list[Checkpoint], list[str]]:
     return heads, found
 
 
+def _verify_key(cfg: AuditConfig) -> ed25519.Ed25519PublicKey:
+    """--ledger-key, else the state directory's key file, else (with --kubeconfig) the CA's
+    ledger key Secret."""
+    if cfg.ledger_key_given or cfg.kubeconfig is None or cfg.ledger_key.is_file():
+        return load_verify_key(cfg.ledger_key)
+    from ca import kube
+
+    api = kube.api_client(cfg.kubeconfig, in_cluster=False)
+    pem = kube.read_ledger_key_secret(api, namespace=cfg.ca_namespace)
+    if pem is None:
+        return load_verify_key(cfg.ledger_key)  # says which file is missing and what to give
+    return verify_key_from_pem(pem, f"Secret {cfg.ca_namespace}/{kube.LEDGER_KEY_SECRET}")
+
+
 def _verify(cfg: AuditConfig, out: TextIO) -> int:
-    key = load_verify_key(cfg.ledger_key)
+    key = _verify_key(cfg)
     found: list[str] = []
     with _reader(cfg) as reader:
         try:

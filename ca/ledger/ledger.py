@@ -33,23 +33,31 @@ HEAD_FILE = "ledger-head.json"
 HeadPublisher = Callable[[cp.Checkpoint], None]
 
 
+def new_ledger_key_pem() -> bytes:
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def ledger_key_from_pem(data: bytes, where: str) -> ed25519.Ed25519PrivateKey:
+    loaded = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
+        raise ConfigError(
+            f"{where} is not an Ed25519 key; restore the ledger key (a new one cannot "
+            "verify the existing checkpoints)"
+        )
+    return loaded
+
+
 def load_or_create_ledger_key(path: Path) -> ed25519.Ed25519PrivateKey:
     """The checkpoint signing key; CA processes sharing a ledger must share this key."""
     with exclusive_lock(path.parent / ".meshca.lock"):
         if not path.exists():
-            key = ed25519.Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+            pem = new_ledger_key_pem()
             atomic_write(path, pem, mode=SECRET_MODE)
-            return key
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-        raise ConfigError(
-            f"{path} is not an Ed25519 key; restore the ledger key (a new one cannot "
-            "verify the existing checkpoints)"
-        )
-    return loaded
+            return ledger_key_from_pem(pem, str(path))
+    return ledger_key_from_pem(path.read_bytes(), str(path))
 
 
 class HeadFile:

@@ -72,7 +72,10 @@ def load_verify_key(path: Path) -> ed25519.Ed25519PublicKey:
             f"there is no ledger key at {path}; give --ledger-key with the CA's ledger-key.pem "
             "or its public key"
         )
-    data = path.read_bytes()
+    return verify_key_from_pem(path.read_bytes(), str(path))
+
+
+def verify_key_from_pem(data: bytes, where: str) -> ed25519.Ed25519PublicKey:
     try:
         if b"PRIVATE KEY" in data:
             private = serialization.load_pem_private_key(data, password=None)
@@ -81,9 +84,9 @@ def load_verify_key(path: Path) -> ed25519.Ed25519PublicKey:
             public = serialization.load_pem_public_key(data)
             key = public if isinstance(public, ed25519.Ed25519PublicKey) else None
     except (ValueError, TypeError) as err:
-        raise ConfigError(f"{path} is not a PEM key ({err}); give the CA's ledger-key.pem") from err
+        raise ConfigError(f"{where} is not a PEM key ({err}); give the CA's ledger-key.pem") from err
     if key is None:
-        raise ConfigError(f"{path} is not an Ed25519 key; give the CA's ledger-key.pem or its public key")
+        raise ConfigError(f"{where} is not an Ed25519 key; give the CA's ledger-key.pem or its public key")
     return key
 
 
