@@ -136,6 +136,10 @@ class Stager(Protocol):
 
     def commit_staged(self) -> None: ...
 
+    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """`stage` (waiting for the lock) and `commit_staged` in one call."""
+        ...
+
 
 class LoopLedgerWriter:
     """Group commit driven by an event loop.
@@ -226,7 +230,7 @@ class LoopLedgerWriter:
             job = functools.partial(self._commit, written)
         except LedgerBusy:
             # Another process or a compaction holds the lock: wait for it on the thread.
-            job = functools.partial(self._stage_and_commit, contents)
+            job = functools.partial(self._store.append, contents)
         except Exception as err:
             _fail(batch, err)
             self._schedule(now=True)
@@ -238,11 +242,6 @@ class LoopLedgerWriter:
         )
 
     def _commit(self, written: list[Entry]) -> list[Entry]:
-        self._store.commit_staged()
-        return written
-
-    def _stage_and_commit(self, contents: list[Mapping[str, Any]]) -> list[Entry]:
-        written = self._store.stage(contents, wait=True)
         self._store.commit_staged()
         return written
 
@@ -269,18 +268,9 @@ class LoopLedgerWriter:
             # The loop is gone: nothing else touches the store now, so commit here.
             batch, self._pending = self._pending, []
             if batch:
-                commit_batch(_append_with(self._store), batch, self._on_commit)
+                commit_batch(self._store.append, batch, self._on_commit)
         self._committer.shutdown(wait=True)
 
     async def _drained(self) -> None:
         while self._pending or self._committing:
             await asyncio.sleep(0.005)
-
-
-def _append_with(store: Stager) -> Append:
-    def append(contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        written = store.stage(contents)
-        store.commit_staged()
-        return written
-
-    return append
