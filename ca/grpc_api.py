@@ -103,7 +103,12 @@ class Refusal(NamedTuple):
 
 
 class IssuanceRecorder(Protocol):
-    """Where issuances and refusals are recorded (the ledger)."""
+    """Where issuances and refusals are recorded (the ledger).
+
+    An asyncio future it returns settles within a bounded time of its own (the loop
+    writer's deadline), so the handler awaits it without a timer per request; a thread's
+    future is waited for at most the service's `record_timeout_s`.
+    """
 
     def record_issued(
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
@@ -124,15 +129,9 @@ class Pending:
 
     issued: IssuedCertificate
     caller: Caller
-    recorded: Recorded
+    recorded: Recorded | None  # None: no ledger
     started: float
     peer: str
-
-
-def _done() -> Future[Any]:
-    future: Future[Any] = Future()
-    future.set_result(None)
-    return future
 
 
 class CertificateService:
@@ -179,12 +178,15 @@ class CertificateService:
                 context.peer(),
                 caller,
             )
-        recorded: Recorded = _done()
-        if self._recorder is not None:
-            recorded = self._recorder.record_issued(
-                issued, caller, client_address=context.peer(), cluster_id=credentials.cluster_id
+        peer = context.peer()
+        recorded = (
+            None
+            if self._recorder is None
+            else self._recorder.record_issued(
+                issued, caller, client_address=peer, cluster_id=credentials.cluster_id
             )
-        return Pending(issued=issued, caller=caller, recorded=recorded, started=started, peer=context.peer())
+        )
+        return Pending(issued=issued, caller=caller, recorded=recorded, started=started, peer=peer)
 
     def finish(self, pending: Pending, record_error: BaseException | None) -> bytes | Refusal:
         """The response once the record is committed; UNAVAILABLE if it could not be."""
@@ -222,11 +224,12 @@ class CertificateService:
         if isinstance(pending, Refusal):
             context.abort(pending.code, pending.message)
         recorded = pending.recorded
+        error: BaseException | None = None
         try:
-            if not isinstance(recorded, Future):
+            if isinstance(recorded, asyncio.Future):
                 raise RuntimeError("the threaded server was given a ledger that runs on an event loop")
-            recorded.result(timeout=self.record_timeout_s)
-            error: BaseException | None = None
+            if recorded is not None:
+                recorded.result(timeout=self.record_timeout_s)
         except BaseException as err:
             error = err
         response = self.finish(pending, error)
@@ -241,13 +244,15 @@ class CertificateService:
         if isinstance(pending, Refusal):
             await context.abort(pending.code, pending.message)
             raise AssertionError("abort returned")
+        recorded = pending.recorded
+        error: BaseException | None = None
         try:
-            recorded = pending.recorded
-            if not recorded.done():
-                waiter = recorded if isinstance(recorded, asyncio.Future) else asyncio.wrap_future(recorded)
-                await asyncio.wait_for(waiter, self.record_timeout_s)
-            recorded.result()
-            error: BaseException | None = None
+            if isinstance(recorded, asyncio.Future):
+                await recorded  # settled by its writer's deadline at the latest
+            elif recorded is not None:
+                if not recorded.done():
+                    await asyncio.wait_for(asyncio.wrap_future(recorded), self.record_timeout_s)
+                recorded.result()
         except Exception as err:
             error = err
         response = self.finish(pending, error)

@@ -6,6 +6,7 @@ policy -> template -> sign.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -16,13 +17,13 @@ from enum import Enum
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import profile
+from ca import profile, x509_der
 from ca.authority import SigningAuthority
 from ca.clock import Clock
 from ca.csr import ParsedCsr
 from ca.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
-from ca.keys import KeyPolicy
+from ca.keys import KeyPolicy, PublicKey
 from ca.spiffe_id import SpiffeId
 
 SerialSource = Callable[[], int]
@@ -92,6 +93,13 @@ class IssuancePolicy:
             )
 
 
+def pem_body(pem: str) -> bytes:
+    """The DER inside a single PEM block."""
+    _, _, rest = pem.partition("-----\n")
+    body, _, _ = rest.partition("-----END ")
+    return binascii.a2b_base64(body)
+
+
 @dataclass(frozen=True, kw_only=True)
 class IssuedCertificate:
     certificate: x509.Certificate
@@ -101,15 +109,24 @@ class IssuedCertificate:
     not_before: datetime
     not_after: datetime
     authority: SigningAuthority = field(repr=False)
+    # The CSR's key, already parsed: reading it back out of the certificate costs a key parse.
+    public_key: PublicKey = field(repr=False)
+    key_type: str
 
-    def public_key_sha256(self) -> str:
-        der = self.certificate.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return hashlib.sha256(der).hexdigest()
+    def fingerprints(self) -> tuple[str, str]:
+        """SHA-256 of the certified public key (its SubjectPublicKeyInfo) and of the certificate.
 
-    def certificate_sha256(self) -> str:
-        return hashlib.sha256(self.certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        Both come from the DER in the returned PEM: cheaper than asking `cryptography` to
+        encode the certificate and the key again, which costs more than hashing them.
+        """
+        der = pem_body(self.chain[0])
+        try:
+            spki = x509_der.subject_public_key_info(der)
+        except x509_der.DerError:
+            spki = self.public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        return hashlib.sha256(spki).hexdigest(), hashlib.sha256(der).hexdigest()
 
 
 class Issuer:
@@ -163,4 +180,6 @@ class Issuer:
             not_before=not_before,
             not_after=not_after,
             authority=authority,
+            public_key=csr.public_key,
+            key_type=csr.key_type,
         )

@@ -26,6 +26,7 @@ class RecordingStore:
         self.stage_threads: set[str] = set()
         self.seq = 0
         self.busy = False
+        self.hold_commit: threading.Event | None = None  # commits wait for it: a hung disk
 
     def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]:
         assert self.staged is None, "a batch was staged while another was still open"
@@ -43,6 +44,8 @@ class RecordingStore:
     def commit_staged(self) -> None:
         assert self.staged is not None
         self.commit_threads.add(threading.current_thread().name)
+        if self.hold_commit is not None:
+            assert self.hold_commit.wait(10), "the test never released the commit"
         staged, self.staged = self.staged, None
         if self.fail_next_commit:
             self.fail_next_commit = False
@@ -178,6 +181,36 @@ def test_a_waiter_that_gave_up_does_not_stop_the_others() -> None:
 
     asyncio.run(scenario())
     assert store.batches == [["gone", "kept"]]
+
+
+def test_a_hung_commit_fails_its_waiters_at_the_deadline_and_new_ones_at_once_until_it_returns() -> None:
+    store = RecordingStore()
+    store.hold_commit = threading.Event()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        writer = LoopLedgerWriter(store, loop, deadline_s=0.2)
+        started = loop.time()
+        stuck = writer.submit({"id": "stuck"})
+        await asyncio.sleep(0.05)  # "stuck" is with the committer, which hangs
+        queued = writer.submit({"id": "queued"})
+        for waiter in (stuck, queued):
+            with pytest.raises(UnavailableError, match=r"has not confirmed a commit for over 0\.2s"):
+                await waiter
+        assert 0.2 <= loop.time() - started < 1.0
+        late = writer.submit({"id": "late"})
+        assert isinstance(late, asyncio.Future) and late.done()  # failed at once, not queued
+        with pytest.raises(UnavailableError):
+            late.result()
+        store.hold_commit.set()  # the disk comes back
+        store.hold_commit = None
+        await asyncio.sleep(0.05)
+        assert (await _record(writer, ["after"]))[0].seq == 2
+        writer.close()
+
+    asyncio.run(scenario())
+    # "stuck" reached the disk (late) although its caller was refused; "queued" and "late" never did.
+    assert store.batches == [["stuck"], ["after"]]
 
 
 def test_the_thread_writer_settles_every_waiter() -> None:

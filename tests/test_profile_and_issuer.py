@@ -298,17 +298,18 @@ def test_root_bundle_with_several_roots_is_one_last_element(
     assert x509.load_pem_x509_certificates(issued.chain[-1].encode()) == [h.root, other.root]
 
 
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048"])
 def test_issued_certificate_fingerprints(
-    root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
+    root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey], key_type: str
 ) -> None:
-    key = leaf_keys["ec-p256"]
+    key = leaf_keys[key_type]
     issued = _issue(_issuer(root, clock), key)
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert issued.public_key_sha256() == hashlib.sha256(spki).hexdigest()
     der = issued.certificate.public_bytes(serialization.Encoding.DER)
-    assert issued.certificate_sha256() == hashlib.sha256(der).hexdigest()
+    assert issued.fingerprints() == (hashlib.sha256(spki).hexdigest(), hashlib.sha256(der).hexdigest())
+    assert issued.public_key == issued.certificate.public_key() and issued.key_type == key_type
 
 
 @pytest.mark.parametrize(

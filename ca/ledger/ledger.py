@@ -19,7 +19,6 @@ from ca.clock import Clock
 from ca.errors import ConfigError
 from ca.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.issuer import IssuedCertificate
-from ca.keys import key_type_label
 from ca.ledger import checkpoint as cp
 from ca.ledger.entries import Entry, ca_event_content, issued_content, refused_content, timestamp
 from ca.ledger.store import LedgerStore
@@ -131,6 +130,7 @@ class Ledger:
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
     ) -> Recorded:
         authority = issued.authority
+        public_key_sha256, certificate_sha256 = issued.fingerprints()
         return self._writer.submit(
             issued_content(
                 time=self._clock.now(),
@@ -146,9 +146,9 @@ class Ledger:
                 auth_method=caller.method,
                 cluster_id=cluster_id,
                 client_address=client_address,
-                key_type=key_type_label(issued.certificate.public_key()),
-                public_key_sha256=issued.public_key_sha256(),
-                certificate_sha256=issued.certificate_sha256(),
+                key_type=issued.key_type,
+                public_key_sha256=public_key_sha256,
+                certificate_sha256=certificate_sha256,
                 not_before=issued.not_before,
                 not_after=issued.not_after,
                 ca_key_id=authority.key_id,

@@ -151,6 +151,11 @@ class LoopLedgerWriter:
     or two, and each commit has a fixed cost; so when the last commit was less than
     `linger_s` ago (the CA is busy), a new batch waits `linger_s` for company. An idle
     CA commits at once.
+
+    Every waiter is settled within `deadline_s`, so callers await its futures without a
+    timeout of their own: a commit that has not returned by then fails its batch and
+    everything pending with UnavailableError, and until it returns new entries fail at
+    once instead of queueing behind a stuck disk.
     """
 
     def __init__(
@@ -160,15 +165,19 @@ class LoopLedgerWriter:
         *,
         max_batch: int = 512,
         linger_s: float = 0.0,
+        deadline_s: float = 10.0,
         on_commit: Callable[[Entry], None] | None = None,
     ) -> None:
         self._store = store
         self._linger_s = linger_s
+        self._deadline_s = deadline_s
         self._loop = loop
         self._max_batch = max_batch
         self._on_commit = on_commit
         self._pending: list[_Item] = []
-        self._committing = False
+        self._committing: list[_Item] | None = None  # the batch the committer thread has
+        self._stuck = False  # that commit is past the deadline
+        self._overdue: asyncio.TimerHandle | None = None
         self._last_commit = -math.inf
         self._first_pending_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -195,12 +204,15 @@ class LoopLedgerWriter:
             return False
 
     def _enqueue(self, item: _Item) -> None:
+        if self._stuck:
+            _settle(item[1], error=self._overdue_error())  # logged once, when it got stuck
+            return
         self._pending.append(item)
         if len(self._pending) == 1:
             self._first_pending_at = self._loop.time()
-            if not self._committing:
+            if self._committing is None:
                 self._schedule()
-        elif len(self._pending) == self._max_batch and not self._committing:
+        elif len(self._pending) == self._max_batch and self._committing is None:
             self._schedule(now=True)
 
     def _schedule(self, *, now: bool = False) -> None:
@@ -219,7 +231,7 @@ class LoopLedgerWriter:
 
     def _stage_next(self) -> None:
         self._timer = None
-        if self._committing or not self._pending:
+        if self._committing is not None or not self._pending:
             return
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         self._first_pending_at = self._loop.time()
@@ -235,18 +247,39 @@ class LoopLedgerWriter:
             _fail(batch, err)
             self._schedule(now=True)
             return
-        self._committing = True
+        self._committing = batch
+        self._overdue = self._loop.call_later(self._deadline_s, self._commit_overdue)
         done = self._committer.submit(job)
         done.add_done_callback(
             lambda finished: self._loop.call_soon_threadsafe(self._committed, batch, finished)
         )
+
+    def _overdue_error(self) -> UnavailableError:
+        return UnavailableError(
+            f"the issuance ledger has not confirmed a commit for over {self._deadline_s:g}s; no "
+            "certificate is returned until it does; check the ledger's disk or database",
+            reason="ledger_unavailable",
+        )
+
+    def _commit_overdue(self) -> None:
+        """The committer thread is stuck (a hung disk): fail everyone waiting on it."""
+        self._overdue = None
+        if self._committing is None:
+            return
+        self._stuck = True
+        waiting, self._pending = [*self._committing, *self._pending], []
+        _fail(waiting, self._overdue_error())
 
     def _commit(self, written: list[Entry]) -> list[Entry]:
         self._store.commit_staged()
         return written
 
     def _committed(self, batch: list[_Item], finished: Future[list[Entry]]) -> None:
-        self._committing = False
+        self._committing = None
+        self._stuck = False
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         self._last_commit = self._loop.time()
         error = finished.exception()
         if error is not None:
@@ -272,5 +305,5 @@ class LoopLedgerWriter:
         self._committer.shutdown(wait=True)
 
     async def _drained(self) -> None:
-        while self._pending or self._committing:
+        while self._pending or self._committing is not None:
             await asyncio.sleep(0.005)
