@@ -151,8 +151,9 @@ class CaServer:
             if self.cfg.grpc_server == "asyncio"
             else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
-        if self.ledger is not None and self.ledger.store.is_sqlite and isinstance(server, AsyncioServer):
-            # PostgreSQL keeps its writer thread: its round trips would stall the loop.
+        if self.ledger is not None and isinstance(server, AsyncioServer):
+            # Batches on the loop, written by the ledger process (the threaded server keeps the
+            # writer thread: its handlers block on their own threads anyway).
             self.ledger.commit_on_loop(server.loop, linger_s=self.cfg.ledger_linger.total_seconds())
         self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:

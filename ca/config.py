@@ -207,8 +207,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add(
         "--ledger-linger",
         "10ms",
-        "while busy, how long a ledger commit waits to be shared by more certificates (SQLite; "
-        "more throughput for that much latency; 0 commits each batch at once)",
+        "while busy, how long a ledger commit waits to be shared by more certificates "
+        "(more throughput for that much latency; 0 commits each batch at once)",
     )
     s.add(
         "--admin-identity",

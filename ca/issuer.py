@@ -6,8 +6,6 @@ policy -> template -> sign.
 
 from __future__ import annotations
 
-import binascii
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,13 +91,6 @@ class IssuancePolicy:
             )
 
 
-def pem_body(pem: str) -> bytes:
-    """The DER inside a single PEM block."""
-    _, _, rest = pem.partition("-----\n")
-    body, _, _ = rest.partition("-----END ")
-    return binascii.a2b_base64(body)
-
-
 @dataclass(frozen=True, kw_only=True)
 class IssuedCertificate:
     certificate: x509.Certificate
@@ -114,19 +105,8 @@ class IssuedCertificate:
     key_type: str
 
     def fingerprints(self) -> tuple[str, str]:
-        """SHA-256 of the certified public key (its SubjectPublicKeyInfo) and of the certificate.
-
-        Both come from the DER in the returned PEM: cheaper than asking `cryptography` to
-        encode the certificate and the key again, which costs more than hashing them.
-        """
-        der = pem_body(self.chain[0])
-        try:
-            spki = x509_der.subject_public_key_info(der)
-        except x509_der.DerError:
-            spki = self.public_key.public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        return hashlib.sha256(spki).hexdigest(), hashlib.sha256(der).hexdigest()
+        """SHA-256 of the certified public key (its SubjectPublicKeyInfo) and of the certificate."""
+        return x509_der.certificate_fingerprints(self.chain[0])
 
 
 class Issuer:

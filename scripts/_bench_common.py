@@ -161,13 +161,23 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    """User + system CPU time of a process (all its threads) and of the processes it runs
+    (meshca serve's ledger process), from /proc."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             after_comm = stat.read().rsplit(")", 1)[1].split()
     except OSError:
         return math.nan
-    return (int(after_comm[11]) + int(after_comm[12])) / _CLK_TCK
+    own = (int(after_comm[11]) + int(after_comm[12])) / _CLK_TCK
+    return own + sum(process_cpu_seconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found.extend(int(child) for child in children.read_text().split())
+    return found
 
 
 def _die_with_parent() -> None:

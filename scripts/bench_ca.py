@@ -711,6 +711,13 @@ class LedgerPhase:
     def get(self, label: str) -> LedgerSetting | None:
         return next((x for x in self.settings if x.label == label), None)
 
+    def paired_ratios(self, label: str) -> list[float]:
+        """Per round: `label`'s rate over the no-ledger rate of the same round."""
+        off, other = self.get(LEDGER_OFF), self.get(label)
+        if off is None or other is None:
+            return []
+        return [ratio(b.certs_per_s, a.certs_per_s) for a, b in zip(off.runs, other.runs, strict=False)]
+
     def cost_ratio(self, label: str) -> float:
         off, other = self.get(LEDGER_OFF), self.get(label)
         if off is None or other is None:
@@ -794,10 +801,21 @@ def report_ledger(s: Settings, lp: LedgerPhase) -> list[tuple[str, float]]:
             rates = "  ".join(f"{r.certs_per_s:,.0f}" for r in x.runs)
             print(f"  {x.label:<34}rounds: {rates} certs/s")
     sqlite_ratio = lp.cost_ratio(LEDGER_SQLITE)
-    verdict = "within" if sqlite_ratio >= 0.85 else "OVER"
+    paired = lp.paired_ratios(LEDGER_SQLITE)
+    if len(paired) > 1:
+        # Each round's ledger run next to that round's no-ledger run: slow drifts in the
+        # host's speed, which move whole rounds, cancel out of these.
+        print(
+            "  SQLite / no ledger, round by round: "
+            + "  ".join(f"{x:.2f}" for x in paired)
+            + f"  (median {statistics.median(paired):.2f})"
+        )
+    worst = min(sqlite_ratio, statistics.median(paired)) if paired else sqlite_ratio
+    verdict = "within" if worst >= 0.85 else "OVER"
     print(
         f"  -> the SQLite ledger keeps {sqlite_ratio:.0%} of the no-ledger rate "
-        f"(costs {1 - sqlite_ratio:.0%}; target: at most 15%: {verdict})"
+        f"(costs {1 - sqlite_ratio:.0%}; target: at most 15%, by the median rates and "
+        f"the median round: {verdict})"
     )
     if lp.get(LEDGER_POSTGRES) is not None:
         pg_ratio = lp.cost_ratio(LEDGER_POSTGRES)
@@ -830,6 +848,7 @@ def ledger_summary(lp: LedgerPhase) -> dict[str, Any]:
         if x.check is not None:
             summary[key] |= {"records": x.check.entries, "verified": x.check.verified}
     summary["ratio_sqlite_to_off"] = round(lp.cost_ratio(LEDGER_SQLITE), 3)
+    summary["ratio_sqlite_to_off_by_round"] = [round(x, 3) for x in lp.paired_ratios(LEDGER_SQLITE)]
     summary["ratio_postgresql_to_off"] = round(lp.cost_ratio(LEDGER_POSTGRES), 3)
     return summary
 

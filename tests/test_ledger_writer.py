@@ -1,136 +1,119 @@
-"""Group commit: the thread writer and the event-loop writer, against a recording store."""
+"""Group commit: the thread writer, and the event-loop writer with its ledger process."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ca.errors import UnavailableError
 from ca.ledger.entries import Entry
-from ca.ledger.writer import LedgerBusy, LedgerWriter, LoopLedgerWriter
+from ca.ledger.process_writer import LedgerProcess
+from ca.ledger.writer import LedgerWriter, LoopLedgerWriter
+from tests.support.recording_appender import RecordingAppender, recorded_batches
 
 
 class RecordingStore:
-    """Stages and commits like LedgerStore; remembers batches and can be told to fail."""
+    """Appends like LedgerStore, in this process; remembers batches."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
-        self.staged: list[str] | None = None
-        self.fail_next_commit = False
-        self.commit_threads: set[str] = set()
-        self.stage_threads: set[str] = set()
         self.seq = 0
-        self.busy = False
-        self.hold_commit: threading.Event | None = None  # commits wait for it: a hung disk
 
-    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]:
-        assert self.staged is None, "a batch was staged while another was still open"
-        if self.busy and not wait:
-            self.busy = False
-            raise LedgerBusy()
-        self.stage_threads.add(threading.current_thread().name)
-        self.staged = [str(c["id"]) for c in contents]
+    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        self.batches.append([str(c["id"]) for c in contents])
         written = []
         for _ in contents:
             self.seq += 1
             written.append(Entry(seq=self.seq, content_json="{}", prev_hash="", entry_hash=str(self.seq)))
         return written
 
-    def commit_staged(self) -> None:
-        assert self.staged is not None
-        self.commit_threads.add(threading.current_thread().name)
-        if self.hold_commit is not None:
-            assert self.hold_commit.wait(10), "the test never released the commit"
-        staged, self.staged = self.staged, None
-        if self.fail_next_commit:
-            self.fail_next_commit = False
-            raise UnavailableError("disk on fire", reason="ledger_unavailable")
-        self.batches.append(staged)
 
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        written = self.stage(contents)
-        self.commit_staged()
-        return written
+@pytest.fixture
+def ledger_process(tmp_path: Path) -> Iterator[LedgerProcess]:
+    process = LedgerProcess(functools.partial(RecordingAppender, str(tmp_path)))
+    process.start()
+    process.wait_ready(60)
+    yield process
+    process.stop()
 
 
-async def _record(writer: LoopLedgerWriter, ids: Sequence[int]) -> list[Entry]:
+def _writer(process: LedgerProcess, **settings: Any) -> LoopLedgerWriter:
+    return LoopLedgerWriter(process, asyncio.get_running_loop(), **settings)
+
+
+async def _record(writer: LoopLedgerWriter, ids: Sequence[object]) -> list[Entry]:
     waiters = [writer.submit({"id": i}) for i in ids]
     return [await w if isinstance(w, asyncio.Future) else await asyncio.wrap_future(w) for w in waiters]
 
 
-def test_records_submitted_together_share_one_commit_made_off_the_loop() -> None:
-    store = RecordingStore()
-
+def test_records_submitted_together_share_one_commit_made_by_the_ledger_process(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
     async def scenario() -> None:
-        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
+        writer = _writer(ledger_process)
         entries = await _record(writer, range(5))
         assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
         writer.close()
 
     asyncio.run(scenario())
-    assert store.batches == [["0", "1", "2", "3", "4"]]
-    assert store.stage_threads == {"MainThread"}  # staged on the loop
-    assert len(store.commit_threads) == 1 and "MainThread" not in store.commit_threads
+    [(pid, ids)] = recorded_batches(tmp_path, with_pid=True)
+    assert ids == ["0", "1", "2", "3", "4"] and pid != os.getpid()
 
 
-def test_records_that_arrive_during_a_commit_form_the_next_batch() -> None:
-    store = RecordingStore()
+def test_records_that_arrive_during_a_commit_form_the_next_batch(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
 
     async def scenario() -> None:
-        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
+        writer = _writer(ledger_process)
         first = writer.submit({"id": "a"})
-        await asyncio.sleep(0)  # the first batch is staged and handed to the committer
+        await asyncio.sleep(0.05)  # the first batch is with the ledger process, which waits
         later = [writer.submit({"id": x}) for x in "bcd"]
+        hold.unlink()
         for waiter in (first, *later):
             assert isinstance(waiter, asyncio.Future)
             await waiter
         writer.close()
 
     asyncio.run(scenario())
-    assert store.batches == [["a"], ["b", "c", "d"]]
+    assert recorded_batches(tmp_path) == [["a"], ["b", "c", "d"]]
 
 
-def test_a_locked_database_is_waited_for_on_the_committer_thread_not_on_the_loop() -> None:
-    store = RecordingStore()
-    store.busy = True  # another connection holds the write lock when the loop tries
-
-    async def scenario() -> None:
-        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
-        assert [e.seq for e in await _record(writer, [1, 2])] == [1, 2]
-        writer.close()
-
-    asyncio.run(scenario())
-    assert store.batches == [["1", "2"]]
-    assert "MainThread" not in store.stage_threads  # staged (and waited) on the committer thread
-
-
-def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on() -> None:
-    store = RecordingStore()
-    store.fail_next_commit = True
+def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "fail-next").touch()
 
     async def scenario() -> None:
-        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
+        writer = _writer(ledger_process)
         with pytest.raises(UnavailableError, match="disk on fire"):
             await _record(writer, [1, 2])
-        assert [e.seq for e in await _record(writer, [3])] == [3]
+        assert [e.seq for e in await _record(writer, [3])] == [1]
         writer.close()
 
     asyncio.run(scenario())
-    assert store.batches == [["3"]]
+    assert recorded_batches(tmp_path) == [["3"]]
 
 
-def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not() -> None:
-    store = RecordingStore()
+def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not(
+    ledger_process: LedgerProcess,
+) -> None:
     linger = 0.2
 
     async def scenario() -> tuple[float, float]:
         loop = asyncio.get_running_loop()
-        writer = LoopLedgerWriter(store, loop, linger_s=linger)
+        writer = _writer(ledger_process, linger_s=linger)
         started = loop.time()
         await _record(writer, [1])  # idle: committed at once
         idle = loop.time() - started
@@ -145,13 +128,14 @@ def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not() -
     assert busy >= linger * 0.9, busy
 
 
-def test_records_from_other_threads_get_thread_futures_and_close_drains_them() -> None:
-    store = RecordingStore()
+def test_records_from_other_threads_get_thread_futures_and_close_drains_them(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
     try:
-        writer = LoopLedgerWriter(store, loop, linger_s=0.05)
+        writer = LoopLedgerWriter(ledger_process, loop, linger_s=0.05)
         futures = [writer.submit({"id": i}) for i in range(3)]
         assert all(isinstance(f, Future) for f in futures)
         writer.close()  # from this thread, while the loop runs: waits for them
@@ -164,14 +148,38 @@ def test_records_from_other_threads_get_thread_futures_and_close_drains_them() -
         loop.call_soon_threadsafe(loop.stop)
         runner.join(5)
         loop.close()
-    assert sum(len(b) for b in store.batches) == 3
+    assert sum(len(b) for b in recorded_batches(tmp_path)) == 3
 
 
-def test_a_waiter_that_gave_up_does_not_stop_the_others() -> None:
-    store = RecordingStore()
+def test_close_after_the_loop_stopped_writes_what_is_left(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    writer = LoopLedgerWriter(ledger_process, loop)
+    first = writer.submit({"id": "first"})
+    assert isinstance(first, Future)
+    first.result(timeout=10)
+    (tmp_path / "hold").touch()
+    in_flight = writer.submit({"id": "in-flight"})  # sent at once: the writer is idle
+    time.sleep(0.1)
+    lingering = writer.submit({"id": "lingering"})  # waits for that commit
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(5)
+    (tmp_path / "hold").unlink()
+    writer.close()  # the loop is gone: finished here
+    loop.close()
+    for future in (in_flight, lingering):
+        assert isinstance(future, Future) and future.result(timeout=0).seq > 0
+    assert recorded_batches(tmp_path) == [["first"], ["in-flight"], ["lingering"]]
 
+
+def test_a_waiter_that_gave_up_does_not_stop_the_others(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
     async def scenario() -> None:
-        writer = LoopLedgerWriter(store, asyncio.get_running_loop())
+        writer = _writer(ledger_process)
         gone = writer.submit({"id": "gone"})
         kept = writer.submit({"id": "kept"})
         assert isinstance(gone, asyncio.Future) and isinstance(kept, asyncio.Future)
@@ -180,37 +188,66 @@ def test_a_waiter_that_gave_up_does_not_stop_the_others() -> None:
         writer.close()
 
     asyncio.run(scenario())
-    assert store.batches == [["gone", "kept"]]
+    assert recorded_batches(tmp_path) == [["gone", "kept"]]
 
 
-def test_a_hung_commit_fails_its_waiters_at_the_deadline_and_new_ones_at_once_until_it_returns() -> None:
-    store = RecordingStore()
-    store.hold_commit = threading.Event()
+def test_a_hung_ledger_process_fails_its_waiters_at_the_deadline_and_is_replaced(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
-        writer = LoopLedgerWriter(store, loop, deadline_s=0.2)
+        writer = _writer(ledger_process, deadline_s=0.3)
         started = loop.time()
         stuck = writer.submit({"id": "stuck"})
-        await asyncio.sleep(0.05)  # "stuck" is with the committer, which hangs
+        await asyncio.sleep(0.05)  # "stuck" is with the ledger process, which hangs
         queued = writer.submit({"id": "queued"})
         for waiter in (stuck, queued):
-            with pytest.raises(UnavailableError, match=r"has not confirmed a commit for over 0\.2s"):
+            with pytest.raises(UnavailableError, match=r"has not confirmed a commit for over 0\.3s"):
                 await waiter
-        assert 0.2 <= loop.time() - started < 1.0
+        assert 0.3 <= loop.time() - started < 2.0
         late = writer.submit({"id": "late"})
         assert isinstance(late, asyncio.Future) and late.done()  # failed at once, not queued
         with pytest.raises(UnavailableError):
             late.result()
-        store.hold_commit.set()  # the disk comes back
-        store.hold_commit = None
-        await asyncio.sleep(0.05)
-        assert (await _record(writer, ["after"]))[0].seq == 2
+        hold.unlink()
+        assert (await _record_when_back(writer, "after"))[0].seq == 1
         writer.close()
 
     asyncio.run(scenario())
-    # "stuck" reached the disk (late) although its caller was refused; "queued" and "late" never did.
-    assert store.batches == [["stuck"], ["after"]]
+    # The hung process was killed before it wrote anything; its replacement wrote "after".
+    assert recorded_batches(tmp_path) == [["after"]]
+
+
+def test_a_ledger_process_that_dies_fails_its_batch_and_is_replaced(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "exit-next").touch()
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process)
+        with pytest.raises(UnavailableError, match=r"writer process exited \(exit code 3\)"):
+            await _record(writer, ["lost"])
+        assert (await _record_when_back(writer, "after"))[0].seq == 1
+        writer.close()
+
+    asyncio.run(scenario())
+    [(pid, ids)] = recorded_batches(tmp_path, with_pid=True)
+    assert ids == ["after"] and pid != os.getpid()
+
+
+async def _record_when_back(writer: LoopLedgerWriter, record_id: str, timeout_s: float = 60) -> list[Entry]:
+    """Record once the replaced ledger process is ready (until then, entries fail at once)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await _record(writer, [record_id])
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def test_the_thread_writer_settles_every_waiter() -> None:

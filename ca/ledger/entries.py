@@ -12,7 +12,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+from ca.x509_der import certificate_fingerprints
 
 GENESIS_HASH = "0" * 64
 
@@ -125,6 +127,46 @@ def issued_content(
         "ca_key_id": ca_key_id,
         "ca_fingerprint": ca_fingerprint,
     }
+
+
+class IssuedRecord(NamedTuple):
+    """An issuance as the CA hands it to the ledger: what `issued_content` needs, with the
+    certificate as PEM in place of its fingerprints, so that hashing it and encoding the
+    entry happen where the entry is written (the ledger process), not on the CA's loop."""
+
+    time: datetime
+    serial: int
+    spiffe_id: str
+    namespace: str
+    service_account: str
+    service_account_uid: str | None
+    pod_name: str | None
+    pod_uid: str | None
+    node_name: str | None
+    token_id: str | None
+    auth_method: str
+    cluster_id: str | None
+    client_address: str
+    key_type: str
+    certificate_pem: str
+    not_before: datetime
+    not_after: datetime
+    ca_key_id: str
+    ca_fingerprint: str
+
+
+# What a writer takes: an issuance still to be encoded, or any entry's content.
+Record = IssuedRecord | Mapping[str, Any]
+
+
+def content_of(record: Record) -> Mapping[str, Any]:
+    if not isinstance(record, IssuedRecord):
+        return record
+    fields = record._asdict()
+    public_key_sha256, certificate_sha256 = certificate_fingerprints(fields.pop("certificate_pem"))
+    return issued_content(
+        **fields, public_key_sha256=public_key_sha256, certificate_sha256=certificate_sha256
+    )
 
 
 def refused_content(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -16,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from ca.auth.base import Caller
 from ca.authority import SigningAuthority
 from ca.clock import Clock
-from ca.errors import ConfigError
+from ca.errors import ConfigError, UnavailableError
 from ca.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.issuer import IssuedCertificate
 from ca.ledger import checkpoint as cp
-from ca.ledger.entries import Entry, ca_event_content, issued_content, refused_content, timestamp
+from ca.ledger.entries import Entry, IssuedRecord, ca_event_content, refused_content, timestamp
+from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
 from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
 
@@ -30,6 +32,7 @@ KEY_FILE = "ledger-key.pem"
 HEAD_FILE = "ledger-head.json"
 
 HeadPublisher = Callable[[cp.Checkpoint], None]
+_PROCESS_START_S = 60.0  # a cold start of the interpreter and its imports on a loaded node
 
 
 def new_ledger_key_pem() -> bytes:
@@ -109,12 +112,29 @@ class Ledger:
             store.append, max_batch=max_batch, on_commit=self._committed
         )
 
-    def commit_on_loop(self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0) -> None:
-        """From now on, commit on `loop`'s thread (see ca.ledger.writer); entries already
-        submitted are committed first."""
+    def commit_on_loop(
+        self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0, deadline_s: float = 10.0
+    ) -> None:
+        """From now on, batch on `loop` and write in a ledger process (see ca.ledger.writer);
+        entries already submitted are committed first."""
+        process = LedgerProcess(functools.partial(LedgerStore, self.store.url))
+        process.start()
+        try:
+            process.wait_ready(_PROCESS_START_S)
+        except (EOFError, UnavailableError) as err:
+            process.kill()
+            raise UnavailableError(
+                f"the issuance ledger's writer process did not start ({err}); check --ledger",
+                reason="ledger_unavailable",
+            ) from err
         previous = self._writer
         self._writer = LoopLedgerWriter(
-            self.store, loop, max_batch=self._max_batch, linger_s=linger_s, on_commit=self._committed
+            process,
+            loop,
+            max_batch=self._max_batch,
+            linger_s=linger_s,
+            deadline_s=deadline_s,
+            on_commit=self._committed,
         )
         previous.close()
 
@@ -130,9 +150,8 @@ class Ledger:
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
     ) -> Recorded:
         authority = issued.authority
-        public_key_sha256, certificate_sha256 = issued.fingerprints()
         return self._writer.submit(
-            issued_content(
+            IssuedRecord(
                 time=self._clock.now(),
                 serial=issued.serial,
                 spiffe_id=issued.spiffe_id.uri,
@@ -147,8 +166,7 @@ class Ledger:
                 cluster_id=cluster_id,
                 client_address=client_address,
                 key_type=issued.key_type,
-                public_key_sha256=public_key_sha256,
-                certificate_sha256=certificate_sha256,
+                certificate_pem=issued.chain[0],
                 not_before=issued.not_before,
                 not_after=issued.not_after,
                 ca_key_id=authority.key_id,

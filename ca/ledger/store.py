@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from ca.errors import ConfigError, UnavailableError
 from ca.ledger import schema
 from ca.ledger.checkpoint import COMPACTION, Checkpoint
-from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, canonical, chain_hash, indexed_values
-from ca.ledger.writer import LedgerBusy
+from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, Record, canonical, chain_hash, content_of
 
 READ_BATCH = 5000
 _ENTRY_COLUMNS = tuple(column.name for column in schema.entries.columns)
+# `_chain` builds rows in this order.
+assert ("seq", *INDEXED_FIELDS, "content", "prev_hash", "entry_hash") == _ENTRY_COLUMNS, _ENTRY_COLUMNS
 
 
 def sqlite_url(path: Path) -> str:
@@ -106,8 +107,8 @@ class _Appender:
         self._is_sqlite = is_sqlite
         self._lock_timeout_s = lock_timeout_s
         if is_sqlite:
-            # This connection never sleeps inside SQLite waiting for the lock: `_begin` decides
-            # whether to wait, so an event loop can ask without blocking.
+            # `_begin` waits for the write lock itself, so that BEGIN does not hold the GIL-free
+            # busy handler of one connection against another's lock for the whole timeout.
             self._dbapi.execute("PRAGMA busy_timeout=0")
         mark = "?" if is_sqlite else "%s"
         self._insert = (
@@ -118,9 +119,9 @@ class _Appender:
         self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
         self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
 
-    def _begin(self, cursor: Any, *, wait: bool) -> None:
-        """Take SQLite's write lock; if another connection holds it, raise LedgerBusy or
-        (`wait`) retry until the lock timeout."""
+    def _begin(self, cursor: Any) -> None:
+        """Take SQLite's write lock, retrying while another connection holds it, up to the
+        lock timeout."""
         deadline = time.monotonic() + self._lock_timeout_s
         while True:
             try:
@@ -130,21 +131,19 @@ class _Appender:
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) and "busy" not in str(err):
                     raise
-                if not wait:
-                    raise LedgerBusy() from err
                 if time.monotonic() >= deadline:
                     raise
             time.sleep(0.005)
 
-    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool) -> list[Entry]:
-        """Open a transaction holding the write lock and write `contents` in it, uncommitted."""
+    def stage(self, records: Sequence[Record]) -> list[Entry]:
+        """Open a transaction holding the write lock and write `records` in it, uncommitted."""
         cursor = self._dbapi.cursor()
         try:
             if self._is_sqlite:
-                self._begin(cursor, wait=wait)
+                self._begin(cursor)
             cursor.execute(self._select_head)
             seq, previous = cursor.fetchone()
-            written, rows = _chain(int(seq), str(previous), contents)
+            written, rows = _chain(int(seq), str(previous), records)
             cursor.executemany(self._insert, rows)
             cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
         finally:
@@ -169,25 +168,19 @@ class _Appender:
             self._raw.invalidate()
 
 
-def _chain(
-    seq: int, previous: str, contents: Sequence[Mapping[str, Any]]
-) -> tuple[list[Entry], list[tuple[Any, ...]]]:
-    """Entries for `contents` chained after (seq, previous), and their rows in column order."""
+def _chain(seq: int, previous: str, records: Sequence[Record]) -> tuple[list[Entry], list[tuple[Any, ...]]]:
+    """Entries for `records` chained after (seq, previous), and their rows in column order."""
     written: list[Entry] = []
     rows: list[tuple[Any, ...]] = []
-    for content in contents:
+    for record in records:
+        content = content_of(record)
         seq += 1
         content_json = canonical(content)
         entry_hash = chain_hash(previous, content_json)
         written.append(Entry(seq=seq, content_json=content_json, prev_hash=previous, entry_hash=entry_hash))
-        row = {
-            "seq": seq,
-            **indexed_values(content),
-            "content": content_json,
-            "prev_hash": previous,
-            "entry_hash": entry_hash,
-        }
-        rows.append(tuple(row[name] for name in _ENTRY_COLUMNS))
+        rows.append(
+            (seq, *[content.get(name) for name in INDEXED_FIELDS], content_json, previous, entry_hash)
+        )
         previous = entry_hash
     return written, rows
 
@@ -216,49 +209,26 @@ class LedgerStore:
         with self.engine.connect() as conn:
             return schema.version(conn)
 
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    def append(self, records: Sequence[Record]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
-        written = self.stage(contents)
-        self.commit_staged()
+        with self._append_lock:
+            try:
+                if self._appender is None:
+                    self._appender = _Appender(
+                        self.engine, is_sqlite=self.is_sqlite, lock_timeout_s=self._lock_timeout_s
+                    )
+                written = self._appender.stage(records)
+                self._appender.commit()
+            except Exception as err:
+                self._abandon()
+                raise storage_error("written", err) from err
         return written
 
-    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]:
-        """The first half of `append`: write the entries in an open transaction that holds the
-        ledger's write lock until `commit_staged` (which may run on another thread) ends it.
-
-        With `wait=False`, SQLite raises LedgerBusy at once (and nothing is staged) when another
-        connection holds the database's write lock, instead of waiting for it.
-        """
-        self._append_lock.acquire()
-        try:
-            if self._appender is None:
-                self._appender = _Appender(
-                    self.engine, is_sqlite=self.is_sqlite, lock_timeout_s=self._lock_timeout_s
-                )
-            return self._appender.stage(contents, wait=wait)
-        except LedgerBusy:
-            self._append_lock.release()
-            raise
-        except Exception as err:
-            self._abandon()
-            raise storage_error("written", err) from err
-
-    def commit_staged(self) -> None:
-        """Make the staged entries durable, or raise; either way the write lock is released."""
-        try:
-            assert self._appender is not None, "commit_staged without stage"
-            self._appender.commit()
-        except Exception as err:
-            self._abandon()
-            raise storage_error("written", err) from err
-        self._append_lock.release()
-
     def _abandon(self) -> None:
-        """Roll back and drop the append connection, then release the write lock."""
+        """Roll back and drop the append connection; the next append opens a new one."""
         if self._appender is not None:
             self._appender.discard()
             self._appender = None
-        self._append_lock.release()
 
     def head(self) -> tuple[int, str, int, str]:
         """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""

@@ -5,35 +5,35 @@ per certificate falls as the rate rises instead of capping it at the disk's
 commits per second.
 
 Two writers share that batching. `LedgerWriter` does all the work on a thread of
-its own: for the threaded gRPC server, and for PostgreSQL, whose round trips
-must not stall an event loop. `LoopLedgerWriter` serves the asyncio server with
-SQLite: it writes each batch on the loop itself (about 0.05 ms of CPU) and only
-the commit's fsync runs on a thread. A writer thread that runs every statement
-has to win the GIL back from the busy loop after each one, and that hand-off
-cost the loop far more than the statements themselves.
+its own, for the threaded gRPC server. `LoopLedgerWriter` serves the asyncio
+server: the loop batches and a process of its own writes
+(ca.ledger.process_writer), because a thread would take its CPU from the loop
+through the GIL, and PostgreSQL's round trips must not stall the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import math
 import queue
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 
 from ca.errors import MeshcaError, UnavailableError
-from ca.ledger.entries import Entry
+from ca.ledger.entries import Entry, Record
+from ca.ledger.process_writer import READY, WRITTEN, LedgerProcess
 
 log = logging.getLogger("meshca.ledger")
 
-Append = Callable[[Sequence[Mapping[str, Any]]], list[Entry]]
+_FIRST_RESTART_S = 0.2  # then doubling, up to:
+_LAST_RESTART_S = 10.0
+
+Append = Callable[[Sequence[Record]], list[Entry]]
 # What a caller waits on: a thread's future, or an asyncio future for code on the writer's loop.
 Recorded = Future[Entry] | asyncio.Future[Entry]
-_Item = tuple[Mapping[str, Any], Recorded]
+_Item = tuple[Record, Recorded]
 
 
 def _settle(future: Recorded, *, entry: Entry | None = None, error: BaseException | None = None) -> None:
@@ -94,7 +94,7 @@ class LedgerWriter:
         self._closed = False
         self._thread.start()
 
-    def submit(self, content: Mapping[str, Any]) -> Future[Entry]:
+    def submit(self, content: Record) -> Future[Entry]:
         if self._closed:
             return _shut_down()
         future: Future[Entry] = Future()
@@ -127,40 +127,25 @@ class LedgerWriter:
         self._thread.join(timeout_s)
 
 
-class LedgerBusy(Exception):
-    """`Stager.stage(wait=False)`: another connection holds the write lock; nothing was staged."""
-
-
-class Stager(Protocol):
-    def stage(self, contents: Sequence[Mapping[str, Any]], *, wait: bool = True) -> list[Entry]: ...
-
-    def commit_staged(self) -> None: ...
-
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        """`stage` (waiting for the lock) and `commit_staged` in one call."""
-        ...
-
-
 class LoopLedgerWriter:
-    """Group commit driven by an event loop.
+    """Group commit driven by an event loop; the ledger process does the writing.
 
-    The loop writes a batch into an open transaction (CPU only, no waiting) and a
-    committer thread makes it durable (the fsync). Entries submitted meanwhile wait
-    on the loop and form the next batch, so the batch grows with the disk's latency
-    and the loop never blocks on it. On a fast disk that alone leaves batches of one
-    or two, and each commit has a fixed cost; so when the last commit was less than
-    `linger_s` ago (the CA is busy), a new batch waits `linger_s` for company. An idle
-    CA commits at once.
+    Entries submitted on the loop wait in a list; one batch at a time goes to the
+    ledger process (see ca.ledger.process_writer), and entries submitted meanwhile
+    form the next batch, so the batch grows with the commit's latency and the loop
+    never blocks on the disk. Each commit has a fixed cost, so when the last one was
+    less than `linger_s` ago (the CA is busy) a new batch waits `linger_s` from its
+    first entry for company. An idle CA commits at once.
 
     Every waiter is settled within `deadline_s`, so callers await its futures without a
-    timeout of their own: a commit that has not returned by then fails its batch and
-    everything pending with UnavailableError, and until it returns new entries fail at
-    once instead of queueing behind a stuck disk.
+    timeout of their own. A ledger process that has not answered by then, or that exits,
+    fails its batch and everything pending with UnavailableError and is replaced; until
+    the new one is ready, new entries fail at once instead of queueing behind it.
     """
 
     def __init__(
         self,
-        store: Stager,
+        process: LedgerProcess,
         loop: asyncio.AbstractEventLoop,
         *,
         max_batch: int = 512,
@@ -168,23 +153,25 @@ class LoopLedgerWriter:
         deadline_s: float = 10.0,
         on_commit: Callable[[Entry], None] | None = None,
     ) -> None:
-        self._store = store
-        self._linger_s = linger_s
-        self._deadline_s = deadline_s
+        """`process` has been started and is ready."""
+        self._process = process
         self._loop = loop
         self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._deadline_s = deadline_s
         self._on_commit = on_commit
         self._pending: list[_Item] = []
-        self._committing: list[_Item] | None = None  # the batch the committer thread has
-        self._stuck = False  # that commit is past the deadline
+        self._committing: list[_Item] | None = None  # the batch the process is writing
+        self._down: UnavailableError | None = None  # why entries fail at once, while they do
+        self._restart_delay_s = _FIRST_RESTART_S
         self._overdue: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._last_commit = -math.inf
         self._first_pending_at = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-commit")
+        loop.call_soon_threadsafe(self._attach)
 
-    def submit(self, content: Mapping[str, Any]) -> Recorded:
+    def submit(self, content: Record) -> Recorded:
         """On the loop, an asyncio future (settling it needs no wake-up of the loop); from
         other threads, a thread's future."""
         if self._closed:
@@ -203,9 +190,17 @@ class LoopLedgerWriter:
         except RuntimeError:
             return False
 
+    def _attach(self) -> None:
+        assert self._process.conn is not None
+        self._loop.add_reader(self._process.conn.fileno(), self._on_reply)
+
+    def _detach(self) -> None:
+        if self._process.conn is not None:
+            self._loop.remove_reader(self._process.conn.fileno())
+
     def _enqueue(self, item: _Item) -> None:
-        if self._stuck:
-            _settle(item[1], error=self._overdue_error())  # logged once, when it got stuck
+        if self._down is not None:
+            _settle(item[1], error=self._down)  # logged once, when it went down
             return
         self._pending.append(item)
         if len(self._pending) == 1:
@@ -216,7 +211,7 @@ class LoopLedgerWriter:
             self._schedule(now=True)
 
     def _schedule(self, *, now: bool = False) -> None:
-        """Stage the pending entries at once when idle, or when the oldest has waited
+        """Send the pending entries at once when idle, or when the oldest has waited
         `linger_s` if the last commit was that recent (busy)."""
         if self._timer is not None:
             self._timer.cancel()
@@ -225,71 +220,86 @@ class LoopLedgerWriter:
             return
         busy = self._loop.time() - self._last_commit < self._linger_s
         if busy and not now:
-            self._timer = self._loop.call_at(self._first_pending_at + self._linger_s, self._stage_next)
+            self._timer = self._loop.call_at(self._first_pending_at + self._linger_s, self._send_next)
         else:
-            self._loop.call_soon(self._stage_next)
+            self._loop.call_soon(self._send_next)
 
-    def _stage_next(self) -> None:
+    def _send_next(self) -> None:
         self._timer = None
-        if self._committing is not None or not self._pending:
+        if self._committing is not None or not self._pending or self._down is not None:
             return
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         self._first_pending_at = self._loop.time()
-        contents = [content for content, _ in batch]
-        job: Callable[[], list[Entry]]
-        try:
-            written = self._store.stage(contents, wait=False)
-            job = functools.partial(self._commit, written)
-        except LedgerBusy:
-            # Another process or a compaction holds the lock: wait for it on the thread.
-            job = functools.partial(self._store.append, contents)
-        except Exception as err:
-            _fail(batch, err)
-            self._schedule(now=True)
-            return
         self._committing = batch
         self._overdue = self._loop.call_later(self._deadline_s, self._commit_overdue)
-        done = self._committer.submit(job)
-        done.add_done_callback(
-            lambda finished: self._loop.call_soon_threadsafe(self._committed, batch, finished)
-        )
+        try:
+            self._process.send([record for record, _ in batch])
+        except (OSError, ValueError) as err:
+            self._lost(f"could not be reached ({err})")
 
-    def _overdue_error(self) -> UnavailableError:
-        return UnavailableError(
-            f"the issuance ledger has not confirmed a commit for over {self._deadline_s:g}s; no "
-            "certificate is returned until it does; check the ledger's disk or database",
-            reason="ledger_unavailable",
-        )
-
-    def _commit_overdue(self) -> None:
-        """The committer thread is stuck (a hung disk): fail everyone waiting on it."""
-        self._overdue = None
-        if self._committing is None:
+    def _on_reply(self) -> None:
+        try:
+            reply = self._process.receive()
+        except (EOFError, OSError):
+            self._lost(f"exited (exit code {self._process.exit_code()})")
             return
-        self._stuck = True
-        waiting, self._pending = [*self._committing, *self._pending], []
-        _fail(waiting, self._overdue_error())
+        if reply[0] == READY:
+            self._down = None
+            self._restart_delay_s = _FIRST_RESTART_S
+            log.info("the ledger process is back")
+            self._schedule()
+            return
+        batch, self._committing = self._committing, None
+        self._cancel_overdue()
+        self._last_commit = self._loop.time()
+        if batch is not None:
+            if reply[0] == WRITTEN:
+                _succeed(batch, reply[1], self._on_commit)
+            else:
+                _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        self._schedule()
 
-    def _commit(self, written: list[Entry]) -> list[Entry]:
-        self._store.commit_staged()
-        return written
-
-    def _committed(self, batch: list[_Item], finished: Future[list[Entry]]) -> None:
-        self._committing = None
-        self._stuck = False
+    def _cancel_overdue(self) -> None:
         if self._overdue is not None:
             self._overdue.cancel()
             self._overdue = None
-        self._last_commit = self._loop.time()
-        error = finished.exception()
-        if error is not None:
-            _fail(batch, error)
-        else:
-            _succeed(batch, finished.result(), self._on_commit)
-        self._schedule()
+
+    def _commit_overdue(self) -> None:
+        self._overdue = None
+        if self._committing is not None:
+            self._lost(f"has not confirmed a commit for over {self._deadline_s:g}s (a hung disk?)")
+
+    def _lost(self, what: str) -> None:
+        """The ledger process died or hangs: fail everyone waiting on it, replace it."""
+        self._cancel_overdue()
+        self._detach()
+        self._process.kill()
+        self._down = UnavailableError(
+            f"the issuance ledger's writer process {what}; no certificate is returned until it is "
+            "replaced, which happens by itself; if this repeats, check the ledger's disk",
+            reason="ledger_unavailable",
+        )
+        waiting = [*(self._committing or []), *self._pending]
+        self._committing, self._pending = None, []
+        _fail(waiting, self._down)
+        if not waiting:
+            log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
+        if not self._closed:
+            self._loop.call_later(self._restart_delay_s, self._restart)
+
+    def _restart(self) -> None:
+        if self._closed:
+            return
+        self._restart_delay_s = min(self._restart_delay_s * 2, _LAST_RESTART_S)
+        try:
+            self._process.start()  # it says READY when it has opened the ledger
+            self._attach()
+        except Exception as err:
+            log.error("could not start the ledger process", extra={"detail": str(err)})
+            self._loop.call_later(self._restart_delay_s, self._restart)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop taking entries; those already submitted are committed first."""
+        """Stop taking entries; those already submitted are written first."""
         self._closed = True
         if self._loop.is_running() and not self._on_loop_thread():
             drained = asyncio.run_coroutine_threadsafe(self._drained(), self._loop)
@@ -298,12 +308,32 @@ class LoopLedgerWriter:
             except Exception as err:
                 log.warning("could not drain the ledger writer", extra={"detail": str(err)})
         else:
-            # The loop is gone: nothing else touches the store now, so commit here.
-            batch, self._pending = self._pending, []
-            if batch:
-                commit_batch(self._store.append, batch, self._on_commit)
-        self._committer.shutdown(wait=True)
+            self._drain_without_loop(timeout_s)
+        self._process.stop()
 
     async def _drained(self) -> None:
-        while self._pending or self._committing is not None:
+        while (self._pending or self._committing is not None) and self._down is None:
             await asyncio.sleep(0.005)
+        self._detach()
+
+    def _drain_without_loop(self, timeout_s: float) -> None:
+        """The loop is gone: read the answer for the batch in flight and write the rest here."""
+        try:
+            if self._down is None:
+                self._detach()
+            if self._committing is not None:
+                self._settle_sync(self._committing, timeout_s)
+                self._committing = None
+            if self._pending and self._down is None:
+                batch, self._pending = self._pending, []
+                self._process.send([record for record, _ in batch])
+                self._settle_sync(batch, timeout_s)
+        except (EOFError, OSError) as err:
+            _fail([*(self._committing or []), *self._pending], err)
+
+    def _settle_sync(self, batch: list[_Item], timeout_s: float) -> None:
+        reply = self._process.receive(timeout_s)
+        if reply[0] == WRITTEN:
+            _succeed(batch, reply[1], self._on_commit)
+        else:
+            _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
