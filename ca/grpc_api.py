@@ -123,6 +123,11 @@ class IssuanceRecorder(Protocol):
 Recorded = Future[Any] | asyncio.Future[Any]
 
 
+def _retrieve(recorded: Recorded) -> None:
+    if not recorded.cancelled():
+        recorded.exception()
+
+
 @dataclass(frozen=True)
 class Pending:
     """A signed certificate waiting for its ledger record to commit before it is returned."""
@@ -304,13 +309,15 @@ class CertificateService:
             "refused certificate request", extra={"reason": err.reason, "detail": err.message, "peer": peer}
         )
         if record and self._recorder is not None:
-            self._recorder.record_refusal(
+            recorded = self._recorder.record_refusal(
                 reason=err.reason,
                 status_code=status.name,
                 message=err.message,
                 client_address=peer,
                 caller=caller,
             )
+            # Nobody awaits a refusal's record; its failure is logged by the ledger already.
+            recorded.add_done_callback(_retrieve)
         return Refusal(status, err.message)
 
     def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -236,6 +237,67 @@ def test_a_ledger_process_that_dies_fails_its_batch_and_is_replaced(
     asyncio.run(scenario())
     [(pid, ids)] = recorded_batches(tmp_path, with_pid=True)
     assert ids == ["after"] and pid != os.getpid()
+
+
+def test_a_replacement_that_cannot_open_the_ledger_or_hangs_opening_it_is_replaced_until_one_can(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "exit-next").touch()
+    (tmp_path / "refuse-open").touch()
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process, start_timeout_s=0.5)
+        with pytest.raises(UnavailableError, match="exited"):
+            await _record(writer, ["lost"])
+        await asyncio.sleep(1.0)  # replacements start and fail to open the ledger
+        with pytest.raises(UnavailableError, match=r"could not open the ledger \(the test refuses"):
+            await _record(writer, ["refused"])
+        (tmp_path / "hang-open").touch()
+        (tmp_path / "refuse-open").unlink()
+        await asyncio.sleep(1.5)  # the next one hangs while opening; it is given 0.5 s
+        with pytest.raises(UnavailableError, match=r"did not start within 0\.5s"):
+            await _record(writer, ["hanging"])
+        (tmp_path / "hang-open").unlink()
+        assert (await _record_when_back(writer, "after"))[0].seq == 1
+        writer.close()
+
+    asyncio.run(scenario())
+    assert recorded_batches(tmp_path) == [["after"]]
+
+
+def test_a_backlog_is_bounded_in_size_and_in_age(ledger_process: LedgerProcess, tmp_path: Path) -> None:
+    (tmp_path / "delay").write_text("0.25")
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process, max_batch=2, max_pending=5, deadline_s=0.4)
+        waiters = [writer.submit({"id": i}) for i in range(7)]  # 2 sent, 5 wait, 0 room
+        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        written = [o.seq for o in outcomes if isinstance(o, Entry)]
+        refused = [str(o) for o in outcomes if isinstance(o, UnavailableError)]
+        # 0-1 go first; 2-3 after 0.25 s; 4-5 would go after 0.5 s, past the deadline; 6 had no room.
+        assert written == [1, 2, 3, 4], outcomes
+        assert len(refused) == 3 and all("entries behind" in r for r in refused), refused
+        writer.close()
+
+    asyncio.run(scenario())
+    assert recorded_batches(tmp_path) == [["0", "1"], ["2", "3"]]
+
+
+def test_the_ledger_process_ignores_sigterm_so_that_the_ca_can_drain_it(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    assert ledger_process.pid is not None
+    os.kill(ledger_process.pid, signal.SIGTERM)  # as a SIGTERM to the whole process group would
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process)
+        await asyncio.sleep(0.2)
+        assert [e.seq for e in await _record(writer, ["after-sigterm"])] == [1]
+        writer.close()
+
+    asyncio.run(scenario())
+    [(pid, ids)] = recorded_batches(tmp_path, with_pid=True)
+    assert (pid, ids) == (ledger_process.pid, ["after-sigterm"])
 
 
 async def _record_when_back(writer: LoopLedgerWriter, record_id: str, timeout_s: float = 60) -> list[Entry]:

@@ -134,6 +134,7 @@ class Ledger:
             max_batch=self._max_batch,
             linger_s=linger_s,
             deadline_s=deadline_s,
+            start_timeout_s=_PROCESS_START_S,
             on_commit=self._committed,
         )
         previous.close()

@@ -12,6 +12,7 @@ The parent side, `LedgerProcess`, is driven by `LoopLedgerWriter` on the loop.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -39,7 +40,10 @@ class Appender(Protocol):
 def child_main(conn: Connection, make_appender: Callable[[], Appender]) -> None:
     """The child: append each batch it is sent as one transaction and answer with the entries
     or the error, until the pipe closes or it is sent None."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the CA, which drains and stops us
+    # Ctrl-C, or a SIGTERM sent to the whole process group, is the CA's to handle: it drains
+    # what was submitted and then stops this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         appender = make_appender()
     except Exception as err:
@@ -77,8 +81,15 @@ class LedgerProcess:
         self._context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._process: Any = None
         self.conn: Connection | None = None
+        self._stops_at_exit = False
 
     def start(self) -> None:
+        if not self._stops_at_exit:
+            # Before multiprocessing's own exit handler (atexit runs the last registered first),
+            # which would wait for a child that ignores SIGTERM.
+            atexit.register(self.stop, 2.0)
+            self._stops_at_exit = True
+        multiprocessing.active_children()  # reaps children killed earlier
         parent, child = self._context.Pipe(duplex=True)
         self._process = self._context.Process(
             target=child_main, args=(child, self._make_appender), name="meshca-ledger", daemon=True
@@ -105,8 +116,17 @@ class LedgerProcess:
         assert self.conn is not None
         self.conn.send(records)
 
-    def exit_code(self) -> int | None:
-        return None if self._process is None else self._process.exitcode
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else int(self._process.pid)
+
+    def exit_code(self, wait_s: float = 0.0) -> int | None:
+        """The child's exit code, waiting up to `wait_s` for it to finish exiting."""
+        if self._process is None:
+            return None
+        self._process.join(wait_s)
+        exit_code: int | None = self._process.exitcode
+        return exit_code
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the child to finish, then make sure it has."""
@@ -123,10 +143,10 @@ class LedgerProcess:
             self.conn = None
 
     def kill(self) -> None:
-        """For a child that stopped answering: the next start gets a fresh one."""
+        """For a child that stopped answering: the next start gets a fresh one. It is not waited
+        for (one stuck in a hung disk dies only when the disk answers); `start` reaps it."""
         if self._process is not None and self._process.is_alive():
             self._process.kill()
-            self._process.join(5)
         if self.conn is not None:
             self.conn.close()
             self.conn = None

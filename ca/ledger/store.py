@@ -11,7 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +135,15 @@ class _Appender:
                     raise
             time.sleep(0.005)
 
-    def stage(self, records: Sequence[Record]) -> list[Entry]:
-        """Open a transaction holding the write lock and write `records` in it, uncommitted."""
+    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """Open a transaction holding the write lock and write `contents` in it, uncommitted."""
         cursor = self._dbapi.cursor()
         try:
             if self._is_sqlite:
                 self._begin(cursor)
             cursor.execute(self._select_head)
             seq, previous = cursor.fetchone()
-            written, rows = _chain(int(seq), str(previous), records)
+            written, rows = _chain(int(seq), str(previous), contents)
             cursor.executemany(self._insert, rows)
             cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
         finally:
@@ -168,12 +168,13 @@ class _Appender:
             self._raw.invalidate()
 
 
-def _chain(seq: int, previous: str, records: Sequence[Record]) -> tuple[list[Entry], list[tuple[Any, ...]]]:
-    """Entries for `records` chained after (seq, previous), and their rows in column order."""
+def _chain(
+    seq: int, previous: str, contents: Sequence[Mapping[str, Any]]
+) -> tuple[list[Entry], list[tuple[Any, ...]]]:
+    """Entries for `contents` chained after (seq, previous), and their rows in column order."""
     written: list[Entry] = []
     rows: list[tuple[Any, ...]] = []
-    for record in records:
-        content = content_of(record)
+    for content in contents:
         seq += 1
         content_json = canonical(content)
         entry_hash = chain_hash(previous, content_json)
@@ -211,13 +212,14 @@ class LedgerStore:
 
     def append(self, records: Sequence[Record]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
+        contents = [content_of(record) for record in records]  # before taking the write lock
         with self._append_lock:
             try:
                 if self._appender is None:
                     self._appender = _Appender(
                         self.engine, is_sqlite=self.is_sqlite, lock_timeout_s=self._lock_timeout_s
                     )
-                written = self._appender.stage(records)
+                written = self._appender.stage(contents)
                 self._appender.commit()
             except Exception as err:
                 self._abandon()

@@ -14,12 +14,15 @@ through the GIL, and PostgreSQL's round trips must not stall the loop.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import logging
 import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
+from typing import Any
 
 from ca.errors import MeshcaError, UnavailableError
 from ca.ledger.entries import Entry, Record
@@ -76,9 +79,13 @@ def commit_batch(append: Append, batch: Sequence[_Item], on_commit: Callable[[En
     _succeed(batch, written, on_commit)
 
 
+def _shut_down_error() -> UnavailableError:
+    return UnavailableError("the ledger is shut down", reason="ledger_unavailable")
+
+
 def _shut_down() -> Future[Entry]:
     future: Future[Entry] = Future()
-    future.set_exception(UnavailableError("the ledger is shut down", reason="ledger_unavailable"))
+    future.set_exception(_shut_down_error())
     return future
 
 
@@ -137,10 +144,12 @@ class LoopLedgerWriter:
     less than `linger_s` ago (the CA is busy) a new batch waits `linger_s` from its
     first entry for company. An idle CA commits at once.
 
-    Every waiter is settled within `deadline_s`, so callers await its futures without a
-    timeout of their own. A ledger process that has not answered by then, or that exits,
-    fails its batch and everything pending with UnavailableError and is replaced; until
-    the new one is ready, new entries fail at once instead of queueing behind it.
+    Waiters are settled within about `deadline_s` (plus one batch's commit), so callers
+    await its futures without a timeout of their own: entries still waiting to be sent
+    after `deadline_s` fail, and so does a ledger process that has not answered by then
+    or that exits; it fails its batch and everything pending with UnavailableError and
+    is replaced. Until the new one is ready, new entries fail at once instead of
+    queueing behind it.
     """
 
     def __init__(
@@ -149,26 +158,32 @@ class LoopLedgerWriter:
         loop: asyncio.AbstractEventLoop,
         *,
         max_batch: int = 512,
+        max_pending: int = 16 * 512,
         linger_s: float = 0.0,
         deadline_s: float = 10.0,
+        start_timeout_s: float = 60.0,
         on_commit: Callable[[Entry], None] | None = None,
     ) -> None:
         """`process` has been started and is ready."""
         self._process = process
         self._loop = loop
         self._max_batch = max_batch
+        self._max_pending = max_pending
         self._linger_s = linger_s
         self._deadline_s = deadline_s
+        self._start_timeout_s = start_timeout_s
         self._on_commit = on_commit
         self._pending: list[_Item] = []
+        self._pending_since: list[float] = []  # loop time each pending entry came in
         self._committing: list[_Item] | None = None  # the batch the process is writing
         self._down: UnavailableError | None = None  # why entries fail at once, while they do
         self._restart_delay_s = _FIRST_RESTART_S
-        self._overdue: asyncio.TimerHandle | None = None
+        self._overdue: asyncio.TimerHandle | None = None  # the batch in flight, or the start
         self._timer: asyncio.TimerHandle | None = None
         self._last_commit = -math.inf
-        self._first_pending_at = 0.0
+        self._attached = False
         self._closed = False
+        self._drained = False
         loop.call_soon_threadsafe(self._attach)
 
     def submit(self, content: Record) -> Recorded:
@@ -191,20 +206,29 @@ class LoopLedgerWriter:
             return False
 
     def _attach(self) -> None:
-        assert self._process.conn is not None
-        self._loop.add_reader(self._process.conn.fileno(), self._on_reply)
+        if self._process.conn is not None and not self._attached:
+            self._loop.add_reader(self._process.conn.fileno(), self._on_reply)
+            self._attached = True
 
     def _detach(self) -> None:
-        if self._process.conn is not None:
-            self._loop.remove_reader(self._process.conn.fileno())
+        if self._attached and self._process.conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(self._process.conn.fileno())
+        self._attached = False
 
     def _enqueue(self, item: _Item) -> None:
+        if self._drained:
+            _settle(item[1], error=_shut_down_error())
+            return
         if self._down is not None:
             _settle(item[1], error=self._down)  # logged once, when it went down
             return
+        if len(self._pending) >= self._max_pending:
+            _settle(item[1], error=_backlog_full(len(self._pending)))
+            return
         self._pending.append(item)
+        self._pending_since.append(self._loop.time())
         if len(self._pending) == 1:
-            self._first_pending_at = self._loop.time()
             if self._committing is None:
                 self._schedule()
         elif len(self._pending) == self._max_batch and self._committing is None:
@@ -220,16 +244,27 @@ class LoopLedgerWriter:
             return
         busy = self._loop.time() - self._last_commit < self._linger_s
         if busy and not now:
-            self._timer = self._loop.call_at(self._first_pending_at + self._linger_s, self._send_next)
+            self._timer = self._loop.call_at(self._pending_since[0] + self._linger_s, self._send_next)
         else:
             self._loop.call_soon(self._send_next)
 
+    def _expire_pending(self) -> None:
+        """Fail the entries that have waited `deadline_s` without being sent (a backlog)."""
+        count = bisect.bisect_left(self._pending_since, self._loop.time() - self._deadline_s)
+        if count:
+            expired = self._pending[:count]
+            del self._pending[:count], self._pending_since[:count]
+            _fail(expired, _backlog_full(len(self._pending) + count))
+
     def _send_next(self) -> None:
         self._timer = None
-        if self._committing is not None or not self._pending or self._down is not None:
+        if self._committing is not None or self._down is not None:
             return
-        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-        self._first_pending_at = self._loop.time()
+        self._expire_pending()
+        if not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch], self._pending_since[: self._max_batch]
         self._committing = batch
         self._overdue = self._loop.call_later(self._deadline_s, self._commit_overdue)
         try:
@@ -241,22 +276,32 @@ class LoopLedgerWriter:
         try:
             reply = self._process.receive()
         except (EOFError, OSError):
-            self._lost(f"exited (exit code {self._process.exit_code()})")
+            self._lost(f"exited (exit code {self._process.exit_code(wait_s=0.2)})")
             return
-        if reply[0] == READY:
-            self._down = None
-            self._restart_delay_s = _FIRST_RESTART_S
-            log.info("the ledger process is back")
-            self._schedule()
+        if self._committing is None:
+            self._on_start_reply(reply)
             return
         batch, self._committing = self._committing, None
         self._cancel_overdue()
         self._last_commit = self._loop.time()
-        if batch is not None:
-            if reply[0] == WRITTEN:
+        if reply[0] == WRITTEN:
+            try:
                 _succeed(batch, reply[1], self._on_commit)
-            else:
-                _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+            except Exception as err:  # a reply that does not fit its batch: never leave a waiter
+                _fail(batch, err)
+        else:
+            _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        self._schedule()
+
+    def _on_start_reply(self, reply: tuple[Any, ...]) -> None:
+        """A new ledger process says it is ready, or why it could not open the ledger."""
+        self._cancel_overdue()
+        if reply[0] != READY:
+            self._lost(f"could not open the ledger ({reply[1]})")
+            return
+        self._down = None
+        self._restart_delay_s = _FIRST_RESTART_S
+        log.warning("the ledger process is back; issuing again")
         self._schedule()
 
     def _cancel_overdue(self) -> None:
@@ -269,20 +314,25 @@ class LoopLedgerWriter:
         if self._committing is not None:
             self._lost(f"has not confirmed a commit for over {self._deadline_s:g}s (a hung disk?)")
 
+    def _start_overdue(self) -> None:
+        self._overdue = None
+        self._lost(f"did not start within {self._start_timeout_s:g}s")
+
     def _lost(self, what: str) -> None:
-        """The ledger process died or hangs: fail everyone waiting on it, replace it."""
+        """The ledger process died, hangs or cannot start: fail everyone waiting on it, replace it."""
         self._cancel_overdue()
         self._detach()
         self._process.kill()
         self._down = UnavailableError(
             f"the issuance ledger's writer process {what}; no certificate is returned until it is "
-            "replaced, which happens by itself; if this repeats, check the ledger's disk",
+            "replaced, which happens by itself; if this repeats, check the ledger's disk or database",
             reason="ledger_unavailable",
         )
         waiting = [*(self._committing or []), *self._pending]
-        self._committing, self._pending = None, []
-        _fail(waiting, self._down)
-        if not waiting:
+        self._committing, self._pending, self._pending_since = None, [], []
+        if waiting:
+            _fail(waiting, self._down)
+        else:
             log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
         if not self._closed:
             self._loop.call_later(self._restart_delay_s, self._restart)
@@ -292,44 +342,63 @@ class LoopLedgerWriter:
             return
         self._restart_delay_s = min(self._restart_delay_s * 2, _LAST_RESTART_S)
         try:
-            self._process.start()  # it says READY when it has opened the ledger
-            self._attach()
+            self._process.start()  # it says READY once it has opened the ledger
         except Exception as err:
-            log.error("could not start the ledger process", extra={"detail": str(err)})
-            self._loop.call_later(self._restart_delay_s, self._restart)
+            self._lost(f"could not be started ({err})")
+            return
+        self._attach()
+        self._overdue = self._loop.call_later(self._start_timeout_s, self._start_overdue)
 
-    def close(self, timeout_s: float = 10.0) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         """Stop taking entries; those already submitted are written first."""
         self._closed = True
+        timeout_s = self._deadline_s + 5 if timeout_s is None else timeout_s
         if self._loop.is_running() and not self._on_loop_thread():
-            drained = asyncio.run_coroutine_threadsafe(self._drained(), self._loop)
+            drained = asyncio.run_coroutine_threadsafe(self._drain(timeout_s), self._loop)
             try:
-                drained.result(timeout_s)
+                drained.result(timeout_s + 5)
             except Exception as err:
                 log.warning("could not drain the ledger writer", extra={"detail": str(err)})
         else:
             self._drain_without_loop(timeout_s)
         self._process.stop()
 
-    async def _drained(self) -> None:
-        while (self._pending or self._committing is not None) and self._down is None:
-            await asyncio.sleep(0.005)
+    async def _drain(self, timeout_s: float) -> None:
+        deadline = self._loop.time() + timeout_s
+        try:
+            while (self._pending or self._committing is not None) and self._down is None:
+                if self._loop.time() > deadline:
+                    raise TimeoutError(f"entries still unwritten after {timeout_s:g}s")
+                await asyncio.sleep(0.005)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """No more entries: fail what is left and let go of the process's pipe."""
+        self._drained = True
+        self._cancel_overdue()
+        if self._timer is not None:
+            self._timer.cancel()
+        left = [*(self._committing or []), *self._pending]
+        self._committing, self._pending, self._pending_since = None, [], []
+        if left:
+            _fail(left, UnavailableError("the ledger was shut down first", reason="ledger_unavailable"))
         self._detach()
 
     def _drain_without_loop(self, timeout_s: float) -> None:
         """The loop is gone: read the answer for the batch in flight and write the rest here."""
+        self._detach()
         try:
-            if self._down is None:
-                self._detach()
             if self._committing is not None:
                 self._settle_sync(self._committing, timeout_s)
                 self._committing = None
             if self._pending and self._down is None:
-                batch, self._pending = self._pending, []
-                self._process.send([record for record, _ in batch])
-                self._settle_sync(batch, timeout_s)
+                self._process.send([record for record, _ in self._pending])
+                self._settle_sync(self._pending, timeout_s)
+                self._pending, self._pending_since = [], []
         except (EOFError, OSError) as err:
-            _fail([*(self._committing or []), *self._pending], err)
+            log.error("could not drain the ledger writer", extra={"detail": str(err)})
+        self._finish()
 
     def _settle_sync(self, batch: list[_Item], timeout_s: float) -> None:
         reply = self._process.receive(timeout_s)
@@ -337,3 +406,11 @@ class LoopLedgerWriter:
             _succeed(batch, reply[1], self._on_commit)
         else:
             _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+
+
+def _backlog_full(waiting: int) -> UnavailableError:
+    return UnavailableError(
+        f"the issuance ledger is {waiting} entries behind; no certificate is returned until it "
+        "catches up; retry shortly, and check the ledger's disk or database if this repeats",
+        reason="ledger_unavailable",
+    )

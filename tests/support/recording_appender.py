@@ -2,8 +2,10 @@
 
 It writes each batch's ids as a line of `batches.jsonl` in its directory, and obeys
 control files the test creates there: `fail-next` (the next append raises),
-`hold` (appends wait while it exists: a hung disk) and `exit-next` (the process
-dies in the next append).
+`hold` (appends wait while it exists: a hung disk), `delay` (each append takes
+that many seconds), `exit-next` (the process dies in the next append),
+`refuse-open` (a new one cannot open the ledger) and `hang-open` (a new one hangs
+while opening it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class RecordingAppender:
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
         self.log = self.directory / "batches.jsonl"
+        if (self.directory / "refuse-open").exists():
+            raise UnavailableError("the test refuses to open the ledger", reason="ledger_unavailable")
+        while (self.directory / "hang-open").exists():
+            time.sleep(0.01)
 
     def _take(self, name: str) -> bool:
         try:
@@ -36,9 +42,12 @@ class RecordingAppender:
             os._exit(3)
         while (self.directory / "hold").exists():
             time.sleep(0.01)
+        delay = self.directory / "delay"
+        if delay.exists():
+            time.sleep(float(delay.read_text()))
         if self._take("fail-next"):
             raise UnavailableError("disk on fire", reason="ledger_unavailable")
-        ids = [str(record["id"]) for record in records if isinstance(record, Mapping)]
+        ids = [str(r["id"]) if isinstance(r, Mapping) else format(r.serial, "x") for r in records]
         seq = sum(len(batch) for batch in recorded_batches(self.directory))
         with self.log.open("a") as log:
             log.write(json.dumps({"pid": os.getpid(), "ids": ids}) + "\n")
