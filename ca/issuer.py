@@ -15,13 +15,13 @@ from enum import Enum
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import profile, x509_der
+from ca import profile
 from ca.authority import SigningAuthority
 from ca.clock import Clock
 from ca.csr import ParsedCsr
 from ca.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
-from ca.keys import KeyPolicy, PublicKey
+from ca.keys import KeyPolicy
 from ca.spiffe_id import SpiffeId
 
 SerialSource = Callable[[], int]
@@ -100,13 +100,7 @@ class IssuedCertificate:
     not_before: datetime
     not_after: datetime
     authority: SigningAuthority = field(repr=False)
-    # The CSR's key, already parsed: reading it back out of the certificate costs a key parse.
-    public_key: PublicKey = field(repr=False)
-    key_type: str
-
-    def fingerprints(self) -> tuple[str, str]:
-        """SHA-256 of the certified public key (its SubjectPublicKeyInfo) and of the certificate."""
-        return x509_der.certificate_fingerprints(self.chain[0])
+    key_type: str  # the CSR's: reading it back out of the certificate costs a key parse
 
 
 class Issuer:
@@ -160,6 +154,5 @@ class Issuer:
             not_before=not_before,
             not_after=not_after,
             authority=authority,
-            public_key=csr.public_key,
             key_type=csr.key_type,
         )

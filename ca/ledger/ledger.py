@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
@@ -104,13 +103,9 @@ class Ledger:
         self._clock = clock
         self._publishers = publishers
         self.key_id = cp.key_id(key.public_key())
-        self._head_lock = threading.Lock()
-        self._latest: Entry | None = None
         self._checkpointed_seq = 0
         self._max_batch = max_batch
-        self._writer: LedgerWriter | LoopLedgerWriter = LedgerWriter(
-            store.append, max_batch=max_batch, on_commit=self._committed
-        )
+        self._writer: LedgerWriter | LoopLedgerWriter = LedgerWriter(store.append, max_batch=max_batch)
 
     def commit_on_loop(
         self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0, deadline_s: float = 10.0
@@ -135,17 +130,12 @@ class Ledger:
             linger_s=linger_s,
             deadline_s=deadline_s,
             start_timeout_s=_PROCESS_START_S,
-            on_commit=self._committed,
         )
         previous.close()
 
     @property
     def public_key(self) -> ed25519.Ed25519PublicKey:
         return self._key.public_key()
-
-    def _committed(self, entry: Entry) -> None:
-        with self._head_lock:
-            self._latest = entry
 
     def record_issued(
         self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None

@@ -60,23 +60,19 @@ def _fail(batch: Sequence[_Item], err: BaseException) -> None:
         _settle(future, error=err)
 
 
-def _succeed(
-    batch: Sequence[_Item], written: Sequence[Entry], on_commit: Callable[[Entry], None] | None
-) -> None:
+def _succeed(batch: Sequence[_Item], written: Sequence[Entry]) -> None:
     for (_, future), entry in zip(batch, written, strict=True):
         _settle(future, entry=entry)
-    if on_commit is not None:
-        on_commit(written[-1])
 
 
-def commit_batch(append: Append, batch: Sequence[_Item], on_commit: Callable[[Entry], None] | None) -> None:
+def commit_batch(append: Append, batch: Sequence[_Item]) -> None:
     """Append a batch as one transaction and settle every waiter with its entry or the error."""
     try:
         written = append([content for content, _ in batch])
     except Exception as err:
         _fail(batch, err)
         return
-    _succeed(batch, written, on_commit)
+    _succeed(batch, written)
 
 
 def _shut_down_error() -> UnavailableError:
@@ -90,12 +86,9 @@ def _shut_down() -> Future[Entry]:
 
 
 class LedgerWriter:
-    def __init__(
-        self, append: Append, *, max_batch: int = 512, on_commit: Callable[[Entry], None] | None = None
-    ) -> None:
+    def __init__(self, append: Append, *, max_batch: int = 512) -> None:
         self._append = append
         self._max_batch = max_batch
-        self._on_commit = on_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._closed = False
@@ -126,7 +119,7 @@ class LedgerWriter:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            commit_batch(self._append, batch, self._on_commit)
+            commit_batch(self._append, batch)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True
@@ -162,7 +155,6 @@ class LoopLedgerWriter:
         linger_s: float = 0.0,
         deadline_s: float = 10.0,
         start_timeout_s: float = 60.0,
-        on_commit: Callable[[Entry], None] | None = None,
     ) -> None:
         """`process` has been started and is ready."""
         self._process = process
@@ -172,7 +164,6 @@ class LoopLedgerWriter:
         self._linger_s = linger_s
         self._deadline_s = deadline_s
         self._start_timeout_s = start_timeout_s
-        self._on_commit = on_commit
         self._pending: list[_Item] = []
         self._pending_since: list[float] = []  # loop time each pending entry came in
         self._committing: list[_Item] | None = None  # the batch the process is writing
@@ -286,7 +277,7 @@ class LoopLedgerWriter:
         self._last_commit = self._loop.time()
         if reply[0] == WRITTEN:
             try:
-                _succeed(batch, reply[1], self._on_commit)
+                _succeed(batch, reply[1])
             except Exception as err:  # a reply that does not fit its batch: never leave a waiter
                 _fail(batch, err)
         else:
@@ -403,7 +394,7 @@ class LoopLedgerWriter:
     def _settle_sync(self, batch: list[_Item], timeout_s: float) -> None:
         reply = self._process.receive(timeout_s)
         if reply[0] == WRITTEN:
-            _succeed(batch, reply[1], self._on_commit)
+            _succeed(batch, reply[1])
         else:
             _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
 
