@@ -275,13 +275,7 @@ class LoopLedgerWriter:
         batch, self._committing = self._committing, None
         self._cancel_overdue()
         self._last_commit = self._loop.time()
-        if reply[0] == WRITTEN:
-            try:
-                _succeed(batch, reply[1])
-            except Exception as err:  # a reply that does not fit its batch: never leave a waiter
-                _fail(batch, err)
-        else:
-            _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        _settle_batch(batch, reply)
         self._schedule()
 
     def _on_start_reply(self, reply: tuple[Any, ...]) -> None:
@@ -319,14 +313,19 @@ class LoopLedgerWriter:
             "replaced, which happens by itself; if this repeats, check the ledger's disk or database",
             reason="ledger_unavailable",
         )
-        waiting = [*(self._committing or []), *self._pending]
-        self._committing, self._pending, self._pending_since = None, [], []
+        waiting = self._take_waiting()
         if waiting:
             _fail(waiting, self._down)
         else:
             log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
         if not self._closed:
             self._loop.call_later(self._restart_delay_s, self._restart)
+
+    def _take_waiting(self) -> list[_Item]:
+        """Everything not yet settled: the batch in flight, then the pending entries."""
+        waiting = [*(self._committing or []), *self._pending]
+        self._committing, self._pending, self._pending_since = None, [], []
+        return waiting
 
     def _restart(self) -> None:
         if self._closed:
@@ -370,8 +369,7 @@ class LoopLedgerWriter:
         self._cancel_overdue()
         if self._timer is not None:
             self._timer.cancel()
-        left = [*(self._committing or []), *self._pending]
-        self._committing, self._pending, self._pending_since = None, [], []
+        left = self._take_waiting()
         if left:
             _fail(left, UnavailableError("the ledger was shut down first", reason="ledger_unavailable"))
         self._detach()
@@ -392,11 +390,18 @@ class LoopLedgerWriter:
         self._finish()
 
     def _settle_sync(self, batch: list[_Item], timeout_s: float) -> None:
-        reply = self._process.receive(timeout_s)
-        if reply[0] == WRITTEN:
-            _succeed(batch, reply[1])
-        else:
-            _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        _settle_batch(batch, self._process.receive(timeout_s))
+
+
+def _settle_batch(batch: Sequence[_Item], reply: tuple[Any, ...]) -> None:
+    """Settle a batch with the ledger process's answer: its entries, or why it failed."""
+    if reply[0] != WRITTEN:
+        _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        return
+    try:
+        _succeed(batch, reply[1])
+    except Exception as err:  # a reply that does not fit its batch: never leave a waiter
+        _fail(batch, err)
 
 
 def _backlog_full(waiting: int) -> UnavailableError:
