@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import inspect
 
 from ca._proto import istio_ca_pb2
+from ca.errors import UnavailableError
 from ca.ledger import checkpoint as cp
 from ca.ledger import schema
 from ca.ledger.entries import (
@@ -872,3 +875,29 @@ def test_the_ca_migrates_a_v1_ledger_and_extends_its_chain(ledger_url: str, tmp_
 def test_one_ledger_key_signs_every_checkpoint(rig: LedgerRig) -> None:
     key_ids = Counter(c.key_id for c in rig.store.checkpoints())
     assert key_ids == Counter({cp.key_id(rig.key.public_key()): 2})
+
+
+@pytest.mark.parametrize(("held_s", "waits"), [(0.3, True), (1.5, False)])
+def test_an_sqlite_append_waits_for_another_writer_up_to_the_lock_timeout(
+    tmp_path: Path, held_s: float, waits: bool
+) -> None:
+    path = tmp_path / "ledger.db"
+    store = LedgerStore(f"sqlite:///{path}", lock_timeout_s=0.8)
+    store.migrate()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another CA process, or a compaction, holds the write lock
+    release = threading.Timer(held_s, lambda: other.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    try:
+        if waits:
+            assert [e.seq for e in store.append([{"kind": "ca_event", "time": "t"}])] == [1]
+            assert time.monotonic() - started >= held_s * 0.8
+        else:
+            with pytest.raises(UnavailableError, match=r"could not be written \(database is locked"):
+                store.append([{"kind": "ca_event", "time": "t"}])
+            assert 0.7 <= time.monotonic() - started < held_s
+    finally:
+        release.join()
+        other.close()
+        store.dispose()

@@ -8,9 +8,7 @@ chain one batch at a time.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,16 +98,11 @@ class _Appender:
     issuance. Queries, migrations and maintenance still use SQLAlchemy Core.
     """
 
-    def __init__(self, engine: Engine, *, is_sqlite: bool, lock_timeout_s: float) -> None:
+    def __init__(self, engine: Engine, *, is_sqlite: bool) -> None:
         self._raw = engine.raw_connection()
         self._dbapi: Any = self._raw.driver_connection
         assert self._dbapi is not None
         self._is_sqlite = is_sqlite
-        self._lock_timeout_s = lock_timeout_s
-        if is_sqlite:
-            # `_begin` waits for the write lock itself, so that BEGIN does not hold the GIL-free
-            # busy handler of one connection against another's lock for the whole timeout.
-            self._dbapi.execute("PRAGMA busy_timeout=0")
         mark = "?" if is_sqlite else "%s"
         self._insert = (
             f"INSERT INTO {schema.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
@@ -119,28 +112,14 @@ class _Appender:
         self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
         self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
 
-    def _begin(self, cursor: Any) -> None:
-        """Take SQLite's write lock, retrying while another connection holds it, up to the
-        lock timeout."""
-        deadline = time.monotonic() + self._lock_timeout_s
-        while True:
-            try:
-                # The connection runs in autocommit mode (see _sqlite_pragmas); take the lock now.
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) and "busy" not in str(err):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise
-            time.sleep(0.005)
-
-    def stage(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        """Open a transaction holding the write lock and write `contents` in it, uncommitted."""
+    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+        """Write `contents` after the head in one transaction that holds the write lock, and commit."""
         cursor = self._dbapi.cursor()
         try:
             if self._is_sqlite:
-                self._begin(cursor)
+                # Autocommit mode (see _sqlite_pragmas): take the write lock now, waiting for
+                # another connection's up to the busy timeout.
+                cursor.execute("BEGIN IMMEDIATE")
             cursor.execute(self._select_head)
             seq, previous = cursor.fetchone()
             written, rows = _chain(int(seq), str(previous), contents)
@@ -148,13 +127,11 @@ class _Appender:
             cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
         finally:
             cursor.close()
-        return written
-
-    def commit(self) -> None:
         if self._is_sqlite:
             self._dbapi.execute("COMMIT")
         else:
             self._dbapi.commit()
+        return written
 
     def discard(self) -> None:
         """Roll back whatever is open and drop the connection; the next append opens a new one."""
@@ -190,7 +167,6 @@ class LedgerStore:
     def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
         self.url = url
         self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
-        self._lock_timeout_s = lock_timeout_s
         self.is_sqlite = url.startswith("sqlite")
         self._append_lock = threading.Lock()
         self._appender: _Appender | None = None
@@ -216,11 +192,8 @@ class LedgerStore:
         with self._append_lock:
             try:
                 if self._appender is None:
-                    self._appender = _Appender(
-                        self.engine, is_sqlite=self.is_sqlite, lock_timeout_s=self._lock_timeout_s
-                    )
-                written = self._appender.stage(contents)
-                self._appender.commit()
+                    self._appender = _Appender(self.engine, is_sqlite=self.is_sqlite)
+                written = self._appender.append(contents)
             except Exception as err:
                 self._abandon()
                 raise storage_error("written", err) from err
