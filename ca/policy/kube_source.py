@@ -87,14 +87,23 @@ class ObjectMap:
     def policies(self) -> list[PeerAuthentication]:
         return [e.policy for e in self._entries.values() if e.exists and e.policy is not None]
 
-    def put(self, obj: Mapping[str, Any]) -> bool:
-        """An ADDED/MODIFIED event or a listed object; True if the map changed."""
+    def _incoming(self, obj: Mapping[str, Any]) -> tuple[PolicyRef, int | None, _Entry | None] | None:
+        """The object's ref, resourceVersion and current entry; None if it names no object or is
+        not newer than what the map holds (a lagging stream)."""
         ref, rv = object_ref(obj), resource_version(obj)
         if ref is None:
-            return False
+            return None
         entry = self._entries.get(ref)
         if entry is not None and not _newer(rv, entry.rv):
+            return None
+        return ref, rv, entry
+
+    def put(self, obj: Mapping[str, Any]) -> bool:
+        """An ADDED/MODIFIED event or a listed object; True if the map changed."""
+        incoming = self._incoming(obj)
+        if incoming is None:
             return False
+        ref, rv, entry = incoming
         previous = entry.policy if entry is not None and entry.exists else None
         try:
             policy: PeerAuthentication | None = parse_peer_authentication(obj)
@@ -106,12 +115,10 @@ class ObjectMap:
 
     def remove(self, obj: Mapping[str, Any]) -> bool:
         """A DELETED event; the entry stays as a tombstone at the deletion's resourceVersion."""
-        ref, rv = object_ref(obj), resource_version(obj)
-        if ref is None:
+        incoming = self._incoming(obj)
+        if incoming is None:
             return False
-        entry = self._entries.get(ref)
-        if entry is not None and not _newer(rv, entry.rv):
-            return False
+        ref, rv, entry = incoming
         self._entries[ref] = _Entry(rv, None, False)
         return entry is not None and entry.exists and entry.policy is not None
 
