@@ -210,6 +210,8 @@ def test_yaml_invalid_file_keeps_last_good(
     with caplog.at_level(logging.ERROR, logger="ca.policy.yaml_source"):
         (policy_dir / "shop.yml").write_text(manifest("shop", "web", "STRCT", selector="web"))
         assert eventually(lambda: metric("meshca_policy_invalid_policies_total", source="yaml") == before + 1)
+        # The poller counts the file before it logs it: wait for the log line too.
+        assert eventually(lambda: any("invalid policy file" in r.getMessage() for r in caplog.records))
     record = next(r for r in caplog.records if "invalid policy file" in r.getMessage())
     assert record.file == str(policy_dir / "shop.yml")  # type: ignore[attr-defined]
     assert "STRCT" in record.error  # type: ignore[attr-defined]
