@@ -296,7 +296,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     api = kube.api_client(cfg.kubeconfig, cfg.in_cluster) if cfg.has_cluster_access else None
     # The ledger opens before the CA material, so a bad --ledger stops the CA before it
     # creates a root whose "created" event would then never be recorded.
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.prepare(cfg.state_dir)
     ledger = open_ledger(cfg, clock, api) if cfg.ledger_url else None
     authority, what = load_authority(cfg, clock, api)
     log.info(

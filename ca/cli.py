@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from ca import logs
+from ca import logs, state_dir
 from ca.clock import SystemClock
 from ca.config import agent_config, audit_config, build_parser, environment, serve_config, token_config
 from ca.devtoken import DevTokenIssuer
@@ -59,7 +59,7 @@ def _agent(args: object) -> int:
 
 def _token(args: object) -> int:
     cfg = token_config(args)  # type: ignore[arg-type]
-    issuer = DevTokenIssuer.load_or_create(cfg.state_dir, SystemClock())
+    issuer = DevTokenIssuer.load_or_create(state_dir.prepare(cfg.state_dir), SystemClock())
     print(
         issuer.mint(
             namespace=cfg.namespace,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.flags import EnvDefaults, env_name, listen_address, split_list, trust_domain_flag
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
+from ca.kube_names import check_dns_label, check_dns_subdomain
 from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter
 from ca.policy.command import add_policy_parser
 from ca.spiffe_id import SpiffeId
@@ -116,9 +117,50 @@ class AuditConfig:
     ca_namespace: str
 
 
+_OWNING_PARSER = "_owning_parser"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """Reports an unknown flag with the usage of the (sub)command it was given to."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner: argparse.ArgumentParser = getattr(parsed, _OWNING_PARSER, self)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print meshca's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("meshca")
+        except PackageNotFoundError:
+            installed = "unknown (not installed as a package)"
+        print(f"meshca {installed}")
+        parser.exit()
+
+
+def _remember_owners(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's parser is stored in the namespace it fills, for its own error messages."""
+    parser.set_defaults(**{_OWNING_PARSER: parser})
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_owners(sub)
+
+
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshca", description="A certificate authority for service meshes.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = CommandParser(prog="meshca", description="A certificate authority for service meshes.")
+    parser.add_argument("--version", action=_VersionAction)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
 
     serve = commands.add_parser("serve", help="run the CA service (Istio-compatible certificate API)")
     s = EnvDefaults(serve, environ)
@@ -280,6 +322,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         _audit_flags(actions.add_parser(action, help=help_text, description=help_text), action, environ)
     add_policy_parser(commands, environ)
     add_enforce_parser(commands, environ)
+    _remember_owners(parser)
     return parser
 
 
@@ -463,6 +506,13 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
 def token_config(args: argparse.Namespace) -> TokenConfig:
     if bool(args.pod_name) != bool(args.pod_uid):
         raise ConfigError("give both --pod-name and --pod-uid to bind a token to a pod, or neither")
+    try:
+        check_dns_label(args.namespace, "--namespace")
+        check_dns_subdomain(args.service_account, "--service-account")
+        if args.pod_name:
+            check_dns_subdomain(args.pod_name, "--pod-name")
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
     return TokenConfig(
         state_dir=Path(args.state_dir),
         namespace=args.namespace,

@@ -1,0 +1,111 @@
+"""What the command line says about itself and about flags it cannot take."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ca.cli import main
+from ca.errors import InvalidRequestError
+from ca.kube_names import check_dns_label, check_dns_subdomain
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"meshca {version('meshca')}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "required"),
+    [
+        ("serve", []),
+        ("agent", []),
+        ("token", ["--namespace", "a", "--service-account", "b"]),
+        ("audit list", []),
+        ("policy explain", []),
+        ("enforce", []),
+    ],
+)
+def test_a_bad_flag_prints_its_subcommands_usage(
+    command: str, required: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command.split(), *required, "--no-such-flag"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: meshca {command} [-h]")
+    assert err.endswith(f"meshca {command}: error: unrecognized arguments: --no-such-flag\n")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--namespace", "Bad_NS!", "--service-account", "cart"], "--namespace 'Bad_NS!' is not a valid"),
+        (["--namespace", "Shop", "--service-account", "cart"], "--namespace 'Shop' is not a valid"),
+        (["--namespace", "shop", "--service-account", "cart_1"], "--service-account 'cart_1' is not a valid"),
+        (
+            ["--namespace", "shop", "--service-account", "cart", "--pod-name", "Web", "--pod-uid", "u"],
+            "--pod-name 'Web' is not a valid",
+        ),
+    ],
+)
+def test_token_refuses_names_the_api_server_would(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["token", "--state-dir", str(tmp_path / "state"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"meshca: error: {message} Kubernetes name")
+    assert err.count("\n") == 1
+    assert not (tmp_path / "state").exists()
+
+
+def test_token_accepts_valid_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "token",
+        "--state-dir",
+        str(tmp_path),
+        "--namespace",
+        "shop-canary",
+        "--service-account",
+        "web.v2",
+    ]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count(".") == 2
+
+
+LABEL = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)
+
+
+@given(LABEL)
+def test_every_rfc1123_label_is_a_namespace(name: str) -> None:
+    assert check_dns_label(name, "--namespace") == name
+    assert check_dns_subdomain(name, "--service-account") == name
+
+
+@given(st.text(max_size=80))
+def test_a_namespace_is_checked_character_by_character(name: str) -> None:
+    valid = (
+        0 < len(name) <= 63
+        and all(c in "abcdefghijklmnopqrstuvwxyz0123456789-" for c in name)
+        and name[0] != "-"
+        and name[-1] != "-"
+    )
+    if valid:
+        assert check_dns_label(name, "--namespace") == name
+    else:
+        with pytest.raises(InvalidRequestError):
+            check_dns_label(name, "--namespace")
+
+
+@pytest.mark.parametrize("name", ["a" * 64, "-a", "a-", "a.b", "A", "a_b", ""])
+def test_namespaces_the_api_server_refuses(name: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        check_dns_label(name, "--namespace")
+
+
+@pytest.mark.parametrize("name", ["a" * 254, "a..b", ".a", "a.", "a.-b", "A", "a_b", ""])
+def test_service_accounts_the_api_server_refuses(name: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        check_dns_subdomain(name, "--service-account")

@@ -1,0 +1,126 @@
+"""The state directory is checked before anything is written into it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ca.errors import ConfigError
+from ca.state_dir import prepare
+
+MESHCA = [sys.executable, "-m", "ca.cli"]
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_missing_directory_is_created(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    assert prepare(target) == target
+    assert target.is_dir()
+    assert list(target.iterdir()) == []
+
+
+def test_a_file_in_place_of_the_directory_is_named(tmp_path: Path) -> None:
+    target = tmp_path / "state"
+    target.write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"is a file, not a directory"):
+        prepare(target)
+
+
+def test_a_file_in_place_of_a_parent_is_named(tmp_path: Path) -> None:
+    (tmp_path / "parent").write_text("")
+    with pytest.raises(ConfigError, match=r"cannot create the state directory .*a file stands where"):
+        prepare(tmp_path / "parent" / "state")
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """A directory that an unprivileged user can reach (pytest's own tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="meshca-state-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for child in sorted(path.rglob("*"), reverse=True):
+            child.chmod(0o700)
+        subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def _unprivileged() -> Callable[[], None] | None:
+    """Permission bits bind root only without CAP_DAC_OVERRIDE: the child execs without it."""
+    if os.geteuid() != 0:
+        return None
+
+    def drop() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return drop
+
+
+def _meshca(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MESHCA_LISTEN": "127.0.0.1:0"}
+    return subprocess.run(
+        [*MESHCA, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_unprivileged(),
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("meshca: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
+)
+def test_state_dir_naming_a_file(world_readable_dir: Path, command: list[str]) -> None:
+    (world_readable_dir / "state").write_text("x")
+    line = _one_error_line(_meshca(*command, "--state-dir", "state", cwd=world_readable_dir))
+    assert "--state-dir state is a file, not a directory" in line
+    assert [p.name for p in world_readable_dir.iterdir()] == ["state"]
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
+)
+def test_state_dir_under_an_unwritable_parent(world_readable_dir: Path, command: list[str]) -> None:
+    parent = world_readable_dir / "locked"
+    parent.mkdir()
+    parent.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    line = _one_error_line(_meshca(*command, "--state-dir", str(parent / "state"), cwd=world_readable_dir))
+    assert f"cannot create the state directory {parent / 'state'} (Permission denied)" in line
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
+)
+def test_existing_state_dir_that_is_not_writable(world_readable_dir: Path, command: list[str]) -> None:
+    state = world_readable_dir / "state"
+    state.mkdir()
+    state.chmod(0o555)
+    line = _one_error_line(_meshca(*command, "--state-dir", str(state), cwd=world_readable_dir))
+    assert f"the state directory {state} is not writable (Permission denied)" in line
+    assert "ledger" not in line
+    assert list(state.iterdir()) == []
