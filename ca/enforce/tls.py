@@ -8,7 +8,13 @@ Two engines implement it (chosen by `--tls-engine`):
   handshake costs the enforcer about 0.6 ms of CPU with it against about 1.1 ms
   through Python's `ssl` on the system OpenSSL 3.0, whose provider lookups and
   locks dominate; only the former reaches half of Envoy's handshake rate
-  (scripts/bench_enforcer.py).
+  (scripts/bench_enforcer.py). pyOpenSSL's public API over the same OpenSSL was
+  measured beside it (scripts/bench_tls_engines.py, three runs of 7-9 rounds on a
+  shared 2-core host): 2-8% fewer handshakes per CPU-second and 8-21% fewer bytes
+  decrypted per CPU-second (its reads copy through a buffer of their own); it
+  cannot set the key exchange groups. Hence the private binding, with
+  cryptography's major version bounded in pyproject.toml and
+  tests/test_enforce_tls_engine.py failing if `auto` would fall back to `stdlib`.
 - `stdlib` (`ca.enforce.tls_stdlib`): Python's `ssl` module on the system
   OpenSSL. Always available; the fallback when the binding lacks a function.
 
