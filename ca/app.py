@@ -48,6 +48,7 @@ from ca.ledger.ledger import (
 )
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import LedgerStore, redact_url
+from ca.listening import check_free, listen_error, remove_ports_file, split_address, write_ports_file
 from ca.metrics import CaMetrics
 from ca.selfsigned import RootFactory
 from ca.serving import ServingIdentity
@@ -145,25 +146,35 @@ class CaServer:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
+        """Bind every port and serve; on failure (a port in use) nothing is left running."""
+        remove_ports_file(self.cfg.ports_file)
+        try:
+            self._start()
+        except BaseException:
+            self.stop(grace_s=0)
+            raise
+        write_ports_file(self.cfg.ports_file, self.ports)
+
+    def _start(self) -> None:
         extra = (self.admin,) if self.admin is not None else ()
         server: ApiServer = (
             AsyncioServer(self.service, extra=extra)
             if self.cfg.grpc_server == "asyncio"
             else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
+        self._server = server
         if self.ledger is not None and isinstance(server, AsyncioServer):
             # Batches on the loop, written by the ledger process (the threaded server keeps the
             # writer thread: its handlers block on their own threads anyway).
             self.ledger.commit_on_loop(server.loop, linger_s=self.cfg.ledger_linger.total_seconds())
-        self.ports["grpc"] = self._bind(server, self.cfg.listen, require_client_cert=False)
+        self.ports["grpc"] = self._bind(server, "--listen", self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
-            self.ports["renew"] = self._bind(server, self.cfg.renew_listen, require_client_cert=True)
+            self.ports["renew"] = self._bind(
+                server, "--renew-listen", self.cfg.renew_listen, require_client_cert=True
+            )
         if self.cfg.metrics_listen is not None:
-            host, _, port = self.cfg.metrics_listen.rpartition(":")
-            self._metrics_http, _ = start_http_server(int(port), host, registry=self.metrics.registry)
-            self.ports["metrics"] = self._metrics_http.server_port
+            self.ports["metrics"] = self._serve_metrics(self.cfg.metrics_listen)
         server.start()
-        self._server = server
         self._scheduler = self._schedule()
         log.info(
             "meshca CA serving",
@@ -175,8 +186,17 @@ class CaServer:
             },
         )
 
-    def _bind(self, server: ApiServer, address: str, *, require_client_cert: bool) -> int:
-        return server.bind(address, self.serving.server_credentials(require_client_cert=require_client_cert))
+    def _bind(self, server: ApiServer, flag: str, address: str, *, require_client_cert: bool) -> int:
+        credentials = self.serving.server_credentials(require_client_cert=require_client_cert)
+        return server.bind(address, credentials, flag=flag)
+
+    def _serve_metrics(self, address: str) -> int:
+        host, port = split_address(address)
+        try:
+            self._metrics_http, _ = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as err:
+            raise listen_error("--metrics-listen", address, err) from err
+        return self._metrics_http.server_port
 
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
@@ -251,6 +271,7 @@ class CaServer:
             self.admin.close()
         if self.ledger is not None:
             self.ledger.close()
+        remove_ports_file(self.cfg.ports_file)
         self._stopped.set()
 
     def wait(self) -> None:
@@ -291,8 +312,18 @@ def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) ->
         log.error("could not record the CA event in the ledger", extra={"event": event, "detail": str(err)})
 
 
+def check_ports_free(cfg: ServeConfig) -> None:
+    """Stop before anything is written when another process holds one of our ports."""
+    check_free("--listen", cfg.listen)
+    if cfg.renew_listen is not None:
+        check_free("--renew-listen", cfg.renew_listen)
+    if cfg.metrics_listen is not None:
+        check_free("--metrics-listen", cfg.metrics_listen)
+
+
 def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     clock = clock or SystemClock()
+    check_ports_free(cfg)
     api = kube.api_client(cfg.kubeconfig, cfg.in_cluster) if cfg.has_cluster_access else None
     # The ledger opens before the CA material, so a bad --ledger stops the CA before it
     # creates a root whose "created" event would then never be recorded.

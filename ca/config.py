@@ -17,7 +17,7 @@ from ca.audit.moments import parse_moment
 from ca.durations import parse_duration
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
-from ca.flags import EnvDefaults, env_name, listen_address, split_list, trust_domain_flag
+from ca.flags import PORTS_FILE_HELP, EnvDefaults, env_name, listen_address, split_list, trust_domain_flag
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
 from ca.kube_names import check_dns_label, check_dns_subdomain
@@ -63,6 +63,7 @@ class ServeConfig:
     ledger_linger: timedelta
     admin_identities: tuple[str, ...]
     log_level: str
+    ports_file: Path | None = None
 
     @property
     def has_cluster_access(self) -> bool:
@@ -98,6 +99,7 @@ class AgentConfig:
     health_listen: str | None
     once: bool
     log_level: str
+    ports_file: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,6 +262,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         action="append",
     )
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
+    s.add("--ports-file", None, PORTS_FILE_HELP)
 
     agent = commands.add_parser("agent", help="run the workload agent beside a sidecar")
     a = EnvDefaults(agent, environ)
@@ -295,6 +298,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     a.add("--once", "off", "write the files once and exit (init containers)", choices=["on", "off"])
     a.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
+    a.add("--ports-file", None, PORTS_FILE_HELP)
 
     token = commands.add_parser("token", help="mint a development service-account token (no cluster)")
     t = EnvDefaults(token, environ)
@@ -453,6 +457,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         ledger_linger=_ledger_linger(args.ledger_linger),
         admin_identities=_admin_identities(args, trust_domain_flag(args.trust_domain)),
         log_level=args.log_level,
+        ports_file=_path_or_off(args.ports_file),
     )
 
 
@@ -500,6 +505,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         health_listen=listen_address(args.health_listen),
         once=args.once == "on",
         log_level=args.log_level,
+        ports_file=_path_or_off(args.ports_file),
     )
 
 

@@ -13,6 +13,11 @@ from collections.abc import Mapping, Sequence
 from ca.errors import ConfigError, InvalidSpiffeIdError
 from ca.spiffe_id import validate_trust_domain
 
+PORTS_FILE_HELP = (
+    "once every listener is bound, write their ports to this file as one JSON object (a listen "
+    "address with port 0 gets a free port); removed at exit"
+)
+
 
 def env_name(flag: str) -> str:
     return "MESHCA_" + flag.lstrip("-").replace("-", "_").upper()

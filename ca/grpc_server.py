@@ -16,11 +16,13 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ca.errors import ConfigError
 from ca.grpc_api import SERVICE_NAME, CertificateService
+from ca.listening import listen_error
 
 MAX_MESSAGE_BYTES = 256 * 1024
-OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 1)]
+# gRPC would set SO_REUSEPORT: a second CA on the same port would then start without a word
+# and the kernel would split the clients between two unrelated roots.
+OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -33,16 +35,21 @@ class RpcService(Protocol):
 
 
 class ApiServer(Protocol):
-    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int: ...
+    def bind(self, address: str, credentials: grpc.ServerCredentials, *, flag: str) -> int: ...
 
     def start(self) -> None: ...
 
     def stop(self, grace_s: float) -> None: ...
 
 
-def _bound(address: str, port: int) -> int:
+def _bound(flag: str, address: str, add_port: Callable[[], int]) -> int:
+    """The port `add_port` bound `address` to; ConfigError naming `flag` if it could not."""
+    try:
+        port = add_port()
+    except RuntimeError as err:  # grpcio's "Failed to bind", which does not say why
+        raise listen_error(flag, address) from err
     if port == 0:
-        raise ConfigError(f"cannot listen on {address}; is the port in use or the address wrong?")
+        raise listen_error(flag, address)
     return port
 
 
@@ -60,11 +67,8 @@ class ThreadedServer:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
 
-    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
-        try:
-            return _bound(address, self._server.add_secure_port(address, credentials))
-        except RuntimeError as err:
-            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
+    def bind(self, address: str, credentials: grpc.ServerCredentials, *, flag: str) -> int:
+        return _bound(flag, address, lambda: self._server.add_secure_port(address, credentials))
 
     def start(self) -> None:
         self._server.start()
@@ -105,16 +109,12 @@ class AsyncioServer:
     def _run(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
 
-    def bind(self, address: str, credentials: grpc.ServerCredentials) -> int:
+    def bind(self, address: str, credentials: grpc.ServerCredentials, *, flag: str) -> int:
         async def add() -> int:
             port: int = self._server.add_secure_port(address, credentials)
             return port
 
-        try:
-            port: int = self._run(add)
-            return _bound(address, port)
-        except RuntimeError as err:
-            raise ConfigError(f"cannot listen on {address} ({err}); is the port in use?") from err
+        return _bound(flag, address, lambda: int(self._run(add)))
 
     def start(self) -> None:
         async def start() -> None:

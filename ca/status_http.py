@@ -9,16 +9,20 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ca.listening import listen_error
+
 
 class StatusServer:
     """`/metrics` serves `exposition()`; `/healthz/ready` answers 200 `ready` while `ready()` holds,
-    else 503 with `not_ready`. Its threads are named after `thread_name`."""
+    else 503 with `not_ready`. Its threads are named after `thread_name`. An address that cannot be
+    listened on is a ConfigError naming `flag`, the setting that gave it."""
 
     def __init__(
         self,
         host: str,
         port: int,
         *,
+        flag: str,
         exposition: Callable[[], bytes],
         ready: Callable[[], bool],
         not_ready: str,
@@ -46,7 +50,10 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as err:
+            raise listen_error(flag, f"{host}:{port}", err) from err
         self._thread_name = thread_name
         self.port: int = self._server.server_port
         # A long poll keeps an idle process asleep; stop() does not wait for it to end.

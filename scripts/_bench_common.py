@@ -122,39 +122,51 @@ def sleep_until(deadline: float) -> None:
 # --------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def reserved_port() -> Iterator[int]:
+    """A loopback port bound here but not listening: connections to it are refused and no other
+    process gets it (neither a bind to port 0 nor an outgoing connection), except a server told to
+    listen on this very port that binds with SO_REUSEADDR, as meshca's servers and Envoy do. For a
+    port nothing may listen on, and for a child started on a port known before it runs."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        yield int(sock.getsockname()[1])
 
 
-def listening_sockets(port: int) -> int:
-    """How many TCP sockets are in LISTEN on `port` (SO_REUSEPORT gives one per process).
-
-    grpcio binds 127.0.0.1 as a dual-stack socket, so both tables are read.
-    """
-    count = 0
-    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table_path) as table:
-                next(table)
-                for line in table:
-                    fields = line.split()
-                    local, state = fields[1], fields[3]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        count += 1
-        except OSError:
-            continue
-    return count
+def read_ports_file(path: Path, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> dict[str, Any]:
+    """What a meshca process started with `--ports-file` (and port 0) reports once it has bound its
+    ports. The file is written atomically: once it exists it is whole."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            ports: dict[str, Any] = json.loads(path.read_text())
+            return ports
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before writing {path}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} not written within {timeout_s:.0f}s")
+        time.sleep(0.02)
 
 
-def port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+def envoy_listener_port(admin_address_path: Path, name: str, proc: subprocess.Popen[bytes]) -> int:
+    """The port Envoy's listener `name` is bound to (configured as port 0), from its admin API; the
+    admin's own address is what Envoy wrote to `--admin-address-path`."""
+    import urllib.request
+
+    deadline = time.monotonic() + 30.0
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError, ValueError):
+            admin = admin_address_path.read_text().strip()
+            with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as answer:
+                for item in json.loads(answer.read())["listener_statuses"]:
+                    if item["name"] == name:
+                        return int(item["local_address"]["socket_address"]["port_value"])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"envoy's listener {name} not active within 30s")
+        time.sleep(0.02)
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -228,20 +240,18 @@ class ServerFleet:
         self.stop_all()
 
     def start(
-        self, *, port: int, count: int, token_cache_size: int, floor: bool = False, timeout_s: float = 30.0
-    ) -> list[int]:
-        """Start `count` servers on one port: the first, wait until it accepts, then the rest.
+        self, *, token_cache_size: int, floor: bool = False, timeout_s: float = 30.0
+    ) -> tuple[int, int]:
+        """Start a server on a free port and wait until it has bound it: (its pid, its port).
 
         `floor` starts the transport-floor server (see floor_server_main) instead of meshca.
         """
-        pids = [self._spawn(port, token_cache_size, floor)]
-        self._wait(lambda: port_accepts(port), timeout_s, f"port {port} to accept")
-        for _ in range(count - 1):
-            pids.append(self._spawn(port, token_cache_size, floor))
-        self._wait(lambda: listening_sockets(port) >= count, timeout_s, f"{count} listeners on port {port}")
-        return pids
+        ports_file = self.log_dir / f"server-{self.started + 1}.ports"
+        pid = self._spawn(ports_file, token_cache_size, floor)
+        self._wait(ports_file.exists, timeout_s, f"{ports_file} to be written")
+        return pid, int(json.loads(ports_file.read_text())["grpc"])
 
-    def _spawn(self, port: int, token_cache_size: int, floor: bool) -> int:
+    def _spawn(self, ports_file: Path, token_cache_size: int, floor: bool) -> int:
         if floor:
             if self.pool_file is None:
                 raise ValueError("the floor server needs the pool file")
@@ -251,13 +261,13 @@ class ServerFleet:
                 "floor-server",
                 "--state-dir",
                 str(self.state_dir),
-                "--listen",
-                f"127.0.0.1:{port}",
+                "--ports-file",
+                str(ports_file),
                 "--pool-file",
                 str(self.pool_file),
             ]
         else:
-            args = self._meshca_args(port, token_cache_size)
+            args = self._meshca_args(ports_file, token_cache_size)
         if self.grpc_workers is not None:
             args += ["--grpc-workers", str(self.grpc_workers)]
         if self.grpc_server is not None and "--pool-file" not in args:
@@ -277,14 +287,16 @@ class ServerFleet:
         self.logs.append(log_path)
         return proc.pid
 
-    def _meshca_args(self, port: int, token_cache_size: int) -> list[str]:
+    def _meshca_args(self, ports_file: Path, token_cache_size: int) -> list[str]:
         return [
             *meshca_command(),
             "serve",
             "--state-dir",
             str(self.state_dir),
             "--listen",
-            f"127.0.0.1:{port}",
+            "127.0.0.1:0",
+            "--ports-file",
+            str(ports_file),
             "--renew-listen",
             "off",
             "--metrics-listen",
@@ -422,9 +434,10 @@ def floor_server_main(argv: Sequence[str]) -> int:
     from ca.clock import SystemClock
     from ca.config import DEFAULT_DNS_NAMES
     from ca.csr import parse_csr
-    from ca.grpc_server import MAX_MESSAGE_BYTES
+    from ca.grpc_server import OPTIONS
     from ca.issuer import IssuancePolicy, Issuer
     from ca.keys import KeyAlgorithm
+    from ca.listening import write_ports_file
     from ca.selfsigned import RootFactory
     from ca.serving import ServingIdentity
     from ca.spiffe_id import SpiffeId
@@ -432,7 +445,7 @@ def floor_server_main(argv: Sequence[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="_bench_common.py floor-server")
     parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--listen", required=True)
+    parser.add_argument("--ports-file", type=Path, required=True)  # it listens on a free port
     parser.add_argument("--pool-file", type=Path, required=True)
     parser.add_argument("--grpc-workers", type=int, default=16)  # meshca serve's default
     args = parser.parse_args(argv)
@@ -467,16 +480,16 @@ def floor_server_main(argv: Sequence[str]) -> int:
     )
     server = grpc.server(
         ThreadPoolExecutor(max_workers=args.grpc_workers, thread_name_prefix="grpc"),
-        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 1)],
+        options=OPTIONS,
         maximum_concurrent_rpcs=args.grpc_workers * 64,
     )
     handler = grpc.unary_unary_rpc_method_handler(create_certificate)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE_METHOD.split("/")[1], {"CreateCertificate": handler}),)
     )
-    if not server.add_secure_port(args.listen, serving.server_credentials(require_client_cert=False)):
-        raise SystemExit(f"cannot listen on {args.listen}")
+    port = server.add_secure_port("127.0.0.1:0", serving.server_credentials(require_client_cert=False))
     server.start()
+    write_ports_file(args.ports_file, {"grpc": port})
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -530,8 +543,7 @@ class _Channel:
             credentials,
             options=[
                 ("grpc.ssl_target_name_override", TARGET_NAME),
-                # A private subchannel pool: each channel gets its own connection, so
-                # SO_REUSEPORT can spread channels over several server processes.
+                # A private subchannel pool: each channel gets its own connection.
                 ("grpc.use_local_subchannel_pool", 1),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ],
@@ -694,5 +706,5 @@ def split_evenly(total: int, parts: int) -> list[int]:
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ca, if not installed
     if sys.argv[1:2] != ["floor-server"]:
-        sys.exit("usage: _bench_common.py floor-server --state-dir DIR --listen ADDR --pool-file FILE")
+        sys.exit("usage: _bench_common.py floor-server --state-dir DIR --ports-file FILE --pool-file FILE")
     sys.exit(floor_server_main(sys.argv[2:]))

@@ -61,7 +61,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _bench_common
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca and tests.support
 
-from _bench_common import ServerFleet, _die_with_parent, free_port, percentile, process_cpu_seconds
+from _bench_common import (
+    ServerFleet,
+    _die_with_parent,
+    percentile,
+    process_cpu_seconds,
+    read_ports_file,
+    reserved_port,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TRUST_DOMAIN = "cluster.local"
@@ -231,6 +238,7 @@ class Rig:
     ca_port: int
     children: Children
     dev: Any  # ca.devtoken.DevTokenIssuer
+    held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     counter: int = 0
 
     @property
@@ -242,6 +250,11 @@ class Rig:
         path = self.base / f"{tag}{self.counter}"
         path.mkdir()
         return path
+
+    def port(self) -> int:
+        """A port held for the rest of the run: nothing listens on it unless an Envoy is told to (it
+        binds with SO_REUSEADDR), so a timed start needs no lookup of a port picked by the kernel."""
+        return self.held.enter_context(reserved_port())
 
     def token_file(self, directory: Path, service_account: str) -> Path:
         """A fresh token (its own jti): the CA's token cache never answers for an agent start."""
@@ -255,13 +268,17 @@ class AgentSpec:
     directory: Path
     key_type: str
     service_account: str
-    health_port: int | None  # None: --health-listen off; 0: pick any (in-process only)
+    health_port: int | None  # None: --health-listen off; 0: any free port (see health())
     sds: bool = True
     workload_api: bool = True
 
     @property
     def out(self) -> Path:
         return self.directory / "out"
+
+    @property
+    def ports_file(self) -> Path:
+        return self.directory / "ports.json"
 
     @property
     def sds_socket(self) -> Path:
@@ -297,6 +314,8 @@ def agent_args(rig: Rig, spec: AgentSpec, token: Path) -> list[str]:
         str(spec.workload_socket) if spec.workload_api else "off",
         "--health-listen",
         "off" if spec.health_port is None else f"127.0.0.1:{spec.health_port}",
+        "--ports-file",
+        str(spec.ports_file),
         "--log-level",
         "info",
     ]
@@ -393,14 +412,13 @@ def subprocess_run(rig: Rig, key_type: str, index: int) -> SubRun:
         directory=rig.run_dir("a"),
         key_type=key_type,
         service_account=f"{key_type}-{index}",
-        health_port=free_port(),
+        health_port=0,
     )
     t0 = time.perf_counter()
     proc, log = spawn_agent(rig, spec)
     try:
         t_files = wait_for_files(spec.out, spec.spiffe_id, proc, log, t0)
-        assert spec.health_port is not None
-        attempt_ms = agent_metric(spec.health_port, LATENCY_METRIC)
+        attempt_ms = agent_metric(read_ports_file(spec.ports_file, proc)["health"], LATENCY_METRIC)
     finally:
         exit_s = rig.children.stop(proc)
     return SubRun(t_files - t0, attempt_ms, exit_s)
@@ -590,14 +608,14 @@ def spawn_envoy(rig: Rig, directory: Path, bootstrap: dict[str, Any]) -> tuple[s
     return rig.children.spawn(args, log), log
 
 
-def sds_bootstrap(spec: AgentSpec, listen_port: int) -> dict[str, Any]:
+def sds_bootstrap(rig: Rig, spec: AgentSpec, listen_port: int) -> dict[str, Any]:
     from tests.support.envoy import inbound_bootstrap
 
     return inbound_bootstrap(
         node=f"bench-{spec.directory.name}",
         sds_socket=spec.sds_socket,
         listen_port=listen_port,
-        app_port=free_port(),  # nothing listens there: only the TLS handshake is measured
+        app_port=rig.port(),  # nothing listens there: only the TLS handshake is measured
         trust_domain=TRUST_DOMAIN,
     )
 
@@ -708,8 +726,8 @@ def together_run(rig: Rig, key_type: str, index: int, context: ssl.SSLContext) -
         service_account=f"pod-{key_type}-{index}",
         health_port=None,
     )
-    port = free_port()
-    bootstrap = sds_bootstrap(spec, port)
+    port = rig.port()
+    bootstrap = sds_bootstrap(rig, spec, port)
     t0 = time.perf_counter()
     agent, agent_log = spawn_agent(rig, spec)
     envoy, envoy_log = spawn_envoy(rig, spec.directory, bootstrap)
@@ -734,8 +752,8 @@ def envoy_after_agent(rig: Rig, key_type: str, runs: int, context: ssl.SSLContex
         wait_for_files(spec.out, spec.spiffe_id, agent, agent_log, time.perf_counter())
         for _ in range(runs):
             directory = rig.run_dir("e")
-            port = free_port()
-            bootstrap = sds_bootstrap(spec, port)
+            port = rig.port()
+            bootstrap = sds_bootstrap(rig, spec, port)
             t0 = time.perf_counter()
             envoy, envoy_log = spawn_envoy(rig, directory, bootstrap)
             try:
@@ -759,7 +777,7 @@ def bare_envoy(rig: Rig, runs: int) -> list[float]:
     times: list[float] = []
     for _ in range(runs):
         directory = rig.run_dir("p")
-        port = free_port()
+        port = rig.port()
         bootstrap = plain_bootstrap(port)
         t0 = time.perf_counter()
         envoy, log = spawn_envoy(rig, directory, bootstrap)
@@ -902,16 +920,14 @@ def spiffe_stream(socket_path: Path) -> Iterator[tuple[list[float], list[str]]]:
 
 
 def idle_run(rig: Rig, s: Settings, context: ssl.SSLContext, ca_pid: int) -> IdleResult:
-    spec = AgentSpec(
-        directory=rig.run_dir("z"), key_type="ec-p256", service_account="idle", health_port=free_port()
-    )
-    port = free_port()
+    spec = AgentSpec(directory=rig.run_dir("z"), key_type="ec-p256", service_account="idle", health_port=0)
+    port = rig.port()
     t0 = time.perf_counter()
     agent, agent_log = spawn_agent(rig, spec)
     envoy = None
     try:
         wait_for_files(spec.out, spec.spiffe_id, agent, agent_log, t0)
-        envoy, envoy_log = spawn_envoy(rig, spec.directory, sds_bootstrap(spec, port))
+        envoy, envoy_log = spawn_envoy(rig, spec.directory, sds_bootstrap(rig, spec, port))
         wait_served(
             port,
             context,
@@ -977,12 +993,11 @@ def run_all(s: Settings) -> Results:
     try:
         state = base / "state"
         state.mkdir(mode=0o700)
-        with ServerFleet(state, base, "ec-p256") as fleet:
-            port = free_port()
-            progress(f"starting meshca serve on 127.0.0.1:{port}")
-            (ca_pid,) = fleet.start(port=port, count=1, token_cache_size=10_000)
+        with ServerFleet(state, base, "ec-p256") as fleet, contextlib.ExitStack() as held:
+            progress("starting meshca serve on a free port of 127.0.0.1")
+            ca_pid, port = fleet.start(token_cache_size=10_000)
             dev = DevTokenIssuer.load_or_create(state, SystemClock())
-            rig = Rig(base=base, state=state, ca_port=port, children=children, dev=dev)
+            rig = Rig(base=base, state=state, ca_port=port, children=children, dev=dev, held=held)
 
             sub: dict[str, list[SubRun]] = {k: [] for k in KEY_TYPES}
             import_times: list[float] = []

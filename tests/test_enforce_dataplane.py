@@ -41,7 +41,7 @@ from ca.enforce.settings import Timeouts, config_from_args
 from ca.keys import private_key_pem
 from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef
 from ca.policy.source import PolicySet
-from tests.support.agent import LiveClock, RunningAgent, agent_args, free_port, start_agent, wait_until
+from tests.support.agent import LiveClock, RunningAgent, agent_args, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.dataplanes import (
     ClientCert,
@@ -59,6 +59,7 @@ from tests.support.dataplanes import (
     uri_sans,
 )
 from tests.support.pki import ec_key, make_hierarchy
+from tests.support.ports import inbound_ports, outbound_ports, reserved_port
 
 pytestmark = pytest.mark.slow
 
@@ -261,17 +262,15 @@ class Running:
     enforcer: Enforcer
     policy_set: PolicySet
     listen: dict[str, int]  # role -> listen port
-    outbound_port: int
     world: World
 
     def sample(self, name: str, **labels: str) -> float:
         return self.enforcer.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def enforce_args(
-    world: World, listen: dict[str, int], outbound_port: int, engine: str, *extra: str
-) -> list[str]:
-    inbound = ",".join(f"{listen[role]}:{world.app_port(role)}/{proto}" for role, (proto, _) in ROLES.items())
+def enforce_args(world: World, engine: str, *extra: str) -> list[str]:
+    """Every role's port, each behind a listener on a free port."""
+    inbound = ",".join(f"0:{world.app_port(role)}/{proto}" for role, (proto, _) in ROLES.items())
     proxy = ",".join(str(world.app_port(role)) for role in PROXY_ROLES)
     return [
         "enforce",
@@ -289,8 +288,6 @@ def enforce_args(
         "unused",
         "--proxy-protocol",
         proxy,
-        "--outbound",
-        f"{outbound_port}:127.0.0.1:{listen['http-strict']}={WORKLOAD_ID}",
         "--metrics-listen",
         "off",
         "--tls-engine",
@@ -301,18 +298,22 @@ def enforce_args(
 
 @pytest.fixture(scope="module", params=["openssl", "stdlib"])
 def running(request: pytest.FixtureRequest, world: World) -> Iterator[Running]:
-    listen = {role: free_port() for role in ROLES}
-    outbound_port = free_port()
-    args = build_parser({}).parse_args(enforce_args(world, listen, outbound_port, request.param))
+    args = build_parser({}).parse_args(enforce_args(world, request.param))
     cfg = dataclasses.replace(config_from_args(args), timeouts=TIMEOUTS)
     policy_set = PolicySet(policies(world, MtlsMode.PERMISSIVE))
     enforcer = build_enforcer(cfg, policy_set=policy_set)
     enforcer.start()
     assert enforcer.engine.name == request.param
     try:
-        yield Running(enforcer, policy_set, listen, outbound_port, world)
+        listen = {role: listen_port(enforcer, world.app_port(role)) for role in ROLES}
+        yield Running(enforcer, policy_set, listen, world)
     finally:
         enforcer.stop()
+
+
+def listen_port(enforcer: Enforcer, app_port: int) -> int:
+    """The port the enforcer got for the listener in front of `app_port` (given as port 0)."""
+    return inbound_ports(enforcer.ports)[app_port]
 
 
 # --------------------------------------------------------------------------- clients
@@ -750,7 +751,12 @@ def test_a_broken_file_set_keeps_the_previous_certificate(running: Running) -> N
 
 def test_outbound_originates_mtls_to_a_strict_peer(running: Running) -> None:
     """Plaintext in on the outbound port, mTLS with the workload certificate to the STRICT HTTP port."""
-    result = http(running.outbound_port, None, request("/out", {"x-forwarded-client-cert": FORGED}), expect=1)
+    target = f"127.0.0.1:{running.listen['http-strict']}={WORKLOAD_ID}"
+    enforcer, port = _outbound_enforcer(running.world, target, running.enforcer.engine.name)
+    try:
+        result = http(port, None, request("/out", {"x-forwarded-client-cert": FORGED}), expect=1)
+    finally:
+        enforcer.stop()
     assert result.error is None, result
     served = running.world.agent.current
     assert served is not None
@@ -759,12 +765,12 @@ def test_outbound_originates_mtls_to_a_strict_peer(running: Running) -> None:
 
 
 def _outbound_enforcer(world: World, target: str, engine: str = "openssl") -> tuple[Enforcer, int]:
-    port = free_port()
+    """An enforcer with one --outbound to `target` on a free port, and that port."""
     args = build_parser({}).parse_args(
         [
             "enforce",
             "--outbound",
-            f"{port}:{target}",
+            f"0:{target}",
             "--cert-dir",
             str(world.agent.cfg.output_dir),
             "--metrics-listen",
@@ -776,6 +782,7 @@ def _outbound_enforcer(world: World, target: str, engine: str = "openssl") -> tu
     cfg = dataclasses.replace(config_from_args(args), timeouts=TIMEOUTS)
     enforcer = build_enforcer(cfg, policy_set=PolicySet())
     enforcer.start()
+    (port,) = outbound_ports(enforcer.ports)
     return enforcer, port
 
 
@@ -820,15 +827,20 @@ class ForeignServer:
 def test_outbound_refuses_servers_it_cannot_trust(running: Running, target: str, reason: str) -> None:
     world = running.world
     server = None
-    if target == "foreign":
-        server = ForeignServer(world)
-        spec = f"127.0.0.1:{server.port}"
-    elif target == "wrong-id":
-        spec = f"127.0.0.1:{running.listen['tcp-strict']}=spiffe://cluster.local/ns/shop/sa/not-web"
-    elif target == "closed-port":
-        spec = f"127.0.0.1:{free_port()}"
-    else:
-        spec = target
+    with contextlib.ExitStack() as stack:
+        if target == "foreign":
+            server = ForeignServer(world)
+            spec = f"127.0.0.1:{server.port}"
+        elif target == "wrong-id":
+            spec = f"127.0.0.1:{running.listen['tcp-strict']}=spiffe://cluster.local/ns/shop/sa/not-web"
+        elif target == "closed-port":
+            spec = f"127.0.0.1:{stack.enter_context(reserved_port())}"
+        else:
+            spec = target
+        _refused_by_outbound(world, spec, reason, server)
+
+
+def _refused_by_outbound(world: World, spec: str, reason: str, server: ForeignServer | None) -> None:
     enforcer, port = _outbound_enforcer(world, spec)
     try:
         result = tcp(port, None, b"secret")
@@ -927,8 +939,8 @@ def lone_enforcer(world: World, inbound: str, timeouts: Timeouts = TIMEOUTS) -> 
 
 
 def test_an_application_that_is_down_is_counted_as_unreachable(world: World) -> None:
-    down, listen = free_port(), free_port()
-    with lone_enforcer(world, f"{listen}:{down}") as enforcer:
+    with reserved_port() as down, lone_enforcer(world, f"0:{down}") as enforcer:
+        listen = listen_port(enforcer, down)
         for client in ("plaintext", "mesh"):
             assert tcp(listen, world.clients[client]).raw == b""
         labels = {"port": str(down), "mode": "PERMISSIVE", "outcome": "refused", "reason": "app_unreachable"}
@@ -936,11 +948,11 @@ def test_an_application_that_is_down_is_counted_as_unreachable(world: World) -> 
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(world: World) -> None:
-    listen = free_port()
+    app = world.tcp_apps["tcp-permissive"].port
     timeouts = dataclasses.replace(TIMEOUTS, idle_s=0.6)
     with (
-        lone_enforcer(world, f"{listen}:{world.tcp_apps['tcp-permissive'].port}", timeouts),
-        connected(listen, world.clients["mesh"]) as stream,
+        lone_enforcer(world, f"0:{app}", timeouts) as enforcer,
+        connected(listen_port(enforcer, app), world.clients["mesh"]) as stream,
     ):
         stream.sendall(b"x")
         assert stream.recv(1) == b"x"

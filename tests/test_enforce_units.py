@@ -312,6 +312,17 @@ def test_outbound_targets_parse() -> None:
     assert [t.host_is_address for t in targets] == [False, True, True]
 
 
+def test_outbound_listen_port_0_asks_for_any_free_port_as_often_as_given() -> None:
+    targets = parse_outbound(["0:backend.shop:8443,0:payments.shop:8443"], "cluster.local")
+    assert [(t.listen_port, t.label) for t in targets] == [
+        (0, "backend.shop:8443"),
+        (0, "payments.shop:8443"),
+    ]
+    flags = ("--inbound", "0:80", "--outbound", "0:backend.shop:8443", "--namespace", "a", "--policies", "/p")
+    cfg = config_from_args(enforce_args(*flags))
+    assert cfg.inbound[0].listen_port == cfg.outbound[0].listen_port == 0  # no clash between two 0s
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

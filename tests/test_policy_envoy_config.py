@@ -10,6 +10,7 @@ the agent's files instead of SDS.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -36,14 +37,15 @@ from ca.policy.envoy_config import (
     InboundWorkload,
     SdsSecrets,
     Secrets,
+    listener_name,
     render_bootstrap,
     render_file_secrets,
     render_lds,
     render_listeners,
 )
 from ca.policy.model import Decision, MtlsMode, PolicyRef
-from ca.policy.ports import SPIFFE_ID_TLV_TYPE, parse_inbound
-from tests.support.agent import REPO, LiveClock, RunningAgent, agent_args, free_port, start_agent, wait_until
+from ca.policy.ports import SPIFFE_ID_TLV_TYPE, InboundPort, parse_inbound
+from tests.support.agent import REPO, LiveClock, RunningAgent, agent_args, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.dataplanes import AppServer, ClientCert, client_context, exchange, self_signed_server
 from tests.support.envoy import RunningEnvoy, start_envoy, start_envoy_file
@@ -185,6 +187,17 @@ def test_disable_passes_tls_through_and_strips_xfcc_from_plaintext_http() -> Non
     assert not any(
         "transport_socket" in chain for listener in listeners for chain in listener["filter_chains"]
     )
+
+
+def test_listeners_on_any_free_port_are_named_after_their_application_port() -> None:
+    spec = dataclasses.replace(workload(), inbound=tuple(parse_inbound(f"0:{HTTP_APP}/http,0:{TCP_APP}")))
+    listeners = render_listeners(spec, decisions(MtlsMode.PERMISSIVE))
+    assert [item["name"] for item in listeners] == [f"inbound_app{HTTP_APP}", f"inbound_app{TCP_APP}"]
+    assert [item["address"]["socket_address"]["port_value"] for item in listeners] == [0, 0]
+    assert [chain["name"] for chain in listeners[1]["filter_chains"]] == [
+        f"inbound_app{TCP_APP}_mtls",
+        f"inbound_app{TCP_APP}_plaintext",
+    ]
 
 
 def test_trust_domain_is_matched_with_its_trailing_slash() -> None:
@@ -554,8 +567,8 @@ def live() -> Iterator[Live]:
 
 
 def test_stats_count_each_chain_and_each_refusal(live: Live) -> None:
-    strict_port, permissive_port = free_port(), free_port()
-    inbound = parse_inbound(f"{strict_port}:{live.http_app.port}/http,{permissive_port}:{live.tcp_app.port}")
+    inbound = parse_inbound(f"0:{live.http_app.port}/http,0:{live.tcp_app.port}")  # free ports
+    strict, permissive = (listener_name(port) for port in inbound)
     spec = InboundWorkload(
         node_id="stats",
         cluster="shop",
@@ -575,6 +588,7 @@ def test_stats_count_each_chain_and_each_refusal(live: Live) -> None:
     )
     envoy = start_envoy("stats", rendered, live.base / "stats")
     try:
+        strict_port, permissive_port = envoy.listener_port(strict), envoy.listener_port(permissive)
         mesh = client_context(live.client, live.base, "stats-mesh")
         anonymous = client_context(None, live.base, "stats-anon")
         assert exchange(strict_port, tls=mesh).statuses == [200]
@@ -583,26 +597,26 @@ def test_stats_count_each_chain_and_each_refusal(live: Live) -> None:
         assert exchange(permissive_port, tls=mesh).statuses == [200]
         assert exchange(permissive_port, tls=None).statuses == [200]
         assert exchange(permissive_port, tls=None).statuses == [200]
-        stats = wait_until(lambda: settled_stats(envoy, strict_port, permissive_port), 5, "stats")
-        assert stats[f"http.inbound_{strict_port}_mtls.downstream_rq_2xx"] == 1
-        assert stats[f"listener.inbound_{strict_port}.no_filter_chain_match"] == 1
-        assert stats[f"listener.inbound_{strict_port}.ssl.fail_verify_no_cert"] == 1
-        assert stats[f"tcp.inbound_{permissive_port}_mtls.downstream_cx_total"] == 1
-        assert stats[f"tcp.inbound_{permissive_port}_plaintext.downstream_cx_total"] == 2
+        stats = wait_until(lambda: settled_stats(envoy, strict, permissive), 5, "stats")
+        assert stats[f"http.{strict}_mtls.downstream_rq_2xx"] == 1
+        assert stats[f"listener.{strict}.no_filter_chain_match"] == 1
+        assert stats[f"listener.{strict}.ssl.fail_verify_no_cert"] == 1
+        assert stats[f"tcp.{permissive}_mtls.downstream_cx_total"] == 1
+        assert stats[f"tcp.{permissive}_plaintext.downstream_cx_total"] == 2
     finally:
         envoy.stop()
 
 
-def settled_stats(envoy: RunningEnvoy, *ports: int) -> dict[str, int] | None:
+def settled_stats(envoy: RunningEnvoy, *listeners: str) -> dict[str, int] | None:
     stats = {}
-    for port in ports:
-        stats.update(envoy.stats(f"inbound_{port}"))
-    return stats if stats.get(f"tcp.inbound_{ports[1]}_plaintext.downstream_cx_total", 0) >= 2 else None
+    for name in listeners:
+        stats.update(envoy.stats(name))
+    return stats if stats.get(f"tcp.{listeners[1]}_plaintext.downstream_cx_total", 0) >= 2 else None
 
 
 def test_certificates_from_the_agent_files_rotate_without_a_restart(live: Live) -> None:
     """--cert-dir: file-based SDS; the agent's `..data` swap makes Envoy serve the new certificate."""
-    listen = free_port()
+    inbound = InboundPort(0, live.http_app.port, "http")  # a free port, as Envoy's admin API tells
     workdir = live.base / "files"
     policies = write_policies(workdir / "policies", "STRICT")
     lds, bootstrap = workdir / "listeners.yaml", workdir / "bootstrap.yaml"
@@ -617,13 +631,14 @@ def test_certificates_from_the_agent_files_rotate_without_a_restart(live: Live) 
             str(live.agent.cfg.output_dir),
         ),
         *("--listen-host", "127.0.0.1", "--admin-port", "0"),
-        inbound=(f"{listen}:{live.http_app.port}/http",),
+        inbound=(f"{inbound.listen_port}:{inbound.app_port}/{inbound.protocol}",),
         proxy_protocol="",
     )
     result = meshca(args)
     assert result.returncode == 0, result.stderr
     envoy = start_envoy_file("files", bootstrap, workdir)
     try:
+        listen = envoy.listener_port(listener_name(inbound))
         mesh = client_context(live.client, live.base, "files-mesh")
 
         def served_serial() -> int | None:

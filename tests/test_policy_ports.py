@@ -34,13 +34,15 @@ def test_forms_of_inbound() -> None:
         ("15006", "has no ':'"),
         ("15006:", "application port ''"),
         (":8080", "listen port ''"),
-        ("0:8080", "listen port '0'"),
+        ("65536:8080", "listen port '65536'"),
+        ("15006:0", "application port '0'"),
         ("15006:65536", "application port '65536'"),
         ("15006:80a", "application port '80a'"),
         ("15006:-1", "application port '-1'"),
         ("15006:8080/udp", "protocol 'udp'"),
         ("15006:8080/", "protocol ''"),
         ("15006:8080,15006:9090", "listen port 15006 twice"),
+        ("0:8080/http,0:8080/tcp", "application port 8080 listen port 0 twice"),
     ],
 )
 def test_bad_inbound_says_what_is_wrong_and_how_to_write_it(text: str, says: str) -> None:
@@ -62,7 +64,15 @@ def test_inbound_never_fails_other_than_with_config_error(text: str) -> None:
         parsed = parse_inbound(text)
     except ConfigError:
         return
-    assert parsed and all(1 <= p.listen_port <= 65535 and 1 <= p.app_port <= 65535 for p in parsed)
+    assert parsed and all(0 <= p.listen_port <= 65535 and 1 <= p.app_port <= 65535 for p in parsed)
+
+
+def test_listen_port_0_asks_for_any_free_port_once_per_application_port() -> None:
+    assert parse_inbound("0:8080/http,0:9090,15006:8080") == [
+        InboundPort(0, 8080, "http"),
+        InboundPort(0, 9090, "tcp"),
+        InboundPort(15006, 8080, "tcp"),
+    ]
 
 
 def test_port_lists() -> None:

@@ -22,6 +22,7 @@ def served() -> Iterator[tuple[StatusServer, Readiness]]:
     server = StatusServer(
         "127.0.0.1",
         0,
+        flag="--status-listen",
         exposition=lambda: b"# metrics\nup 1\n",
         ready=lambda: readiness.ready,
         not_ready="no certificate yet",

@@ -29,6 +29,7 @@ from ca.clock import Clock, SystemClock
 from ca.config import AgentConfig
 from ca.errors import ConfigError
 from ca.keys import generate_private_key
+from ca.listening import remove_ports_file, split_address, write_ports_file
 from ca.status_http import StatusServer
 
 log = logging.getLogger("meshca.agent")
@@ -76,9 +77,15 @@ class AgentProcess:
             server.start()
         if self.telemetry is not None:
             self.telemetry.start()
+        write_ports_file(self.cfg.ports_file, self.ports)
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.start()
         self._schedule(self.clock.now())
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The TCP ports this agent listens on, by name (as its --ports-file gives them)."""
+        return {"health": self.telemetry.port} if self.telemetry is not None else {}
 
     def _schedule(self, when: object) -> None:
         assert self._scheduler is not None
@@ -108,6 +115,7 @@ class AgentProcess:
             server.stop(0.5).wait()
         if self.telemetry is not None:
             self.telemetry.stop()
+        remove_ports_file(self.cfg.ports_file)
         self.client.close()
 
     def wait(self) -> None:
@@ -149,18 +157,20 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     )
     if cfg.once:
         return process
-    if cfg.sds_socket is not None:
-        process.servers.append(unix_server(cfg.sds_socket, [SdsService(broadcast)]))
-    if cfg.workload_api_socket is not None:
-        process.servers.append(unix_server(cfg.workload_api_socket, [WorkloadApiService(broadcast)]))
+    # The port first: an agent that cannot have it stops before replacing any socket file.
     if cfg.health_listen is not None:
-        host, _, port = cfg.health_listen.rpartition(":")
+        host, port = split_address(cfg.health_listen)
         process.telemetry = StatusServer(
             host,
-            int(port),
+            port,
+            flag="--health-listen",
             exposition=metrics.exposition,
             ready=lambda: metrics.ready,
             not_ready="no valid certificate yet",
             thread_name="agent-http",
         )
+    if cfg.sds_socket is not None:
+        process.servers.append(unix_server(cfg.sds_socket, [SdsService(broadcast)]))
+    if cfg.workload_api_socket is not None:
+        process.servers.append(unix_server(cfg.workload_api_socket, [WorkloadApiService(broadcast)]))
     return process

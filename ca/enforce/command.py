@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from ca import logs
 from ca.enforce.settings import OUTBOUND_SYNTAX, TLS_ENGINES, config_from_args
-from ca.flags import EnvDefaults
+from ca.flags import PORTS_FILE_HELP, EnvDefaults
 from ca.policy.workload_flags import add_workload_flags
 
 DESCRIPTION = (
@@ -55,6 +55,7 @@ def add_enforce_parser(
         choices=TLS_ENGINES,
     )
     e.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
+    e.add("--ports-file", None, PORTS_FILE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -19,17 +19,19 @@ from ca.clock import Clock, SystemClock
 from ca.enforce import tls_openssl
 from ca.enforce.events import LogLimiter, OpenConnections, RefusalLog
 from ca.enforce.inbound import Deadlines, InboundFlow, PortContext, Shared
-from ca.enforce.listener import Listener, bind
+from ca.enforce.listener import Listener, bind, bound_port
 from ca.enforce.loop import EventLoop
 from ca.enforce.material import POLL_INTERVAL_S, CertWatcher
 from ca.enforce.metrics import EnforcerMetrics
 from ca.enforce.outbound import OUTBOUND_HOST, OutboundContext, OutboundFlow, Resolver
 from ca.enforce.peer import PeerCache
 from ca.enforce.relay import Relay
-from ca.enforce.settings import EnforceConfig
+from ca.enforce.settings import EnforceConfig, OutboundTarget
 from ca.enforce.tls import Material, TlsEngine
 from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
+from ca.listening import remove_ports_file, split_address, write_ports_file
+from ca.policy.ports import InboundPort
 from ca.policy.source import PolicySet, PolicySource, WorkloadPolicy, open_policy_source
 from ca.status_http import StatusServer
 
@@ -135,29 +137,21 @@ class Enforcer:
             raise
 
     def _start(self) -> None:
+        # The ports first: one that cannot be had stops the enforcer at once, before it waits for
+        # anything and before it logs.
+        self._bind_listeners()
+        self._bind_status()
         self.scheduler.start()
         if self.source is not None:
             self.source.start()
         self._start_certificates()
-        self._bind_listeners()
-        if self.cfg.metrics_listen is not None:
-            host, _, port = self.cfg.metrics_listen.rpartition(":")
-            try:
-                self.metrics_server = StatusServer(
-                    host,
-                    int(port),
-                    exposition=self.metrics.exposition,
-                    ready=lambda: self.ready,
-                    not_ready="no workload certificate yet",
-                    thread_name="enforce-metrics",
-                )
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot serve metrics on {self.cfg.metrics_listen}: {err.strerror}"
-                ) from err
+        for listener in self.listeners:
+            listener.listen()
+        if self.metrics_server is not None:
             self.metrics_server.start()
         self.loop.start()
         self.loop.call_soon_threadsafe(self._start_listening)
+        write_ports_file(self.cfg.ports_file, self.ports)
         log.info(
             "enforcing",
             extra={
@@ -188,38 +182,78 @@ class Enforcer:
                 )
 
     def _bind_listeners(self) -> None:
+        """Bind every listen port. A port given as 0 gets a free one, which then stands for it in
+        `cfg`, and so in metrics, log lines and the ports file."""
         cfg = self.cfg
+        inbound: list[InboundPort] = []
         for port in cfg.inbound:
             family, address = app_address(cfg.app_host, port.app_port)
+            sock = bind(cfg.listen_host, port.listen_port, flag="--inbound")
+            bound = replace(port, listen_port=bound_port(sock))
             ctx = PortContext(
                 shared=self.shared,
-                port=port,
+                port=bound,
                 decide=self.policy.decide,
                 app_family=family,
                 app_address=address,
                 proxy_protocol=port.app_port in cfg.proxy_protocol_ports,
             )
             self.connections.register_port(ctx.label)
-            self._listen(cfg.listen_host, port.listen_port, _inbound_acceptor(ctx))
+            self._add_listener(sock, bound.listen_port, "--inbound", _inbound_acceptor(ctx))
+            inbound.append(bound)
+        outbound: list[OutboundTarget] = []
         if cfg.outbound:
             resolver = self._resolver = Resolver(self.loop)
             for target in cfg.outbound:
-                octx = OutboundContext(shared=self.shared, target=target, resolver=resolver)
+                sock = bind(OUTBOUND_HOST, target.listen_port, flag="--outbound")
+                bound_target = replace(target, listen_port=bound_port(sock))
+                octx = OutboundContext(shared=self.shared, target=bound_target, resolver=resolver)
                 self.connections.register_port(octx.label)
-                self._listen(OUTBOUND_HOST, target.listen_port, _outbound_acceptor(octx))
+                self._add_listener(sock, bound_target.listen_port, "--outbound", _outbound_acceptor(octx))
+                outbound.append(bound_target)
+        self.cfg = replace(cfg, inbound=tuple(inbound), outbound=tuple(outbound))
 
-    def _listen(self, host: str, port: int, on_connection: Acceptor) -> None:
-        sock = bind(host, port)
+    def _add_listener(self, sock: socket.socket, port: int, flag: str, on_connection: Acceptor) -> None:
         self.listeners.append(
             Listener(
                 self.loop,
                 sock,
                 listen_port=port,
+                flag=flag,
                 metrics=self.metrics,
                 refusals=self.shared.refusals,
                 on_connection=on_connection,
             )
         )
+
+    def _bind_status(self) -> None:
+        if self.cfg.metrics_listen is None:
+            return
+        host, port = split_address(self.cfg.metrics_listen)
+        self.metrics_server = StatusServer(
+            host,
+            port,
+            flag="--metrics-listen",
+            exposition=self.metrics.exposition,
+            ready=lambda: self.ready,
+            not_ready="no workload certificate yet",
+            thread_name="enforce-metrics",
+        )
+
+    @property
+    def ports(self) -> dict[str, object]:
+        """The ports bound, as the ports file gives them: each --inbound and --outbound item in the
+        order given, and the status endpoint's."""
+        ports: dict[str, object] = {
+            "inbound": [
+                {"listen_port": p.listen_port, "app_port": p.app_port, "protocol": p.protocol}
+                for p in self.cfg.inbound
+            ],
+            "outbound": [{"listen_port": t.listen_port, "target": t.label} for t in self.cfg.outbound],
+        }
+        if self.metrics_server is not None:
+            ports["metrics"] = self.metrics_server.port
+        return ports
 
     def _start_listening(self) -> None:
         for listener in self.listeners:
@@ -243,7 +277,8 @@ class Enforcer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self.loop.running:
+        enforcing = self.loop.running  # else a start that failed: its error is all there is to say
+        if enforcing:
             done = threading.Event()
 
             def close_everything() -> None:
@@ -268,7 +303,9 @@ class Enforcer:
             self.metrics_server.stop()
         if self._resolver is not None:
             self._resolver.close()
-        log.info("enforcer stopped")
+        remove_ports_file(self.cfg.ports_file)
+        if enforcing:
+            log.info("enforcer stopped")
 
     def wait(self) -> None:
         self._stopped.wait()

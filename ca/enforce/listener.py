@@ -1,4 +1,5 @@
-"""Listening sockets: bound at start (a port in use is a configuration error), accepted on the loop."""
+"""Listening sockets: bound first thing at start (a port in use is a configuration error), listening
+once the enforcer is ready, accepted on the loop."""
 
 from __future__ import annotations
 
@@ -10,32 +11,36 @@ from collections.abc import Callable
 from ca.enforce.events import RefusalLog
 from ca.enforce.loop import READ, EventLoop
 from ca.enforce.metrics import EnforcerMetrics
-from ca.errors import ConfigError
+from ca.listening import listen_error
 
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE_S = 0.1  # after EMFILE and the like: let connections close before accepting again
 BACKLOG = 4096
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A non-blocking listening socket on host:port; ConfigError if that is not possible."""
+def bind(host: str, port: int, *, flag: str) -> socket.socket:
+    """A non-blocking socket bound to host:port (port 0: a free one), not listening yet: the port is
+    ours, but a client is refused rather than queued until `Listener.listen`. A ConfigError naming
+    `flag`, the setting that gave the address, if the port cannot be had."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, address = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as err:
-        raise ConfigError(f"cannot listen on {host}:{port}: {err}") from err
+        raise listen_error(flag, f"{host}:{port}", err) from err
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as err:
         sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {err.strerror}; pick a free port or stop what uses it"
-        ) from err
+        raise listen_error(flag, f"{host}:{port}", err) from err
     return sock
+
+
+def bound_port(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
 
 
 class Listener:
@@ -47,6 +52,7 @@ class Listener:
         sock: socket.socket,
         *,
         listen_port: int,
+        flag: str,
         metrics: EnforcerMetrics,
         refusals: RefusalLog,
         on_connection: Callable[[socket.socket, tuple[str, int]], None],
@@ -55,9 +61,17 @@ class Listener:
         self.sock = sock
         self.fd = sock.fileno()
         self.listen_port = listen_port
+        self._flag = flag
         self._metrics = metrics
         self._refusals = refusals
         self._on_connection = on_connection
+
+    def listen(self) -> None:
+        try:
+            self.sock.listen(BACKLOG)
+        except OSError as err:  # another socket bound with SO_REUSEADDR took to listening first
+            host = self.sock.getsockname()[0]
+            raise listen_error(self._flag, f"{host}:{self.listen_port}", err) from err
 
     def start(self) -> None:
         self.loop.watch(self.fd, READ, self.on_accept)

@@ -67,13 +67,16 @@ class EnforceConfig:
     metrics_listen: str | None
     log_level: str
     tls_engine: str
+    ports_file: Path | None = None
     timeouts: Timeouts = Timeouts()
 
 
-def _port(text: str, item: str) -> int:
+def _port(text: str, item: str, *, lowest: int = 1) -> int:
     value = int(text)
-    if not 1 <= value <= 65535:
-        raise ConfigError(f"--outbound {item!r}: {value} is not a port 1-65535; write {OUTBOUND_SYNTAX}")
+    if not lowest <= value <= 65535:
+        raise ConfigError(
+            f"--outbound {item!r}: {value} is not a port {lowest}-65535; write {OUTBOUND_SYNTAX}"
+        )
     return value
 
 
@@ -98,13 +101,14 @@ def parse_outbound(texts: list[str], trust_domain: str) -> tuple[OutboundTarget,
                 )
         targets.append(
             OutboundTarget(
-                listen_port=_port(listen, item),
+                listen_port=_port(listen, item, lowest=0),  # 0: any free port
                 host=host.strip("[]"),
                 port=_port(port, item),
                 spiffe_id=spiffe_id,
             )
         )
-    if len({t.listen_port for t in targets}) != len(targets):
+    fixed = [t.listen_port for t in targets if t.listen_port != 0]
+    if len(set(fixed)) != len(fixed):
         raise ConfigError("--outbound uses one listen port twice; give each target its own port")
     return tuple(targets)
 
@@ -124,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> EnforceConfig:
         )
     inbound = tuple(parse_inbound(inbound_texts)) if inbound_texts else ()
     outbound = parse_outbound(outbound_texts, trust_domain)
-    clash = {p.listen_port for p in inbound} & {t.listen_port for t in outbound}
+    clash = ({p.listen_port for p in inbound} & {t.listen_port for t in outbound}) - {0}
     if clash:
         raise ConfigError(f"port {min(clash)} is both an --inbound and an --outbound listen port")
     if inbound and args.policies is None:
@@ -149,4 +153,5 @@ def config_from_args(args: argparse.Namespace) -> EnforceConfig:
         metrics_listen=listen_address(args.metrics_listen),
         log_level=args.log_level,
         tls_engine=args.tls_engine,
+        ports_file=Path(args.ports_file) if args.ports_file not in (None, "", "off") else None,
     )

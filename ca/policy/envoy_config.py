@@ -180,11 +180,13 @@ def app_cluster_name(app_port: int) -> str:
 
 
 def chain_stat_prefix(port: InboundPort, chain: Chain) -> str:
-    return f"inbound_{port.listen_port}_{chain}"
+    return f"{listener_name(port)}_{chain}"
 
 
 def listener_name(port: InboundPort) -> str:
-    return f"inbound_{port.listen_port}"
+    """`inbound_<listen port>`; a listener on any free port (listen port 0) is named after its
+    application port instead: `inbound_app<app port>`."""
+    return f"inbound_{port.listen_port}" if port.listen_port else f"inbound_app{port.app_port}"
 
 
 def _http_filters(port: InboundPort, chain: Chain) -> list[Json]:

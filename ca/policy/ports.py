@@ -7,7 +7,8 @@ same flags the same way. Pure code: no I/O.
 repeating the flag: the data plane listens on LISTEN_PORT and forwards to the
 application's APP_PORT. PeerAuthentication port-level modes name the
 application's port, so APP_PORT is the port whose mode applies. Without a
-suffix a port is TCP: its bytes are forwarded as they are.
+suffix a port is TCP: its bytes are forwarded as they are. LISTEN_PORT 0 asks
+for any free port (the data plane reports the one it got).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ class InboundPort:
     protocol: Protocol = DEFAULT_PROTOCOL
 
 
-def _port(text: str, what: str, item: str) -> int:
+def _port(text: str, what: str, item: str, *, lowest: int = 1) -> int:
     text = text.strip()
-    if not _PORT.fullmatch(text) or not 1 <= int(text) <= 65535:
+    if not _PORT.fullmatch(text) or not lowest <= int(text) <= 65535:
         raise ConfigError(
-            f"--inbound {item!r}: {what} {text!r} is not a port number 1-65535; write {INBOUND_SYNTAX}"
+            f"--inbound {item!r}: {what} {text!r} is not a port number {lowest}-65535; write {INBOUND_SYNTAX}"
         )
     return int(text)
 
@@ -59,7 +60,7 @@ def _one_inbound(item: str) -> InboundPort:
     if not colon:
         raise ConfigError(f"--inbound {item!r} has no ':'; write {INBOUND_SYNTAX}")
     return InboundPort(
-        listen_port=_port(listen, "listen port", item),
+        listen_port=_port(listen, "listen port", item, lowest=0),
         app_port=_port(app, "application port", item),
         protocol=protocol,
     )
@@ -68,8 +69,8 @@ def _one_inbound(item: str) -> InboundPort:
 def parse_inbound(text: str | Sequence[str]) -> list[InboundPort]:
     """`15006:8080/http,15007:9090` (or a list of such texts) -> InboundPorts in the order given.
 
-    Raises ConfigError for a malformed item, a port outside 1-65535, an unknown
-    protocol, no ports at all, or one listen port used twice.
+    Raises ConfigError for a malformed item, a port outside 1-65535 (a listen port
+    may be 0), an unknown protocol, no ports at all, or one listen port used twice.
     """
     texts = [text] if isinstance(text, str) else list(text)
     items = [item.strip() for value in texts for item in value.split(",") if item.strip()]
@@ -81,9 +82,19 @@ def parse_inbound(text: str | Sequence[str]) -> list[InboundPort]:
 
 
 def _check_unique_listen_ports(ports: Iterable[InboundPort]) -> None:
+    """Each listen port once; listen port 0 (any free port) any number of times, but once per
+    application port, which then tells those listeners apart."""
     seen: set[int] = set()
+    any_port_apps: set[int] = set()
     for port in ports:
-        if port.listen_port in seen:
+        if port.listen_port == 0:
+            if port.app_port in any_port_apps:
+                raise ConfigError(
+                    f"--inbound gives application port {port.app_port} listen port 0 twice; give one of "
+                    "them a listen port of its own"
+                )
+            any_port_apps.add(port.app_port)
+        elif port.listen_port in seen:
             raise ConfigError(
                 f"--inbound uses listen port {port.listen_port} twice; each listen port forwards to one "
                 "application port"

@@ -12,7 +12,9 @@
   certificate) carrying one or more HTTP/1.1 requests, and what came back;
   `connected`, `client_context`, `lookalike_cert` and `issued_cert` for clients of other kinds.
 - `start_envoy_plane` / `start_python_plane`: `meshca policy envoy-config --watch`
-  + a real Envoy, or `meshca enforce`, in front of the application ports.
+  + a real Envoy, or `meshca enforce`, in front of the application ports. Both listen on
+  free ports (listen port 0) and tell which: Envoy through its admin API, `meshca enforce`
+  through its ports file.
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.keys import private_key_pem
-from tests.support.agent import REPO, free_port, wait_until
+from ca.policy.envoy_config import listener_name
+from ca.policy.ports import PROTOCOLS, InboundPort
+from tests.support.agent import REPO, wait_until
 from tests.support.ca_server import RunningCa
 from tests.support.envoy import RunningEnvoy, start_envoy_file
 from tests.support.pki import Hierarchy, ec_key, pem
+from tests.support.ports import inbound_ports, read_ports_file
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 APP_COMMON_NAME = "meshca-test-app"
@@ -541,17 +546,18 @@ class PlaneSpec:
     policies: Path
     trust_domain: str = "cluster.local"
 
-    def inbound(self, listen_ports: dict[int, int]) -> str:
-        return ",".join(f"{listen_ports[app]}:{app}/{proto}" for app, proto in sorted(self.app_ports.items()))
+    def inbound(self) -> list[InboundPort]:
+        """One listener on a free port (listen port 0) in front of each application port."""
+        return [InboundPort(0, app, PROTOCOLS[proto]) for app, proto in sorted(self.app_ports.items())]
 
-    def common_args(self, listen_ports: dict[int, int]) -> list[str]:
+    def common_args(self) -> list[str]:
         args = [
             "--namespace",
             self.namespace,
             "--labels",
             self.labels,
             "--inbound",
-            self.inbound(listen_ports),
+            ",".join(f"{p.listen_port}:{p.app_port}/{p.protocol}" for p in self.inbound()),
             "--listen-host",
             "127.0.0.1",
             "--app-host",
@@ -564,10 +570,6 @@ class PlaneSpec:
         if self.proxy_protocol:
             args += ["--proxy-protocol", ",".join(str(p) for p in self.proxy_protocol)]
         return args
-
-
-def _accepting_or_exited(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    return proc.poll() is not None or _accepting(port)
 
 
 def _accepting(port: int) -> bool:
@@ -592,14 +594,13 @@ def _stopped_if_it_fails(plane: DataPlane) -> Iterator[None]:
 def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> DataPlane:
     """`meshca policy envoy-config --lds-file --watch` keeps the listener file current; Envoy runs on it."""
     workdir.mkdir(parents=True, exist_ok=True)
-    listen_ports = {app: free_port() for app in spec.app_ports}
     bootstrap, lds = workdir / "bootstrap.yaml", workdir / "listeners.yaml"
     log = workdir / "envoy-config.log"
     watcher = meshca_process(
         [
             "policy",
             "envoy-config",
-            *spec.common_args(listen_ports),
+            *spec.common_args(),
             "--sds-socket",
             str(sds_socket),
             "--admin-port",
@@ -612,41 +613,40 @@ def start_envoy_plane(spec: PlaneSpec, *, sds_socket: Path, workdir: Path) -> Da
         ],
         log,
     )
-    plane = DataPlane("envoy", listen_ports, [watcher], [log])
+    plane = DataPlane("envoy", {}, [watcher], [log])
     with _stopped_if_it_fails(plane):
         wait_until(
             lambda: watcher.poll() is None and bootstrap.exists() and lds.exists(),
             15,
             f"envoy-config to write {bootstrap} and {lds}",
         )
-        plane.envoy = start_envoy_file("enforcer", bootstrap, workdir)
-        for port in listen_ports.values():
-            wait_until(partial(_accepting, port), 10, f"envoy listening on {port}")
+        envoy = plane.envoy = start_envoy_file("enforcer", bootstrap, workdir)
+        for port in spec.inbound():
+            plane.listen_ports[port.app_port] = listen = envoy.listener_port(listener_name(port))
+            wait_until(partial(_accepting, listen), 10, f"envoy listening on {listen}")
     return plane
 
 
 def start_python_plane(spec: PlaneSpec, *, cert_dir: Path, workdir: Path) -> DataPlane:
     """`meshca enforce` with the agent's files."""
     workdir.mkdir(parents=True, exist_ok=True)
-    listen_ports = {app: free_port() for app in spec.app_ports}
-    log = workdir / "enforce.log"
+    log, ports_file = workdir / "enforce.log", workdir / "enforce.ports"
     proc = meshca_process(
         [
             "enforce",
-            *spec.common_args(listen_ports),
+            *spec.common_args(),
             "--cert-dir",
             str(cert_dir),
             "--metrics-listen",
-            f"127.0.0.1:{free_port()}",
+            "127.0.0.1:0",
+            "--ports-file",
+            str(ports_file),
         ],
         log,
     )
-    plane = DataPlane("python", listen_ports, [proc], [log])
+    plane = DataPlane("python", {}, [proc], [log])
     with _stopped_if_it_fails(plane):
-        for port in listen_ports.values():
-            wait_until(partial(_accepting_or_exited, port, proc), 20, f"meshca enforce listening on {port}")
-            if proc.poll() is not None:
-                raise AssertionError(f"meshca enforce exited with {proc.returncode}")
+        plane.listen_ports.update(inbound_ports(read_ports_file(ports_file, proc, timeout=30)))
     return plane
 
 

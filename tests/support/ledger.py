@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from ca.selfsigned import RootFactory
 from ca.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
+from tests.support.ports import read_ports_file
 
 POSTGRES_ADMIN_URL = os.environ.get("MESHCA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")
@@ -360,20 +360,6 @@ def ledger_rig(url: str, directory: Path, clock: FakeClock | None = None) -> Ite
 MESHCA = [sys.executable, "-m", "ca.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 def _server_env() -> dict[str, str]:
     return {
         k: v
@@ -393,11 +379,12 @@ class CaProcesses:
     logs: list[Path] = field(default_factory=list)
 
     def start(self, count: int, *flags: str, timeout_s: float = 60.0) -> list[int]:
-        """Start `count` servers at once (concurrent first starts) and wait until all accept."""
-        started = []
+        """Start `count` servers at once (concurrent first starts), each on a free port, and wait
+        until all have bound them; returns their ports."""
+        started: list[tuple[subprocess.Popen[bytes], Path, Path]] = []
         for _ in range(count):
-            port = free_port()
-            log = self.log_dir / f"meshca-{len(self.procs) + 1}.log"
+            name = f"meshca-{len(self.procs) + 1}"
+            log, ports_file = self.log_dir / f"{name}.log", self.log_dir / f"{name}.ports"
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
                     [
@@ -406,7 +393,9 @@ class CaProcesses:
                         "--state-dir",
                         str(self.state_dir),
                         "--listen",
-                        f"127.0.0.1:{port}",
+                        "127.0.0.1:0",
+                        "--ports-file",
+                        str(ports_file),
                         "--renew-listen",
                         "off",
                         "--metrics-listen",
@@ -421,21 +410,15 @@ class CaProcesses:
                     env=_server_env(),
                 )
             self.procs.append(proc)
-            self.ports.append(port)
             self.logs.append(log)
-            started.append(port)
+            started.append((proc, log, ports_file))
         deadline = time.monotonic() + timeout_s
-        waiting = set(started)
-        while waiting:
-            for proc, log in zip(self.procs, self.logs, strict=True):
-                if proc.poll() is not None:
-                    tail = log.read_text(errors="replace")[-3000:]
-                    raise AssertionError(f"meshca serve exited with {proc.returncode}:\n{tail}")
-            waiting = {p for p in waiting if not port_accepts(p)}
-            if time.monotonic() > deadline:
-                raise AssertionError(f"ports {sorted(waiting)} never opened")
-            time.sleep(0.05)
-        return started
+        ports = []
+        for proc, log, ports_file in started:
+            remaining = max(0.1, deadline - time.monotonic())
+            ports.append(read_ports_file(ports_file, proc, timeout=remaining, log=log)["grpc"])
+        self.ports.extend(ports)
+        return ports
 
     def stop(self, timeout_s: float = 20.0) -> list[int]:
         """SIGTERM every server and wait; returns their exit codes."""
