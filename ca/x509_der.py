@@ -1,9 +1,17 @@
 """Fingerprints of an issued certificate, sliced out of its DER without decoding it. Pure code.
 
 The ledger hashes every issued certificate's public key. Asking `cryptography`
-for the key's SubjectPublicKeyInfo parses and re-encodes it (about 6 us, 15 us
-on a busy event loop); the same bytes are already inside the certificate, and
-`cryptography` only ever writes DER, so they can be sliced out as they are.
+for the key's SubjectPublicKeyInfo parses and re-encodes it; the same bytes are
+already inside the certificate, and `cryptography` only ever writes DER, so they
+can be sliced out as they are.
+
+Why this is kept (scripts/bench_ledger_fingerprints.py, three runs of 9 rounds,
+batches of 64, on the 2-core development host under load): both fingerprints cost
+5.2-5.4 us per certificate this way against 23.5-24.4 us through `cryptography`,
+and the ledger process spends 81-85 us of CPU per record against 103-117 us, a
+saving of 23-26 us: 22-24% of the ledger process's work and 2.1-2.5% of the
+CA's 1.07 ms of CPU per certificate end to end. The saving is on the ledger
+process's core, not on the event loop's.
 """
 
 from __future__ import annotations
