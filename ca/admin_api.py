@@ -311,7 +311,7 @@ def head_verifier(
             heads = [head for head in (read_head_file(head_file), *(s() for s in more_heads)) if head]
         except UnreadableHead as err:
             return VerifyReport(0, 0, None, str(err))
-        return verify_at_head(reader.url, reader.engine, public_key, heads)
+        return verify_at_head(reader, public_key, heads)
 
     return verify
 

@@ -21,7 +21,7 @@ from ca.flags import PORTS_FILE_HELP, EnvDefaults, env_name, listen_address, spl
 from ca.issuer import IssuancePolicy, OverMaxTtl
 from ca.keys import KeyAlgorithm
 from ca.kube_names import check_dns_label, check_dns_subdomain
-from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter
+from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter, parse_limit
 from ca.policy.command import add_policy_parser
 from ca.spiffe_id import SpiffeId
 
@@ -554,7 +554,7 @@ def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
         raise ConfigError(err.message) from err
     max_ttl = parse_duration(getattr(args, "max_ttl", "90d"))
     if max_ttl <= timedelta(0):
-        raise ConfigError("--max-ttl must be above 0")
+        raise ConfigError("--max-ttl must be above 0; give the CA's --max-ttl, such as 24h or 90d")
     key = getattr(args, "ledger_key", None)
     kubeconfig = getattr(args, "kubeconfig", None)
     return AuditConfig(
@@ -563,7 +563,7 @@ def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
         state_dir=state_dir,
         output=args.output,
         filter=audit_filter,
-        limit=_positive_int(getattr(args, "limit", str(DEFAULT_LIMIT)), "--limit"),
+        limit=parse_limit(getattr(args, "limit", str(DEFAULT_LIMIT))),
         serial=getattr(args, "serial", None),
         at=_moment(getattr(args, "at", "now"), now, "--at") or now,
         policy=IssuancePolicy(default_ttl=min(timedelta(hours=24), max_ttl), max_ttl=max_ttl),

@@ -73,3 +73,11 @@ class SigningError(MeshcaError):
 
 class PolicyError(ConfigError):
     """A PeerAuthentication manifest is invalid; the message names the object and the field."""
+
+
+class LedgerTamperedError(MeshcaError):
+    """An entry of the issuance ledger fails its hash chain; `seq` names the first one found."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message, reason="ledger_tampered")
+        self.seq = seq

@@ -31,13 +31,14 @@ from ca import kube
 from ca._proto import meshca_admin_pb2 as pb
 from ca._proto import meshca_admin_pb2_grpc as pb_grpc
 from ca.cli import main
+from ca.errors import LedgerTamperedError
 from ca.issuer import IssuancePolicy
 from ca.keys import KeyPolicy, PrivateKey
 from ca.ledger import checkpoint as cp
 from ca.ledger import queries
-from ca.ledger.entries import timestamp
+from ca.ledger.entries import canonical, chain_hash, timestamp
 from ca.ledger.ledger import HEAD_FILE, KEY_FILE, load_or_create_ledger_key
-from ca.ledger.live_verify import _AtHead, load_verify_key, read_head_file
+from ca.ledger.live_verify import SnapshotView, load_verify_key, read_head_file
 from ca.ledger.reader import open_reader
 from ca.ledger.store import LedgerStore, sqlite_url
 from ca.ledger.verify import verify_ledger
@@ -45,6 +46,8 @@ from tests.kube import FakeKubeApiServer
 from tests.support import ledger as ledger_support
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
+from tests.support.forgery import FORGED_SERIAL, append_past_head
+from tests.support.ledger import LedgerRig
 from tests.support.pki import rsa_key
 
 ADMIN = "spiffe://cluster.local/ns/istio-system/sa/admin"
@@ -240,8 +243,16 @@ def test_list_csv_carries_every_field(audited: Audited, capsys: pytest.CaptureFi
         (["--status", "refused", "--valid-at", "now"], "valid-at time selects issued"),
         (["--since", "2026-01-02", "--until", "2026-01-01"], "time range is empty"),
         (["--since", "yesterday"], "is not a time"),
-        (["--limit", "0"], "limit 0 is out of range"),
-        (["--limit", "many"], "--limit must be a whole number"),
+        (
+            ["--limit", "0"],
+            "--limit 0 is out of range; give 1 to 10000 (for more, use 'meshca audit export')",
+        ),
+        (
+            ["--limit", "-3"],
+            "--limit -3 is out of range; give 1 to 10000 (for more, use 'meshca audit export')",
+        ),
+        (["--limit", "10001"], "--limit 10001 is out of range; give 1 to 10000"),
+        (["--limit", "many"], "--limit must be a whole number from 1 to 10000 (for more, use"),
         (["--ledger", "off"], "nothing to audit"),
         (["--ledger", "mysql://x"], "is not auto, off"),
     ],
@@ -252,15 +263,29 @@ def test_list_usage_errors_exit_2(
     code, out, err = audit(capsys, "list", "--state-dir", audited.state, *flags)
     assert code == 2
     assert message in err and out == ""
-    assert "Traceback" not in err
+    assert err.startswith("meshca: error: ") and err.count("\n") == 1, err
+
+
+def test_report_max_ttl_must_be_above_zero(audited: Audited, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = audit(capsys, "report", "--state-dir", audited.state, "--max-ttl", "0")
+    assert (code, out) == (2, "")
+    assert err == "meshca: error: --max-ttl must be above 0; give the CA's --max-ttl, such as 24h or 90d\n"
 
 
 def test_a_missing_ledger_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
     for action in (["list"], ["show", "ab"], ["export"], ["report"], ["verify"]):
-        code, _, err = audit(capsys, *action, "--state-dir", str(tmp_path / "nowhere"))
-        assert code == 2, action
-        assert "there is no ledger at" in err or "no ledger key" in err, err
+        code, out, err = audit(capsys, *action, "--state-dir", str(tmp_path / "nowhere"))
+        assert code == 2 and out == "", action
+        assert err == (
+            f"meshca: error: there is no ledger at {tmp_path / 'nowhere' / 'ledger.db'} "
+            f"({tmp_path / 'nowhere'} does not exist); give --state-dir the state directory of an "
+            "existing CA, or --ledger its ledger (a sqlite:/// or postgresql:// URL)\n"
+        ), action
+        code, _, err = audit(capsys, *action, "--state-dir", str(tmp_path / "empty"))
+        assert code == 2 and f"there is no ledger at {tmp_path / 'empty' / 'ledger.db'};" in err, action
     assert not (tmp_path / "nowhere").exists()  # nothing was created on the way
+    assert list((tmp_path / "empty").iterdir()) == []
     (tmp_path / "empty.db").write_bytes(b"")
     code, _, err = audit(capsys, "list", "--ledger", sqlite_url(tmp_path / "empty.db"))
     assert code == 2 and "holds no meshca ledger" in err
@@ -458,7 +483,7 @@ def test_verify_ok(audited: Audited, capsys: pytest.CaptureFixture[str]) -> None
                 "hash = (SELECT entry_hash FROM ledger_entries WHERE seq = 7)",
             ],
             8,
-            "cut",
+            "a signed checkpoint names entry 8 but the ledger ends at 7",
         ),
     ],
     ids=["content-edited", "column-edited", "tail-cut"],
@@ -537,12 +562,121 @@ def test_a_verification_ignores_entries_written_after_it_began(ledger_url: str, 
     with ledger_support.ledger_rig(ledger_url, tmp_path) as rig:
         rig.issue(2)
         rig.checkpoint()
-        view = _AtHead(ledger_url, rig.store.engine)
-        rig.issue(3)  # a CA still writing while the check reads
-        rig.checkpoint()
-        result = verify_ledger(view, rig.key.public_key())
-        assert result.ok and result.entries_checked == 2
+        reader = open_reader(ledger_url)
+        try:
+            with reader.engine.connect() as conn:
+                view = SnapshotView(conn)
+                assert view.head()[0] == 2  # the snapshot is taken at the first read
+                rig.issue(3)  # a CA still writing while the check reads
+                rig.checkpoint()
+                result = verify_ledger(view, rig.key.public_key())
+        finally:
+            reader.dispose()
+        assert result.ok and result.entries_checked == 2, result.summary()
         assert rig.verify().entries_checked == 5
+
+
+# --------------------------------------------------------------------------- forged entries
+
+
+@pytest.fixture
+def forgeable(ledger_url: str, tmp_path: Path) -> Iterator[tuple[LedgerRig, list[str]]]:
+    """The ledger of a CA still running, on SQLite or PostgreSQL, and the audit flags that find it:
+
+    seq 1 ca_event, 2-4 issued, 5 refused | signed checkpoint 5 (the head file) | 6-7 issued
+    """
+    state = tmp_path / "state"
+    with ledger_support.ledger_rig(ledger_url, state) as rig:
+        rig.event("created")
+        rig.issue(3)
+        rig.refuse()
+        rig.checkpoint()
+        rig.issue(2)
+        yield rig, ["--ledger", ledger_url, "--state-dir", str(state)]
+
+
+def test_verify_says_how_many_entries_await_a_signature(
+    forgeable: tuple[LedgerRig, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig, flags = forgeable
+    code, out, _ = audit(capsys, "verify", *flags)
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "ledger OK: 7 entries and 1 signed checkpoints verified; entries 6-7, newer than the last "
+        "signed checkpoint (entry 5), are chain-verified but not yet covered by a signature"
+    )
+    code, out, _ = audit(capsys, "verify", *flags, "-o", "json")
+    result = json.loads(out)
+    assert code == 0 and (result["unsigned_entries"], result["signed_through"]) == (2, 5)
+    rig.checkpoint()
+    code, out, _ = audit(capsys, "verify", *flags)
+    assert code == 0 and out.splitlines()[0] == "ledger OK: 7 entries and 2 signed checkpoints verified"
+
+
+@pytest.mark.parametrize("relink", [False, True], ids=["hashes-copied", "linked-on"])
+def test_an_issuance_forged_past_the_head_is_never_shown_as_genuine(
+    forgeable: tuple[LedgerRig, list[str]], capsys: pytest.CaptureFixture[str], relink: bool
+) -> None:
+    """A copy of an issuance under a new serial, appended after the last entry as someone with
+    access to the database would: its hashes copied, or chained on from the last entry."""
+    rig, flags = forgeable
+    assert append_past_head(rig.store, relink=relink) == 8
+    code, out, _ = audit(capsys, "verify", *flags)
+    assert code == 1
+    assert out.startswith("ledger TAMPERED at entry 8: it lies past the head the CA recorded (entry 7)")
+    refusals = (["list"], ["list", "-o", "json"], ["show", FORGED_SERIAL], ["export"], ["report"])
+    for action in (*refusals, ["export", "--format", "csv"], ["report", "-o", "csv"]):
+        code, out, err = audit(capsys, *action, *flags)
+        assert code == 1, action
+        assert "meshca: error: the ledger fails its hash chain at entry 8: it lies past the head" in err
+        assert FORGED_SERIAL not in out and "Traceback" not in err
+    # What leaves the forged entry out is still answered, each entry shown checked.
+    code, out, _ = audit(capsys, "list", "--status", "refused", "-o", "json", *flags)
+    assert code == 0 and seqs_of(out) == [5]
+    genuine = rig.store.indexed_row(2)
+    assert genuine is not None
+    assert audit(capsys, "show", genuine["serial"], *flags)[0] == 0
+
+
+def test_an_entry_edited_and_rehashed_is_refused_and_so_is_its_neighbour(
+    forgeable: tuple[LedgerRig, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entry 3 edited and its own hash recomputed: it links to entry 2, but entry 4 no longer
+    links back to it."""
+    rig, flags = forgeable
+    row = rig.store.indexed_row(3)
+    assert row is not None
+    content = canonical({**json.loads(row["content"]), "not_after": "2099-01-01T00:00:00.000000Z"})
+    ledger_support.sql(
+        rig.store,
+        "UPDATE ledger_entries SET content = :c, not_after = :n, entry_hash = :h WHERE seq = 3",
+        c=content,
+        n="2099-01-01T00:00:00.000000Z",
+        h=chain_hash(row["prev_hash"], content),
+    )
+    serials = {seq: (rig.store.indexed_row(seq) or {})["serial"] for seq in (2, 3, 4)}
+    code, _, err = audit(capsys, "show", serials[3], *flags)
+    assert code == 1 and "at entry 3: entry 4 does not link back to it" in err
+    code, _, err = audit(capsys, "show", serials[4], *flags)
+    assert code == 1 and "at entry 4: its previous-hash link does not match" in err
+    assert audit(capsys, "show", serials[2], *flags)[0] == 0
+    code, _, err = audit(capsys, "list", "--valid-at", "2098-01-01", *flags)
+    assert code == 1 and "at entry 3" in err
+
+
+def test_an_export_stops_at_the_first_entry_that_fails(
+    forgeable: tuple[LedgerRig, list[str]],
+) -> None:
+    rig, _ = forgeable
+    append_past_head(rig.store)
+    reader = open_reader(rig.store.url)
+    exported: list[int] = []
+    try:
+        with pytest.raises(LedgerTamperedError) as raised:
+            exported.extend(e["seq"] for e in queries.export(reader, queries.AuditFilter(), batch=3))
+    finally:
+        reader.dispose()
+    assert exported == [1, 2, 3, 4, 5, 6] and raised.value.seq == 8
 
 
 # --------------------------------------------------------------------------- queries on both databases

@@ -50,6 +50,7 @@ from ca.ledger.verify import verify_ledger
 from tests.support import ledger as ledger_support
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
+from tests.support.forgery import append_past_head, insert_and_rechain
 from tests.support.ledger import (
     MESHCA,
     POSTGRES_ADMIN_URL,
@@ -229,6 +230,26 @@ def _restore_backup_and_regrow(r: LedgerRig) -> None:
     )
 
 
+def _append_a_copy_past_the_head(r: LedgerRig) -> None:
+    """A copy of an issuance under a new serial, its hashes copied unchanged."""
+    append_past_head(r.store)
+
+
+def _append_past_the_head_linked_on(r: LedgerRig) -> None:
+    """Chained on from the last entry, the head row left where the CA put it."""
+    append_past_head(r.store, relink=True)
+
+
+def _insert_in_the_middle_and_rechain(r: LedgerRig) -> None:
+    insert_and_rechain(r.store, 4)
+
+
+def _delete_the_newest_and_move_the_head(r: LedgerRig) -> None:
+    hashes = r.hashes()
+    sql(r.store, "DELETE FROM ledger_entries WHERE seq = 12")
+    sql(r.store, "UPDATE ledger_head SET seq = 11, hash = :h WHERE id = 1", h=hashes[11])
+
+
 def _rechain_and_drop_checkpoints(r: LedgerRig) -> None:
     _edit_and_rechain(r)
     sql(r.store, "DELETE FROM ledger_checkpoints")
@@ -310,6 +331,12 @@ TAMPERING = {
         _edit_after_first_checkpoint_and_rechain, 12, "signed checkpoint"
     ),
     "recompute the chain, drop the checkpoints": Tamper(_rechain_and_drop_checkpoints, 12, "outside"),
+    # adding
+    "append a copy of an issuance past the head": Tamper(_append_a_copy_past_the_head, 13, "past the head"),
+    "append past the head, linked on": Tamper(_append_past_the_head_linked_on, 13, "past the head"),
+    "insert in the middle, recompute the chain": Tamper(
+        _insert_in_the_middle_and_rechain, 6, "signed checkpoint"
+    ),
     # deleting
     "delete a middle entry": Tamper(_delete_middle, 5, "expected entry 4"),
     "delete the first entry": Tamper(_delete_first, 2, "expected entry 1"),
@@ -320,6 +347,9 @@ TAMPERING = {
     # truncating
     "truncate the tail": Tamper(_truncate_tail, 10, "removed from its end"),
     "truncate the tail and move the head row": Tamper(_truncate_tail_and_head, 10, "names entry 12"),
+    "delete the newest entry and move the head row": Tamper(
+        _delete_the_newest_and_move_the_head, 12, "names entry 12"
+    ),
     # rolling back (only the head kept outside the database can tell)
     "roll back entries, head row and checkpoints": Tamper(_roll_back_rows, 7, "rolled back"),
     "restore an older backup": Tamper(_restore_backup, 7, "rolled back"),
@@ -364,6 +394,50 @@ def test_clearing_an_indexed_column_is_detected(rig: LedgerRig) -> None:
     sql(rig.store, "UPDATE ledger_entries SET serial = NULL WHERE seq = 4")
     report = rig.verify()
     assert not report.ok and report.bad_seq == 4 and "serial" in (report.problem or "")
+
+
+def test_entries_newer_than_the_last_signed_checkpoint_are_counted_apart(rig: LedgerRig) -> None:
+    rig.issue(2)  # 13-14, not signed yet
+    report = rig.verify()
+    assert report.ok, report.summary()
+    assert (report.entries_checked, report.last_seq, report.signed_through) == (14, 14, 12)
+    assert report.unsigned_entries == 2
+    assert report.summary().endswith(
+        "; entries 13-14, newer than the last signed checkpoint (entry 12), are chain-verified but "
+        "not yet covered by a signature"
+    )
+    rig.checkpoint()
+    report = rig.verify()
+    assert report.ok and report.unsigned_entries == 0
+    assert report.summary() == "ledger OK: 14 entries and 3 signed checkpoints verified"
+
+
+def test_a_ledger_never_signed_has_every_entry_unsigned(ledger_url: str, tmp_path: Path) -> None:
+    with ledger_rig(ledger_url, tmp_path / "state") as r:
+        r.issue(3)
+        report = r.verify()
+        assert report.ok and report.unsigned_entries == 3 and report.signed_through == 0
+        assert "none of them is covered by a signed checkpoint yet" in report.summary()
+
+
+def test_the_limit_of_a_keyless_chain_is_its_unsigned_tail(rig: LedgerRig) -> None:
+    """After the last signature, someone able to write to the database who chains an entry of
+    their own and moves the head row onto it, or cuts the newest entries and moves the head
+    row back, leaves a consistent chain: verify can only say that those entries are unsigned
+    (and the CA's next checkpoint would sign them). The signed checkpoints and the head kept
+    outside bound that window to the checkpoint interval."""
+    rig.issue(1)  # 13, not signed yet
+    forged = append_past_head(rig.store, relink=True, move_head=True)
+    report = rig.verify()
+    assert report.ok and forged == 14 and report.unsigned_entries == 2, report.summary()
+    hashes = rig.hashes()
+    sql(rig.store, "DELETE FROM ledger_entries WHERE seq >= 13")
+    sql(rig.store, "UPDATE ledger_head SET seq = 12, hash = :h WHERE id = 1", h=hashes[12])
+    report = rig.verify()
+    assert report.ok and report.unsigned_entries == 0, report.summary()
+    sql(rig.store, "DELETE FROM ledger_entries WHERE seq = 12")  # signed: that is caught
+    sql(rig.store, "UPDATE ledger_head SET seq = 11, hash = :h WHERE id = 1", h=hashes[11])
+    assert not rig.verify().ok
 
 
 def test_rollback_is_seen_only_through_the_head_kept_outside(rig: LedgerRig) -> None:
@@ -862,7 +936,8 @@ def test_the_ca_migrates_a_v1_ledger_and_extends_its_chain(ledger_url: str, tmp_
     assert entries[last_seq].prev_hash == last_hash  # the CA's own event follows the old head
     assert entries[last_seq].content["kind"] == "ca_event"
     assert entries[-1].content["serial"] == _serial(chain)
-    assert entries[2].columns is not None and entries[2].columns["reason"] == "token_expired"
+    assert entries[2].columns is not None
+    assert dict(zip(INDEXED_FIELDS, entries[2].columns, strict=True))["reason"] == "token_expired"
     report = verify_state(ledger_url, state)
     assert report.ok and report.entries_checked == last_seq + 2, report.summary()
     store = LedgerStore(ledger_url)

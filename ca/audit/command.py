@@ -12,13 +12,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TextIO
+from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ca.audit import render
 from ca.config import AuditConfig
-from ca.errors import ConfigError, InvalidRequestError
+from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
 from ca.ledger.ledger import HEAD_FILE
@@ -100,12 +100,28 @@ def _show(cfg: AuditConfig, out: TextIO) -> int:
 
 
 def _export(cfg: AuditConfig, out: TextIO) -> int:
+    written = 0
+
+    def counted(entries: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        nonlocal written
+        for entry in entries:
+            yield entry
+            written += 1
+
     with _reader(cfg) as reader:
-        entries = queries.export(reader, cfg.filter)
-        if cfg.output == "csv":
-            _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
-        else:
-            _write(out, (render.json_line(e) for e in entries))
+        entries = counted(queries.export(reader, cfg.filter))
+        try:
+            if cfg.output == "csv":
+                _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
+            else:
+                _write(out, (render.json_line(e) for e in entries))
+        except LedgerTamperedError as err:
+            if written:
+                _note(
+                    f"the export stopped before entry {err.seq}; the {written} entries written "
+                    "before it each passed the check"
+                )
+            raise
     return EXIT_OK
 
 
@@ -156,15 +172,15 @@ def _verify_key(cfg: AuditConfig) -> ed25519.Ed25519PublicKey:
 
 
 def _verify(cfg: AuditConfig, out: TextIO) -> int:
-    key = _verify_key(cfg)
     found: list[str] = []
-    with _reader(cfg) as reader:
+    with _reader(cfg) as reader:  # first: with no ledger there, that is what to say
+        key = _verify_key(cfg)
         try:
             heads, found = _external_heads(cfg)
         except UnreadableHead as err:
             result = VerifyReport(0, 0, None, str(err))
         else:
-            result = verify_at_head(reader.url, reader.engine, key, heads)
+            result = verify_at_head(reader, key, heads)
     if cfg.output == "json":
         out.write(render.json_line(render.verify_dict(result, found)) + "\n")
     else:

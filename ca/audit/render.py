@@ -376,6 +376,9 @@ def verify_dict(result: VerifyReport, heads: Sequence[str]) -> dict[str, Any]:
         "checkpoints_checked": result.checkpoints_checked,
         "bad_seq": result.bad_seq,
         "problem": result.problem,
+        "last_seq": result.last_seq,
+        "signed_through": result.signed_through,
+        "unsigned_entries": result.unsigned_entries,
         "external_heads": list(heads),
         "summary": result.summary(),
     }

@@ -6,10 +6,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ca.errors import InvalidRequestError
+from ca.errors import ConfigError, InvalidRequestError
 from ca.ledger.entries import ISSUED, KINDS, timestamp
 
 DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(
+            f"limit {limit} is out of range; ask for 1 to {MAX_LIMIT} entries, or export for more",
+            reason="limit_invalid",
+        )
+    return limit
+
+
+def parse_limit(text: str, flag: str = "--limit") -> int:
+    """A list's --limit: a whole number from 1 to MAX_LIMIT."""
+    allowed = f"1 to {MAX_LIMIT} (for more, use 'meshca audit export')"
+    try:
+        limit = int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{flag} must be a whole number from {allowed}, not {text!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ConfigError(f"{flag} {limit} is out of range; give {allowed}")
+    return limit
 
 
 @dataclass(frozen=True, kw_only=True)

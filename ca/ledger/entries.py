@@ -68,7 +68,7 @@ class Entry:
     content_json: str
     prev_hash: str
     entry_hash: str
-    columns: Mapping[str, Any] | None = None
+    columns: tuple[Any, ...] | None = None  # the indexed columns as stored, in INDEXED_FIELDS order
 
     @property
     def content(self) -> dict[str, Any]:
@@ -225,13 +225,29 @@ def check_link(entry: Entry, expected_prev: str, expected_seq: int) -> ChainBrea
     if chain_hash(entry.prev_hash, entry.content_json) != entry.entry_hash:
         return ChainBreak(entry.seq, "its content does not match its hash: the entry was edited")
     if entry.columns is not None:
-        try:
-            expected = indexed_values(entry.content)
-        except ValueError:
-            return ChainBreak(entry.seq, "its content is not valid JSON: the entry was edited")
-        changed = sorted(name for name, value in expected.items() if entry.columns.get(name) != value)
-        if changed:
-            return ChainBreak(
-                entry.seq, f"its {', '.join(changed)} column(s) differ from its content: edited"
-            )
+        return _columns_problem(entry, entry.columns)
     return None
+
+
+def _columns_problem(entry: Entry, columns: tuple[Any, ...]) -> ChainBreak | None:
+    try:
+        content = json.loads(entry.content_json)
+    except ValueError:
+        return ChainBreak(entry.seq, "its content is not valid JSON: the entry was edited")
+    if not isinstance(content, dict):
+        return ChainBreak(entry.seq, "its content is not a JSON object: the entry was edited")
+    expected = tuple(map(content.get, INDEXED_FIELDS))
+    if expected == columns:
+        return None
+    changed = sorted(
+        name for name, want, got in zip(INDEXED_FIELDS, expected, columns, strict=True) if want != got
+    )
+    return ChainBreak(entry.seq, f"its {', '.join(changed)} column(s) differ from its content: edited")
+
+
+def past_head(seq: int, head_seq: int) -> ChainBreak:
+    return ChainBreak(
+        seq,
+        f"it lies past the head the CA recorded (entry {head_seq}); the CA moves the head in the "
+        "transaction that writes each entry, so this one was added by other means",
+    )

@@ -1,10 +1,10 @@
 """Verifying a ledger that a CA may still be writing, against every signed head kept outside it.
 
-`verify_ledger` reads the head, then the entries in batches; a CA appending in
-between would look like entries added past the head. So the check here runs on
-the ledger as of one head, read once: entries and checkpoints written after it
-are left out. Read the external heads before calling, so that none is newer
-than that head.
+The whole check runs in one read transaction of a reader (a snapshot, see
+ca.ledger.reader): the head row, the checkpoints and every entry as of one moment,
+so entries a CA appends meanwhile are neither seen nor mistaken for entries added
+past the head, and every row the snapshot holds is checked. Read the external heads
+before calling, so that none is newer than the snapshot.
 """
 
 from __future__ import annotations
@@ -14,40 +14,41 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from sqlalchemy import Engine
+from sqlalchemy import Connection
 
 from ca.errors import ConfigError
 from ca.ledger.checkpoint import Checkpoint, signature_valid
 from ca.ledger.entries import Entry
 from ca.ledger.ledger import HeadFile
-from ca.ledger.store import LedgerStore
+from ca.ledger.reader import LedgerReader
+from ca.ledger.store import READ_BATCH, entries_after, read_checkpoints, read_head
 from ca.ledger.verify import VerifyReport, verify_ledger
 
 
-class _AtHead(LedgerStore):
-    """A LedgerStore view of the ledger as of the head read when it is made.
+class SnapshotView:
+    """The ledger as one transaction of a reader's connection sees it."""
 
-    It shares the engine it is given (a reader's, which takes no write lock) rather
-    than opening its own, so it does not run LedgerStore's constructor.
-    """
-
-    def __init__(self, url: str, engine: Engine) -> None:
-        self.url = url
-        self.engine = engine
-        self._is_sqlite = url.startswith("sqlite")
-        self._at = super().head()
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
     def head(self) -> tuple[int, str, int, str]:
-        return self._at
-
-    def entries(self, after_seq: int = 0) -> Iterator[Entry]:
-        for entry in super().entries(after_seq):
-            if entry.seq > self._at[0]:
-                return
-            yield entry
+        return read_head(self._conn)
 
     def checkpoints(self) -> list[Checkpoint]:
-        return [c for c in super().checkpoints() if c.head_seq <= self._at[0]]
+        return read_checkpoints(self._conn)
+
+    def entries(self, after_seq: int = 0) -> Iterator[Entry]:
+        last = after_seq
+        while True:
+            batch = entries_after(self._conn, last, READ_BATCH)
+            yield from batch
+            if len(batch) < READ_BATCH:
+                return
+            last = batch[-1].seq
+
+    def entry_hash(self, seq: int) -> str | None:
+        found = entries_after(self._conn, seq - 1, 1)
+        return found[0].entry_hash if found and found[0].seq == seq else None
 
 
 class UnreadableHead(Exception):
@@ -91,18 +92,18 @@ def verify_key_from_pem(data: bytes, where: str) -> ed25519.Ed25519PublicKey:
 
 
 def _check_other_head(
-    store: LedgerStore, head: Checkpoint, public_key: ed25519.Ed25519PublicKey
+    view: SnapshotView, head: Checkpoint, public_key: ed25519.Ed25519PublicKey
 ) -> str | None:
     """Why a further external head disagrees with a ledger already verified, or None."""
     if not signature_valid(head, public_key):
         return f"the head {head.key_id!r} at entry {head.head_seq} is not signed by the ledger key"
-    head_seq, _, anchor_seq, _ = store.head()
+    head_seq, _, anchor_seq, _ = view.head()
     if head.head_seq > head_seq:
         return (
             f"a signed head kept outside the database is at entry {head.head_seq} but the database "
             f"ends at {head_seq}: the database was rolled back or cut"
         )
-    if head.head_seq > anchor_seq and store.entry_hash(head.head_seq) != head.head_hash:
+    if head.head_seq > anchor_seq and view.entry_hash(head.head_seq) != head.head_hash:
         return (
             f"entry {head.head_seq} differs from a signed head kept outside the database: the "
             "database was replaced or rolled back"
@@ -111,17 +112,18 @@ def _check_other_head(
 
 
 def verify_at_head(
-    url: str, engine: Engine, public_key: ed25519.Ed25519PublicKey, external_heads: Sequence[Checkpoint]
+    reader: LedgerReader, public_key: ed25519.Ed25519PublicKey, external_heads: Sequence[Checkpoint]
 ) -> VerifyReport:
-    """verify_ledger on the ledger as of now, against the newest external head; the others are
-    then checked against the verified chain."""
-    store = _AtHead(url, engine)
+    """verify_ledger on one snapshot of the reader's ledger, against the newest external head;
+    the others are then checked against the verified chain."""
     heads = sorted(external_heads, key=lambda h: h.head_seq, reverse=True)
-    result = verify_ledger(store, public_key, heads[0] if heads else None)
-    if not result.ok:
-        return result
-    for head in heads[1:]:
-        problem = _check_other_head(store, head, public_key)
-        if problem is not None:
-            return VerifyReport(result.entries_checked, result.checkpoints_checked, None, problem)
+    with reader.engine.connect() as conn:
+        view = SnapshotView(conn)
+        result = verify_ledger(view, public_key, heads[0] if heads else None)
+        if not result.ok:
+            return result
+        for head in heads[1:]:
+            problem = _check_other_head(view, head, public_key)
+            if problem is not None:
+                return VerifyReport(result.entries_checked, result.checkpoints_checked, None, problem)
     return result

@@ -12,11 +12,15 @@ the entries each usable index would visit and takes the smallest; when every
 filter matches many entries it walks the table newest first instead, where the
 matches are dense and the walk stops at the limit. PostgreSQL keeps statistics
 and plans the same SQL itself.
+
+No entry that fails the hash chain is presented as genuine: every entry returned
+is first checked against the chain around it, and a report checks the chain over
+the whole span of entries it counts (ca.ledger.chain_check); a failure raises
+LedgerTamperedError, naming the entry, instead of an answer.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -48,13 +52,14 @@ from ca.errors import ConfigError, InvalidRequestError
 from ca.issuer import IssuancePolicy
 from ca.ledger import schema
 from ca.ledger.audit_filter import DEFAULT_LIMIT as DEFAULT_LIMIT
+from ca.ledger.audit_filter import MAX_LIMIT as MAX_LIMIT
 from ca.ledger.audit_filter import AuditFilter as AuditFilter
+from ca.ledger.audit_filter import check_limit
+from ca.ledger.chain_check import check_span, checked_entries
 from ca.ledger.entries import ISSUED, REFUSED, parse_timestamp, timestamp
 
-MAX_LIMIT = 10_000
 PROBE_CAP = 20_000
 EXPORT_BATCH = 2_000
-FETCH_CHUNK = 500
 MAX_VIOLATIONS = 100
 # Seconds of slack when comparing lifetimes: the entry's time is taken just after signing.
 LIFETIME_SLACK_S = 1
@@ -70,7 +75,8 @@ TTL_BUCKETS: tuple[tuple[str, int | None], ...] = (
 
 
 class Source(Protocol):
-    """Anything with the ledger's engine: a LedgerReader, or the CA's LedgerStore."""
+    """Anything with a ledger reader's engine, whose transactions are snapshots (ca.ledger.reader):
+    the chain checks read an entry's neighbours and the head row in the query's own transaction."""
 
     @property
     def engine(self) -> Engine: ...
@@ -289,28 +295,10 @@ def _plan(conn: Connection, f: AuditFilter, *, whole: bool = False) -> _Plan | N
 # --------------------------------------------------------------------------- entries
 
 
-def _entry(seq: int, content: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(content)
-    return {"seq": seq, **loaded}
-
-
 def _fetch(conn: Connection, seqs: Sequence[int]) -> list[dict[str, Any]]:
-    """The entries with these seqs, in the order given."""
-    e = schema.entries.c
-    found: dict[int, str] = {}
-    for start in range(0, len(seqs), FETCH_CHUNK):
-        chunk = seqs[start : start + FETCH_CHUNK]
-        found.update((int(s), c) for s, c in conn.execute(select(e.seq, e.content).where(e.seq.in_(chunk))))
-    return [_entry(seq, found[seq]) for seq in seqs if seq in found]
-
-
-def check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise InvalidRequestError(
-            f"limit {limit} is out of range; ask for 1 to {MAX_LIMIT} entries, or export for more",
-            reason="limit_invalid",
-        )
-    return limit
+    """The entries with these seqs, in the order given, each as its content plus `seq`; each is
+    checked against the hash chain around it first (LedgerTamperedError if one fails)."""
+    return [{"seq": entry.seq, **entry.content} for entry in checked_entries(conn, seqs)]
 
 
 def list_entries(source: Source, f: AuditFilter, limit: int = DEFAULT_LIMIT) -> list[dict[str, Any]]:
@@ -353,8 +341,8 @@ def find_serial(source: Source, serial_hex: str) -> list[dict[str, Any]]:
     serial = normalize_serial(serial_hex)
     e = schema.entries.c
     with source.engine.connect() as conn:
-        rows = conn.execute(select(e.seq, e.content).where(e.serial == serial).order_by(e.seq)).all()
-    return [_entry(int(seq), content) for seq, content in rows]
+        seqs = conn.execute(select(e.seq).where(e.serial == serial).order_by(e.seq)).scalars()
+        return _fetch(conn, [int(s) for s in seqs])
 
 
 def export(source: Source, f: AuditFilter, *, batch: int = EXPORT_BATCH) -> Iterator[dict[str, Any]]:
@@ -376,17 +364,14 @@ def export(source: Source, f: AuditFilter, *, batch: int = EXPORT_BATCH) -> Iter
     table, last = plan.table, 0
     while True:
         with source.engine.connect() as conn:
-            rows = conn.execute(
-                select(table.c.seq, table.c.content)
-                .where(*plan.where, table.c.seq > last)
-                .order_by(table.c.seq)
-                .limit(batch)
-            ).all()
-        for seq, content in rows:
-            yield _entry(int(seq), content)
-        if len(rows) < batch:
+            found = conn.execute(
+                select(table.c.seq).where(*plan.where, table.c.seq > last).order_by(table.c.seq).limit(batch)
+            ).scalars()
+            entries = _fetch(conn, [int(s) for s in found])
+        yield from entries
+        if len(entries) < batch:
             return
-        last = int(rows[-1][0])
+        last = int(entries[-1]["seq"])
 
 
 # --------------------------------------------------------------------------- report
@@ -542,6 +527,14 @@ def _violations(
     return found, total
 
 
+def _check_counted(conn: Connection, f: AuditFilter) -> None:
+    """Check the hash chain over every entry a report on `f` may count: the span of entries
+    its time filters cover, else the whole ledger."""
+    bounds = _seq_bounds(conn, f)
+    if bounds is not None:
+        check_span(conn, *bounds)
+
+
 def _span(seconds: int) -> str:
     return format_duration(timedelta(seconds=seconds))
 
@@ -564,6 +557,7 @@ def report(
         )
     at = timestamp(now)
     with source.engine.connect() as conn:
+        _check_counted(conn, f)
         issued = _issued_stats(conn, f, at)
         refusals = _refusals(conn, f)
         violations, total = _violations(conn, f, now, policy, max_violations)

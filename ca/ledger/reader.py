@@ -4,6 +4,11 @@
 which is right for the CA's appends but would make a long audit query hold up
 issuance. A reader's SQLite connections are plain read transactions with
 `query_only` set, so they run beside a writing CA (WAL) without blocking it.
+
+Each transaction of a reader is a snapshot (SQLite: a deferred BEGIN, PostgreSQL:
+REPEATABLE READ): every statement in it sees the ledger as of its first read, so an
+entry, its neighbours, the head row and the checkpoints read together agree even
+while a CA appends. The chain checks rely on that.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import ConfigError
@@ -49,9 +54,16 @@ def _read_only_sqlite(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver would begin no transaction for reads, leaving each statement its own
+        # snapshot; transactions are begun below instead.
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA query_only=ON")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read transaction on one snapshot, no lock
 
     return engine
 
@@ -62,13 +74,14 @@ def open_reader(url: str) -> LedgerReader:
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if not path.is_file():
+            missing = "" if path.parent.is_dir() else f" ({path.parent} does not exist)"
             raise ConfigError(
-                f"there is no ledger at {path}; point --ledger at the CA's ledger (auto means "
-                "<state-dir>/ledger.db) or --state-dir at the CA's state directory"
+                f"there is no ledger at {path}{missing}; give --state-dir the state directory of an "
+                "existing CA, or --ledger its ledger (a sqlite:/// or postgresql:// URL)"
             )
         engine = _read_only_sqlite(url)
     else:
-        engine = make_engine(url, lock_timeout_s=POSTGRES_LOCK_TIMEOUT_S)
+        engine = make_engine(url, lock_timeout_s=POSTGRES_LOCK_TIMEOUT_S, snapshot_reads=True)
     try:
         with engine.connect() as conn:
             found = schema.version(conn)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ca.ledger.checkpoint import COMPACTION, Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, Record, canonical, chain_hash, content_of
 
 READ_BATCH = 5000
+IN_LIST_CHUNK = 500
 _ENTRY_COLUMNS = tuple(column.name for column in schema.entries.columns)
 # `_chain` builds rows in this order.
 assert ("seq", *INDEXED_FIELDS, "content", "prev_hash", "entry_hash") == _ENTRY_COLUMNS, _ENTRY_COLUMNS
@@ -47,7 +48,9 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, *, lock_timeout_s: float = 2.0) -> Engine:
+def make_engine(url: str, *, lock_timeout_s: float = 2.0, snapshot_reads: bool = False) -> Engine:
+    """An engine for the ledger at `url`; with `snapshot_reads` (PostgreSQL) every transaction
+    sees the database as of its first statement (REPEATABLE READ)."""
     if url.startswith("sqlite"):
         # The ledger writer stages a batch on the event loop and commits it on its own thread.
         engine = create_engine(url, pool_pre_ping=True, connect_args={"check_same_thread": False})
@@ -62,6 +65,7 @@ def make_engine(url: str, *, lock_timeout_s: float = 2.0) -> Engine:
             url,
             pool_pre_ping=True,
             pool_size=4,
+            isolation_level="REPEATABLE READ" if snapshot_reads else "READ COMMITTED",
             connect_args={
                 "options": f"-c lock_timeout={timeout_ms} -c statement_timeout={timeout_ms * 5}",
                 "connect_timeout": max(1, int(lock_timeout_s)),
@@ -163,6 +167,52 @@ def _chain(
     return written, rows
 
 
+# Reads on a connection the caller holds, so that several of them can share one
+# transaction (a reader's transaction is a snapshot: see ca.ledger.reader).
+
+
+def read_head(conn: Connection) -> tuple[int, str, int, str]:
+    """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
+    row = conn.execute(select(schema.head).where(schema.head.c.id == 1)).one()
+    return int(row.seq), str(row.hash), int(row.anchor_seq), str(row.anchor_hash)
+
+
+def read_checkpoints(conn: Connection) -> list[Checkpoint]:
+    rows = conn.execute(select(schema.checkpoints.c.body).order_by(schema.checkpoints.c.head_seq)).all()
+    return [Checkpoint.from_json(body) for (body,) in rows]
+
+
+_INDEXED = slice(1, 1 + len(INDEXED_FIELDS))  # where the indexed columns lie in a row (see above)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return Entry(
+        seq=int(row[0]),
+        content_json=row[-3],
+        prev_hash=row[-2],
+        entry_hash=row[-1],
+        columns=tuple(row[_INDEXED]),
+    )
+
+
+def entries_after(conn: Connection, after_seq: int, limit: int) -> list[Entry]:
+    """Up to `limit` entries after `after_seq`, in sequence order."""
+    e = schema.entries
+    rows = conn.execute(select(e).where(e.c.seq > after_seq).order_by(e.c.seq).limit(limit)).all()
+    return [_entry(row) for row in rows]
+
+
+def entries_by_seq(conn: Connection, seqs: Iterable[int]) -> dict[int, Entry]:
+    """The entries with these seqs that exist, by seq."""
+    wanted = sorted(set(seqs))
+    found: dict[int, Entry] = {}
+    for start in range(0, len(wanted), IN_LIST_CHUNK):
+        chunk = wanted[start : start + IN_LIST_CHUNK]
+        for row in conn.execute(select(schema.entries).where(schema.entries.c.seq.in_(chunk))):
+            found[int(row.seq)] = _entry(row)
+    return found
+
+
 class LedgerStore:
     def __init__(self, url: str, *, lock_timeout_s: float = 2.0) -> None:
         self.url = url
@@ -208,8 +258,7 @@ class LedgerStore:
     def head(self) -> tuple[int, str, int, str]:
         """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
         with self.engine.connect() as conn:
-            row = conn.execute(select(schema.head).where(schema.head.c.id == 1)).one()
-        return int(row.seq), str(row.hash), int(row.anchor_seq), str(row.anchor_hash)
+            return read_head(conn)
 
     def count(self) -> int:
         with self.engine.connect() as conn:
@@ -220,24 +269,11 @@ class LedgerStore:
         last = after_seq
         while True:
             with self.engine.connect() as conn:
-                rows = conn.execute(
-                    select(schema.entries)
-                    .where(schema.entries.c.seq > last)
-                    .order_by(schema.entries.c.seq)
-                    .limit(READ_BATCH)
-                ).all()
-            for row in rows:
-                mapping = row._mapping
-                yield Entry(
-                    seq=int(row.seq),
-                    content_json=row.content,
-                    prev_hash=row.prev_hash,
-                    entry_hash=row.entry_hash,
-                    columns={name: mapping[name] for name in INDEXED_FIELDS},
-                )
-            if len(rows) < READ_BATCH:
+                batch = entries_after(conn, last, READ_BATCH)
+            yield from batch
+            if len(batch) < READ_BATCH:
                 return
-            last = int(rows[-1].seq)
+            last = batch[-1].seq
 
     def indexed_row(self, seq: int) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -270,10 +306,7 @@ class LedgerStore:
 
     def checkpoints(self) -> list[Checkpoint]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(schema.checkpoints.c.body).order_by(schema.checkpoints.c.head_seq)
-            ).all()
-        return [Checkpoint.from_json(body) for (body,) in rows]
+            return read_checkpoints(conn)
 
     def expired_prefix_end(self, cutoff: str) -> int:
         """The last seq S such that every entry up to S ended before `cutoff` (a ledger timestamp).
