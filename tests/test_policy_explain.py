@@ -164,16 +164,18 @@ def test_environment_sets_flags(
     }
 
 
-def test_invalid_manifests_are_reported_and_skipped(
+def test_invalid_manifests_of_other_namespaces_are_reported_and_skipped(
     policy_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # One that could apply stops explain: tests/test_policy_invalid_scope.py.
     (policy_dir / "broken.yaml").write_text(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
-        "metadata: {name: x, namespace: shop}\nspec: {mtls: {mode: ON}}\n"
+        "metadata: {name: x, namespace: cart}\nspec: {mtls: {mode: ON}}\n"
     )
     code, out, err = explain(capsys, "--namespace", "shop", "--policies", str(policy_dir))
     assert code == 0
-    assert err.startswith("meshca: warning: skipped: ") and "broken.yaml" in err and "shop/x" in err
+    assert err.startswith("meshca: warning: skipped (cannot apply here): ")
+    assert "broken.yaml" in err and "cart/x" in err
     assert "shop/default" in out
 
 

@@ -236,6 +236,22 @@ def test_yaml_new_invalid_file_contributes_nothing(
     assert refs(policies) == {"istio-system/default", "shop/web"}
 
 
+def test_yaml_source_lists_its_invalid_files_with_their_namespaces(
+    yaml_source: tuple[YamlPolicySource, PolicySet], policy_dir: Path
+) -> None:
+    source, _ = yaml_source
+    assert source.invalid_policies() == ()
+    (policy_dir / "broken.yaml").write_text("kind: [")
+    (policy_dir / "typo.yaml").write_text(manifest("shop", "db", "STRCT"))
+    assert eventually(lambda: len(source.invalid_policies()) == 2)
+    broken, typo = source.invalid_policies()
+    assert str(policy_dir / "broken.yaml") in broken.error and broken.namespaces is None
+    assert "'STRCT' is not a mode" in typo.error and typo.namespaces == frozenset({"shop"})
+    (policy_dir / "typo.yaml").write_text(manifest("shop", "db", "STRICT"))
+    (policy_dir / "broken.yaml").unlink()
+    assert eventually(lambda: source.invalid_policies() == ())
+
+
 def test_yaml_duplicate_name_last_file_wins(policy_dir: Path) -> None:
     (policy_dir / "zz-override.yaml").write_text(manifest("shop", "web", "PERMISSIVE", selector="web"))
     loaded = load_policies_once(str(policy_dir))
@@ -302,7 +318,8 @@ def test_load_once_reports_invalid_files(policy_dir: Path) -> None:
     (policy_dir / "bad.yaml").write_text(manifest("shop", "x", "NOPE"))
     loaded = load_policies_once(str(policy_dir))
     assert {str(p.ref) for p in loaded.policies} == {"istio-system/default", "shop/web"}
-    assert len(loaded.problems) == 1 and "bad.yaml" in loaded.problems[0]
+    (invalid,) = loaded.invalid
+    assert "bad.yaml" in invalid.error and invalid.namespaces == frozenset({"shop"})
 
 
 # The pure merge of both API versions' streams.
@@ -367,6 +384,19 @@ def test_object_map_invalid_update_keeps_last_valid() -> None:
     assert not objects.put(k8s("shop", "a", 7, "BOGUS"))
     assert seen == ["shop/b kept=False", "shop/a kept=True"]
     assert [(p.ref.name, p.mode) for p in objects.policies()] == [("a", MtlsMode.STRICT)]
+
+
+def test_object_map_lists_the_objects_whose_current_spec_is_invalid() -> None:
+    objects, _ = invalid_log()
+    objects.put(k8s("shop", "a", 5, "BOGUS"))
+    objects.put(k8s("cart", "b", 6, "NOPE"))
+    assert [(i.namespaces, "BOGUS" in i.error) for i in objects.invalid()] == [
+        (frozenset({"cart"}), False),
+        (frozenset({"shop"}), True),
+    ]
+    objects.put(k8s("shop", "a", 7, "STRICT"))
+    objects.remove(k8s("cart", "b", 8))
+    assert objects.invalid() == []
 
 
 # The Kubernetes source against the API stand-in.
@@ -553,4 +583,5 @@ def test_list_once_for_explain(apiserver: FakeKubeApiServer) -> None:
     apiserver.apply_peer_authentication("shop", "bad", {"mtls": {"mode": "WRONG"}})
     loaded = list_policies_once(apiserver.api_client())
     assert [str(p.ref) for p in loaded.policies] == ["shop/default"]
-    assert len(loaded.problems) == 1 and "shop/bad" in loaded.problems[0]
+    (invalid,) = loaded.invalid
+    assert "shop/bad" in invalid.error and invalid.namespaces == frozenset({"shop"})

@@ -32,7 +32,13 @@ from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
 from ca.listening import remove_ports_file, split_address, write_ports_file
 from ca.policy.ports import InboundPort
-from ca.policy.source import PolicySet, PolicySource, WorkloadPolicy, open_policy_source
+from ca.policy.source import (
+    PolicySet,
+    PolicySource,
+    WorkloadPolicy,
+    open_policy_source,
+    refuse_invalid_in_scope,
+)
 from ca.status_http import StatusServer
 
 log = logging.getLogger(__name__)
@@ -144,6 +150,9 @@ class Enforcer:
         self.scheduler.start()
         if self.source is not None:
             self.source.start()
+            refuse_invalid_in_scope(
+                self.source.invalid_policies(), self.cfg.workload, root_namespace=self.cfg.root_namespace
+            )
         self._start_certificates()
         for listener in self.listeners:
             listener.listen()

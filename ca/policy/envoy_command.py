@@ -42,7 +42,7 @@ from ca.policy.envoy_config import (
 )
 from ca.policy.model import Decision, Workload
 from ca.policy.ports import check_proxy_protocol_ports, parse_inbound, parse_port_list
-from ca.policy.source import PolicySet, WorkloadPolicy, open_policy_source
+from ca.policy.source import PolicySet, WorkloadPolicy, open_policy_source, refuse_invalid_in_scope
 from ca.policy.workload_flags import add_workload_flags, parse_labels
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,10 @@ def run(args: argparse.Namespace) -> int:
     )
     source.start()
     try:
+        # Rendering without a policy that could apply would guess the mode: refuse, as enforce does.
+        refuse_invalid_in_scope(
+            source.invalid_policies(), settings.workload, root_namespace=settings.root_namespace
+        )
         return _render(settings, policy_set)
     finally:
         source.stop()

@@ -4,6 +4,11 @@ For each requested port, plus "other ports" (the workload-level mode), it
 prints the mode, the level that decided it and the policy; then every policy
 that applies to the workload by scope, which one won and why the others did
 not. `--output json` gives the same for scripts.
+
+A manifest that could apply (in the workload's namespace or the root
+namespace, or one whose namespace cannot even be read) and fails validation
+makes the mode unknown: the command names it and exits 2 instead of resolving
+without it. Invalid manifests in other namespaces are skipped with a warning.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ca.flags import EnvDefaults, split_list
 from ca.policy.manifest import NO_CREATION_TIME
 from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, MtlsMode, PeerAuthentication, Workload
 from ca.policy.resolve import SCOPES, Candidates, resolve_workload
-from ca.policy.source import load_policies_once
+from ca.policy.source import load_policies_once, refuse_invalid_in_scope
 from ca.policy.workload_flags import add_workload_flags, parse_labels
 
 COMMAND = "explain"
@@ -94,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
         if request.policies == "kube":
             raise ConfigError(f"{err.message}; or give --policies DIR for manifests on disk") from err
         raise
-    for problem in loaded.problems:
-        print(f"meshca: warning: skipped: {problem}", file=sys.stderr)
+    # A policy that could apply but failed validation leaves the mode unknown: say so, never a guess.
+    refuse_invalid_in_scope(loaded.invalid, request.workload, root_namespace=request.root_namespace)
+    for note in loaded.notes:
+        print(f"meshca: warning: {note}", file=sys.stderr)
+    for invalid in loaded.invalid:
+        print(f"meshca: warning: skipped (cannot apply here): {invalid.error}", file=sys.stderr)
     explanation = explain(
         loaded.policies, request.workload, request.ports, root_namespace=request.root_namespace
     )

@@ -38,7 +38,7 @@ from urllib3.exceptions import HTTPError
 from ca.errors import PolicyError, UnavailableError
 from ca.policy.manifest import GROUP, parse_peer_authentication
 from ca.policy.metrics import INVALID_POLICIES, POLICIES_LOADED, WATCH_RESTARTS
-from ca.policy.model import PeerAuthentication, PolicyRef
+from ca.policy.model import InvalidPolicy, PeerAuthentication, PolicyRef
 from ca.policy.source import LoadedPolicies, PolicySet
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class _Entry:
     rv: int | None
     policy: PeerAuthentication | None  # the last valid spec; None if never valid
     exists: bool  # False: a tombstone
+    error: str | None = None  # why the current spec was refused; None if it is the valid one
 
 
 def _newer(rv: int | None, than: int | None) -> bool:
@@ -87,6 +88,14 @@ class ObjectMap:
     def policies(self) -> list[PeerAuthentication]:
         return [e.policy for e in self._entries.values() if e.exists and e.policy is not None]
 
+    def invalid(self) -> list[InvalidPolicy]:
+        """The objects whose current spec was refused, in namespace/name order."""
+        return [
+            InvalidPolicy(entry.error, frozenset({ref.namespace}))
+            for ref, entry in sorted(self._entries.items())
+            if entry.exists and entry.error is not None
+        ]
+
     def _incoming(self, obj: Mapping[str, Any]) -> tuple[PolicyRef, int | None, _Entry | None] | None:
         """The object's ref, resourceVersion and current entry; None if it names no object or is
         not newer than what the map holds (a lagging stream)."""
@@ -105,12 +114,13 @@ class ObjectMap:
             return False
         ref, rv, entry = incoming
         previous = entry.policy if entry is not None and entry.exists else None
+        error = None
         try:
             policy: PeerAuthentication | None = parse_peer_authentication(obj)
         except PolicyError as err:
             self._on_invalid(ref, err, previous is not None)
-            policy = previous
-        self._entries[ref] = _Entry(rv, policy, True)
+            policy, error = previous, err.message
+        self._entries[ref] = _Entry(rv, policy, True, error)
         return previous != policy or entry is None or not entry.exists
 
     def remove(self, obj: Mapping[str, Any]) -> bool:
@@ -188,6 +198,10 @@ class KubePolicySource:
     @property
     def synced(self) -> bool:
         return self._synced.is_set()
+
+    def invalid_policies(self) -> tuple[InvalidPolicy, ...]:
+        with self._lock:
+            return tuple(self._objects.invalid())
 
     def start(self, wait_s: float = 10.0) -> None:
         """Starts both streams; returns once one version has been listed in full."""
@@ -405,7 +419,6 @@ def _int_rv(value: str | None) -> int | None:
 def list_policies_once(api: client.ApiClient, *, timeout_s: float = 10.0) -> LoadedPolicies:
     """A one-off read for `explain`: the first served version's objects; invalid ones reported."""
     custom = client.CustomObjectsApi(api)
-    problems: list[str] = []
     failures: list[str] = []
     for version in VERSIONS:
         try:
@@ -419,14 +432,17 @@ def list_policies_once(api: client.ApiClient, *, timeout_s: float = 10.0) -> Loa
                 reason="kubernetes_unavailable",
             ) from err
         policies: list[PeerAuthentication] = []
+        invalid: list[InvalidPolicy] = []
         for obj in page.get("items") or []:
             try:
                 policies.append(parse_peer_authentication(obj))
             except PolicyError as err:
-                problems.append(err.message)
-        return LoadedPolicies(tuple(policies), tuple(problems))
+                ref = object_ref(obj)
+                namespaces = None if ref is None else frozenset({ref.namespace})
+                invalid.append(InvalidPolicy(err.message, namespaces))
+        return LoadedPolicies(tuple(policies), invalid=tuple(invalid))
     if all("HTTP 404" in f for f in failures):
-        return LoadedPolicies((), ("no PeerAuthentication API is served (Istio CRDs not installed)",))
+        return LoadedPolicies((), notes=("no PeerAuthentication API is served (Istio CRDs not installed)",))
     raise UnavailableError(
         f"cannot list PeerAuthentications ({'; '.join(failures)}); check RBAC for list on {PLURAL}.{GROUP}",
         reason="kubernetes_unavailable",

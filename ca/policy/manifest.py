@@ -83,20 +83,73 @@ def parse_peer_authentication(obj: Mapping[str, Any]) -> PeerAuthentication:
 
 def load_manifests(text: str) -> list[PeerAuthentication]:
     """Every PeerAuthentication in a multi-document YAML text; other kinds are skipped."""
-    try:
-        documents = list(yaml.safe_load_all(text))
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as err:
-        raise PolicyError(f"the manifest is not valid YAML ({_one_line(err)}); fix its syntax") from err
-    return manifests_from_documents(documents)
+    return manifests_from_documents(_yaml_documents(text))
 
 
 def load_json_manifests(text: str) -> list[PeerAuthentication]:
     """PeerAuthentications from a JSON text: one object, a List, or an array of objects."""
+    return manifests_from_documents(_json_documents(text))
+
+
+def _yaml_documents(text: str) -> list[Any]:
+    try:
+        return list(yaml.safe_load_all(text))
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise PolicyError(f"the manifest is not valid YAML ({_one_line(err)}); fix its syntax") from err
+
+
+def _json_documents(text: str) -> list[Any]:
     try:
         document = json.loads(text)
     except (ValueError, RecursionError) as err:
         raise PolicyError(f"the manifest is not valid JSON ({_one_line(err)}); fix its syntax") from err
-    return manifests_from_documents(document if isinstance(document, list) else [document])
+    return document if isinstance(document, list) else [document]
+
+
+def declared_namespaces(text: str, *, json_text: bool = False) -> frozenset[str] | None:
+    """The namespaces of the PeerAuthentications a manifest text declares, read without validating
+    them; None when that cannot be decided (the text does not parse, or a document or object has
+    no readable namespace). Documents of other kinds are never policies and name nothing."""
+    try:
+        documents = _json_documents(text) if json_text else _yaml_documents(text)
+    except PolicyError:
+        return None
+    namespaces: set[str] = set()
+    for document in documents:
+        if document is None:
+            continue
+        found = _document_namespaces(document)
+        if found is None:
+            return None
+        namespaces |= found
+    return frozenset(namespaces)
+
+
+def _document_namespaces(document: Any) -> set[str] | None:
+    if not isinstance(document, Mapping):
+        return None
+    kind = document.get("kind")
+    if kind not in LIST_KINDS:
+        return _object_namespace(document) if kind == KIND else set()
+    items = document.get("items")
+    if items is None:
+        return set()
+    if not isinstance(items, list) or not all(isinstance(item, Mapping) for item in items):
+        return None
+    namespaces: set[str] = set()
+    for item in items:
+        if kind == f"{KIND}List" or item.get("kind") == KIND:
+            found = _object_namespace(item)
+            if found is None:
+                return None
+            namespaces |= found
+    return namespaces
+
+
+def _object_namespace(obj: Mapping[str, Any]) -> set[str] | None:
+    metadata = obj.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
+    return {namespace} if isinstance(namespace, str) and namespace else None
 
 
 def manifests_from_documents(documents: Iterable[Any]) -> list[PeerAuthentication]:

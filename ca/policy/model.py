@@ -48,6 +48,22 @@ class Workload:
     labels: Mapping[str, str]
 
 
+@dataclass(frozen=True)
+class InvalidPolicy:
+    """A manifest file or API object that failed validation, so its intended policy is unknown."""
+
+    error: str  # names the file or object and what is wrong
+    # The namespaces of the policies it declares; None when they cannot be read (it does not
+    # parse, or an object has no readable namespace): then it could be in any namespace.
+    namespaces: frozenset[str] | None
+
+    def could_apply_to(self, workload: Workload, root_namespace: str) -> bool:
+        """Only policies in the workload's namespace and in the root namespace ever apply."""
+        if self.namespaces is None:
+            return True
+        return workload.namespace in self.namespaces or root_namespace in self.namespaces
+
+
 Level = Literal["default", "mesh", "namespace", "workload", "port"]
 
 

@@ -16,7 +16,15 @@ from typing import Protocol
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, PeerAuthentication, PolicyRef, Workload
+from ca.errors import PolicyError
+from ca.policy.model import (
+    DEFAULT_ROOT_NAMESPACE,
+    Decision,
+    InvalidPolicy,
+    PeerAuthentication,
+    PolicyRef,
+    Workload,
+)
 from ca.policy.resolve import Resolution, resolve_workload
 
 log = logging.getLogger(__name__)
@@ -158,6 +166,25 @@ class PolicySource(Protocol):
     @property
     def synced(self) -> bool: ...
 
+    def invalid_policies(self) -> tuple[InvalidPolicy, ...]:
+        """The files or objects whose current content failed validation (and so is not in effect)."""
+        ...
+
+
+def refuse_invalid_in_scope(
+    invalid: Iterable[InvalidPolicy], workload: Workload, *, root_namespace: str
+) -> None:
+    """PolicyError if an invalid policy could apply to `workload`: its mode is then unknown, and
+    resolving without that policy could report less protection than the one intended."""
+    in_scope = [policy for policy in invalid if policy.could_apply_to(workload, root_namespace)]
+    if in_scope:
+        raise PolicyError(
+            f"the mTLS mode of namespace {workload.namespace} is unknown: a PeerAuthentication that "
+            f"could apply to it is invalid: {' | '.join(policy.error for policy in in_scope)}; "
+            "fix or remove it",
+            reason="invalid_policy_in_scope",
+        )
+
 
 def open_policy_source(
     spec: str,
@@ -181,13 +208,14 @@ def open_policy_source(
 @dataclass(frozen=True)
 class LoadedPolicies:
     policies: tuple[PeerAuthentication, ...]
-    problems: tuple[str, ...]  # invalid manifests or objects that were skipped
+    invalid: tuple[InvalidPolicy, ...] = ()  # manifests or objects that failed validation
+    notes: tuple[str, ...] = ()  # anything else a reader should know about the source
 
 
 def load_policies_once(
     spec: str, *, kubeconfig: Path | None = None, in_cluster: bool = False, wait_s: float = 10.0
 ) -> LoadedPolicies:
-    """Reads the policies once (for `meshca policy explain`); invalid ones are skipped and reported."""
+    """Reads the policies once (for `meshca policy explain`); invalid ones are collected, not fatal."""
     if spec == KUBE_SPEC:
         from ca.kube import api_client
         from ca.policy.kube_source import list_policies_once

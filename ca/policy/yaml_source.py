@@ -29,9 +29,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 
 from ca.errors import ConfigError, PolicyError
-from ca.policy.manifest import load_json_manifests, load_manifests
+from ca.policy.manifest import declared_namespaces, load_json_manifests, load_manifests
 from ca.policy.metrics import INVALID_POLICIES, POLICIES_LOADED
-from ca.policy.model import PeerAuthentication, PolicyRef
+from ca.policy.model import InvalidPolicy, PeerAuthentication, PolicyRef
 from ca.policy.source import LoadedPolicies, PolicySet
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,31 @@ def scan(path: Path) -> dict[Path, FileStamp]:
     return found
 
 
+class InvalidFileError(PolicyError):
+    """A policy file that cannot be read or does not validate; the message names the file."""
+
+    def __init__(self, message: str, *, reason: str, namespaces: frozenset[str] | None) -> None:
+        super().__init__(message, reason=reason)
+        self.invalid = InvalidPolicy(message, namespaces)
+
+
 def parse_file(file: Path) -> list[PeerAuthentication]:
-    """The policies in one file; PolicyError names the file."""
+    """The policies in one file; InvalidFileError names the file and the namespaces it declares."""
     try:
         text = file.read_text(encoding="utf-8")
-        return load_json_manifests(text) if file.suffix == ".json" else load_manifests(text)
-    except PolicyError as err:
-        raise PolicyError(f"{file}: {err.message}", reason=err.reason) from err
     except (OSError, UnicodeDecodeError) as err:
-        raise PolicyError(f"{file}: cannot be read ({err})", reason="unreadable_policy_file") from err
+        raise InvalidFileError(
+            f"{file}: cannot be read ({err})", reason="unreadable_policy_file", namespaces=None
+        ) from err
+    json_text = file.suffix == ".json"
+    try:
+        return load_json_manifests(text) if json_text else load_manifests(text)
+    except PolicyError as err:
+        raise InvalidFileError(
+            f"{file}: {err.message}",
+            reason=err.reason,
+            namespaces=declared_namespaces(text, json_text=json_text),
+        ) from err
 
 
 def merge(files: dict[Path, list[PeerAuthentication]]) -> list[PeerAuthentication]:
@@ -92,13 +108,13 @@ def read_policies_once(path: Path) -> LoadedPolicies:
     """Every valid policy at `path` now; invalid files are reported, not fatal."""
     stamps = _initial_scan(path)
     good: dict[Path, list[PeerAuthentication]] = {}
-    problems: list[str] = []
+    invalid: list[InvalidPolicy] = []
     for file in sorted(stamps):
         try:
             good[file] = parse_file(file)
-        except PolicyError as err:
-            problems.append(err.message)
-    return LoadedPolicies(tuple(merge(good)), tuple(problems))
+        except InvalidFileError as err:
+            invalid.append(err.invalid)
+    return LoadedPolicies(tuple(merge(good)), invalid=tuple(invalid))
 
 
 def _initial_scan(path: Path) -> dict[Path, FileStamp]:
@@ -131,7 +147,7 @@ class YamlPolicySource:
         self._lock = threading.Lock()
         self._stamps: dict[Path, FileStamp] = {}
         self._good: dict[Path, list[PeerAuthentication]] = {}
-        self._invalid: dict[Path, str] = {}  # files whose current content is refused, and why
+        self._invalid: dict[Path, InvalidPolicy] = {}  # files whose current content is refused
         self._synced = threading.Event()
 
     @property
@@ -149,7 +165,7 @@ class YamlPolicySource:
         if self._invalid:
             raise PolicyError(
                 "invalid PeerAuthentication manifests, fix them before starting: "
-                + " | ".join(self._invalid.values())
+                + " | ".join(invalid.error for invalid in self._invalid.values())
             )
         self._synced.set()
         if self._scheduler is None:
@@ -165,6 +181,10 @@ class YamlPolicySource:
         )
         if self._own_scheduler:
             self._scheduler.start()
+
+    def invalid_policies(self) -> tuple[InvalidPolicy, ...]:
+        with self._lock:
+            return tuple(self._invalid[file] for file in sorted(self._invalid))
 
     def stop(self) -> None:
         scheduler = self._scheduler
@@ -212,11 +232,11 @@ class YamlPolicySource:
         """Re-reads one changed file; False if it changed again while being read (retry next poll)."""
         try:
             policies = parse_file(file)
-        except PolicyError as err:
+        except InvalidFileError as err:
             if not self._still(file, stamp):
                 return False
             INVALID_POLICIES.labels(SOURCE_LABEL).inc()
-            self._invalid[file] = err.message
+            self._invalid[file] = err.invalid
             kept = len(self._good.get(file, ()))
             log.error(
                 "invalid policy file; keeping its last good policies",
