@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
@@ -15,6 +17,7 @@ from ca.errors import ErrorKind, MeshcaError
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
 
 
 def _until_signalled(stop: Callable[[], None], wait: Callable[[], None]) -> int:
@@ -25,6 +28,7 @@ def _until_signalled(stop: Callable[[], None], wait: Callable[[], None]) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    logs.running()
     wait()
     return 0
 
@@ -40,18 +44,17 @@ def _serve(args: object) -> int:
 
 
 def _agent(args: object) -> int:
+    from ca.agent.once import fetch_once
     from ca.agent.runner import build_agent
 
     cfg = agent_config(args)  # type: ignore[arg-type]
     logs.configure(cfg.log_level)
     process = build_agent(cfg)
     if cfg.once:
-        process.agent.attempt()
-        process.client.close()
-        if process.agent.current is None:
-            error = process.agent.last_error
-            print(f"meshca: error: no certificate written: {error}", file=sys.stderr)
-            return EXIT_FAILURE
+        try:
+            fetch_once(process.agent, timeout=cfg.once_timeout, clock=process.clock, sleep=time.sleep)
+        finally:
+            process.client.close()
         return 0
     process.start()
     return _until_signalled(process.stop, process.wait)
@@ -100,15 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy": _policy,
         "enforce": _enforce,
     }
+    logs.quiet_grpc_core(os.environ)
     try:
         try:
             args = build_parser(environment()).parse_args(argv)
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else EXIT_CONFIG
-        return commands[args.command](args)
+        with logs.held_until_running():
+            return commands[args.command](args)
     except MeshcaError as err:
         print(f"meshca: error: {err}", file=sys.stderr)
         return EXIT_CONFIG if err.kind is ErrorKind.CONFIG else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

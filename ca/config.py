@@ -100,6 +100,7 @@ class AgentConfig:
     once: bool
     log_level: str
     ports_file: Path | None = None
+    once_timeout: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +298,11 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--health-listen", "127.0.0.1:15021", "HTTP address for /healthz/ready and /metrics; 'off' to disable"
     )
     a.add("--once", "off", "write the files once and exit (init containers)", choices=["on", "off"])
+    a.add(
+        "--once-timeout",
+        "60s",
+        "with --once on: how long to retry while the CA cannot be reached (0: one attempt)",
+    )
     a.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
     a.add("--ports-file", None, PORTS_FILE_HELP)
 
@@ -504,6 +510,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         workload_api_socket=_path_or_off(args.workload_api_socket),
         health_listen=listen_address(args.health_listen),
         once=args.once == "on",
+        once_timeout=parse_duration(args.once_timeout),
         log_level=args.log_level,
         ports_file=_path_or_off(args.ports_file),
     )

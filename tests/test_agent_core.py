@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from datetime import timedelta
@@ -195,3 +196,21 @@ def test_output_replaces_plain_files_left_by_another_writer(tmp_path: Path) -> N
     svid = make_svid(FakeClock())
     write_svid(tmp_path, svid)
     assert (tmp_path / KEY).read_bytes() == svid.key_pem()
+
+
+def test_the_first_certificate_is_logged_as_issued_and_later_ones_as_rotated(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock, sink = FakeClock(), RecordingSink()
+    agent = _agent(clock, FakeCa(clock), sink)
+    caplog.set_level(logging.INFO, logger="meshca.agent")
+    agent.attempt()
+    first = sink.published[0].leaf.serial_number
+    agent.attempt()
+    second = sink.published[1].leaf.serial_number
+    records = [r for r in caplog.records if r.name == "meshca.agent"]
+    assert [r.getMessage() for r in records] == ["certificate issued", "certificate rotated"]
+    issued, rotated = (vars(r) for r in records)
+    assert issued["serial"] == format(first, "x") and "replaced_serial" not in issued
+    assert rotated["serial"] == format(second, "x")
+    assert rotated["replaced_serial"] == format(first, "x")

@@ -101,19 +101,11 @@ class Agent:
         self.last_error = None
         for sink in self._sinks:
             sink.publish(svid)
-        self.current = svid
+        replaced, self.current = self.current, svid
         now = self._clock.now()
         self._observe(ok=True, seconds=time.perf_counter() - started, now=now)
         renew_at = self._settings.renewal.renew_at(now, svid.not_after, self._random)
-        log.info(
-            "certificate rotated",
-            extra={
-                "spiffe_id": svid.spiffe_id.uri,
-                "not_after": svid.not_after.isoformat(),
-                "serial": format(svid.leaf.serial_number, "x"),
-                "renew_at": renew_at.isoformat(),
-            },
-        )
+        _log_new_certificate(svid, replaced, renew_at)
         return max(renew_at, now + MIN_INTERVAL)
 
     def _fetch(self) -> Svid:
@@ -149,3 +141,22 @@ class Agent:
         if self._observer is not None:
             self._observer.attempted(ok=ok, seconds=seconds)
             self._observer.holding(self.current, now)
+
+
+def _log_new_certificate(svid: Svid, replaced: Svid | None, renew_at: datetime) -> None:
+    """The first certificate this agent holds is issued; each one after it is rotated, and names
+    the serial it replaces."""
+    fields: dict[str, object] = {
+        "spiffe_id": svid.spiffe_id.uri,
+        "not_after": svid.not_after.isoformat(),
+        "serial": _serial(svid),
+        "renew_at": renew_at.isoformat(),
+    }
+    if replaced is None:
+        log.info("certificate issued", extra=fields)
+    else:
+        log.info("certificate rotated", extra={**fields, "replaced_serial": _serial(replaced)})
+
+
+def _serial(svid: Svid) -> str:
+    return format(svid.leaf.serial_number, "x")

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
+from ca.agent.ca_tls import points_at_tls, verification_failure
 from ca.errors import MeshcaError, UnavailableError
 
 
@@ -22,14 +23,29 @@ class CaRefusedError(MeshcaError):
 
 RETRYABLE = frozenset(
     {
+        # The CA is down, still starting, or the connection to it failed.
         grpc.StatusCode.UNAVAILABLE,
+        # The CA or the network was too slow for this one call.
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        # The CA or a proxy in front of it sheds load; later calls get through.
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        # meshca answers INTERNAL when it is not ready or signing failed this time (a ledger
+        # write that timed out, say); nothing in the request was wrong.
         grpc.StatusCode.INTERNAL,
+        # A failure with no status of its own (a reset stream) says nothing lasting.
         grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.ABORTED,
     }
 )
+"""Statuses another call may cure; the agent reports them as UnavailableError.
+
+The others are answers about this request, which the same request would get again:
+UNAUTHENTICATED (a token that is invalid, expired, for another audience or for a pod
+that is gone), PERMISSION_DENIED, INVALID_ARGUMENT (the CSR or TTL refused),
+UNIMPLEMENTED and NOT_FOUND (no meshca CA at that address), FAILED_PRECONDITION. A running
+agent still retries them on its backoff (a new token may arrive in the file); `--once`
+gives up at once.
+"""
 
 
 def read_token(path: Path) -> str:
@@ -68,7 +84,7 @@ class CaClient:
 
     def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
         token = read_token(self._token_file)
-        stub = self._current_stub()
+        stub, root = self._current_stub()
         metadata = [("authorization", f"Bearer {token}")]
         if self._endpoint.cluster_id:
             metadata.append(("clusterid", self._endpoint.cluster_id))
@@ -76,14 +92,36 @@ class CaClient:
         try:
             response = stub.CreateCertificate(request, metadata=metadata, timeout=self._endpoint.timeout_s)
         except grpc.RpcError as err:
-            code, details = err.code(), err.details()
-            message = f"the CA at {self._endpoint.address} answered {code.name}: {details}"
-            if code in RETRYABLE:
-                raise UnavailableError(message, reason=code.name.lower()) from err
-            raise CaRefusedError(message, reason=code.name.lower()) from err
+            raise self._call_failed(err, root) from err
         return list(response.cert_chain)
 
-    def _current_stub(self) -> istio_ca_pb2_grpc.IstioCertificateServiceStub:
+    def _call_failed(self, err: grpc.RpcError, root: bytes) -> MeshcaError:
+        code, details = err.code(), err.details()
+        address = self._endpoint.address
+        if code is grpc.StatusCode.UNAVAILABLE and points_at_tls(details):
+            untrusted = verification_failure(
+                address,
+                self._endpoint.root_file,
+                root,
+                self._endpoint.server_name,
+                self._endpoint.timeout_s,
+            )
+            if untrusted is not None:
+                return untrusted
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return UnavailableError(
+                f"cannot reach the CA at {address} ({details}); check that it runs and that "
+                "--ca-addr names it",
+                reason="unavailable",
+            )
+        message = f"the CA at {address} answered {code.name}: {details}"
+        if code in RETRYABLE:
+            return UnavailableError(message, reason=code.name.lower())
+        return CaRefusedError(message, reason=code.name.lower())
+
+    def _current_stub(self) -> tuple[istio_ca_pb2_grpc.IstioCertificateServiceStub, bytes]:
+        """The stub of a channel that trusts the root file as it is now: a changed file means a new
+        channel, so a CA whose root was rotated (and the file updated) is reached again."""
         try:
             root = self._endpoint.root_file.read_bytes()
         except OSError as err:
@@ -106,7 +144,7 @@ class CaClient:
                     self._channel
                 )
                 self._root = root
-            return self._stub
+            return self._stub, root
 
     def close(self) -> None:
         with self._lock:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ca import logs
 from ca.clock import Clock, SystemClock
 from ca.enforce import tls_openssl
 from ca.enforce.events import LogLimiter, OpenConnections, RefusalLog
@@ -183,6 +184,7 @@ class Enforcer:
             misfire_grace_time=None,
         )
         if self.certs.current is None:
+            logs.running()  # everything given has been checked; the wait below is for the agent
             log.info("waiting for the workload certificate files", extra={"cert_dir": str(self.cfg.cert_dir)})
             if not self.certs.loaded.wait(self.cfg.timeouts.certificate_wait_s):
                 log.error(
