@@ -115,7 +115,12 @@ def build_authenticators(
         keys, issuers = _key_source(cfg, clock, api)
         token_auth = JwtAuthenticator(
             keys=keys,
-            rules=TokenRules(issuers=issuers, audiences=cfg.audiences, trust_domain=cfg.trust_domain),
+            rules=TokenRules(
+                issuers=issuers,
+                audiences=cfg.audiences,
+                trust_domain=cfg.trust_domain,
+                leeway=cfg.token_leeway,
+            ),
             clock=clock,
             pods=pods,
             cache=cache,

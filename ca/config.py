@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from ca.audit.moments import parse_moment
-from ca.durations import parse_duration
+from ca.durations import format_duration, parse_duration
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.flags import PORTS_FILE_HELP, EnvDefaults, env_name, listen_address, split_list, trust_domain_flag
@@ -53,6 +53,7 @@ class ServeConfig:
     dns_names: tuple[str, ...]
     cluster_id: str | None
     token_cache_size: int
+    token_leeway: timedelta
     grpc_workers: int
     grpc_server: str
     ledger_url: str | None
@@ -233,6 +234,12 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
     s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
     s.add(
+        "--token-leeway",
+        "30s",
+        "clock skew allowed on a token's expiry and not-before times (0 to 5m); when it decides, the "
+        "ledger records it",
+    )
+    s.add(
         "--grpc-server",
         "asyncio",
         "gRPC server: asyncio (runs each request on the event loop) or threaded",
@@ -381,6 +388,23 @@ def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[
         a.add("--ca-namespace", "istio-system", "namespace of the CA's ledger head ConfigMap")
 
 
+MAX_TOKEN_LEEWAY = timedelta(minutes=5)
+
+
+def _token_leeway(text: str) -> timedelta:
+    allowed = f"0 to {format_duration(MAX_TOKEN_LEEWAY)}, such as 30s"
+    try:
+        leeway = parse_duration(text)
+    except ConfigError:
+        raise ConfigError(f"--token-leeway {text!r} is not a duration from {allowed}") from None
+    if leeway > MAX_TOKEN_LEEWAY:
+        raise ConfigError(
+            f"--token-leeway {text} is too long: it allows for clock skew, so give {allowed} "
+            "(and fix the clocks if they are further apart)"
+        )
+    return leeway
+
+
 def _ledger_linger(text: str) -> timedelta:
     linger = parse_duration(text)
     if linger > timedelta(seconds=1):
@@ -453,6 +477,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         dns_names=split_list([args.dns_names]),
         cluster_id=args.cluster_id or None,
         token_cache_size=_positive_int(args.token_cache_size, "--token-cache-size"),
+        token_leeway=_token_leeway(args.token_leeway),
         grpc_workers=workers,
         grpc_server=args.grpc_server,
         ledger_url=ledger_url(args.ledger, Path(args.state_dir)),

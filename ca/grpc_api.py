@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ca._proto import istio_ca_pb2
-from ca.auth.base import AuthenticatorChain, Caller, Credentials
+from ca.auth.base import AuthenticatorChain, Caller, Credentials, TokenLeeway, TokenTimeError
 from ca.csr import parse_csr
 from ca.errors import (
     AuthenticationError,
@@ -115,7 +115,14 @@ class IssuanceRecorder(Protocol):
     ) -> Recorded: ...
 
     def record_refusal(
-        self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
+        self,
+        *,
+        reason: str,
+        status_code: str,
+        message: str,
+        client_address: str,
+        caller: Caller | None,
+        token_leeway: TokenLeeway | None = None,
     ) -> Recorded: ...
 
 
@@ -315,6 +322,7 @@ class CertificateService:
                 message=err.message,
                 client_address=peer,
                 caller=caller,
+                token_leeway=err.leeway if isinstance(err, TokenTimeError) else None,
             )
             # Nobody awaits a refusal's record; its failure is logged by the ledger already.
             recorded.add_done_callback(_retrieve)

@@ -284,6 +284,17 @@ def test_ledger_linger_defaults_to_10ms_and_stays_under_a_second() -> None:
         _serve("--ledger-linger", "2s")
 
 
+def test_token_leeway_defaults_to_30s_and_stays_within_0_to_5m() -> None:
+    assert _serve().token_leeway == timedelta(seconds=30)
+    assert _serve("--token-leeway", "0").token_leeway == timedelta(0)
+    assert _serve("--token-leeway", "5m").token_leeway == timedelta(minutes=5)
+    assert _serve(env={"MESHCA_TOKEN_LEEWAY": "1500ms"}).token_leeway == timedelta(milliseconds=1500)
+    with pytest.raises(ConfigError, match=r"^--token-leeway 301s is too long: .* give 0 to 5m, such as 30s"):
+        _serve("--token-leeway", "301s")
+    with pytest.raises(ConfigError, match=r"^--token-leeway '-1s' is not a duration from 0 to 5m"):
+        _serve("--token-leeway=-1s")
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [

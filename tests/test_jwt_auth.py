@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.api_jws import PyJWS
 
-from ca.auth.base import Caller, Credentials
+from ca.auth.base import Caller, Credentials, TokenLeeway, TokenTimeError
 from ca.auth.client_cert import ClientCertificateAuthenticator
 from ca.auth.jwks import REFRESH_MIN_INTERVAL_S, RefreshingKeySet, StaticKeySet, parse_jwks
 from ca.auth.jwt_token import JwtAuthenticator, TokenRules
@@ -148,13 +148,14 @@ class Setup:
         pods: FakePods | None = None,
         issuers: tuple[str, ...] = (ISSUER,),
         audiences: tuple[str, ...] = (AUDIENCE,),
+        leeway: timedelta = LEEWAY,
     ) -> None:
         self.keys = CountingKeys(StaticKeySet(parse_jwks(jwks, "test JWKS"), "test JWKS"))
         self.cache = TokenCache(cache_size)
         self.clock = clock
         self.auth = JwtAuthenticator(
             keys=self.keys,
-            rules=TokenRules(issuers=issuers, audiences=audiences, trust_domain=TRUST_DOMAIN),
+            rules=TokenRules(issuers=issuers, audiences=audiences, trust_domain=TRUST_DOMAIN, leeway=leeway),
             clock=clock,
             pods=pods,
             cache=self.cache,
@@ -281,6 +282,80 @@ def test_not_before_leeway_boundary(setup: Setup, clock: FakeClock, rsa_signer: 
     assert setup.authenticate(_sign(_claims(clock.now(), nbf=stamp + 30), rsa_signer, RSA_KID, "RS256"))
     err = setup.refusal(_sign(_claims(clock.now(), nbf=stamp + 31), rsa_signer, RSA_KID, "RS256"))
     assert err.reason == "token_not_yet_valid"
+
+
+def _timed(clock: FakeClock, signer: rsa.RSAPrivateKey, *, exp: int, nbf: int = -3600) -> str:
+    """A token expiring `exp` seconds from now, valid from `nbf` seconds from now."""
+    stamp = int(clock.now().timestamp())
+    return _sign(_claims(clock.now(), exp=stamp + exp, nbf=stamp + nbf), signer, RSA_KID, "RS256")
+
+
+def test_the_default_leeway_is_30_seconds() -> None:
+    assert TokenRules(issuers=(ISSUER,), audiences=(AUDIENCE,), trust_domain=TRUST_DOMAIN).leeway == LEEWAY
+
+
+def test_a_token_accepted_only_within_the_leeway_says_so(
+    setup: Setup, clock: FakeClock, rsa_signer: rsa.RSAPrivateKey
+) -> None:
+    assert setup.authenticate(_timed(clock, rsa_signer, exp=1)).token_leeway is None
+    late = setup.authenticate(_timed(clock, rsa_signer, exp=-10))
+    assert late.token_leeway == TokenLeeway(claim="exp", needed=timedelta(seconds=10), leeway=LEEWAY)
+    early = setup.authenticate(_timed(clock, rsa_signer, exp=3600, nbf=10))
+    assert early.token_leeway == TokenLeeway(claim="nbf", needed=timedelta(seconds=10), leeway=LEEWAY)
+    assert setup.authenticate(_timed(clock, rsa_signer, exp=3600, nbf=0)).token_leeway is None
+
+
+def test_a_cached_token_past_its_expiry_says_the_leeway_let_it_pass(
+    setup: Setup, clock: FakeClock, rsa_signer: rsa.RSAPrivateKey
+) -> None:
+    token = _timed(clock, rsa_signer, exp=60)
+    assert setup.authenticate(token).token_leeway is None
+    clock.advance(timedelta(seconds=70))
+    caller = setup.authenticate(token)  # from the cache: verified once only
+    assert len(setup.keys.lookups) == 1
+    assert caller.token_leeway == TokenLeeway(claim="exp", needed=timedelta(seconds=10), leeway=LEEWAY)
+
+
+@pytest.mark.parametrize(
+    ("leeway", "exp", "nbf", "claim", "needed", "words"),
+    [
+        (
+            LEEWAY,
+            -40,
+            -3600,
+            "exp",
+            40,
+            "expired at 2030-01-01T11:59:20+00:00, 40s ago, beyond the 30s leeway",
+        ),
+        (timedelta(0), -10, -3600, "exp", 10, "10s ago, beyond the 0s leeway (--token-leeway)"),
+        (LEEWAY, 3600, 31, "nbf", 31, "31s from now, beyond the 30s leeway (--token-leeway)"),
+    ],
+    ids=["expired", "expired-no-leeway", "not-yet-valid"],
+)
+def test_a_refusal_on_the_time_claims_carries_the_leeway(
+    jwks: dict[str, Any],
+    clock: FakeClock,
+    rsa_signer: rsa.RSAPrivateKey,
+    leeway: timedelta,
+    exp: int,
+    nbf: int,
+    claim: str,
+    needed: int,
+    words: str,
+) -> None:
+    err = Setup(jwks, clock, leeway=leeway).refusal(_timed(clock, rsa_signer, exp=exp, nbf=nbf))
+    assert isinstance(err, TokenTimeError) and words in err.message
+    assert err.leeway == TokenLeeway(claim=claim, needed=timedelta(seconds=needed), leeway=leeway)
+
+
+def test_with_no_leeway_a_token_expires_on_the_second(
+    jwks: dict[str, Any], clock: FakeClock, rsa_signer: rsa.RSAPrivateKey
+) -> None:
+    setup = Setup(jwks, clock, leeway=timedelta(0))
+    token = _timed(clock, rsa_signer, exp=1)
+    assert setup.authenticate(token).token_leeway is None
+    clock.advance(timedelta(seconds=1))
+    assert setup.refusal(token).reason == "token_expired"
 
 
 @pytest.mark.parametrize("issuer", ["https://evil.example", "https://kubernetes.default.svc", "", 5])

@@ -634,6 +634,39 @@ def test_the_ca_records_each_issuance_and_refusal(ledger_url: str, tmp_path: Pat
     assert head is not None and head.head_seq == len(entries)  # the final checkpoint on stop
 
 
+@pytest.mark.parametrize(("flags", "leeway"), [((), 30), (("--token-leeway", "0"), 0)], ids=["30s", "0"])
+def test_a_token_the_leeway_decides_on_is_recorded_with_it(
+    ledger_url: str, tmp_path: Path, flags: tuple[str, ...], leeway: int
+) -> None:
+    """A token 10 s past its expiry by the CA's (injected) clock: accepted within the default
+    30 s leeway, refused with none; either record says which leeway decided, and by how much."""
+    ca = start_ca(tmp_path / "state", "--ledger", ledger_url, *flags)
+    try:
+        token = ca.token("shop", "cart", ttl=timedelta(minutes=10))
+        in_time, _ = ca.request(token=token)
+        ca.clock.advance(timedelta(minutes=10, seconds=10))
+        if leeway:
+            late, _ = ca.request(token=token)
+        else:
+            assert _failed(ca, token).code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        ca.stop()
+    entries = [e.content for e in all_entries(ledger_url)]
+    on_time = next(e for e in entries if e.get("serial") == _serial(in_time))
+    assert not any(name.startswith("token_leeway") for name in on_time)
+    recorded = entries[-1]
+    if leeway:
+        assert recorded["kind"] == ISSUED and recorded["serial"] == _serial(late)
+    else:
+        assert recorded["kind"] == REFUSED and recorded["reason"] == "token_expired"
+        assert "beyond the 0s leeway" in recorded["message"]
+    assert (
+        recorded["token_leeway_seconds"],
+        recorded["token_leeway_claim"],
+        recorded["token_leeway_needed_seconds"],
+    ) == (leeway, "exp", 10)
+
+
 @pytest.mark.parametrize("server", ["asyncio", "threaded"])
 def test_storage_failure_refuses_with_unavailable_and_recovers(
     ledger_url: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from ca.errors import AuthenticationError
@@ -22,6 +22,25 @@ class Credentials:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TokenLeeway:
+    """The clock leeway decided a token's time check: by the strict clock its `claim` ('exp' or
+    'nbf') put it `needed` outside its validity, and the leeway in force was `leeway` (accepted
+    within it, refused beyond it)."""
+
+    claim: str
+    needed: timedelta
+    leeway: timedelta
+
+
+class TokenTimeError(AuthenticationError):
+    """A token refused on its time claims: expired, or not yet valid, beyond the leeway."""
+
+    def __init__(self, message: str, *, reason: str, leeway: TokenLeeway) -> None:
+        super().__init__(message, reason=reason)
+        self.leeway = leeway
+
+
+@dataclass(frozen=True, kw_only=True)
 class Caller:
     """An authenticated workload."""
 
@@ -35,6 +54,8 @@ class Caller:
     node_name: str | None = None
     token_id: str | None = None
     expires_at: datetime | None = None
+    not_before: datetime | None = None
+    token_leeway: TokenLeeway | None = None  # set when the leeway let this token's time check pass
 
 
 class Authenticator(Protocol):

@@ -1,13 +1,18 @@
 """Local validation of Kubernetes service-account tokens (JWTs) against the issuer's keys.
 
 Time checks use the injected clock, not pyjwt's, so expiry is testable without
-sleeping; pyjwt checks the signature.
+sleeping; pyjwt checks the signature. A token is accepted up to `leeway` after
+its expiry and before its not-before time, for clock skew between the API server
+and the CA (`meshca serve --token-leeway`, default 30s). When the leeway decides
+(a token accepted only thanks to it, or refused on its time claims), the caller
+or the error carries a TokenLeeway saying so, for the ledger's record.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,11 +21,12 @@ from typing import Any, Protocol
 
 import jwt
 
-from ca.auth.base import Caller, Credentials
+from ca.auth.base import Caller, Credentials, TokenLeeway, TokenTimeError
 from ca.auth.jwks import KeySource
 from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
 from ca.auth.token_cache import TokenCache
 from ca.clock import Clock
+from ca.durations import format_duration
 from ca.errors import AuthenticationError
 from ca.spiffe_id import SpiffeId
 
@@ -41,12 +47,15 @@ class PodChecker(Protocol):
         ...
 
 
+DEFAULT_LEEWAY = timedelta(seconds=30)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TokenRules:
     issuers: tuple[str, ...]
     audiences: tuple[str, ...]
     trust_domain: str
-    leeway: timedelta = timedelta(seconds=30)
+    leeway: timedelta = DEFAULT_LEEWAY
 
 
 def _timestamp(claims: Mapping[str, Any], name: str) -> datetime | None:
@@ -58,8 +67,14 @@ def _timestamp(claims: Mapping[str, Any], name: str) -> datetime | None:
     return datetime.fromtimestamp(value, UTC)
 
 
-def check_time_claims(claims: Mapping[str, Any], now: datetime, leeway: timedelta) -> datetime:
-    """Check exp and nbf against `now`; return the expiry."""
+@dataclass(frozen=True)
+class TokenTimes:
+    expires: datetime
+    not_before: datetime | None
+
+
+def check_time_claims(claims: Mapping[str, Any], now: datetime, leeway: timedelta) -> TokenTimes:
+    """Check exp and nbf against `now`, each with `leeway`; raises TokenTimeError."""
     expires = _timestamp(claims, "exp")
     if expires is None:
         raise AuthenticationError(
@@ -67,19 +82,36 @@ def check_time_claims(claims: Mapping[str, Any], now: datetime, leeway: timedelt
             reason="token_malformed",
         )
     if now >= expires + leeway:
-        raise AuthenticationError(
-            f"the token expired at {expires.isoformat()}; the kubelet refreshes projected tokens, "
-            "so check the token file is a projected volume and is re-read on each request",
+        raise TokenTimeError(
+            f"the token expired at {expires.isoformat()}, {_span(now - expires)} ago, beyond the "
+            f"{_span(leeway)} leeway (--token-leeway); the kubelet refreshes projected tokens, so "
+            "check the token file is a projected volume and is re-read on each request",
             reason="token_expired",
+            leeway=TokenLeeway(claim="exp", needed=now - expires, leeway=leeway),
         )
     not_before = _timestamp(claims, "nbf")
     if not_before is not None and now + leeway < not_before:
-        raise AuthenticationError(
-            f"the token is not valid before {not_before.isoformat()}; check the clocks of the "
+        raise TokenTimeError(
+            f"the token is not valid before {not_before.isoformat()}, {_span(not_before - now)} from "
+            f"now, beyond the {_span(leeway)} leeway (--token-leeway); check the clocks of the "
             "API server and the CA",
             reason="token_not_yet_valid",
+            leeway=TokenLeeway(claim="nbf", needed=not_before - now, leeway=leeway),
         )
-    return expires
+    return TokenTimes(expires, not_before)
+
+
+def leeway_used(caller: Caller, now: datetime, leeway: timedelta) -> TokenLeeway | None:
+    """How the leeway let `caller`'s token pass at `now`, or None if the strict clock did."""
+    if caller.expires_at is not None and now >= caller.expires_at:
+        return TokenLeeway(claim="exp", needed=now - caller.expires_at, leeway=leeway)
+    if caller.not_before is not None and now < caller.not_before:
+        return TokenLeeway(claim="nbf", needed=caller.not_before - now, leeway=leeway)
+    return None
+
+
+def _span(value: timedelta) -> str:
+    return format_duration(value) if value >= timedelta(seconds=1) else f"{value.total_seconds():g}s"
 
 
 def check_issuer(claims: Mapping[str, Any], issuers: Sequence[str]) -> None:
@@ -104,7 +136,11 @@ def check_audience(claims: Mapping[str, Any], audiences: Sequence[str]) -> None:
 
 
 def caller_from(
-    identity: ServiceAccountIdentity, trust_domain: str, method: str, expires: datetime | None
+    identity: ServiceAccountIdentity,
+    trust_domain: str,
+    method: str,
+    expires: datetime | None,
+    not_before: datetime | None = None,
 ) -> Caller:
     return Caller(
         spiffe_id=SpiffeId.for_workload(trust_domain, identity.namespace, identity.service_account),
@@ -117,6 +153,7 @@ def caller_from(
         node_name=identity.node_name,
         token_id=identity.token_id,
         expires_at=expires,
+        not_before=not_before,
     )
 
 
@@ -171,16 +208,18 @@ class JwtAuthenticator:
         now = self._clock.now()
         caller = self._cache.through(token, now, lambda: self._verify(token, now))
         check_pod(caller, self._pods)
-        return caller
+        # Per request, not per verification: a cached token may pass its expiry within the leeway.
+        used = leeway_used(caller, now, self._rules.leeway)
+        return caller if used is None else dataclasses.replace(caller, token_leeway=used)
 
     def _verify(self, token: str, now: datetime) -> tuple[Caller, datetime]:
         claims = self._verified_claims(token)
         check_issuer(claims, self._rules.issuers)
         check_audience(claims, self._rules.audiences)
-        expires = check_time_claims(claims, now, self._rules.leeway)
+        times = check_time_claims(claims, now, self._rules.leeway)
         identity = identity_from_claims(claims)
-        caller = caller_from(identity, self._rules.trust_domain, self.name, expires)
-        return caller, expires + self._rules.leeway
+        caller = caller_from(identity, self._rules.trust_domain, self.name, times.expires, times.not_before)
+        return caller, times.expires + self._rules.leeway
 
     def _verified_claims(self, token: str) -> Mapping[str, Any]:
         header = unverified_header(token)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from ca.x509_der import certificate_fingerprints
@@ -102,8 +102,11 @@ def issued_content(
     not_after: datetime,
     ca_key_id: str,
     ca_fingerprint: str,
+    token_leeway: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """An issuance; `token_leeway` (leeway_fields) when the token passed only within the leeway."""
     return {
+        **(token_leeway or {}),
         "kind": ISSUED,
         "time": timestamp(time),
         "serial": format(serial, "x"),
@@ -153,6 +156,22 @@ class IssuedRecord(NamedTuple):
     not_after: datetime
     ca_key_id: str
     ca_fingerprint: str
+    token_leeway: Mapping[str, Any] | None = None
+
+
+def leeway_fields(*, claim: str, needed: timedelta, leeway: timedelta) -> dict[str, Any]:
+    """What an entry records when the token clock leeway decided its outcome: the leeway in force,
+    the time claim it was about, and how far outside that claim the strict clock put the token."""
+    return {
+        "token_leeway_seconds": _seconds(leeway),
+        "token_leeway_claim": claim,
+        "token_leeway_needed_seconds": _seconds(needed),
+    }
+
+
+def _seconds(value: timedelta) -> int | float:
+    seconds = round(value.total_seconds(), 3)
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 # What a writer takes: an issuance still to be encoded, or any entry's content.
@@ -180,9 +199,12 @@ def refused_content(
     namespace: str | None = None,
     service_account: str | None = None,
     pod_name: str | None = None,
+    token_leeway: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A refusal: never the token itself, only what the caller claimed or proved."""
+    """A refusal: never the token itself, only what the caller claimed or proved; `token_leeway`
+    (leeway_fields) when the token was refused on its time claims."""
     return {
+        **(token_leeway or {}),
         "kind": REFUSED,
         "time": timestamp(time),
         "reason": reason,

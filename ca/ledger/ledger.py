@@ -9,18 +9,26 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ca.auth.base import Caller
+from ca.auth.base import Caller, TokenLeeway
 from ca.authority import SigningAuthority
 from ca.clock import Clock
 from ca.errors import ConfigError, UnavailableError
 from ca.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.issuer import IssuedCertificate
 from ca.ledger import checkpoint as cp
-from ca.ledger.entries import Entry, IssuedRecord, ca_event_content, refused_content, timestamp
+from ca.ledger.entries import (
+    Entry,
+    IssuedRecord,
+    ca_event_content,
+    leeway_fields,
+    refused_content,
+    timestamp,
+)
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
 from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
@@ -59,6 +67,10 @@ def load_or_create_ledger_key(path: Path) -> ed25519.Ed25519PrivateKey:
             atomic_write(path, pem, mode=SECRET_MODE)
             return ledger_key_from_pem(pem, str(path))
     return ledger_key_from_pem(path.read_bytes(), str(path))
+
+
+def _leeway_fields(used: TokenLeeway | None) -> dict[str, Any] | None:
+    return None if used is None else leeway_fields(claim=used.claim, needed=used.needed, leeway=used.leeway)
 
 
 class HeadFile:
@@ -162,11 +174,19 @@ class Ledger:
                 not_after=issued.not_after,
                 ca_key_id=authority.key_id,
                 ca_fingerprint=authority.fingerprint,
+                token_leeway=_leeway_fields(caller.token_leeway),
             )
         )
 
     def record_refusal(
-        self, *, reason: str, status_code: str, message: str, client_address: str, caller: Caller | None
+        self,
+        *,
+        reason: str,
+        status_code: str,
+        message: str,
+        client_address: str,
+        caller: Caller | None,
+        token_leeway: TokenLeeway | None = None,
     ) -> Recorded:
         return self._writer.submit(
             refused_content(
@@ -179,6 +199,7 @@ class Ledger:
                 namespace=caller.namespace if caller else None,
                 service_account=caller.service_account if caller else None,
                 pod_name=caller.pod_name if caller else None,
+                token_leeway=_leeway_fields(token_leeway),
             )
         )
 
