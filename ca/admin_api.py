@@ -29,7 +29,14 @@ from ca.auth.base import AuthenticatorChain, Caller
 from ca.clock import Clock
 from ca.config import ServeConfig
 from ca.durations import parse_duration
-from ca.errors import ConfigError, ErrorKind, InvalidRequestError, MeshcaError, PermissionDeniedError
+from ca.errors import (
+    ConfigError,
+    ErrorKind,
+    InvalidRequestError,
+    LedgerTamperedError,
+    MeshcaError,
+    PermissionDeniedError,
+)
 from ca.grpc_api import STATUS_BY_KIND, credentials_from
 from ca.issuer import IssuancePolicy
 from ca.ledger import queries
@@ -61,6 +68,8 @@ class LedgerOffError(MeshcaError):
 def _status(err: MeshcaError) -> grpc.StatusCode:
     if isinstance(err, LedgerOffError):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(err, LedgerTamperedError):
+        return grpc.StatusCode.DATA_LOSS
     return STATUS_BY_KIND[err.kind]
 
 

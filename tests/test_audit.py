@@ -823,6 +823,30 @@ def test_with_no_admin_identity_the_service_refuses_everyone(ca: RunningCa) -> N
     assert "--admin-identity" in str(error.details()) and "MESHCA_ADMIN_IDENTITY" in str(error.details())
 
 
+def test_the_admin_service_refuses_an_entry_that_fails_the_chain(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "state", "--admin-identity", ADMIN)
+    try:
+        ca.request(token=ca.token("shop", "cart"))
+        assert ca.server.ledger is not None
+        store = ca.server.ledger.store
+        _wait_for_entries(ca, 2)
+        forged = append_past_head(store)
+        admin = [("authorization", f"Bearer {ca.token('istio-system', 'admin')}")]
+        stub = _admin_stub(ca)
+        for call, request in (
+            (stub.ListEntries, pb.ListEntriesRequest()),
+            (stub.ShowSerial, pb.ShowSerialRequest(serial=FORGED_SERIAL)),
+            (stub.Report, pb.ReportRequest()),
+        ):
+            error = _error(call, request, metadata=admin)
+            assert error.code() == grpc.StatusCode.DATA_LOSS
+            assert f"the ledger fails its hash chain at entry {forged}" in str(error.details())
+        verified = stub.Verify(pb.VerifyRequest(), metadata=admin, timeout=30)
+        assert not verified.ok and verified.bad_seq == forged
+    finally:
+        ca.stop()
+
+
 def test_threaded_server_and_a_ca_without_ledger(tmp_path: Path) -> None:
     threaded = start_ca(tmp_path / "threaded", "--grpc-server", "threaded", "--admin-identity", ADMIN)
     try:
