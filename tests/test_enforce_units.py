@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from ca.agent.output import write_svid
 from ca.config import build_parser
 from ca.enforce import proxy_v2
-from ca.enforce.events import LogLimiter
 from ca.enforce.loop import DeadlineQueue
 from ca.enforce.material import check_material, read_files, version_of
 from ca.enforce.peer import PeerCache, PeerRefused, check, identify
@@ -371,16 +370,7 @@ def test_bad_settings_are_config_errors(flags: list[str], problem: str) -> None:
         config_from_args(enforce_args(*flags))
 
 
-# --------------------------------------------------------------------------- refusal logs and deadlines
-
-
-def test_the_log_limiter_allows_a_burst_then_a_rate_and_counts_what_it_dropped() -> None:
-    now = [0.0]
-    limiter = LogLimiter(lambda: now[0], rate=2.0, burst=3.0)
-    assert [limiter.allow() for _ in range(5)] == [0, 0, 0, None, None]
-    now[0] += 0.5  # one token back
-    assert limiter.allow() == 2
-    assert limiter.allow() is None
+# --------------------------------------------------------------------------- deadlines
 
 
 def test_a_deadline_queue_keeps_order_and_delay() -> None:

@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ca import logs
 from ca.clock import Clock, SystemClock
 from ca.enforce import tls_openssl
-from ca.enforce.events import LogLimiter, OpenConnections, RefusalLog
+from ca.enforce.events import OpenConnections, RefusalLog
 from ca.enforce.inbound import Deadlines, InboundFlow, PortContext, Shared
 from ca.enforce.listener import Listener, bind, bound_port
 from ca.enforce.loop import EventLoop
@@ -32,6 +32,7 @@ from ca.enforce.tls import Material, TlsEngine
 from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
 from ca.listening import remove_ports_file, split_address, write_ports_file
+from ca.log_limit import LogLimiter
 from ca.policy.ports import InboundPort
 from ca.policy.source import (
     PolicySet,
@@ -40,6 +41,7 @@ from ca.policy.source import (
     open_policy_source,
     refuse_invalid_in_scope,
 )
+from ca.policy.workload_flags import label_text
 from ca.status_http import StatusServer
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,8 @@ class Enforcer:
                 "inbound": [f"{p.listen_port}:{p.app_port}/{p.protocol}" for p in self.cfg.inbound],
                 "outbound": [f"{t.listen_port}:{t.label}" for t in self.cfg.outbound],
                 "tls_engine": self.engine.name,
-                "workload": f"{self.cfg.workload.namespace} {dict(self.cfg.workload.labels)}",
+                "namespace": self.cfg.workload.namespace,
+                "labels": label_text(self.cfg.workload.labels),
             },
         )
 
@@ -270,6 +273,12 @@ class Enforcer:
         for listener in self.listeners:
             listener.start()
         self.loop.call_later(self._sweep_interval, self._sweep_idle)
+        self.loop.call_later(self.shared.refusals.interval_s, self._flush_refusals)
+
+    def _flush_refusals(self) -> None:
+        """Summaries of held-back refusal lines also when no refusal follows to trigger them."""
+        self.shared.refusals.flush()
+        self.loop.call_later(self.shared.refusals.interval_s, self._flush_refusals)
 
     @property
     def _sweep_interval(self) -> float:
@@ -296,6 +305,7 @@ class Enforcer:
                 for listener in self.listeners:
                     listener.close()
                 self.connections.abort_all()
+                self.shared.refusals.flush(final=True)
                 done.set()
 
             self.loop.call_soon_threadsafe(close_everything)

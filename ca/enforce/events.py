@@ -1,51 +1,45 @@
-"""Refusal logs (rate-limited) and the register of open connections."""
+"""Refusal logs (bounded per reason) and the register of open connections."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Protocol
+
+from ca.log_limit import LogLimiter
 
 log = logging.getLogger("meshca.enforce")
 
 
-class LogLimiter:
-    """A token bucket: `rate` lines per second, bursts up to `burst`; counts what it suppressed."""
-
-    def __init__(self, monotonic: Callable[[], float], *, rate: float = 20.0, burst: float = 50.0) -> None:
-        self._monotonic = monotonic
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._last = monotonic()
-        self.suppressed = 0
-
-    def allow(self) -> int | None:
-        """None if this line is to be dropped; else how many were dropped since the last one allowed."""
-        now = self._monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            self.suppressed += 1
-            return None
-        self._tokens -= 1.0
-        dropped, self.suppressed = self.suppressed, 0
-        return dropped
+RefusalKey = tuple[str, str | None]  # the message and the reason
 
 
 class RefusalLog:
-    """One JSON line per refused connection, with reason and peer address, at most `rate` per second."""
+    """One JSON line per refused connection, with reason and peer address, bounded per message and
+    reason by `limiter`: the lines it holds back are summarised with their count once its interval
+    ends (at the next refusal or the next `flush`). Used on the event loop thread only."""
 
-    def __init__(self, limiter: LogLimiter) -> None:
+    def __init__(self, limiter: LogLimiter[RefusalKey]) -> None:
         self._limiter = limiter
 
+    @property
+    def interval_s(self) -> float:
+        return self._limiter.interval_s
+
     def refused(self, message: str, **fields: object) -> None:
-        dropped = self._limiter.allow()
-        if dropped is None:
-            return
-        if dropped:
-            fields["suppressed_since_last"] = dropped
-        log.warning(message, extra=fields)
+        self.flush()
+        reason = fields.get("reason")
+        if self._limiter.allow((message, None if reason is None else str(reason))):
+            log.warning(message, extra=fields)
+
+    def flush(self, *, final: bool = False) -> None:
+        """Logs the summary of every interval that is over (`final`: of every interval, at
+        shutdown) and held lines back."""
+        for summary in self._limiter.end_all() if final else self._limiter.ended():
+            message, reason = summary.key
+            fields: dict[str, object] = {"suppressed": summary.count, "interval_s": summary.interval_s}
+            if reason is not None:
+                fields["reason"] = reason
+            log.warning(f"{message}: more not logged", extra=fields)
 
 
 class Closable(Protocol):
