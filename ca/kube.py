@@ -17,7 +17,8 @@ from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ca.auth.jwks import JwksFetcher
 from ca.auth.tokenreview import ReviewCall
@@ -52,8 +53,23 @@ def api_client(kubeconfig: Path | None, in_cluster: bool) -> client.ApiClient:
     raise ConfigError("no Kubernetes access configured; give --kubeconfig or run in a pod")
 
 
+def transport_error_text(err: BaseException) -> str:
+    """Why a request to the API server failed, in words. urllib3's own text is built from reprs
+    of its pools and connections; the OS error under it says what happened."""
+    if isinstance(err, ApiException):
+        return f"HTTP {err.status} {err.reason}"
+    if isinstance(err, MaxRetryError) and err.reason is not None:
+        return transport_error_text(err.reason)
+    for error in (err, err.__cause__):
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    if isinstance(err, Urllib3Timeout):  # NewConnectionError is one too, but has its OS error
+        return "timed out"
+    return f"{type(err).__name__}: {err}"
+
+
 def _unavailable(what: str, err: Exception) -> UnavailableError:
-    detail = f"HTTP {err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+    detail = transport_error_text(err)
     return UnavailableError(
         f"{what} failed against the Kubernetes API ({detail}); the request can be retried",
         reason="kubernetes_unavailable",
@@ -179,7 +195,7 @@ class PodCache:
                     backoff_s,
                 )
             except Exception as err:
-                log.warning("pod watch failed: %s; retrying in %.1fs", err, backoff_s)
+                log.warning("pod watch failed: %s; retrying in %.1fs", transport_error_text(err), backoff_s)
             self._stopping.wait(backoff_s)
             backoff_s = min(backoff_s * 2, 30.0)
 

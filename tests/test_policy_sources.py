@@ -565,15 +565,28 @@ def test_kube_survives_api_outage(
     assert refs(policies) == {"istio-system/default", "shop/default", "shop/web"}
 
 
-def test_kube_server_gone_keeps_last_policies(tmp_path: Path) -> None:
+def watch_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The `error` field of each "list/watch failed" line."""
+    return [
+        getattr(r, "error", "")
+        for r in caplog.records
+        if r.getMessage().startswith("PeerAuthentication list/watch failed")
+    ]
+
+
+def test_kube_server_gone_keeps_last_policies(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = FakeKubeApiServer().start()
     server.apply_peer_authentication("shop", "default", {"mtls": {"mode": "STRICT"}})
     source, policies = start_kube(server, max_backoff_s=0.5)
+    caplog.set_level(logging.WARNING, logger="ca.policy.kube_source")
     try:
         server.stop()  # the connection is refused from now on
         time.sleep(0.5)
         assert refs(policies) == {"shop/default"}  # the last known policies stay
         assert source.synced
+        # The reason in words, not urllib3's reprs of its pools and connections.
+        assert eventually(lambda: "Connection refused" in watch_failures(caplog))
+        assert not [e for e in watch_failures(caplog) if "(host=" in e or "object at" in e]
     finally:
         source.stop()
 

@@ -28,7 +28,7 @@ from ca.policy.manifest import NO_CREATION_TIME
 from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, MtlsMode, PeerAuthentication, Workload
 from ca.policy.resolve import SCOPES, Candidates, resolve_workload
 from ca.policy.source import load_policies_once, refuse_invalid_in_scope
-from ca.policy.workload_flags import add_workload_flags, parse_labels
+from ca.policy.workload_flags import add_workload_flags, label_text, parse_labels
 
 COMMAND = "explain"
 
@@ -185,7 +185,7 @@ def _port_modes(policy: PeerAuthentication) -> str:
 
 
 def _labels(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "(none)"
+    return label_text(labels) or "(none)"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -36,6 +36,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from ca.errors import PolicyError, UnavailableError
+from ca.kube import transport_error_text
 from ca.policy.manifest import GROUP, parse_peer_authentication
 from ca.policy.metrics import INVALID_POLICIES, POLICIES_LOADED, WATCH_RESTARTS
 from ca.policy.model import InvalidPolicy, PeerAuthentication, PolicyRef
@@ -251,14 +252,14 @@ class KubePolicySource:
         if isinstance(err, ApiException):
             return self._api_failure(stream, err, backoff_s)
         if isinstance(err, HTTPError | OSError | ValueError):
-            self._record_failure(stream, f"{type(err).__name__}: {err}", "disconnected")
+            self._record_failure(stream, transport_error_text(err), "disconnected")
         else:
             log.error(
                 "PeerAuthentication watch failed unexpectedly",
                 exc_info=err,
                 extra={"version": stream.version},
             )
-            self._record_failure(stream, repr(err), "error")
+            self._record_failure(stream, f"{type(err).__name__}: {err}", "error")
         return backoff_s
 
     def _api_failure(self, stream: _Stream, err: ApiException, backoff_s: float) -> float:
@@ -428,7 +429,8 @@ def list_policies_once(api: client.ApiClient, *, timeout_s: float = 10.0) -> Loa
             continue
         except (HTTPError, OSError) as err:
             raise UnavailableError(
-                f"cannot reach the Kubernetes API ({err}); check --kubeconfig and the API server",
+                f"cannot reach the Kubernetes API ({transport_error_text(err)}); check --kubeconfig and "
+                "the API server",
                 reason="kubernetes_unavailable",
             ) from err
         policies: list[PeerAuthentication] = []

@@ -59,3 +59,8 @@ def parse_labels(text: str) -> dict[str, str]:
             raise ConfigError(f"--labels gives {key!r} twice; give each label once")
         labels[key] = value
     return labels
+
+
+def label_text(labels: Mapping[str, str]) -> str:
+    """Labels -> `app=web,version=v1` (sorted), the `--labels` syntax; empty for no labels."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
