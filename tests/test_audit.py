@@ -664,6 +664,27 @@ def test_an_entry_edited_and_rehashed_is_refused_and_so_is_its_neighbour(
     assert code == 1 and "at entry 3" in err
 
 
+def test_a_report_checks_the_span_it_counts(
+    ledger_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    with ledger_support.ledger_rig(ledger_url, state) as rig:
+        rig.issue(2)  # 1-2
+        rig.clock.advance(2 * HOUR)
+        later = rig.clock.now()
+        rig.issue(2)  # 3-4
+        rig.refuse()  # 5
+        ledger_support.sql(rig.store, "UPDATE ledger_entries SET namespace = 'other' WHERE seq = 1")
+        flags = ["--ledger", ledger_url, "--state-dir", str(state), "--at", later.isoformat(), "-o", "json"]
+        code, out, _ = audit(capsys, "report", *flags, "--since", later.isoformat())
+        assert code == 0 and [i["issued"] for i in json.loads(out)["identities"]] == [2, 0]
+        code, out, err = audit(capsys, "report", *flags)
+        assert code == 1 and out == ""
+        assert "fails its hash chain at entry 1: its namespace column(s) differ from its content" in err
+        code, out, err = audit(capsys, "report", *flags, "--until", later.isoformat())
+        assert code == 1 and "at entry 1" in err
+
+
 def test_an_export_stops_at_the_first_entry_that_fails(
     forgeable: tuple[LedgerRig, list[str]],
 ) -> None:

@@ -45,7 +45,7 @@ def _ends(conn: Connection) -> _Ends:
     return _Ends(*read_head(conn))
 
 
-def tampered(broken: ChainBreak) -> LedgerTamperedError:
+def _tampered(broken: ChainBreak) -> LedgerTamperedError:
     return LedgerTamperedError(
         f"the ledger fails its hash chain at entry {broken.seq}: {broken.problem}; it is not shown or "
         "counted as genuine: run 'meshca audit verify' for the whole ledger and its signatures, and "
@@ -74,7 +74,7 @@ def _links(conn: Connection, seqs: set[int]) -> dict[int, _Links]:
     return found
 
 
-def entry_problem(entry: Entry, neighbours: Mapping[int, _Links], ends: _Ends) -> ChainBreak | None:
+def _entry_problem(entry: Entry, neighbours: Mapping[int, _Links], ends: _Ends) -> ChainBreak | None:
     """Why `entry` does not hold its place in the chain, given the entries around it, or None."""
     seq = entry.seq
     if seq > ends.head_seq:
@@ -114,9 +114,9 @@ def checked_entries(conn: Connection, seqs: Sequence[int]) -> list[Entry]:
     neighbours.update((s, _Links(e.prev_hash, e.entry_hash)) for s, e in found.items())
     ends = _ends(conn)
     for seq in sorted(found):
-        broken = entry_problem(found[seq], neighbours, ends)
+        broken = _entry_problem(found[seq], neighbours, ends)
         if broken is not None:
-            raise tampered(broken)
+            raise _tampered(broken)
     return [found[seq] for seq in seqs if seq in found]
 
 
@@ -132,23 +132,23 @@ def check_span(conn: Connection, low: int, high: int | None = None) -> int:
     if low > ends.head_seq:
         beyond = entries_after(conn, low - 1, 1)
         if beyond:
-            raise tampered(past_head(beyond[0].seq, ends.head_seq))
+            raise _tampered(past_head(beyond[0].seq, ends.head_seq))
         return 0
     previous = (
         ends.anchor_hash if low - 1 == ends.anchor_seq else _hash_of(_links(conn, {low - 1}).get(low - 1))
     )
     if previous is None:
-        raise tampered(ChainBreak(low, f"entry {low - 1} before it is missing: entries were removed"))
+        raise _tampered(ChainBreak(low, f"entry {low - 1} before it is missing: entries were removed"))
     last, checked = low - 1, 0
     while high is None or last < high:
         size = READ_BATCH if high is None else min(READ_BATCH, high - last)
         batch = entries_after(conn, last, size)
         for entry in batch:
             if entry.seq > ends.head_seq:
-                raise tampered(past_head(entry.seq, ends.head_seq))
+                raise _tampered(past_head(entry.seq, ends.head_seq))
             broken = check_link(entry, previous, last + 1)
             if broken is not None:
-                raise tampered(broken)
+                raise _tampered(broken)
             previous, last, checked = entry.entry_hash, entry.seq, checked + 1
         if len(batch) < size:
             break
@@ -160,12 +160,12 @@ def _check_span_end(conn: Connection, last: int, last_hash: str, ends: _Ends, *,
     """The span's last entry is the head the CA recorded, or the entry after it links back to it."""
     if last == ends.head_seq:
         if last_hash != ends.head_hash:
-            raise tampered(
+            raise _tampered(
                 ChainBreak(last, "its hash differs from the head the CA recorded: it was replaced")
             )
         return
     if ran_out:
-        raise tampered(
+        raise _tampered(
             ChainBreak(
                 last + 1,
                 f"the head records entry {ends.head_seq} but the chain ends at {last}: "
@@ -174,6 +174,6 @@ def _check_span_end(conn: Connection, last: int, last_hash: str, ends: _Ends, *,
         )
     after = _links(conn, {last + 1}).get(last + 1)
     if after is None:
-        raise tampered(ChainBreak(last + 1, "it is missing: entries were removed"))
+        raise _tampered(ChainBreak(last + 1, "it is missing: entries were removed"))
     if after.prev_hash != last_hash:
-        raise tampered(ChainBreak(last + 1, "its previous-hash link does not match the entry before it"))
+        raise _tampered(ChainBreak(last + 1, "its previous-hash link does not match the entry before it"))
