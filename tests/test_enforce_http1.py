@@ -185,11 +185,144 @@ def test_every_request_gets_our_xfcc_and_never_the_callers(
         assert b"x-forwarded-client-cert" not in [n for n, _ in got.trailers]
 
 
-@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(0, 400), max_size=6))
-def test_garbage_never_raises_and_never_forwards_a_callers_xfcc(data: bytes, cuts: list[int]) -> None:
-    rewriter = RequestStream(Exchanges(), XFCC)
-    out = feed_all(rewriter, split(b"GET / HTTP/1.1\r\nx-forwarded-client-cert: evil\r\n" + data, cuts))
-    assert b"evil" not in out.split(b"\r\n\r\n", 1)[0]
+# --------------------------------------------------------------------------- hostile streams
+
+# In every caller-sent x-forwarded-client-cert value, and nowhere else the generator writes.
+MARKER = b"mallory"
+XFCC_NAME = b"x-forwarded-client-cert"
+RANDOM_BYTES = st.binary(max_size=24)
+
+
+@st.composite
+def xfcc_lines(draw: st.DrawFn) -> bytes:
+    """A caller's x-forwarded-client-cert line: any letter case, any spacing, sometimes malformed."""
+    name = bytes(c ^ 0x20 if c >= 0x61 and draw(st.booleans()) else c for c in XFCC_NAME)
+    before, colon = b"", b":"
+    if draw(st.integers(0, 4)) == 0:  # refused, and must not slip through: folding, space before colon
+        before, colon = draw(st.sampled_from([(b" ", b":"), (b"\t", b":"), (b"", b" :"), (b"", b"\t:")]))
+    value = draw(st.sampled_from([b"By=x;URI=spiffe://td/ns/x/sa/" + MARKER, MARKER, b"", b" " + MARKER]))
+    spacing = draw(st.sampled_from([b"", b" ", b"\t", b"  \t"]))
+    return before + name + colon + spacing + value + draw(st.sampled_from([b"", b" ", b"\t"]))
+
+
+@st.composite
+def other_lines(draw: st.DrawFn) -> bytes:
+    """Header lines that are not an XFCC: tokens, look-alike names, raw bytes."""
+    names = [XFCC_NAME + b"-x", b"x-forwarded-client", b"Upgrade", b"Connection", b"Host"]
+    name = draw(TOKEN.map(str.encode) | st.sampled_from(names))
+    value = draw(VALUE.map(str.encode) | st.sampled_from([b"upgrade", b"websocket", b"h2c"]))
+    if draw(st.integers(0, 5)) == 0:
+        name, value = draw(st.sampled_from([(draw(RANDOM_BYTES), value), (name, draw(RANDOM_BYTES))]))
+    return (name + b": " + value).replace(MARKER, b"")
+
+
+FRAMING_KINDS = ["none", "length", "wrong length", "chunked", "chunked and length", "odd te"]
+ODD_CODINGS = [b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: chunked, gzip"]
+
+
+@st.composite
+def framings(draw: st.DrawFn) -> tuple[list[bytes], bytes]:
+    """Framing fields and the body after the head: right, wrong, conflicting or missing."""
+    body = draw(st.binary(max_size=40) | st.just(b"\r\n\r\n" + XFCC_NAME + b": " + MARKER + b"\r\n\r\n"))
+    kind = draw(st.sampled_from([*FRAMING_KINDS, "chunked", "chunked"]))  # trailers need chunked
+    if kind == "none":
+        return [], b""
+    if kind == "length":
+        return [b"Content-Length: %d" % len(body)], body
+    if kind == "wrong length":
+        return [b"Content-Length: %d" % draw(st.integers(0, 60))], body
+    if kind == "odd te":
+        return [draw(st.sampled_from(ODD_CODINGS))], body
+    trailers = draw(st.lists(st.one_of(xfcc_lines(), xfcc_lines(), other_lines()), max_size=3))
+    chunked = b"%x\r\n" % len(body) + body + b"\r\n" if body else b""
+    chunked += b"0\r\n" + b"".join(t + b"\r\n" for t in trailers) + b"\r\n"
+    fields = [b"Transfer-Encoding: chunked"] + (
+        [b"Content-Length: 3"] if kind == "chunked and length" else []
+    )
+    return fields, chunked
+
+
+@st.composite
+def hostile_requests(draw: st.DrawFn) -> bytes:
+    """A complete request head (often well-formed, so that it is forwarded) around random parts."""
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"OPTIONS", b"CONNECT"]) | TOKEN.map(str.encode))
+    target = draw(
+        st.sampled_from([b"/", b"*", b"example.test:443"])
+        | st.text("abc/?=&%", max_size=12).map(lambda t: b"/" + t.encode())
+    )
+    version = draw(st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.9"]))
+    fields, body = draw(framings())
+    fields += draw(st.lists(xfcc_lines(), min_size=1, max_size=3))
+    fields += draw(st.lists(other_lines(), max_size=3))
+    fields = draw(st.permutations(fields))
+    eol = draw(st.sampled_from([b"\r\n"] * 9 + [b"\n"]))
+    message = method + b" " + target + b" " + version + eol + b"".join(f + eol for f in fields) + eol + body
+    if draw(st.integers(0, 4)) == 0:  # raw bytes anywhere
+        at = draw(st.integers(0, len(message)))
+        message = message[:at] + draw(RANDOM_BYTES).replace(MARKER, b"") + message[at:]
+    return message
+
+
+def forwarded_sections(out: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The heads and the chunked trailer sections of the output, found by the framing of the
+    heads as forwarded (bodies are skipped); whatever cannot be framed counts as a head."""
+    heads: list[bytes] = []
+    trailers: list[bytes] = []
+    pos = 0
+    while pos < len(out):
+        end = out.find(b"\r\n\r\n", pos)
+        if end < 0:
+            heads.append(out[pos:])
+            break
+        head, pos = out[pos:end], end + 4
+        heads.append(head)
+        fields = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        }
+        if fields.get(b"transfer-encoding", b"").lower().endswith(b"chunked"):
+            while (line_end := out.find(b"\r\n", pos)) >= 0:
+                size = int(out[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    section_end = out.find(b"\r\n\r\n", pos - 2)
+                    section_end = len(out) if section_end < 0 else section_end
+                    trailers.append(out[pos:section_end])
+                    pos = section_end + 4
+                    break
+                pos += size + 2
+            else:
+                break
+        else:
+            pos += int(fields.get(b"content-length", b"0").split(b",")[0])
+    return heads, trailers
+
+
+def xfcc_fields(section: bytes) -> list[bytes]:
+    """Lines a lenient reader could take for x-forwarded-client-cert (spacing and case ignored)."""
+    lines = section.split(b"\r\n")
+    return [line for line in lines if line.partition(b":")[0].strip(b" \t").lower() == XFCC_NAME]
+
+
+@settings(max_examples=500)
+@given(
+    stream=st.lists(hostile_requests(), min_size=1, max_size=4),
+    prefix=st.sampled_from([b"", b"", b"\r\n"]) | RANDOM_BYTES,
+    cuts=st.lists(st.integers(0, 2_000), max_size=6),
+    mtls=st.booleans(),
+)
+def test_garbage_never_raises_and_never_forwards_a_callers_xfcc(
+    stream: list[bytes], prefix: bytes, cuts: list[int], mtls: bool
+) -> None:
+    data = prefix.replace(MARKER, b"") + b"".join(stream)
+    ours = XFCC.removesuffix(b"\r\n") if mtls else None
+    rewriter = RequestStream(Exchanges(), XFCC if mtls else None)
+    heads, trailers = forwarded_sections(feed_all(rewriter, split(data, cuts)))
+    for head in heads:
+        assert MARKER not in head
+        assert xfcc_fields(head) == ([] if ours is None else [ours])
+    for section in trailers:
+        assert MARKER not in section and xfcc_fields(section) == []
 
 
 @given(stream=st.lists(requests(), min_size=1, max_size=3), cuts=st.lists(st.integers(0, 10_000), max_size=8))
