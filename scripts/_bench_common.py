@@ -66,8 +66,8 @@ def make_pool(state_dir: Path, size: int) -> RequestPool:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from ca._proto import istio_ca_pb2
-    from ca.clock import SystemClock
-    from ca.devtoken import DevTokenIssuer
+    from ca.common.clock import SystemClock
+    from ca.server.devtoken import DevTokenIssuer
 
     dev = DevTokenIssuer.load_or_create(state_dir, SystemClock())
     csrs: list[str] = []
@@ -431,17 +431,17 @@ def floor_server_main(argv: Sequence[str]) -> int:
     import grpc
 
     from ca._proto import istio_ca_pb2
-    from ca.clock import SystemClock
-    from ca.config import DEFAULT_DNS_NAMES
-    from ca.csr import parse_csr
-    from ca.grpc_server import OPTIONS
-    from ca.issuer import IssuancePolicy, Issuer
-    from ca.keys import KeyAlgorithm
-    from ca.listening import write_ports_file
-    from ca.selfsigned import RootFactory
-    from ca.serving import ServingIdentity
-    from ca.spiffe_id import SpiffeId
-    from ca.state_dir import load_or_create_root
+    from ca.common.clock import SystemClock
+    from ca.issuance.csr import parse_csr
+    from ca.issuance.issuer import IssuancePolicy, Issuer
+    from ca.issuance.keys import KeyAlgorithm
+    from ca.issuance.selfsigned import RootFactory
+    from ca.issuance.spiffe_id import SpiffeId
+    from ca.net.listening import write_ports_file
+    from ca.server.command import DEFAULT_DNS_NAMES
+    from ca.server.grpc_server import OPTIONS
+    from ca.server.serving_cert import ServingIdentity
+    from ca.server.state_dir import load_or_create_root
 
     parser = argparse.ArgumentParser(prog="_bench_common.py floor-server")
     parser.add_argument("--state-dir", type=Path, required=True)

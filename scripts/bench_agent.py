@@ -237,7 +237,7 @@ class Rig:
     state: Path
     ca_port: int
     children: Children
-    dev: Any  # ca.devtoken.DevTokenIssuer
+    dev: Any  # ca.server.devtoken.DevTokenIssuer
     held: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     counter: int = 0
 
@@ -425,13 +425,13 @@ def subprocess_run(rig: Rig, key_type: str, index: int) -> SubRun:
 
 
 def imports_only() -> tuple[float, float]:
-    """Spawn -> `import ca.cli, ca.agent.runner` done, in a fresh interpreter: (seconds, RSS MiB).
+    """Spawn -> `import ca.cli.main, ca.agent.runner` done, in a fresh interpreter: (seconds, RSS MiB).
 
     The child stamps the end of its imports with perf_counter, CLOCK_MONOTONIC on Linux:
     one clock for all processes, so interpreter teardown is left out.
     """
     code = (
-        "import ca.cli, ca.agent.runner, time\n"
+        "import ca.cli.main, ca.agent.runner, time\n"
         "done = time.perf_counter()\n"
         "rss = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0]\n"
         "print(done, rss)"
@@ -535,8 +535,9 @@ def _steps(stamps: dict[str, float], t0: float | None) -> dict[str, float]:
 
 
 def inprocess_run(rig: Rig, key_type: str, index: int) -> InprocRun:
+    from ca.agent.command import agent_config
     from ca.agent.runner import build_agent
-    from ca.config import agent_config, build_parser
+    from ca.cli.main import build_parser
 
     spec = AgentSpec(
         directory=rig.run_dir("i"),
@@ -985,8 +986,8 @@ class Results:
 
 
 def run_all(s: Settings) -> Results:
-    from ca.clock import SystemClock
-    from ca.devtoken import DevTokenIssuer
+    from ca.common.clock import SystemClock
+    from ca.server.devtoken import DevTokenIssuer
 
     base = Path(tempfile.mkdtemp(prefix="mab-", dir="/tmp"))
     children = Children()
@@ -1132,7 +1133,7 @@ def report(s: Settings, res: Results, f: Figures, cores: int, elapsed_s: float) 
         row("  the same with --health-listen off (agents of (2))", [f.exit_no_health[k] for k in KEY_TYPES])
     )
     print(
-        f"  spawn -> `import ca.cli, ca.agent.runner` done, bare interpreter: "
+        f"  spawn -> `import ca.cli.main, ca.agent.runner` done, bare interpreter: "
         f"p50 {res.imports.p50 * 1e3:.0f} ms, max {res.imports.max * 1e3:.0f} ms "
         f"(RSS {res.imports_rss_mib:.1f} MiB)"
     )

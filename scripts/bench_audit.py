@@ -31,7 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ca.clock import SystemClock  # noqa: E402
+from ca.common.clock import SystemClock  # noqa: E402
 from ca.ledger.entries import (  # noqa: E402
     ca_event_content,
     issued_content,
@@ -211,8 +211,8 @@ def main() -> int:
         print(f"{seconds * 1000:8.0f} ms  meshca audit export --since 1d")
         seconds, out = timed([*meshca, "verify", *common], repeat=1)
         print(f"{seconds * 1000:8.0f} ms  meshca audit verify: {out.strip()}")
-        seconds, _ = timed([sys.executable, "-c", "import ca.cli"])
-        print(f"{seconds * 1000:8.0f} ms  (Python start-up and import of ca.cli alone)")
+        seconds, _ = timed([sys.executable, "-c", "import ca.cli.main"])
+        print(f"{seconds * 1000:8.0f} ms  (Python start-up and import of ca.cli.main alone)")
     finally:
         if args.keep:
             print(f"kept {state_dir}", file=sys.stderr)

@@ -160,7 +160,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     args = parser.parse_args(argv)
 
-    from ca.keys import KeyAlgorithm
+    from ca.issuance.keys import KeyAlgorithm
 
     quick = bool(args.quick)
     duration = args.duration if args.duration is not None else (1.5 if quick else 8.0)
@@ -257,8 +257,9 @@ class _FakeContext:
 
 def _service(state_dir: Path, key_type: str, cache_size: int) -> Any:
     """The CertificateService `meshca serve` would build for these flags (no ports bound)."""
-    from ca.app import build_server
-    from ca.config import build_parser, serve_config
+    from ca.cli.main import build_parser
+    from ca.server.command import serve_config
+    from ca.server.wiring import build_server
 
     argv = [
         "serve",
@@ -284,13 +285,13 @@ def measure_ceiling(settings: Settings, state_dir: Path, pool: RequestPool) -> C
     from ca.auth.base import Credentials
     from ca.auth.jwt_token import JwtAuthenticator, TokenRules
     from ca.auth.token_cache import TokenCache
-    from ca.clock import SystemClock
-    from ca.csr import parse_csr
-    from ca.devtoken import DevTokenIssuer
-    from ca.issuer import IssuancePolicy, Issuer
-    from ca.keys import KeyAlgorithm
-    from ca.selfsigned import RootFactory
-    from ca.state_dir import load_or_create_root
+    from ca.common.clock import SystemClock
+    from ca.issuance.csr import parse_csr
+    from ca.issuance.issuer import IssuancePolicy, Issuer
+    from ca.issuance.keys import KeyAlgorithm
+    from ca.issuance.selfsigned import RootFactory
+    from ca.server.devtoken import DevTokenIssuer
+    from ca.server.state_dir import load_or_create_root
 
     clock = SystemClock()
     dev = DevTokenIssuer.load_or_create(state_dir, clock)

@@ -220,8 +220,8 @@ def run_meshca(*args: str) -> None:
 
 def issue_certificates(procs: Processes, root: Path) -> tuple[Path, Path]:
     """A real CA and two agent runs: (server cert dir, client cert dir)."""
-    from ca.clock import SystemClock
-    from ca.devtoken import DevTokenIssuer
+    from ca.common.clock import SystemClock
+    from ca.server.devtoken import DevTokenIssuer
 
     state = root / "ca-state"
     ca = procs.spawn(
@@ -404,7 +404,7 @@ class Client:
     """TLS 1.3 client connections with the client workload's certificate (bundled OpenSSL)."""
 
     def __init__(self, cert_dir: Path) -> None:
-        from ca.clock import SystemClock
+        from ca.common.clock import SystemClock
         from ca.enforce.material import check_material, read_files
         from ca.enforce.tls_openssl import OpensslEngine
 

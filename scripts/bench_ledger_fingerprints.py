@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """CPU per record of the ledger process's work with certificate fingerprints sliced from DER
-(ca.x509_der) against the same fingerprints from `cryptography` (decode the certificate,
+(ca.issuance.x509_der) against the same fingerprints from `cryptography` (decode the certificate,
 re-encode its public key).
 
 Run from the project root with the project's virtualenv:
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca import x509_der
+from ca.issuance import x509_der
 from ca.ledger import entries
 from ca.ledger.entries import IssuedRecord
 from ca.ledger.store import LedgerStore, sqlite_url

@@ -16,8 +16,8 @@ from ca.agent.ca_client import CaClient, CaEndpoint, CaRefusedError
 from ca.agent.ca_tls import CaNotTrustedError
 from ca.agent.once import NoCertificateError, fetch_once
 from ca.agent.runner import build_agent
-from ca.devtoken import DevTokenIssuer
 from ca.errors import ConfigError, ErrorKind, MeshcaError, UnavailableError
+from ca.server.devtoken import DevTokenIssuer
 from tests.support.agent import LiveClock, agent_args, parse_agent_config
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock

@@ -15,10 +15,10 @@ from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings
 from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT, write_svid
 from ca.agent.schedule import Backoff, RenewalPolicy
 from ca.agent.svid import BadResponseError, Svid, accept_response
-from ca.csr import parse_csr
 from ca.errors import ConfigError, UnavailableError
-from ca.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
-from ca.spiffe_id import SpiffeId
+from ca.issuance.csr import parse_csr
+from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
+from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
 from tests.support.svids import CART, FakeCa, make_svid
@@ -81,7 +81,7 @@ def test_accepts_a_valid_response_and_refuses_bad_ones() -> None:
     clock = FakeClock()
     ca = FakeCa(clock)
     key = ec_key()
-    chain = ca.issuer.issue(
+    chain = ca.issuance.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
     ).chain
     svid = accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())
@@ -117,7 +117,7 @@ def test_an_expired_chain_is_refused() -> None:
     clock = FakeClock()
     ca = FakeCa(clock)
     key = ec_key()
-    chain = ca.issuer.issue(
+    chain = ca.issuance.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=60
     ).chain
     with pytest.raises(BadResponseError):

@@ -11,12 +11,13 @@ import pytest
 from ca.agent.agent import Agent, AgentSettings
 from ca.agent.ca_client import CaRefusedError, TokenUnavailableError
 from ca.agent.ca_tls import CaNotTrustedError
+from ca.agent.command import agent_config
 from ca.agent.once import NoCertificateError, fetch_once
 from ca.agent.schedule import Backoff, RenewalPolicy
 from ca.agent.svid import Svid
-from ca.config import agent_config, build_parser
+from ca.cli.main import build_parser
 from ca.errors import ConfigError, ErrorKind, MeshcaError, UnavailableError
-from ca.keys import KeyAlgorithm, generate_private_key
+from ca.issuance.keys import KeyAlgorithm, generate_private_key
 from tests.support.clock import FakeClock
 from tests.support.svids import CART, FakeCa
 

@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ca.authority import fingerprint_sha256
-from ca.cacerts import ISTIO_FILES, load_cacerts_dir
-from ca.clock import SystemClock
+from ca.common.clock import SystemClock
+from ca.common.files import PUBLIC_MODE, SECRET_MODE, atomic_write
 from ca.errors import CaMaterialError, ConfigError, ErrorKind
-from ca.files import PUBLIC_MODE, SECRET_MODE, atomic_write
-from ca.keys import KeyAlgorithm, PrivateKey, private_key_pem
-from ca.selfsigned import RootFactory
-from ca.state_dir import CA_CERT, CA_KEY, TRUST_BUNDLE, load_or_create_root, write_trust_bundle
+from ca.issuance.authority import fingerprint_sha256
+from ca.issuance.cacerts import ISTIO_FILES, load_cacerts_dir
+from ca.issuance.keys import KeyAlgorithm, PrivateKey, private_key_pem
+from ca.issuance.selfsigned import RootFactory
+from ca.server.state_dir import CA_CERT, CA_KEY, TRUST_BUNDLE, load_or_create_root, write_trust_bundle
 from tests.support.clock import FakeClock
 from tests.support.pki import Hierarchy, ec_key, make_hierarchy, pem
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.cli import main
+from ca.cli.main import main
 from ca.errors import InvalidRequestError
-from ca.kube_names import check_dns_label, check_dns_subdomain
+from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,21 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca import cli
-from ca.config import (
-    DEFAULT_DNS_NAMES,
-    ServeConfig,
-    TokenConfig,
-    build_parser,
-    env_name,
-    listen_address,
-    serve_config,
-    token_config,
-)
-from ca.durations import format_duration, parse_duration
+from ca.cli import main as cli
+from ca.cli.main import build_parser
+from ca.common.durations import format_duration, parse_duration
+from ca.common.flags import env_name, listen_address
 from ca.errors import ConfigError
-from ca.issuer import IssuancePolicy, OverMaxTtl
-from ca.keys import KeyAlgorithm
+from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
+from ca.issuance.keys import KeyAlgorithm
+from ca.server.command import DEFAULT_DNS_NAMES, ServeConfig, TokenConfig, serve_config, token_config
 
 
 def _serve(*flags: str, env: Mapping[str, str] | None = None) -> ServeConfig:

@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.csr import MAX_CSR_BYTES, parse_csr
 from ca.errors import ErrorKind, InvalidRequestError
-from ca.keys import KeyPolicy
+from ca.issuance.csr import MAX_CSR_BYTES, parse_csr
+from ca.issuance.keys import KeyPolicy
 from tests.support.pki import make_csr, rsa_key
 
 POLICY = KeyPolicy()

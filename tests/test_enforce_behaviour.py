@@ -172,7 +172,7 @@ def _start_agent(ca: RunningCa, base: Path, service_account: str, *, sds: bool) 
     agent = start_agent(
         agent_args(
             ca_port=ca.port,
-            ca_root=ca.state_dir / "root-cert.pem",
+            ca_root=ca.server.state_dir / "root-cert.pem",
             token_file=token,
             output_dir=base / f"{service_account}-certs",
             sds_socket=base / f"{service_account}.sds" if sds else None,

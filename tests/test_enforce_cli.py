@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ca.agent.output import write_svid
-from ca.cli import main
+from ca.cli.main import main
 from tests.support.agent import REPO, local_http_get, wait_until
 from tests.support.clock import FakeClock
 from tests.support.ports import read_ports_file

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from ca.agent.output import write_svid
-from ca.log_limit import INTERVAL_S, PER_INTERVAL
+from ca.common.log_limit import INTERVAL_S, PER_INTERVAL
 from tests.support.agent import REPO, local_http_get, wait_until
 from tests.support.clock import FakeClock
 from tests.support.ports import inbound_ports, read_ports_file

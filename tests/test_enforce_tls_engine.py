@@ -14,7 +14,7 @@ import socket
 from cryptography.hazmat.primitives import serialization
 
 from ca.agent.svid import Svid, accept_response
-from ca.config import build_parser
+from ca.cli.main import build_parser
 from ca.enforce import tls_openssl
 from ca.enforce.enforcer import build_enforcer
 from ca.enforce.material import check_material

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ca.agent.output import write_svid
-from ca.config import build_parser
+from ca.cli.main import build_parser
 from ca.enforce import proxy_v2
 from ca.enforce.loop import DeadlineQueue
 from ca.enforce.material import check_material, read_files, version_of
@@ -28,8 +28,8 @@ from ca.enforce.settings import config_from_args, parse_outbound
 from ca.enforce.sniff import FirstBytes, classify, classify_after_timeout
 from ca.enforce.xfcc import cert_hash, xfcc_header_line, xfcc_value
 from ca.errors import ConfigError
+from ca.issuance.spiffe_id import SpiffeId
 from ca.policy.ports import SPIFFE_ID_TLV_TYPE
-from ca.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_hierarchy
 from tests.support.svids import make_svid

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ca.devtoken import DevTokenIssuer
+from ca.server.devtoken import DevTokenIssuer
 from tests.support.ca_server import start_ca
 from tests.support.clock import FakeClock
 from tests.support.validate import assert_valid_svid
@@ -86,7 +86,7 @@ def test_keys_fetched_once_from_the_network(tmp_path: Path, provider: _OidcProvi
     ca = start_ca(tmp_path, *flags)
     try:
         chain, key = ca.request(token=_token(provider))
-        assert_valid_svid(chain, key, "spiffe://cluster.local/ns/shop/sa/cart", ca.clock.now())
+        assert_valid_svid(chain, key, "spiffe://cluster.local/ns/shop/sa/cart", ca.common.clock.now())
         assert provider.signer is not None
         ca.request(token=provider.signer.mint(namespace="shop", service_account="orders"))
         assert provider.hits["/keys"] == 1

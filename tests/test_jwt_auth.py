@@ -25,13 +25,13 @@ from ca.auth.jwt_token import JwtAuthenticator, TokenRules
 from ca.auth.k8s_identity import identity_from_claims, identity_from_review
 from ca.auth.token_cache import TokenCache
 from ca.auth.tokenreview import TokenReviewAuthenticator
-from ca.authority import SigningAuthority
-from ca.csr import parse_csr
 from ca.errors import AuthenticationError, ConfigError, ErrorKind, UnavailableError
-from ca.issuer import IssuancePolicy, Issuer
-from ca.keys import KeyAlgorithm, KeyPolicy
-from ca.selfsigned import RootFactory
-from ca.spiffe_id import SpiffeId
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.csr import parse_csr
+from ca.issuance.issuer import IssuancePolicy, Issuer
+from ca.issuance.keys import KeyAlgorithm, KeyPolicy
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr, rsa_key
 

@@ -13,15 +13,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ca import kube
-from ca.cli import main
-from ca.devtoken import DevTokenIssuer
+from ca.cli.main import main
 from ca.errors import AuthenticationError, CaMaterialError
-from ca.keys import KeyAlgorithm
+from ca.issuance.keys import KeyAlgorithm
+from ca.issuance.selfsigned import RootFactory
+from ca.kube import client as kube
 from ca.ledger.ledger import ledger_key_from_pem, new_ledger_key_pem
 from ca.ledger.store import LedgerStore
 from ca.ledger.verify import verify_ledger
-from ca.selfsigned import RootFactory
+from ca.server.devtoken import DevTokenIssuer
 from tests.kube import FakeKubeApiServer
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
@@ -81,7 +81,7 @@ def test_local_jwt_validation_with_keys_and_issuer_from_the_api_server(
             namespace="shop", service_account="cart", pod_name="cart-1", pod_uid=pod["metadata"]["uid"]
         )
         chain, key = ca.request(token=token)
-        assert_valid_svid(chain, key, CART, ca.clock.now())
+        assert_valid_svid(chain, key, CART, ca.common.clock.now())
         assert apiserver.tokenreview_count == 0
     finally:
         ca.stop()
@@ -176,7 +176,7 @@ def test_tokenreview_mode_with_result_cache(tmp_path: Path, apiserver: FakeKubeA
     ca = _start(tmp_path, apiserver, "--auth", "tokenreview")
     try:
         chain, key = ca.request(token="opaque-token-1")
-        assert_valid_svid(chain, key, CART, ca.clock.now())
+        assert_valid_svid(chain, key, CART, ca.common.clock.now())
         ca.request(token="opaque-token-1")
         assert apiserver.tokenreview_count == 1
         err = _refused(ca, "unknown-token")

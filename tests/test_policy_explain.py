@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ca.cli import main
+from ca.cli.main import main
 from tests.kube import FakeKubeApiServer
 
 POLICIES = """

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ca.cli import main
+from ca.cli.main import main
 from ca.policy.manifest import declared_namespaces
 from ca.policy.model import InvalidPolicy, Workload
 from tests.kube import FakeKubeApiServer

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ca.errors import ConfigError, PolicyError, UnavailableError
-from ca.policy.kube_source import KubePolicySource, ObjectMap, list_policies_once
+from ca.kube.policy_watch import KubePolicySource, ObjectMap, list_policies_once
 from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef, Workload
 from ca.policy.source import PolicySet, WorkloadPolicy, load_policies_once, open_policy_source
 from ca.policy.yaml_source import YamlPolicySource
@@ -578,7 +578,7 @@ def test_kube_server_gone_keeps_last_policies(tmp_path: Path, caplog: pytest.Log
     server = FakeKubeApiServer().start()
     server.apply_peer_authentication("shop", "default", {"mtls": {"mode": "STRICT"}})
     source, policies = start_kube(server, max_backoff_s=0.5)
-    caplog.set_level(logging.WARNING, logger="ca.policy.kube_source")
+    caplog.set_level(logging.WARNING, logger="ca.kube.policy_watch")
     try:
         server.stop()  # the connection is refused from now on
         time.sleep(0.5)

@@ -14,15 +14,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.authority import SigningAuthority, cert_pem
-from ca.csr import ParsedCsr, parse_csr
 from ca.errors import ConfigError, ErrorKind, InvalidRequestError, SigningError
-from ca.issuer import IssuancePolicy, IssuedCertificate, Issuer, OverMaxTtl, random_serial
-from ca.keys import KeyAlgorithm, KeyPolicy, PrivateKey
-from ca.profile import CLOCK_SKEW
-from ca.selfsigned import RootFactory
-from ca.spiffe_id import SpiffeId
-from ca.x509_der import certificate_fingerprints
+from ca.issuance.authority import SigningAuthority, cert_pem
+from ca.issuance.csr import ParsedCsr, parse_csr
+from ca.issuance.issuer import IssuancePolicy, IssuedCertificate, Issuer, OverMaxTtl, random_serial
+from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey
+from ca.issuance.profile import CLOCK_SKEW
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
+from ca.issuance.x509_der import certificate_fingerprints
 from tests.support.clock import FakeClock
 from tests.support.pki import Hierarchy, make_csr, make_hierarchy, pem, rsa_key
 from tests.support.validate import assert_valid_svid

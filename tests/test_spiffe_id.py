@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ca.errors import ErrorKind, InvalidSpiffeIdError
-from ca.spiffe_id import MAX_TRUST_DOMAIN_BYTES, MAX_URI_BYTES, SpiffeId, validate_trust_domain
+from ca.issuance.spiffe_id import MAX_TRUST_DOMAIN_BYTES, MAX_URI_BYTES, SpiffeId, validate_trust_domain
 
 TD_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.-_"
 SEGMENT_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ca.errors import ConfigError
-from ca.state_dir import prepare
+from ca.server.state_dir import prepare
 
 MESHCA = [sys.executable, "-m", "ca.cli"]
 PR_CAPBSET_DROP = 24

@@ -1,4 +1,4 @@
-"""ca.status_http.StatusServer on a real socket: /metrics, /healthz/ready and anything else."""
+"""ca.net.status_http.StatusServer on a real socket: /metrics, /healthz/ready and anything else."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ca.status_http import StatusServer
+from ca.net.status_http import StatusServer
 
 
 class Readiness:

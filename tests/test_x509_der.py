@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ca.x509_der import DerError, subject_public_key_info
+from ca.issuance.x509_der import DerError, subject_public_key_info
 
 _KEYS = {
     "ec-p256": ec.generate_private_key(ec.SECP256R1()),

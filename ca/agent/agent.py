@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from ca.agent.schedule import Backoff, RenewalPolicy, UniformRandom
 from ca.agent.svid import Svid, accept_response
-from ca.clock import Clock
+from ca.common.clock import Clock
 from ca.errors import MeshcaError
-from ca.keys import KeyAlgorithm, PrivateKey
-from ca.spiffe_id import SpiffeId
+from ca.issuance.keys import KeyAlgorithm, PrivateKey
+from ca.issuance.spiffe_id import SpiffeId
 
 log = logging.getLogger("meshca.agent")
 MIN_INTERVAL = timedelta(seconds=1)

@@ -13,7 +13,7 @@ import jwt
 from ca.agent.ca_client import TokenUnavailableError, read_token
 from ca.auth.k8s_identity import split_username
 from ca.errors import MeshcaError
-from ca.spiffe_id import SpiffeId
+from ca.issuance.spiffe_id import SpiffeId
 
 
 def token_identity(token_file: Path, trust_domain: str) -> SpiffeId | None:

@@ -15,8 +15,8 @@ from datetime import timedelta
 
 from ca.agent.agent import Agent
 from ca.agent.svid import Svid
-from ca.clock import Clock
-from ca.durations import format_duration
+from ca.common.clock import Clock
+from ca.common.durations import format_duration
 from ca.errors import ErrorKind, MeshcaError
 
 Sleep = Callable[[float], None]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ca.agent.svid import Svid
-from ca.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
+from ca.common.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
 
 CERT_CHAIN = "cert-chain.pem"
 KEY = "key.pem"

@@ -18,6 +18,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from ca.agent.agent import Agent, AgentSettings
 from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
+from ca.agent.command import AgentConfig
 from ca.agent.identity import token_identity
 from ca.agent.schedule import Backoff, RenewalPolicy
 from ca.agent.sds import SdsService
@@ -25,12 +26,11 @@ from ca.agent.sinks import FileSink
 from ca.agent.svid import Svid
 from ca.agent.telemetry import AgentMetrics
 from ca.agent.workload_api import WorkloadApiService
-from ca.clock import Clock, SystemClock
-from ca.config import AgentConfig
+from ca.common.clock import Clock, SystemClock
 from ca.errors import ConfigError
-from ca.keys import generate_private_key
-from ca.listening import remove_ports_file, split_address, write_ports_file
-from ca.status_http import StatusServer
+from ca.issuance.keys import generate_private_key
+from ca.net.listening import remove_ports_file, split_address, write_ports_file
+from ca.net.status_http import StatusServer
 
 log = logging.getLogger("meshca.agent")
 ATTEMPT_JOB = "certificate-attempt"

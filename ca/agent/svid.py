@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from ca.errors import InvalidSpiffeIdError, MeshcaError
-from ca.keys import PrivateKey, private_key_pem
-from ca.spiffe_id import SpiffeId
-from ca.svid_id import svid_spiffe_id
+from ca.issuance.keys import PrivateKey, private_key_pem
+from ca.issuance.spiffe_id import SpiffeId
+from ca.issuance.svid_id import svid_spiffe_id
 
 
 class BadResponseError(MeshcaError):

@@ -1,4 +1,4 @@
-"""The agent's Prometheus metrics (Istio agent names) and readiness, for `ca.status_http.StatusServer`."""
+"""The agent's Prometheus metrics (Istio agent names) and readiness, for `ca.net.status_http.StatusServer`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ca.agent.svid import Svid
-from ca.clock import Clock
-from ca.metrics import IstioNamedCounters
+from ca.common.clock import Clock
+from ca.server.metrics import IstioNamedCounters
 
 REQUEST_TYPE = "csr"
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ca.audit import render
-from ca.config import AuditConfig
+from ca.audit.settings import AuditConfig
 from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
@@ -147,7 +147,7 @@ def _external_heads(cfg: AuditConfig) -> tuple[list[Checkpoint], list[str]]:
         heads.append(head)
         found.append(str(path))
     if cfg.kubeconfig is not None:
-        from ca import kube
+        from ca.kube import client as kube
 
         api = kube.api_client(cfg.kubeconfig, in_cluster=False)
         head = kube.read_ledger_head(api, namespace=cfg.ca_namespace)
@@ -162,7 +162,7 @@ def _verify_key(cfg: AuditConfig) -> ed25519.Ed25519PublicKey:
     ledger key Secret."""
     if cfg.ledger_key_given or cfg.kubeconfig is None or cfg.ledger_key.is_file():
         return load_verify_key(cfg.ledger_key)
-    from ca import kube
+    from ca.kube import client as kube
 
     api = kube.api_client(cfg.kubeconfig, in_cluster=False)
     pem = kube.read_ledger_key_secret(api, namespace=cfg.ca_namespace)

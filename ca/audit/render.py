@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ca.durations import format_duration
+from ca.common.durations import format_duration
 from ca.ledger.entries import ISSUED, REFUSED, parse_timestamp
 from ca.ledger.queries import Report
 from ca.ledger.verify import VerifyReport

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from ca.errors import AuthenticationError
-from ca.spiffe_id import SpiffeId
+from ca.issuance.spiffe_id import SpiffeId
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from cryptography import x509
 
 from ca.auth.base import Caller, Credentials
-from ca.clock import Clock
+from ca.common.clock import Clock
 from ca.errors import AuthenticationError, InvalidSpiffeIdError
-from ca.spiffe_id import SpiffeId
-from ca.svid_id import svid_spiffe_id
+from ca.issuance.spiffe_id import SpiffeId
+from ca.issuance.svid_id import svid_spiffe_id
 
 
 def _refused(problem: str) -> AuthenticationError:

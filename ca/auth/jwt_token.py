@@ -25,10 +25,10 @@ from ca.auth.base import Caller, Credentials, TokenLeeway, TokenTimeError
 from ca.auth.jwks import KeySource
 from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
 from ca.auth.token_cache import TokenCache
-from ca.clock import Clock
-from ca.durations import format_duration
+from ca.common.clock import Clock
+from ca.common.durations import format_duration
 from ca.errors import AuthenticationError
-from ca.spiffe_id import SpiffeId
+from ca.issuance.spiffe_id import SpiffeId
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 _SIGNATURE_ONLY = {

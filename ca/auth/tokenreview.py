@@ -15,7 +15,7 @@ from ca.auth.base import Caller, Credentials
 from ca.auth.jwt_token import caller_from
 from ca.auth.k8s_identity import identity_from_review
 from ca.auth.token_cache import TokenCache
-from ca.clock import Clock
+from ca.common.clock import Clock
 
 # (token, audiences) -> TokenReview `status`; raises UnavailableError when the API is unreachable.
 ReviewCall = Callable[[str, Sequence[str]], Mapping[str, Any]]

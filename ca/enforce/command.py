@@ -6,9 +6,9 @@ import argparse
 import gc
 from collections.abc import Mapping
 
-from ca import logs
+from ca.common import logs
+from ca.common.flags import PORTS_FILE_HELP, EnvDefaults, Subcommands
 from ca.enforce.settings import OUTBOUND_SYNTAX, TLS_ENGINES, config_from_args
-from ca.flags import PORTS_FILE_HELP, EnvDefaults
 from ca.policy.workload_flags import add_workload_flags
 
 DESCRIPTION = (
@@ -20,9 +20,7 @@ DESCRIPTION = (
 )
 
 
-def add_enforce_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], environ: Mapping[str, str]
-) -> None:
+def add_enforce_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     parser = commands.add_parser(
         "enforce", help="enforce PeerAuthentication on a workload's connections", description=DESCRIPTION
     )
@@ -59,7 +57,7 @@ def add_enforce_parser(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ca.cli import _until_signalled
+    from ca.common.signals import until_signalled
     from ca.enforce.enforcer import build_enforcer
 
     cfg = config_from_args(args)
@@ -68,4 +66,4 @@ def run(args: argparse.Namespace) -> int:
     enforcer.start()
     # Everything built so far lives as long as the process: keep the cycle collector off it.
     gc.freeze()
-    return _until_signalled(enforcer.stop, enforcer.wait)
+    return until_signalled(enforcer.stop, enforcer.wait)

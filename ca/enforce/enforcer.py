@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ca import logs
-from ca.clock import Clock, SystemClock
+from ca.common import logs
+from ca.common.clock import Clock, SystemClock
+from ca.common.log_limit import LogLimiter
 from ca.enforce import tls_openssl
 from ca.enforce.events import OpenConnections, RefusalLog
 from ca.enforce.inbound import Deadlines, InboundFlow, PortContext, Shared
@@ -31,8 +32,8 @@ from ca.enforce.settings import EnforceConfig, OutboundTarget
 from ca.enforce.tls import Material, TlsEngine
 from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
-from ca.listening import remove_ports_file, split_address, write_ports_file
-from ca.log_limit import LogLimiter
+from ca.net.listening import remove_ports_file, split_address, write_ports_file
+from ca.net.status_http import StatusServer
 from ca.policy.ports import InboundPort
 from ca.policy.source import (
     PolicySet,
@@ -42,7 +43,6 @@ from ca.policy.source import (
     refuse_invalid_in_scope,
 )
 from ca.policy.workload_flags import label_text
-from ca.status_http import StatusServer
 
 log = logging.getLogger(__name__)
 CERT_JOB = "enforce-certificates"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from ca.log_limit import LogLimiter
+from ca.common.log_limit import LogLimiter
 
 log = logging.getLogger("meshca.enforce")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 
-from ca.clock import Clock
+from ca.common.clock import Clock
 from ca.enforce import proxy_v2
 from ca.enforce.events import OpenConnections, RefusalLog
 from ca.enforce.http_session import HttpSession

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ca.enforce.events import RefusalLog
 from ca.enforce.loop import READ, EventLoop
 from ca.enforce.metrics import EnforcerMetrics
-from ca.listening import listen_error
+from ca.net.listening import listen_error
 
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE_S = 0.1  # after EMFILE and the like: let connections close before accepting again

@@ -25,10 +25,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
-from ca.clock import Clock
+from ca.common.clock import Clock
 from ca.enforce.tls import Material, TlsContexts, TlsEngine
 from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.svid_id import svid_spiffe_id
+from ca.issuance.svid_id import svid_spiffe_id
 
 log = logging.getLogger(__name__)
 FILES = (CERT_CHAIN, KEY, ROOT_CERT)

@@ -1,4 +1,4 @@
-"""The enforcer's Prometheus metrics, served on /metrics by `ca.status_http.StatusServer`.
+"""The enforcer's Prometheus metrics, served on /metrics by `ca.net.status_http.StatusServer`.
 
 Per-connection updates go through cached label children (one dict lookup and
 one locked add), so counting costs well under a microsecond. Active

@@ -19,8 +19,8 @@ from cryptography import x509
 
 from ca.enforce.xfcc import cert_hash
 from ca.errors import InvalidSpiffeIdError
-from ca.spiffe_id import SpiffeId
-from ca.svid_id import svid_spiffe_id
+from ca.issuance.spiffe_id import SpiffeId
+from ca.issuance.svid_id import svid_spiffe_id
 
 
 class PeerRefused(Exception):

@@ -8,12 +8,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ca.common.flags import listen_address
 from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.flags import listen_address, trust_domain_flag
+from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
 from ca.policy.model import Workload
 from ca.policy.ports import InboundPort, check_proxy_protocol_ports, parse_inbound, parse_port_list
 from ca.policy.workload_flags import parse_labels
-from ca.spiffe_id import SpiffeId
 
 OUTBOUND_SYNTAX = "LISTEN_PORT:HOST:PORT[=SPIFFE_ID], for example 15001:backend.shop:8443"
 TLS_ENGINES = ["auto", "openssl", "stdlib"]

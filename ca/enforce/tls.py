@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from ca.spiffe_id import SpiffeId
+from ca.issuance.spiffe_id import SpiffeId
 
 WANT_READ = -1
 WANT_WRITE = -2

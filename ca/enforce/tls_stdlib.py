@@ -15,6 +15,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from ca.common.files import SECRET_MODE
 from ca.enforce.tls import (
     HANDSHAKE_DONE,
     TLS12_CIPHERS,
@@ -24,7 +25,6 @@ from ca.enforce.tls import (
     TlsFailure,
 )
 from ca.errors import ConfigError
-from ca.files import SECRET_MODE
 
 
 def _context(protocol: int, material: Material) -> ssl.SSLContext:

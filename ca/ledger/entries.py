@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from ca.x509_der import certificate_fingerprints
+from ca.issuance.x509_der import certificate_fingerprints
 
 GENESIS_HASH = "0" * 64
 

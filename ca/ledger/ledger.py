@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ca.auth.base import Caller, TokenLeeway
-from ca.authority import SigningAuthority
-from ca.clock import Clock
+from ca.common.clock import Clock
+from ca.common.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.errors import ConfigError, UnavailableError
-from ca.files import SECRET_MODE, atomic_write, exclusive_lock
-from ca.issuer import IssuedCertificate
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.issuer import IssuedCertificate
 from ca.ledger import checkpoint as cp
 from ca.ledger.entries import (
     Entry,

@@ -47,9 +47,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 
-from ca.durations import format_duration
+from ca.common.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
-from ca.issuer import IssuancePolicy
+from ca.issuance.issuer import IssuancePolicy
 from ca.ledger import schema
 from ca.ledger.audit_filter import DEFAULT_LIMIT as DEFAULT_LIMIT
 from ca.ledger.audit_filter import MAX_LIMIT as MAX_LIMIT

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
+from ca.common.flags import Subcommands
 from ca.policy import envoy_command, explain
 
 
-def add_policy_parser(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], environ: Mapping[str, str]
-) -> None:
+def add_policy_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     policy = commands.add_parser(
         "policy", help="PeerAuthentication: explain the effective mode, render Envoy config"
     )

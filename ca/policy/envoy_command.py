@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
-from ca import logs
+from ca.common import logs
+from ca.common.flags import EnvDefaults
 from ca.errors import ConfigError
-from ca.flags import EnvDefaults, trust_domain_flag
+from ca.issuance.spiffe_id import trust_domain_flag
 from ca.policy.envoy_config import (
     FileSecrets,
     InboundWorkload,
@@ -340,7 +341,7 @@ def _write_bootstrap(settings: EnvoyConfigSettings, bootstrap: Mapping[str, Any]
 
 
 def _wait_for_signal() -> None:
-    from ca.cli import _until_signalled  # not at import time: ca.cli imports this module's parser
+    from ca.common.signals import until_signalled
 
     stopped = threading.Event()
 
@@ -348,4 +349,4 @@ def _wait_for_signal() -> None:
         stopped.wait()
 
     log.info("watching the policies for changes")
-    _until_signalled(stopped.set, wait)
+    until_signalled(stopped.set, wait)

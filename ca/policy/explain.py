@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ca import logs
+from ca.common import logs
+from ca.common.flags import EnvDefaults, split_list
 from ca.errors import ConfigError
-from ca.flags import EnvDefaults, split_list
 from ca.policy.manifest import NO_CREATION_TIME
 from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, MtlsMode, PeerAuthentication, Workload
 from ca.policy.resolve import SCOPES, Candidates, resolve_workload

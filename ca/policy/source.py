@@ -196,8 +196,8 @@ def open_policy_source(
 ) -> PolicySource:
     """`kube` for the Kubernetes API, otherwise a YAML/JSON file or a directory of them."""
     if spec == KUBE_SPEC:
-        from ca.kube import api_client
-        from ca.policy.kube_source import KubePolicySource
+        from ca.kube.client import api_client
+        from ca.kube.policy_watch import KubePolicySource
 
         return KubePolicySource(api_client(kubeconfig, in_cluster), policy_set)
     from ca.policy.yaml_source import YamlPolicySource
@@ -217,8 +217,8 @@ def load_policies_once(
 ) -> LoadedPolicies:
     """Reads the policies once (for `meshca policy explain`); invalid ones are collected, not fatal."""
     if spec == KUBE_SPEC:
-        from ca.kube import api_client
-        from ca.policy.kube_source import list_policies_once
+        from ca.kube.client import api_client
+        from ca.kube.policy_watch import list_policies_once
 
         return list_policies_once(api_client(kubeconfig, in_cluster), timeout_s=wait_s)
     from ca.policy.yaml_source import read_policies_once

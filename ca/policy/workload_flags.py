@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from ca.common.flags import EnvDefaults, env_name, split_list
 from ca.errors import ConfigError
-from ca.flags import EnvDefaults, env_name, split_list
 from ca.policy.model import DEFAULT_ROOT_NAMESPACE
 
 _LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"

@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from ca.agent.command import AgentConfig, agent_config
 from ca.agent.runner import AgentProcess, build_agent
 from ca.agent.svid import Svid
-from ca.config import AgentConfig, agent_config, build_parser
+from ca.cli.main import build_parser
 from tests.support.clock import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +177,7 @@ def start_agent(args: Sequence[str]) -> RunningAgent:
 
 
 def run_agent_cli(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """`python -m ca.cli agent ARGS` to completion (for --once)."""
+    """`python -m ca.cli.main agent ARGS` to completion (for --once)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
     env["PYTHONPATH"] = str(REPO)
     return subprocess.run(

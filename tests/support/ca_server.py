@@ -11,10 +11,11 @@ from typing import Any
 import grpc
 
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
-from ca.app import CaServer, build_server
-from ca.config import build_parser, serve_config
-from ca.devtoken import DevTokenIssuer
-from ca.keys import PrivateKey, private_key_pem
+from ca.cli.main import build_parser
+from ca.issuance.keys import PrivateKey, private_key_pem
+from ca.server.command import serve_config
+from ca.server.devtoken import DevTokenIssuer
+from ca.server.wiring import CaServer, build_server
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
 

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.keys import private_key_pem
+from ca.issuance.keys import private_key_pem
 from ca.policy.envoy_config import listener_name
 from ca.policy.ports import PROTOCOLS, InboundPort
 from tests.support.agent import REPO, wait_until
@@ -526,7 +526,7 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 def meshca_process(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`python -m ca.cli ARGS` in the background, its output in `log_path`."""
+    """`python -m ca.cli.main ARGS` in the background, its output in `log_path`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
     env["PYTHONPATH"] = str(REPO)
     with log_path.open("wb") as log:

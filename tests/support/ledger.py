@@ -30,15 +30,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from ca.auth.base import Caller
-from ca.issuer import IssuancePolicy, IssuedCertificate, Issuer
-from ca.keys import KeyAlgorithm
+from ca.issuance.issuer import IssuancePolicy, IssuedCertificate, Issuer
+from ca.issuance.keys import KeyAlgorithm
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger import checkpoint as cp
 from ca.ledger.entries import GENESIS_HASH, ISSUED, Entry, chain_hash
 from ca.ledger.ledger import HEAD_FILE, KEY_FILE, HeadFile, Ledger, load_or_create_ledger_key
 from ca.ledger.store import LedgerStore, sqlite_url
 from ca.ledger.verify import VerifyReport, verify_ledger
-from ca.selfsigned import RootFactory
-from ca.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
 from tests.support.ports import read_ports_file
@@ -305,7 +305,7 @@ class LedgerRig:
         return written
 
     def issue_certificate(self, caller: Caller, ttl: timedelta) -> IssuedCertificate:
-        from ca.csr import parse_csr
+        from ca.issuance.csr import parse_csr
 
         csr = parse_csr(make_csr(ec_key()), self.issuer.policy.key_policy)
         return self.issuer.issue(

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from ca.keys import PrivateKey, private_key_pem
+from ca.issuance.keys import PrivateKey, private_key_pem
 
 
 def ec_key() -> ec.EllipticCurvePrivateKey:

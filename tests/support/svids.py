@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from ca.agent.svid import Svid, accept_response
-from ca.csr import parse_csr
-from ca.issuer import IssuancePolicy, Issuer
-from ca.keys import KeyAlgorithm, KeyPolicy
-from ca.selfsigned import RootFactory
-from ca.spiffe_id import SpiffeId
+from ca.issuance.csr import parse_csr
+from ca.issuance.issuer import IssuancePolicy, Issuer
+from ca.issuance.keys import KeyAlgorithm, KeyPolicy
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr
 
@@ -39,7 +39,7 @@ class FakeCa:
 
 def make_svid(clock: FakeClock) -> Svid:
     ca, key = FakeCa(clock), ec_key()
-    chain = ca.issuer.issue(
+    chain = ca.issuance.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
     ).chain
     return accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())

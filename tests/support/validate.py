@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 from spiffe import X509Svid
 
-from ca.keys import PrivateKey, private_key_pem
+from ca.issuance.keys import PrivateKey, private_key_pem
 
 
 def parse_with_py_spiffe(chain: list[str], key: PrivateKey) -> X509Svid:

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.errors import SigningError
-from ca.keys import PrivateKey, PublicKey
-from ca.spiffe_id import SpiffeId
+from ca.issuance.keys import PrivateKey, PublicKey
+from ca.issuance.spiffe_id import SpiffeId
 
 CLOCK_SKEW = timedelta(minutes=2)
 ROOT_VALIDITY = timedelta(days=3650)

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from ca.errors import CaMaterialError
-from ca.keys import PrivateKey
+from ca.issuance.keys import PrivateKey
 
 
 def cert_pem(cert: x509.Certificate) -> str:

@@ -14,8 +14,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 
-from ca import kube, state_dir
-from ca.admin_api import LedgerAdminService, build_admin_service
 from ca.auth.base import Authenticator, AuthenticatorChain
 from ca.auth.client_cert import ClientCertificateAuthenticator
 from ca.auth.jwks import (
@@ -28,15 +26,14 @@ from ca.auth.jwks import (
 from ca.auth.jwt_token import JwtAuthenticator, PodChecker, TokenRules
 from ca.auth.token_cache import TokenCache
 from ca.auth.tokenreview import TokenReviewAuthenticator
-from ca.authority import SigningAuthority
-from ca.cacerts import load_cacerts_dir
-from ca.clock import Clock, SystemClock
-from ca.config import KUBERNETES_ISSUER, ServeConfig
-from ca.devtoken import DevTokenIssuer
+from ca.common.clock import Clock, SystemClock
 from ca.errors import ConfigError
-from ca.grpc_api import CertificateService
-from ca.grpc_server import ApiServer, AsyncioServer, ThreadedServer
-from ca.issuer import Issuer
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.cacerts import load_cacerts_dir
+from ca.issuance.issuer import Issuer
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
+from ca.kube import client as kube
 from ca.ledger.ledger import (
     HEAD_FILE,
     HeadFile,
@@ -48,11 +45,15 @@ from ca.ledger.ledger import (
 )
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import LedgerStore, redact_url
-from ca.listening import check_free, listen_error, remove_ports_file, split_address, write_ports_file
-from ca.metrics import CaMetrics
-from ca.selfsigned import RootFactory
-from ca.serving import ServingIdentity
-from ca.spiffe_id import SpiffeId
+from ca.net.listening import check_free, listen_error, remove_ports_file, split_address, write_ports_file
+from ca.server import state_dir
+from ca.server.admin_api import LedgerAdminService, build_admin_service
+from ca.server.certificate_api import CertificateService
+from ca.server.command import KUBERNETES_ISSUER, ServeConfig
+from ca.server.devtoken import DevTokenIssuer
+from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
+from ca.server.metrics import CaMetrics
+from ca.server.serving_cert import ServingIdentity
 
 log = logging.getLogger("meshca")
 

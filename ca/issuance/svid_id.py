@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography import x509
 
 from ca.errors import InvalidSpiffeIdError
-from ca.spiffe_id import SpiffeId
+from ca.issuance.spiffe_id import SpiffeId
 
 
 def svid_spiffe_id(cert: x509.Certificate) -> SpiffeId:

@@ -16,8 +16,8 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
+from ca.common.files import atomic_write
 from ca.errors import ConfigError
-from ca.files import atomic_write
 
 
 def listen_error(flag: str, address: str, err: OSError | None = None) -> ConfigError:
@@ -46,7 +46,7 @@ def listen_error(flag: str, address: str, err: OSError | None = None) -> ConfigE
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """`HOST:PORT` (as `ca.flags.listen_address` writes it; an IPv6 host may be in brackets)."""
+    """`HOST:PORT` (as `ca.common.flags.listen_address` writes it; an IPv6 host may be in brackets)."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 

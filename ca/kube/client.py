@@ -22,11 +22,11 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ca.auth.jwks import JwksFetcher
 from ca.auth.tokenreview import ReviewCall
-from ca.authority import SigningAuthority, cert_pem, load_pem_certificates
 from ca.errors import AuthenticationError, ConfigError, UnavailableError
-from ca.keys import load_private_key_pem, private_key_pem
+from ca.issuance.authority import SigningAuthority, cert_pem, load_pem_certificates
+from ca.issuance.keys import load_private_key_pem, private_key_pem
+from ca.issuance.selfsigned import RootFactory, check_trust_domain
 from ca.ledger.checkpoint import Checkpoint
-from ca.selfsigned import RootFactory, check_trust_domain
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from enum import Enum
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca import profile
-from ca.authority import SigningAuthority
-from ca.clock import Clock
-from ca.csr import ParsedCsr
-from ca.durations import format_duration
+from ca.common.clock import Clock
+from ca.common.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
-from ca.keys import KeyPolicy
-from ca.spiffe_id import SpiffeId
+from ca.issuance import profile
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.csr import ParsedCsr
+from ca.issuance.keys import KeyPolicy
+from ca.issuance.spiffe_id import SpiffeId
 
 SerialSource = Callable[[], int]
 

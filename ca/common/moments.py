@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from ca.durations import parse_duration
+from ca.common.durations import parse_duration
 from ca.errors import ConfigError
 
 _AGE = re.compile(r"\d+[smhd]", re.IGNORECASE)

@@ -6,11 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from ca.authority import SigningAuthority, cert_pem, load_pem_certificates
+from ca.common.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.errors import CaMaterialError, ConfigError
-from ca.files import SECRET_MODE, atomic_write, exclusive_lock
-from ca.keys import load_private_key_pem, private_key_pem
-from ca.selfsigned import RootFactory, check_trust_domain
+from ca.issuance.authority import SigningAuthority, cert_pem, load_pem_certificates
+from ca.issuance.keys import load_private_key_pem, private_key_pem
+from ca.issuance.selfsigned import RootFactory, check_trust_domain
 
 CA_CERT = "ca-cert.pem"
 CA_KEY = "ca-key.pem"

@@ -1,17 +1,27 @@
-"""Flags that can also be set from the environment, shared by every `meshca` command.
+"""Flags that can also be set from the environment, and the value parsers every command shares.
 
 Every flag `--some-flag` can also be set as `MESHCA_SOME_FLAG`; a flag given on
-the command line wins. The environment itself is read only by `ca.config`,
-which passes it in.
+the command line wins. This is the only module that reads `os.environ`
+(`environment()`); the command line passes what it read to each command.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
-from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.spiffe_id import validate_trust_domain
+from ca.errors import ConfigError
+
+if TYPE_CHECKING:
+    Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+    """What `add_subparsers()` returns: each command adds its own parser to it."""
+else:
+    Subcommands = argparse._SubParsersAction
+
+DEFAULT_STATE_DIR = "./meshca-state"
 
 PORTS_FILE_HELP = (
     "once every listener is bound, write their ports to this file as one JSON object (a listen "
@@ -32,17 +42,6 @@ def listen_address(text: str) -> str | None:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{text!r} is not a listen address; write it as HOST:PORT or :PORT")
     return f"{host or '0.0.0.0'}:{port}"
-
-
-def trust_domain_flag(text: str) -> str:
-    """The value of `--trust-domain`, checked as a SPIFFE trust domain name."""
-    try:
-        return validate_trust_domain(text)
-    except InvalidSpiffeIdError as err:
-        raise ConfigError(
-            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, digits, "
-            "'.', '-' and '_', as in cluster.local"
-        ) from err
 
 
 def split_list(values: Sequence[str]) -> tuple[str, ...]:
@@ -77,3 +76,29 @@ class EnvDefaults:
             help=f"{help_text} [env {env}; default {default}]",
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def path_or_off(text: str | None) -> Path | None:
+    return None if text is None or text.strip() in ("", "off", "none") else Path(text)
+
+
+def fraction(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number such as 0.5, not {text!r}") from None
+
+
+def positive_int(text: str, flag: str) -> int:
+    if not text.strip().isdigit():
+        raise ConfigError(f"{flag} must be a whole number, not {text!r}")
+    return int(text)
+
+
+def audiences(args: argparse.Namespace) -> tuple[str, ...]:
+    return split_list(args.audience or [args.audience_env or "istio-ca"])
+
+
+def environment() -> MutableMapping[str, str]:
+    """The process environment: read here and nowhere else, and passed to whatever needs it."""
+    return os.environ

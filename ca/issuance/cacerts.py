@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ca.authority import SigningAuthority, load_pem_certificates
 from ca.errors import CaMaterialError
-from ca.keys import load_private_key_pem
+from ca.issuance.authority import SigningAuthority, load_pem_certificates
+from ca.issuance.keys import load_private_key_pem
 
 ISTIO_FILES = ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem")
 TLS_FILES = ("tls.crt", "tls.key", "ca.crt")

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from ca.errors import InvalidRequestError
-from ca.keys import KeyPolicy, PublicKey, key_type_label
+from ca.issuance.keys import KeyPolicy, PublicKey, key_type_label
 
 MAX_CSR_BYTES = 32 * 1024
 _PEM_MARKERS = ("-----BEGIN CERTIFICATE REQUEST-----", "-----BEGIN NEW CERTIFICATE REQUEST-----")

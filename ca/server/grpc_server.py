@@ -16,8 +16,8 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ca.grpc_api import SERVICE_NAME, CertificateService
-from ca.listening import listen_error
+from ca.net.listening import listen_error
+from ca.server.certificate_api import SERVICE_NAME, CertificateService
 
 MAX_MESSAGE_BYTES = 256 * 1024
 # gRPC would set SO_REUSEPORT: a second CA on the same port would then start without a word

@@ -24,11 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf.message import Message
 
 from ca._proto import meshca_admin_pb2 as pb
-from ca.audit.moments import parse_moment
 from ca.auth.base import AuthenticatorChain, Caller
-from ca.clock import Clock
-from ca.config import ServeConfig
-from ca.durations import parse_duration
+from ca.common.clock import Clock
+from ca.common.durations import parse_duration
+from ca.common.moments import parse_moment
 from ca.errors import (
     ConfigError,
     ErrorKind,
@@ -37,8 +36,7 @@ from ca.errors import (
     MeshcaError,
     PermissionDeniedError,
 )
-from ca.grpc_api import STATUS_BY_KIND, credentials_from
-from ca.issuer import IssuancePolicy
+from ca.issuance.issuer import IssuancePolicy
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, canonical
@@ -46,6 +44,8 @@ from ca.ledger.ledger import HEAD_FILE, Ledger
 from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.verify import VerifyReport
+from ca.server.certificate_api import STATUS_BY_KIND, credentials_from
+from ca.server.command import ServeConfig
 
 log = logging.getLogger("meshca.admin")
 
@@ -335,7 +335,7 @@ def build_admin_service(
         reader = open_reader(cfg.ledger_url)
         more_heads: list[HeadSource] = []
         if api is not None:
-            from ca import kube
+            from ca.kube import client as kube
 
             more_heads.append(functools.partial(kube.read_ledger_head, api, namespace=cfg.ca_namespace))
         verifier = head_verifier(reader, ledger.public_key, cfg.state_dir / HEAD_FILE, more_heads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ca.errors import InvalidSpiffeIdError
+from ca.errors import ConfigError, InvalidSpiffeIdError
 
 SCHEME = "spiffe://"
 MAX_URI_BYTES = 2048
@@ -107,3 +107,14 @@ class SpiffeId:
 
     def is_member_of(self, trust_domain: str) -> bool:
         return self.trust_domain == trust_domain
+
+
+def trust_domain_flag(text: str) -> str:
+    """The value of `--trust-domain`, checked as a SPIFFE trust domain name."""
+    try:
+        return validate_trust_domain(text)
+    except InvalidSpiffeIdError as err:
+        raise ConfigError(
+            f"--trust-domain {text!r} is not a valid SPIFFE trust domain: use lowercase letters, digits, "
+            "'.', '-' and '_', as in cluster.local"
+        ) from err

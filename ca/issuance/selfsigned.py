@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
-from ca import profile
-from ca.authority import SigningAuthority
-from ca.clock import Clock
+from ca.common.clock import Clock
 from ca.errors import CaMaterialError
-from ca.issuer import SerialSource, random_serial
-from ca.keys import KeyAlgorithm, PrivateKey, generate_private_key
-from ca.spiffe_id import SpiffeId
+from ca.issuance import profile
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.issuer import SerialSource, random_serial
+from ca.issuance.keys import KeyAlgorithm, PrivateKey, generate_private_key
+from ca.issuance.spiffe_id import SpiffeId
 
 KeyGenerator = Callable[[KeyAlgorithm], PrivateKey]
 

@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 import grpc
 from cryptography.hazmat.primitives import serialization
 
-from ca import profile
-from ca.authority import SigningAuthority
-from ca.clock import Clock
-from ca.issuer import SerialSource, random_serial
-from ca.keys import KeyAlgorithm, generate_private_key, private_key_pem
-from ca.spiffe_id import SpiffeId
+from ca.common.clock import Clock
+from ca.issuance import profile
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.issuer import SerialSource, random_serial
+from ca.issuance.keys import KeyAlgorithm, generate_private_key, private_key_pem
+from ca.issuance.spiffe_id import SpiffeId
 
 SERVING_TTL = timedelta(days=30)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ca.listening import listen_error
+from ca.net.listening import listen_error
 
 
 class StatusServer:

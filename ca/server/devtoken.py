@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca.auth.jwks import StaticKeySet, parse_jwks
-from ca.clock import Clock
+from ca.common.clock import Clock
+from ca.common.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.errors import ConfigError
-from ca.files import SECRET_MODE, atomic_write, exclusive_lock
-from ca.keys import load_private_key_pem, private_key_pem
+from ca.issuance.keys import load_private_key_pem, private_key_pem
 
 DEV_ISSUER = "https://meshca.dev.local"
 SIGNER_FILE = "dev-token-signer.pem"

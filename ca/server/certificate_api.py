@@ -15,7 +15,6 @@ from google.protobuf.message import DecodeError
 
 from ca._proto import istio_ca_pb2
 from ca.auth.base import AuthenticatorChain, Caller, Credentials, TokenLeeway, TokenTimeError
-from ca.csr import parse_csr
 from ca.errors import (
     AuthenticationError,
     ErrorKind,
@@ -25,8 +24,9 @@ from ca.errors import (
     SigningError,
     UnavailableError,
 )
-from ca.issuer import IssuedCertificate, Issuer
-from ca.metrics import CaMetrics
+from ca.issuance.csr import parse_csr
+from ca.issuance.issuer import IssuedCertificate, Issuer
+from ca.server.metrics import CaMetrics
 
 log = logging.getLogger("meshca.ca")
 

@@ -36,7 +36,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from ca.errors import PolicyError, UnavailableError
-from ca.kube import transport_error_text
+from ca.kube.client import transport_error_text
 from ca.policy.manifest import GROUP, parse_peer_authentication
 from ca.policy.metrics import INVALID_POLICIES, POLICIES_LOADED, WATCH_RESTARTS
 from ca.policy.model import InvalidPolicy, PeerAuthentication, PolicyRef

@@ -1,0 +1,131 @@
+"""`meshca audit`: its flags and frozen settings."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from ca.common.durations import parse_duration
+from ca.common.flags import DEFAULT_STATE_DIR, EnvDefaults, Subcommands
+from ca.common.moments import parse_moment
+from ca.errors import ConfigError, InvalidRequestError
+from ca.issuance.issuer import IssuancePolicy
+from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter, parse_limit
+from ca.ledger.location import ledger_url
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    action: str
+    ledger_url: str
+    state_dir: Path
+    output: str
+    filter: AuditFilter
+    limit: int
+    serial: str | None
+    at: datetime
+    policy: IssuancePolicy
+    ledger_key: Path
+    ledger_key_given: bool
+    kubeconfig: Path | None
+    ca_namespace: str
+
+
+def add_audit_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    audit = commands.add_parser("audit", help="list, show, export, report on and verify the issuance ledger")
+    actions = audit.add_subparsers(dest="audit_action", required=True)
+    for action, help_text in AUDIT_ACTIONS.items():
+        _audit_flags(actions.add_parser(action, help=help_text, description=help_text), action, environ)
+
+
+AUDIT_ACTIONS = {
+    "list": "the newest ledger entries that match the filters, newest first",
+    "show": "every ledger entry for one certificate serial number",
+    "export": "every entry that matches the filters, oldest first, as JSON lines or CSV",
+    "report": "issuance per namespace and identity, refusals by reason, and live certificates "
+    "that break the policy",
+    "verify": "check the whole ledger: hash chain, signed checkpoints and the head kept outside",
+}
+
+TIME_HELP = "2026-11-21T08:00:00Z, 2026-11-21, now, or an age such as 24h or 7d (that long ago)"
+
+
+def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[str, str]) -> None:
+    a = EnvDefaults(parser, environ)
+    a.add("--ledger", "auto", "the ledger: auto (<state-dir>/ledger.db), a sqlite:/// or postgresql:// URL")
+    a.add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory (ledger, ledger key and head)")
+    if action == "show":
+        parser.add_argument("serial", help="certificate serial number in hex (colons allowed)")
+    if action in ("list", "export", "report"):
+        parser.add_argument("--spiffe-id", help="only this identity (spiffe://...)")
+        parser.add_argument("--namespace", help="only this namespace")
+        parser.add_argument("--service-account", help="only this service account")
+        parser.add_argument("--pod", help="only this pod name")
+        parser.add_argument("--since", help=f"only entries at or after this time: {TIME_HELP}")
+        parser.add_argument("--until", help=f"only entries before this time: {TIME_HELP}")
+    if action in ("list", "export"):
+        parser.add_argument("--status", choices=["issued", "refused", "ca_event"], help="only this kind")
+        parser.add_argument(
+            "--valid-at", help=f"only certificates issued and not yet expired at this time: {TIME_HELP}"
+        )
+    if action == "list":
+        parser.add_argument("--limit", default=str(DEFAULT_LIMIT), help="at most this many entries")
+    if action == "export":
+        parser.add_argument("--format", dest="output", choices=["jsonl", "csv"], default="jsonl")
+    else:
+        outputs = ["table", "json"] if action == "verify" else ["table", "json", "csv"]
+        parser.add_argument("--output", "-o", choices=outputs, default="table", help="output format")
+    if action == "report":
+        a.add("--max-ttl", "90d", "the policy's longest certificate lifetime (the CA's --max-ttl)")
+        parser.add_argument("--at", default="now", help=f"the report's 'now': {TIME_HELP}")
+    if action == "verify":
+        a.add("--ledger-key", None, "the ledger key or its public key (default <state-dir>/ledger-key.pem)")
+        a.add("--kubeconfig", None, "also check the head the CA keeps in a ConfigMap of the cluster")
+        a.add("--ca-namespace", "istio-system", "namespace of the CA's ledger head ConfigMap")
+
+
+def _moment(text: str | None, now: datetime, flag: str) -> datetime | None:
+    return None if text is None else parse_moment(text, now, flag=flag)
+
+
+def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
+    state_dir = Path(args.state_dir)
+    url = ledger_url(args.ledger, state_dir)
+    if url is None:
+        raise ConfigError("--ledger off leaves nothing to audit; give the CA's ledger (auto or a URL)")
+    try:
+        audit_filter = AuditFilter(
+            spiffe_id=getattr(args, "spiffe_id", None),
+            namespace=getattr(args, "namespace", None),
+            service_account=getattr(args, "service_account", None),
+            pod=getattr(args, "pod", None),
+            since=_moment(getattr(args, "since", None), now, "--since"),
+            until=_moment(getattr(args, "until", None), now, "--until"),
+            status=getattr(args, "status", None),
+            valid_at=_moment(getattr(args, "valid_at", None), now, "--valid-at"),
+        )
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
+    max_ttl = parse_duration(getattr(args, "max_ttl", "90d"))
+    if max_ttl <= timedelta(0):
+        raise ConfigError("--max-ttl must be above 0; give the CA's --max-ttl, such as 24h or 90d")
+    key = getattr(args, "ledger_key", None)
+    kubeconfig = getattr(args, "kubeconfig", None)
+    return AuditConfig(
+        action=args.audit_action,
+        ledger_url=url,
+        state_dir=state_dir,
+        output=args.output,
+        filter=audit_filter,
+        limit=parse_limit(getattr(args, "limit", str(DEFAULT_LIMIT))),
+        serial=getattr(args, "serial", None),
+        at=_moment(getattr(args, "at", "now"), now, "--at") or now,
+        policy=IssuancePolicy(default_ttl=min(timedelta(hours=24), max_ttl), max_ttl=max_ttl),
+        ledger_key=Path(key) if key else state_dir / "ledger-key.pem",
+        ledger_key_given=bool(key),
+        kubeconfig=Path(kubeconfig) if kubeconfig else None,
+        ca_namespace=getattr(args, "ca_namespace", "istio-system"),
+    )

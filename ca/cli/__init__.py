@@ -1,0 +1,1 @@
+"""The `meshca` command line: the one layer that imports every package."""

@@ -1,0 +1,142 @@
+"""The `meshca` command: one parser with a subcommand per part, each run by its own package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+from ca.agent.command import add_agent_parser
+from ca.audit.settings import add_audit_parser
+from ca.common import logs
+from ca.common.flags import environment
+from ca.enforce.command import add_enforce_parser
+from ca.errors import ErrorKind, MeshcaError
+from ca.policy.command import add_policy_parser
+from ca.server.command import add_serve_parser, add_token_parser
+
+EXIT_CONFIG = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+_OWNING_PARSER = "_owning_parser"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """Reports an unknown flag with the usage of the (sub)command it was given to."""
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner: argparse.ArgumentParser = getattr(parsed, _OWNING_PARSER, self)
+            owner.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print meshca's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("meshca")
+        except PackageNotFoundError:
+            installed = "unknown (not installed as a package)"
+        print(f"meshca {installed}")
+        parser.exit()
+
+
+def _remember_owners(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's parser is stored in the namespace it fills, for its own error messages."""
+    parser.set_defaults(**{_OWNING_PARSER: parser})
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_owners(sub)
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = CommandParser(prog="meshca", description="A certificate authority for service meshes.")
+    parser.add_argument("--version", action=_VersionAction)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
+    add_serve_parser(commands, environ)
+    add_agent_parser(commands, environ)
+    add_token_parser(commands, environ)
+    add_audit_parser(commands, environ)
+    add_policy_parser(commands, environ)
+    add_enforce_parser(commands, environ)
+    _remember_owners(parser)
+    return parser
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.server.command import run_serve
+
+    return run_serve(args, environ)
+
+
+def _agent(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.agent.command import run
+
+    return run(args)
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.server.command import run_token
+
+    return run_token(args)
+
+
+def _audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.audit.command import run
+    from ca.audit.settings import audit_config
+    from ca.common.clock import SystemClock
+
+    return run(audit_config(args, SystemClock().now()))
+
+
+def _policy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.policy.command import run
+
+    return run(args)
+
+
+def _enforce(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.enforce.command import run
+
+    return run(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
+    "serve": _serve,
+    "agent": _agent,
+    "token": _token,
+    "audit": _audit,
+    "policy": _policy,
+    "enforce": _enforce,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    environ = environment()
+    logs.quiet_grpc_core(environ)
+    try:
+        try:
+            args = build_parser(environ).parse_args(argv)
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else EXIT_CONFIG
+        with logs.held_until_running():
+            return COMMANDS[args.command](args, environ)
+    except MeshcaError as err:
+        print(f"meshca: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG if err.kind is ErrorKind.CONFIG else EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

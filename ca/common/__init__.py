@@ -1,0 +1,1 @@
+"""Small building blocks every part uses: time, backoff, durations, files, logs, flags."""

@@ -1,0 +1,1 @@
+"""Listening sockets and the HTTP status server (metrics and health) of every process."""
