@@ -32,11 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ca.common.clock import SystemClock  # noqa: E402
-from ca.ledger.entries import (  # noqa: E402
-    ca_event_content,
-    issued_content,
-    refused_content,
-)
+from ca.ledger.entries import ca_event_content, issued_content, refused_content  # noqa: E402
 from ca.ledger.ledger import HEAD_FILE, HeadFile, Ledger, load_or_create_ledger_key  # noqa: E402
 from ca.ledger.store import LedgerStore, sqlite_url  # noqa: E402
 

@@ -86,7 +86,7 @@ def make_certificates(root: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    from ca.agent.output import CERT_CHAIN, KEY, ROOT_CERT
+    from ca.issuance.cert_dir import CERT_CHAIN, KEY, ROOT_CERT
 
     usage = dict.fromkeys(("content_commitment", "data_encipherment", "key_agreement"), False)
     usage |= dict.fromkeys(("encipher_only", "decipher_only"), False)

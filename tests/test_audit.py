@@ -36,7 +36,8 @@ from ca.issuance.keys import KeyPolicy, PrivateKey
 from ca.kube import client as kube
 from ca.ledger import checkpoint as cp
 from ca.ledger import queries
-from ca.ledger.entries import canonical, chain_hash, timestamp
+from ca.ledger.chain import canonical, chain_hash
+from ca.ledger.entries import timestamp
 from ca.ledger.ledger import HEAD_FILE, KEY_FILE, load_or_create_ledger_key
 from ca.ledger.live_verify import SnapshotView, load_verify_key, read_head_file
 from ca.ledger.reader import open_reader
@@ -68,7 +69,7 @@ class Audited:
 
     @property
     def state(self) -> str:
-        return str(self.ca.server.state_dir)
+        return str(self.ca.state_dir)
 
     def at(self, delta: timedelta) -> str:
         return (self.t0 + delta).isoformat()
@@ -93,7 +94,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
     # clock too, which TLS checks when the tests present one on the renewal port.
     clock = FakeClock(datetime.now(UTC) - 3 * HOUR)
     ca = start_ca(state, "--max-ttl", "48h", "--admin-identity", ADMIN, clock=clock)
-    t0 = ca.common.clock.now()
+    t0 = ca.clock.now()
     serials: dict[str, str] = {}
     creds: dict[str, tuple[PrivateKey, bytes]] = {}
 
@@ -107,13 +108,13 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
     try:
         issue("cart-24h", "shop", "cart", pod_name="cart-1", pod_uid="uid-1")  # seq 2
         issue("cart-1h", "shop", "cart", ttl=3600, pod_name="cart-2", pod_uid="uid-2")  # seq 3
-        ca.common.clock.advance(HOUR)
+        ca.clock.advance(HOUR)
         issue("checkout-40h", "shop", "checkout", ttl=40 * 3600)  # seq 4
         with pytest.raises(grpc.RpcError):  # seq 5: ttl_over_max
             ca.request(token=ca.token("web", "frontend"), ttl=7 * 86400)
         with pytest.raises(grpc.RpcError):  # seq 6: token_missing
             ca.request()
-        ca.common.clock.advance(HOUR)
+        ca.clock.advance(HOUR)
         issue("admin", "istio-system", "admin")  # seq 7
         issue("frontend-rsa", "web", "frontend", key=rsa_key(2048))  # seq 8
         _wait_for_entries(ca, 8)
@@ -340,7 +341,7 @@ def test_export_jsonl_and_csv_for_a_time_range(audited: Audited, capsys: pytest.
 @pytest.mark.parametrize("cap", [queries.PROBE_CAP, 1], ids=["index-paths", "walk-paths"])
 def test_export_in_batches(audited: Audited, monkeypatch: pytest.MonkeyPatch, cap: int) -> None:
     monkeypatch.setattr(queries, "PROBE_CAP", cap)
-    reader = open_reader(sqlite_url(audited.ca.server.state_dir / "ledger.db"))
+    reader = open_reader(sqlite_url(audited.ca.state_dir / "ledger.db"))
     try:
         every = [e["seq"] for e in queries.export(reader, queries.AuditFilter(), batch=3)]
         shop = [e["seq"] for e in queries.export(reader, queries.AuditFilter(namespace="shop"), batch=2)]
@@ -423,7 +424,7 @@ def test_report_table_and_csv(
 
 
 def test_report_flags_key_types_no_longer_allowed(audited: Audited) -> None:
-    reader = open_reader(sqlite_url(audited.ca.server.state_dir / "ledger.db"))
+    reader = open_reader(sqlite_url(audited.ca.state_dir / "ledger.db"))
     try:
         report = queries.report(
             reader, audited.t0 + 2 * HOUR, IssuancePolicy(key_policy=KeyPolicy(min_rsa_bits=3072))
@@ -446,14 +447,14 @@ def test_report_flags_key_types_no_longer_allowed(audited: Audited) -> None:
 def _copy_state(audited: Audited, target: Path) -> Path:
     """The CA's ledger (a consistent copy, WAL included), key and head, in a new state dir."""
     target.mkdir()
-    source = sqlite3.connect(audited.ca.server.state_dir / "ledger.db")
+    source = sqlite3.connect(audited.ca.state_dir / "ledger.db")
     copy = sqlite3.connect(target / "ledger.db")
     with copy:
         source.backup(copy)
     source.close()
     copy.close()
     for name in (KEY_FILE, HEAD_FILE):
-        shutil.copy(audited.ca.server.state_dir / name, target / name)
+        shutil.copy(audited.ca.state_dir / name, target / name)
     return target
 
 
@@ -736,13 +737,13 @@ def test_queries_on_sqlite_and_postgresql(ledger_url: str, tmp_path: Path) -> No
 
 
 def test_the_reader_never_writes(audited: Audited) -> None:
-    reader = open_reader(sqlite_url(audited.ca.server.state_dir / "ledger.db"))
+    reader = open_reader(sqlite_url(audited.ca.state_dir / "ledger.db"))
     try:
         with pytest.raises(OperationalError, match="readonly"), reader.engine.connect() as conn:
             conn.execute(text("DELETE FROM ledger_entries"))
     finally:
         reader.dispose()
-    assert LedgerStore(sqlite_url(audited.ca.server.state_dir / "ledger.db")).count() == 8
+    assert LedgerStore(sqlite_url(audited.ca.state_dir / "ledger.db")).count() == 8
 
 
 # --------------------------------------------------------------------------- the admin gRPC service

@@ -35,7 +35,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY
 from tests.support.agent import LiveClock, RunningAgent, agent_args, short_dir, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.dataplanes import (
@@ -172,7 +172,7 @@ def _start_agent(ca: RunningCa, base: Path, service_account: str, *, sds: bool) 
     agent = start_agent(
         agent_args(
             ca_port=ca.port,
-            ca_root=ca.server.state_dir / "root-cert.pem",
+            ca_root=ca.state_dir / "root-cert.pem",
             token_file=token,
             output_dir=base / f"{service_account}-certs",
             sds_socket=base / f"{service_account}.sds" if sds else None,

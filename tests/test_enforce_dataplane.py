@@ -33,14 +33,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY
 from ca.cli.main import build_parser
 from ca.enforce import proxy_v2
 from ca.enforce.enforcer import Enforcer, build_enforcer
 from ca.enforce.settings import Timeouts, config_from_args
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY
 from ca.issuance.keys import private_key_pem
 from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef
-from ca.policy.source import PolicySet
+from ca.policy.policy_set import PolicySet
 from tests.support.agent import LiveClock, RunningAgent, agent_args, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.dataplanes import (
@@ -212,7 +212,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         agent = start_agent(
             agent_args(
                 ca_port=ca.port,
-                ca_root=ca.server.state_dir / "root-cert.pem",
+                ca_root=ca.state_dir / "root-cert.pem",
                 token_file=token,
                 output_dir=base / "web-certs",
                 health=False,

@@ -44,21 +44,21 @@ def _raw_call(ca: RunningCa, payload: bytes, token: str | None) -> grpc.RpcError
 def test_issues_a_valid_svid_for_the_token_identity(ca: RunningCa) -> None:
     chain, key = ca.request(token=ca.token("shop", "cart"))
     assert len(chain) == 2
-    leaf = assert_valid_svid(chain, key, CART, ca.common.clock.now())
-    assert leaf.not_valid_after_utc - ca.common.clock.now() == timedelta(hours=24)
+    leaf = assert_valid_svid(chain, key, CART, ca.clock.now())
+    assert leaf.not_valid_after_utc - ca.clock.now() == timedelta(hours=24)
     assert chain[-1].encode() == ca.bundle
 
 
 def test_requested_ttl_is_honoured(ca: RunningCa) -> None:
     chain, _ = ca.request(token=ca.token(), ttl=3600)
     leaf = x509.load_pem_x509_certificate(chain[0].encode())
-    assert leaf.not_valid_after_utc - ca.common.clock.now() == timedelta(hours=1)
+    assert leaf.not_valid_after_utc - ca.clock.now() == timedelta(hours=1)
 
 
 def test_rsa_workload_key_gets_key_encipherment(ca: RunningCa) -> None:
     key = rsa_key()
     chain, _ = ca.request(token=ca.token("shop", "cart"), key=key, csr=make_csr(key))
-    leaf = assert_valid_svid(chain, key, CART, ca.common.clock.now())
+    leaf = assert_valid_svid(chain, key, CART, ca.clock.now())
     assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.key_encipherment
 
 
@@ -66,7 +66,7 @@ def test_identity_comes_from_the_token_not_the_csr(ca: RunningCa) -> None:
     key = ec_key()
     csr = make_csr(key, uris=("spiffe://cluster.local/ns/kube-system/sa/admin",), dns=("evil.example",))
     chain, _ = ca.request(token=ca.token("shop", "cart"), key=key, csr=csr)
-    leaf = assert_valid_svid(chain, key, CART, ca.common.clock.now())
+    leaf = assert_valid_svid(chain, key, CART, ca.clock.now())
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == []
 
@@ -80,7 +80,7 @@ def test_strict_mode_refuses_a_csr_naming_another_identity(tmp_path: Path) -> No
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "strict mode" in details
         own = make_csr(key, uris=(CART,))
         chain, _ = ca.request(token=ca.token("shop", "cart"), key=key, csr=own)
-        assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        assert_valid_svid(chain, key, CART, ca.clock.now())
     finally:
         ca.stop()
 
@@ -136,7 +136,7 @@ def test_over_max_ttl_is_clamped_when_configured(tmp_path: Path) -> None:
     try:
         chain, _ = ca.request(token=ca.token(), ttl=30 * 86400)
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
-        assert leaf.not_valid_after_utc - ca.common.clock.now() == timedelta(hours=48)
+        assert leaf.not_valid_after_utc - ca.clock.now() == timedelta(hours=48)
     finally:
         ca.stop()
 
@@ -150,7 +150,7 @@ def test_token_failures_are_unauthenticated_with_distinct_messages(ca: RunningCa
         algorithm="RS256",
         headers={"kid": ca.dev_tokens().kid},
     )
-    ca.common.clock.advance(timedelta(minutes=10))
+    ca.clock.advance(timedelta(minutes=10))
     messages = set()
     for token, words in [
         (expired, "expired"),
@@ -183,7 +183,7 @@ def test_bad_metadata(
 
 def test_cluster_id_of_this_cluster_is_accepted(ca: RunningCa) -> None:
     chain, key = ca.request(token=ca.token("shop", "cart"), metadata=[("clusterid", "Kubernetes")])
-    assert_valid_svid(chain, key, CART, ca.common.clock.now())
+    assert_valid_svid(chain, key, CART, ca.clock.now())
 
 
 def _struct(**fields: str) -> struct_pb2.Struct:
@@ -236,7 +236,7 @@ def test_server_keeps_serving_after_bad_requests(ca: RunningCa) -> None:
         status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING
     chain, key = ca.request(token=ca.token("shop", "cart"))
-    assert_valid_svid(chain, key, CART, ca.common.clock.now())
+    assert_valid_svid(chain, key, CART, ca.clock.now())
 
 
 def test_concurrent_requests_all_succeed_with_distinct_serials(ca: RunningCa) -> None:
@@ -252,12 +252,12 @@ def test_renewal_with_a_client_certificate(ca: RunningCa) -> None:
     chain, key = ca.request(token=ca.token("shop", "cart"))
     client_chain = "".join(chain[:-1]).encode()
     renewed, new_key = ca.request(port=ca.server.ports["renew"], client_key=key, client_chain=client_chain)
-    assert_valid_svid(renewed, new_key, CART, ca.common.clock.now())
+    assert_valid_svid(renewed, new_key, CART, ca.clock.now())
 
 
 def test_renewal_with_an_expired_client_certificate_is_refused(ca: RunningCa) -> None:
     chain, key = ca.request(token=ca.token("shop", "cart"), ttl=600)
-    ca.common.clock.advance(timedelta(minutes=11))
+    ca.clock.advance(timedelta(minutes=11))
     code, details = _code_and_details(
         ca, port=ca.server.ports["renew"], client_key=key, client_chain="".join(chain[:-1]).encode()
     )
@@ -314,7 +314,7 @@ def test_plugged_in_ca_with_intermediate(tmp_path: Path) -> None:
     try:
         chain, key = ca.request(token=ca.token("shop", "cart"))
         assert len(chain) == 4
-        leaf = assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        leaf = assert_valid_svid(chain, key, CART, ca.clock.now())
         assert leaf.issuer == hierarchy.signing.subject
         assert x509.load_pem_x509_certificate(chain[1].encode()) == hierarchy.signing
         assert x509.load_pem_x509_certificate(chain[2].encode()) == hierarchy.intermediate
@@ -328,7 +328,7 @@ def test_leaf_is_clamped_to_a_short_lived_signing_ca(tmp_path: Path) -> None:
     hierarchy = make_hierarchy()
     ca = start_ca(tmp_path / "state", "--cacerts", str(hierarchy.write_cacerts(tmp_path / "cacerts")))
     try:
-        ca.common.clock.set(hierarchy.signing.not_valid_after_utc - timedelta(hours=2))
+        ca.clock.set(hierarchy.signing.not_valid_after_utc - timedelta(hours=2))
         chain, _ = ca.request(token=ca.token("shop", "cart"))
         leaf = x509.load_pem_x509_certificate(chain[0].encode())
         assert leaf.not_valid_after_utc == hierarchy.signing.not_valid_after_utc
@@ -340,7 +340,7 @@ def test_rsa_root(tmp_path: Path) -> None:
     ca = start_ca(tmp_path, "--ca-key-type", "rsa-2048")
     try:
         chain, key = ca.request(token=ca.token("shop", "cart"))
-        assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        assert_valid_svid(chain, key, CART, ca.clock.now())
     finally:
         ca.stop()
 
@@ -366,14 +366,14 @@ def test_both_server_flavours_serve_the_same_api(tmp_path: Path, flavour: str) -
     ca = start_ca(tmp_path, "--grpc-server", flavour)
     try:
         chain, key = ca.request(token=ca.token("shop", "cart"))
-        assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        assert_valid_svid(chain, key, CART, ca.clock.now())
         code, details = _code_and_details(ca, token=ca.token(), ttl=-1)
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "negative" in details
         assert _code_and_details(ca)[0] == grpc.StatusCode.UNAUTHENTICATED
         renewed, new_key = ca.request(
             port=ca.server.ports["renew"], client_key=key, client_chain="".join(chain[:-1]).encode()
         )
-        assert_valid_svid(renewed, new_key, CART, ca.common.clock.now())
+        assert_valid_svid(renewed, new_key, CART, ca.clock.now())
         result = _raw_call(ca, b"\xff\xff", ca.token())
         assert isinstance(result, grpc.RpcError) and result.code() == grpc.StatusCode.INVALID_ARGUMENT
         health = health_pb2_grpc.HealthStub(ca.channel())

@@ -86,7 +86,7 @@ def test_keys_fetched_once_from_the_network(tmp_path: Path, provider: _OidcProvi
     ca = start_ca(tmp_path, *flags)
     try:
         chain, key = ca.request(token=_token(provider))
-        assert_valid_svid(chain, key, "spiffe://cluster.local/ns/shop/sa/cart", ca.common.clock.now())
+        assert_valid_svid(chain, key, "spiffe://cluster.local/ns/shop/sa/cart", ca.clock.now())
         assert provider.signer is not None
         ca.request(token=provider.signer.mint(namespace="shop", service_account="orders"))
         assert provider.hits["/keys"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,7 @@ def test_local_jwt_validation_with_keys_and_issuer_from_the_api_server(
             namespace="shop", service_account="cart", pod_name="cart-1", pod_uid=pod["metadata"]["uid"]
         )
         chain, key = ca.request(token=token)
-        assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        assert_valid_svid(chain, key, CART, ca.clock.now())
         assert apiserver.tokenreview_count == 0
     finally:
         ca.stop()
@@ -176,7 +177,7 @@ def test_tokenreview_mode_with_result_cache(tmp_path: Path, apiserver: FakeKubeA
     ca = _start(tmp_path, apiserver, "--auth", "tokenreview")
     try:
         chain, key = ca.request(token="opaque-token-1")
-        assert_valid_svid(chain, key, CART, ca.common.clock.now())
+        assert_valid_svid(chain, key, CART, ca.clock.now())
         ca.request(token="opaque-token-1")
         assert apiserver.tokenreview_count == 1
         err = _refused(ca, "unknown-token")
@@ -304,3 +305,35 @@ def test_a_broken_ca_secret_is_a_clear_error(apiserver: FakeKubeApiServer) -> No
             apiserver.api_client(), namespace="istio-system", name="istio-ca-secret", factory=factory
         )
     assert "istio-system/istio-ca-secret" in str(caught.value)
+
+
+def test_secret_reads_that_fail_are_retried_on_a_jittered_backoff(apiserver: FakeKubeApiServer) -> None:
+    factory = RootFactory(trust_domain="cluster.local", key_algorithm=KeyAlgorithm.EC_P256, clock=FakeClock())
+    waits: list[float] = []
+    for random_draw in (1.0, 0.0):  # the whole step, then the least wait
+        apiserver.fail_next("secrets", 3, 500, verbs=("get",))
+        kube.load_or_create_root_secret(
+            apiserver.api_client(),
+            namespace="istio-system",
+            name="istio-ca-secret",
+            factory=factory,
+            sleep=waits.append,
+            random=functools.partial(float, random_draw),
+        )
+    assert waits == [0.5, 1.0, 2.0, 0.25, 0.5, 1.0]
+
+
+def test_pod_cache_retries_a_failed_list_on_a_jittered_backoff(
+    apiserver: FakeKubeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    apiserver.fail_next("pods", 1, 500, verbs=("list",))
+    cache = kube.PodCache(apiserver.api_client(), random=lambda: 0.0)  # the least wait: 0.25 s
+    with caplog.at_level("WARNING", logger="ca.kube.client"):
+        cache.start()
+        try:
+            assert cache.synced
+        finally:
+            cache.stop()
+    assert [r.getMessage() for r in caplog.records if "pod watch failed" in r.getMessage()] == [
+        "pod watch failed: HTTP 500 Internal Server Error; retrying in 0.25s"
+    ]

@@ -33,17 +33,8 @@ from ca._proto import istio_ca_pb2
 from ca.errors import UnavailableError
 from ca.ledger import checkpoint as cp
 from ca.ledger import schema
-from ca.ledger.entries import (
-    GENESIS_HASH,
-    INDEXED_FIELDS,
-    ISSUED,
-    REFUSED,
-    ca_event_content,
-    canonical,
-    chain_hash,
-    refused_content,
-    timestamp,
-)
+from ca.ledger.chain import GENESIS_HASH, canonical, chain_hash
+from ca.ledger.entries import INDEXED_FIELDS, ISSUED, REFUSED, ca_event_content, refused_content, timestamp
 from ca.ledger.ledger import HEAD_FILE, KEY_FILE, HeadFile, load_or_create_ledger_key
 from ca.ledger.store import LedgerStore
 from ca.ledger.verify import verify_ledger
@@ -644,7 +635,7 @@ def test_a_token_the_leeway_decides_on_is_recorded_with_it(
     try:
         token = ca.token("shop", "cart", ttl=timedelta(minutes=10))
         in_time, _ = ca.request(token=token)
-        ca.common.clock.advance(timedelta(minutes=10, seconds=10))
+        ca.clock.advance(timedelta(minutes=10, seconds=10))
         if leeway:
             late, _ = ca.request(token=token)
         else:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ca.errors import UnavailableError
-from ca.ledger.entries import Entry
+from ca.ledger.chain import Entry
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.writer import LedgerWriter, LoopLedgerWriter
 from tests.support.recording_appender import RecordingAppender, recorded_batches
@@ -319,3 +319,72 @@ def test_the_thread_writer_settles_every_waiter() -> None:
     assert sorted(f.result(timeout=5).seq for f in futures) == list(range(1, 21))
     writer.close()
     assert sorted(int(i) for b in store.batches for i in b) == list(range(20))
+
+
+class _UnstartableProcess:
+    """A ledger process that cannot be reached, and whose replacements cannot be started."""
+
+    conn = None
+
+    def send(self, records: object) -> None:
+        raise OSError("broken pipe")
+
+    def start(self) -> None:
+        raise OSError("cannot fork")
+
+    def kill(self) -> None:
+        pass
+
+
+class _Timer:
+    def cancel(self) -> None:
+        pass
+
+
+class _TimerLoop:
+    """Runs callbacks at once and keeps timers for the test to fire; records their delays."""
+
+    def __init__(self) -> None:
+        self.timers: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return 0.0
+
+    def call_soon(self, callback: Any, *args: Any) -> None:
+        callback(*args)
+
+    call_soon_threadsafe = call_soon
+
+    def call_later(self, delay_s: float, callback: Any) -> _Timer:
+        self.timers.append((delay_s, callback))
+        return _Timer()
+
+    def restart_delays(self, restarts: int) -> list[float]:
+        delays: list[float] = []
+        while len(delays) < restarts:
+            delay_s, callback = self.timers.pop(0)
+            if callback.__name__ == "_restart":
+                delays.append(delay_s)
+                callback()
+        return delays
+
+
+@pytest.mark.parametrize(
+    ("random_draw", "expected"),
+    [
+        (1.0, [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 10.0, 10.0]),  # the whole step
+        (0.0, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]),  # the least wait: half of it
+    ],
+)
+def test_replacements_of_a_lost_ledger_process_back_off_with_jitter_up_to_ten_seconds(
+    random_draw: float, expected: list[float]
+) -> None:
+    loop = _TimerLoop()
+    writer = LoopLedgerWriter(
+        _UnstartableProcess(),  # type: ignore[arg-type]
+        loop,  # type: ignore[arg-type]
+        random=lambda: random_draw,
+    )
+    lost = writer.submit({"id": "lost"})
+    assert isinstance(lost, Future) and isinstance(lost.exception(0), UnavailableError)
+    assert loop.restart_delays(8) == pytest.approx(expected)

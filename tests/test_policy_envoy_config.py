@@ -547,7 +547,7 @@ def live() -> Iterator[Live]:
         agent = start_agent(
             agent_args(
                 ca_port=ca.port,
-                ca_root=ca.server.state_dir / "root-cert.pem",
+                ca_root=ca.state_dir / "root-cert.pem",
                 token_file=token,
                 output_dir=base / "certs",
                 sds_socket=base / "sds.sock",

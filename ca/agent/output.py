@@ -16,11 +16,7 @@ from pathlib import Path
 
 from ca.agent.svid import Svid
 from ca.common.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
-
-CERT_CHAIN = "cert-chain.pem"
-KEY = "key.pem"
-ROOT_CERT = "root-cert.pem"
-DATA_LINK = "..data"
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

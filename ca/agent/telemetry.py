@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from ca.agent.svid import Svid
 from ca.common.clock import Clock
-from ca.server.metrics import IstioNamedCounters
+from ca.net.istio_metrics import IstioNamedCounters
 
 REQUEST_TYPE = "csr"
 

@@ -12,21 +12,13 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import jwt
 
 from ca.errors import AuthenticationError, ConfigError
 
 REFRESH_MIN_INTERVAL_S = 10.0
-
-
-class KeySource(Protocol):
-    description: str
-
-    def key_for(self, kid: str | None) -> jwt.PyJWK:
-        """The key with this id; AuthenticationError if there is none."""
-        ...
 
 
 def parse_jwks(document: Mapping[str, Any], source: str) -> dict[str, jwt.PyJWK]:

@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import jwt
 
 from ca.auth.base import Caller, Credentials, TokenLeeway, TokenTimeError
-from ca.auth.jwks import KeySource
 from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
 from ca.auth.token_cache import TokenCache
 from ca.common.clock import Clock
@@ -39,6 +38,14 @@ _SIGNATURE_ONLY = {
     "verify_aud": False,
     "verify_iss": False,
 }
+
+
+class KeySource(Protocol):
+    description: str
+
+    def key_for(self, kid: str | None) -> jwt.PyJWK:
+        """The key with this id; AuthenticationError if there is none."""
+        ...
 
 
 class PodChecker(Protocol):

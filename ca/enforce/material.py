@@ -1,7 +1,7 @@
 """The workload's certificate files (the agent's output) and their reload at rotation.
 
 The agent writes each issuance into a fresh hidden directory and swaps the
-`..data` link (ca.agent.output). The watcher polls that link's target every
+`..data` link (ca.issuance.cert_dir). The watcher polls that link's target every
 0.5 s (an APScheduler interval job; one readlink per poll) and, when it
 changes, reads the three files through the resolved directory, so chain, key
 and roots come from one issuance. For a directory without `..data` (files put
@@ -24,10 +24,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.common.clock import Clock
 from ca.enforce.tls import Material, TlsContexts, TlsEngine
 from ca.errors import ConfigError, InvalidSpiffeIdError
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.svid_id import svid_spiffe_id
 
 log = logging.getLogger(__name__)

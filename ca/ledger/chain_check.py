@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select
 
 from ca.errors import LedgerTamperedError
 from ca.ledger import schema
-from ca.ledger.entries import ChainBreak, Entry, check_link, past_head
+from ca.ledger.chain import ChainBreak, Entry, check_link, past_head
 from ca.ledger.store import IN_LIST_CHUNK, READ_BATCH, entries_after, entries_by_seq, read_head
 
 

@@ -1,22 +1,16 @@
-"""Ledger entries and the hash chain that links them. Pure code.
+"""What a ledger entry says: the content of issued, refused and CA-event records. Pure code.
 
-An entry's content is a flat JSON object in canonical form (sorted keys, no
-spaces); its hash covers the previous entry's hash and that content, so
-changing, removing or reordering any entry breaks every hash after it.
+An entry's content is a flat JSON object, stored in canonical form (sorted keys, no
+spaces) and linked to the entry before it by the hash chain in `ledger/chain`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from ca.issuance.x509_der import certificate_fingerprints
-
-GENESIS_HASH = "0" * 64
 
 ISSUED = "issued"
 REFUSED = "refused"
@@ -47,33 +41,6 @@ def timestamp(moment: datetime) -> str:
 
 def parse_timestamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical(content: Mapping[str, Any]) -> str:
-    return _CANONICAL.encode(content)
-
-
-def chain_hash(previous_hash: str, content_json: str) -> str:
-    return hashlib.sha256(f"{previous_hash}\n{content_json}".encode()).hexdigest()
-
-
-@dataclass(frozen=True, kw_only=True)
-class Entry:
-    """One ledger entry as stored: position, content, and the chain links."""
-
-    seq: int
-    content_json: str
-    prev_hash: str
-    entry_hash: str
-    columns: tuple[Any, ...] | None = None  # the indexed columns as stored, in INDEXED_FIELDS order
-
-    @property
-    def content(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.content_json)
-        return loaded
 
 
 def indexed_values(content: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,46 +197,3 @@ def ca_event_content(
         "source": source,
         "not_after": timestamp(not_after),
     }
-
-
-@dataclass(frozen=True)
-class ChainBreak:
-    seq: int
-    problem: str
-
-
-def check_link(entry: Entry, expected_prev: str, expected_seq: int) -> ChainBreak | None:
-    """Why `entry` does not follow on from the entry before it, or None."""
-    if entry.seq != expected_seq:
-        return ChainBreak(entry.seq, f"expected entry {expected_seq} here: entries are missing or reordered")
-    if entry.prev_hash != expected_prev:
-        return ChainBreak(entry.seq, "its previous-hash link does not match the entry before it")
-    if chain_hash(entry.prev_hash, entry.content_json) != entry.entry_hash:
-        return ChainBreak(entry.seq, "its content does not match its hash: the entry was edited")
-    if entry.columns is not None:
-        return _columns_problem(entry, entry.columns)
-    return None
-
-
-def _columns_problem(entry: Entry, columns: tuple[Any, ...]) -> ChainBreak | None:
-    try:
-        content = json.loads(entry.content_json)
-    except ValueError:
-        return ChainBreak(entry.seq, "its content is not valid JSON: the entry was edited")
-    if not isinstance(content, dict):
-        return ChainBreak(entry.seq, "its content is not a JSON object: the entry was edited")
-    expected = tuple(map(content.get, INDEXED_FIELDS))
-    if expected == columns:
-        return None
-    changed = sorted(
-        name for name, want, got in zip(INDEXED_FIELDS, expected, columns, strict=True) if want != got
-    )
-    return ChainBreak(entry.seq, f"its {', '.join(changed)} column(s) differ from its content: edited")
-
-
-def past_head(seq: int, head_seq: int) -> ChainBreak:
-    return ChainBreak(
-        seq,
-        f"it lies past the head the CA recorded (entry {head_seq}); the CA moves the head in the "
-        "transaction that writes each entry, so this one was added by other means",
-    )

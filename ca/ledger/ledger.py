@@ -21,14 +21,8 @@ from ca.errors import ConfigError, UnavailableError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.issuer import IssuedCertificate
 from ca.ledger import checkpoint as cp
-from ca.ledger.entries import (
-    Entry,
-    IssuedRecord,
-    ca_event_content,
-    leeway_fields,
-    refused_content,
-    timestamp,
-)
+from ca.ledger.chain import Entry
+from ca.ledger.entries import IssuedRecord, ca_event_content, leeway_fields, refused_content, timestamp
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
 from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded

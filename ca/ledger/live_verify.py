@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import Connection
 
 from ca.errors import ConfigError
+from ca.ledger.chain import Entry
 from ca.ledger.checkpoint import Checkpoint, signature_valid
-from ca.ledger.entries import Entry
 from ca.ledger.ledger import HeadFile
 from ca.ledger.reader import LedgerReader
 from ca.ledger.store import READ_BATCH, entries_after, read_checkpoints, read_head

@@ -22,7 +22,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from ca.errors import MeshcaError, UnavailableError
-from ca.ledger.entries import Entry, Record
+from ca.ledger.chain import Entry
+from ca.ledger.entries import Record
 
 log = logging.getLogger("meshca.ledger")
 

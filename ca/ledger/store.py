@@ -19,8 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import ConfigError, UnavailableError
 from ca.ledger import schema
+from ca.ledger.chain import Entry, canonical, chain_hash
 from ca.ledger.checkpoint import COMPACTION, Checkpoint
-from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Entry, Record, canonical, chain_hash, content_of
+from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Record, content_of
 
 READ_BATCH = 5000
 IN_LIST_CHUNK = 500
@@ -358,3 +359,16 @@ class LedgerStore:
                 self._appender.discard()
                 self._appender = None
         self.engine.dispose()
+
+
+def open_migrated(url: str) -> tuple[LedgerStore, int]:
+    """The ledger at `url`, its schema brought up to date; also the version it was found at
+    (0 for a new ledger). A database that cannot be opened is a configuration error."""
+    store = LedgerStore(url)
+    try:
+        return store, store.migrate()
+    except SQLAlchemyError as err:
+        raise ConfigError(
+            f"cannot open the issuance ledger at {redact_url(url)} ({str(err).splitlines()[0]}); "
+            "check --ledger and that the database is reachable"
+        ) from err

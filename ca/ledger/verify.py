@@ -20,8 +20,8 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ca.ledger.chain import ChainBreak, Entry, check_link, past_head
 from ca.ledger.checkpoint import COMPACTION, Checkpoint, signature_valid
-from ca.ledger.entries import ChainBreak, Entry, check_link, past_head
 
 
 class LedgerView(Protocol):

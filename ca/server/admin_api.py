@@ -38,8 +38,9 @@ from ca.errors import (
 )
 from ca.issuance.issuer import IssuancePolicy
 from ca.ledger import queries
+from ca.ledger.chain import canonical
 from ca.ledger.checkpoint import Checkpoint
-from ca.ledger.entries import INDEXED_FIELDS, canonical
+from ca.ledger.entries import INDEXED_FIELDS
 from ca.ledger.ledger import HEAD_FILE, Ledger
 from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader

@@ -7,23 +7,20 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from prometheus_client import start_http_server
-from sqlalchemy.exc import SQLAlchemyError
+from prometheus_client import generate_latest
 
 from ca.auth.base import Authenticator, AuthenticatorChain
 from ca.auth.client_cert import ClientCertificateAuthenticator
 from ca.auth.jwks import (
-    KeySource,
     RefreshingKeySet,
     StaticKeySet,
     http_json_fetcher,
     oidc_jwks_fetcher,
 )
-from ca.auth.jwt_token import JwtAuthenticator, PodChecker, TokenRules
+from ca.auth.jwt_token import JwtAuthenticator, KeySource, PodChecker, TokenRules
 from ca.auth.token_cache import TokenCache
 from ca.auth.tokenreview import TokenReviewAuthenticator
 from ca.common.clock import Clock, SystemClock
@@ -44,8 +41,9 @@ from ca.ledger.ledger import (
     new_ledger_key_pem,
 )
 from ca.ledger.schema import CURRENT_VERSION
-from ca.ledger.store import LedgerStore, redact_url
-from ca.net.listening import check_free, listen_error, remove_ports_file, split_address, write_ports_file
+from ca.ledger.store import open_migrated
+from ca.net.listening import check_free, remove_ports_file, split_address, write_ports_file
+from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
 from ca.server.certificate_api import CertificateService
@@ -147,7 +145,8 @@ class CaServer:
     admin: LedgerAdminService | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _server: ApiServer | None = None
-    _metrics_http: WSGIServer | None = None
+    _status_http: StatusServer | None = None
+    _serving: bool = False
     _scheduler: BackgroundScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -181,6 +180,7 @@ class CaServer:
         if self.cfg.metrics_listen is not None:
             self.ports["metrics"] = self._serve_metrics(self.cfg.metrics_listen)
         server.start()
+        self._serving = True
         self._scheduler = self._schedule()
         log.info(
             "meshca CA serving",
@@ -198,11 +198,17 @@ class CaServer:
 
     def _serve_metrics(self, address: str) -> int:
         host, port = split_address(address)
-        try:
-            self._metrics_http, _ = start_http_server(port, host, registry=self.metrics.registry)
-        except OSError as err:
-            raise listen_error("--metrics-listen", address, err) from err
-        return self._metrics_http.server_port
+        self._status_http = StatusServer(
+            host,
+            port,
+            flag="--metrics-listen",
+            exposition=lambda: generate_latest(self.metrics.registry),
+            ready=lambda: self._serving,
+            not_ready="the certificate API is not serving yet",
+            thread_name="ca-http",
+        )
+        self._status_http.start()
+        return self._status_http.port
 
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
@@ -264,15 +270,15 @@ class CaServer:
         self.metrics.chain_expiry_seconds.set((chain - now).total_seconds())
 
     def stop(self, grace_s: float = 2.0) -> None:
+        self._serving = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self.pod_cache is not None:
             self.pod_cache.stop()
         if self._server is not None:
             self._server.stop(grace_s)
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
+        if self._status_http is not None:
+            self._status_http.stop()
         if self.admin is not None:
             self.admin.close()
         if self.ledger is not None:
@@ -286,14 +292,7 @@ class CaServer:
 
 def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
     assert cfg.ledger_url is not None
-    store = LedgerStore(cfg.ledger_url)
-    try:
-        found = store.migrate()
-    except SQLAlchemyError as err:
-        raise ConfigError(
-            f"cannot open the issuance ledger at {redact_url(cfg.ledger_url)} ({str(err).splitlines()[0]}); "
-            "check --ledger and that the database is reachable"
-        ) from err
+    store, found = open_migrated(cfg.ledger_url)
     if found not in (0, CURRENT_VERSION):
         log.info("upgraded the ledger schema", extra={"from_version": found, "to_version": CURRENT_VERSION})
     publishers: list[HeadPublisher] = [HeadFile(cfg.state_dir / HEAD_FILE).publish]

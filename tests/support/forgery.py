@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ca.ledger.entries import canonical, chain_hash
+from ca.ledger.chain import canonical, chain_hash
 from ca.ledger.store import LedgerStore
 from tests.support.ledger import query, rechain, sql
 

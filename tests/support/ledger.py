@@ -35,7 +35,8 @@ from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger import checkpoint as cp
-from ca.ledger.entries import GENESIS_HASH, ISSUED, Entry, chain_hash
+from ca.ledger.chain import GENESIS_HASH, Entry, chain_hash
+from ca.ledger.entries import ISSUED
 from ca.ledger.ledger import HEAD_FILE, KEY_FILE, HeadFile, Ledger, load_or_create_ledger_key
 from ca.ledger.store import LedgerStore, sqlite_url
 from ca.ledger.verify import VerifyReport, verify_ledger

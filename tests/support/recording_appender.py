@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ca.errors import UnavailableError
-from ca.ledger.entries import Entry
+from ca.ledger.chain import Entry
 
 
 class RecordingAppender:

@@ -39,7 +39,7 @@ class FakeCa:
 
 def make_svid(clock: FakeClock) -> Svid:
     ca, key = FakeCa(clock), ec_key()
-    chain = ca.issuance.issuer.issue(
+    chain = ca.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
     ).chain
     return accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())

@@ -1,0 +1,11 @@
+"""The files a workload's certificate directory holds, in Istio's layout.
+
+`meshca agent` writes them; `meshca enforce` and sidecars read them. The three files
+sit in a timestamped directory that the `..data` link names, and the link is
+switched in one rename, so a reader never pairs a new key with an old chain.
+"""
+
+CERT_CHAIN = "cert-chain.pem"
+KEY = "key.pem"
+ROOT_CERT = "root-cert.pem"
+DATA_LINK = "..data"
