@@ -292,6 +292,15 @@ def _metrics(ca: RunningCa) -> dict[str, float]:
     return values
 
 
+def test_the_metrics_port_answers_readiness_once_serving(ca: RunningCa) -> None:
+    url = f"http://127.0.0.1:{ca.server.ports['metrics']}/healthz/ready"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert (response.status, response.read()) == (200, b"ready\n")
+    ca.server.stop(grace_s=0)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
+
+
 def test_istio_compatible_metrics(ca: RunningCa) -> None:
     ca.request(token=ca.token())
     ca.request(token=ca.token())

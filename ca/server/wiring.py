@@ -270,6 +270,8 @@ class CaServer:
         self.metrics.chain_expiry_seconds.set((chain - now).total_seconds())
 
     def stop(self, grace_s: float = 2.0) -> None:
+        if self._stopped.is_set():
+            return
         self._serving = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
