@@ -15,9 +15,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ca.errors import ConfigError, PolicyError, UnavailableError
-from ca.kube.policy_watch import KubePolicySource, ObjectMap, list_policies_once
+from ca.policy.kube_source import KubePolicySource, ObjectMap, list_policies_once
 from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef, Workload
-from ca.policy.source import PolicySet, WorkloadPolicy, load_policies_once, open_policy_source
+from ca.policy.policy_set import PolicySet
+from ca.policy.source import WorkloadPolicy, load_policies_once, open_policy_source
 from ca.policy.yaml_source import YamlPolicySource
 from tests.kube import FakeKubeApiServer
 
@@ -550,7 +551,7 @@ def test_kube_invalid_object_skipped_others_kept(
 def test_kube_api_down_at_start_is_a_clear_error(apiserver: FakeKubeApiServer) -> None:
     apiserver.fail_next("peerauthentications", n=1000, code=500, verbs=("list",))
     source = KubePolicySource(apiserver.api_client(), PolicySet())
-    with pytest.raises(UnavailableError, match=r"could not list PeerAuthentications .* HTTP 500"):
+    with pytest.raises(UnavailableError, match=r"could not list PeerAuthentication objects .* HTTP 500"):
         source.start(wait_s=1)
 
 
@@ -578,7 +579,7 @@ def test_kube_server_gone_keeps_last_policies(tmp_path: Path, caplog: pytest.Log
     server = FakeKubeApiServer().start()
     server.apply_peer_authentication("shop", "default", {"mtls": {"mode": "STRICT"}})
     source, policies = start_kube(server, max_backoff_s=0.5)
-    caplog.set_level(logging.WARNING, logger="ca.kube.policy_watch")
+    caplog.set_level(logging.WARNING, logger="ca.policy.kube_source")
     try:
         server.stop()  # the connection is refused from now on
         time.sleep(0.5)

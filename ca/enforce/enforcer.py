@@ -34,14 +34,9 @@ from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
 from ca.net.listening import remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
+from ca.policy.policy_set import PolicySet
 from ca.policy.ports import InboundPort
-from ca.policy.source import (
-    PolicySet,
-    PolicySource,
-    WorkloadPolicy,
-    open_policy_source,
-    refuse_invalid_in_scope,
-)
+from ca.policy.source import PolicySource, WorkloadPolicy, open_policy_source, refuse_invalid_in_scope
 from ca.policy.workload_flags import label_text
 
 log = logging.getLogger(__name__)

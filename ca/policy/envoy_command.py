@@ -42,8 +42,9 @@ from ca.policy.envoy_config import (
     render_listeners,
 )
 from ca.policy.model import Decision, Workload
+from ca.policy.policy_set import PolicySet
 from ca.policy.ports import check_proxy_protocol_ports, parse_inbound, parse_port_list
-from ca.policy.source import PolicySet, WorkloadPolicy, open_policy_source, refuse_invalid_in_scope
+from ca.policy.source import WorkloadPolicy, open_policy_source, refuse_invalid_in_scope
 from ca.policy.workload_flags import add_workload_flags, parse_labels
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The policies in effect (`PolicySet`), per-workload decisions on them, and their sources.
+"""Per-workload decisions on the policies in effect, and the sources that keep them current.
 
 A source (a YAML directory or the Kubernetes API) keeps a `PolicySet` current;
 a `WorkloadPolicy` answers "which mode for this port" per connection from a
@@ -7,9 +7,7 @@ resolution cached until the set changes.
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -17,98 +15,11 @@ from typing import Protocol
 from apscheduler.schedulers.base import BaseScheduler
 
 from ca.errors import PolicyError
-from ca.policy.model import (
-    DEFAULT_ROOT_NAMESPACE,
-    Decision,
-    InvalidPolicy,
-    PeerAuthentication,
-    PolicyRef,
-    Workload,
-)
+from ca.policy.model import DEFAULT_ROOT_NAMESPACE, Decision, InvalidPolicy, Workload
+from ca.policy.policy_set import LoadedPolicies, PolicySet
 from ca.policy.resolve import Resolution, resolve_workload
 
-log = logging.getLogger(__name__)
-
 KUBE_SPEC = "kube"
-
-
-class PolicySet:
-    """The current PeerAuthentications, safe to read and change from any thread.
-
-    `generation` grows by one with every change that alters the set (a write
-    that changes nothing keeps it), and subscribers are called after each one.
-    """
-
-    def __init__(self, policies: Iterable[PeerAuthentication] = ()) -> None:
-        self._lock = threading.Lock()
-        self._by_ref: dict[PolicyRef, PeerAuthentication] = {p.ref: p for p in policies}
-        self._state: tuple[int, tuple[PeerAuthentication, ...]] = (0, self._ordered())
-        self._subscribers: list[Callable[[], None]] = []
-
-    @property
-    def generation(self) -> int:
-        return self._state[0]
-
-    def snapshot(self) -> tuple[PeerAuthentication, ...]:
-        return self._state[1]
-
-    def versioned(self) -> tuple[int, tuple[PeerAuthentication, ...]]:
-        """The generation and the policies of that generation, read together."""
-        return self._state
-
-    def replace(self, policies: Iterable[PeerAuthentication]) -> bool:
-        new = {p.ref: p for p in policies}
-        with self._lock:
-            if new == self._by_ref:
-                return False
-            self._by_ref = new
-            self._bump()
-        self._notify()
-        return True
-
-    def upsert(self, policy: PeerAuthentication) -> bool:
-        with self._lock:
-            if self._by_ref.get(policy.ref) == policy:
-                return False
-            self._by_ref[policy.ref] = policy
-            self._bump()
-        self._notify()
-        return True
-
-    def delete(self, ref: PolicyRef) -> bool:
-        with self._lock:
-            if self._by_ref.pop(ref, None) is None:
-                return False
-            self._bump()
-        self._notify()
-        return True
-
-    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Calls `callback()` after every change; returns a function that unsubscribes."""
-        with self._lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def _ordered(self) -> tuple[PeerAuthentication, ...]:
-        return tuple(self._by_ref[ref] for ref in sorted(self._by_ref))
-
-    def _bump(self) -> None:
-        self._state = (self._state[0] + 1, self._ordered())
-
-    def _notify(self) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
-            try:
-                callback()
-            except Exception:
-                log.exception("a policy change subscriber failed")
 
 
 @dataclass
@@ -197,19 +108,12 @@ def open_policy_source(
     """`kube` for the Kubernetes API, otherwise a YAML/JSON file or a directory of them."""
     if spec == KUBE_SPEC:
         from ca.kube.client import api_client
-        from ca.kube.policy_watch import KubePolicySource
+        from ca.policy.kube_source import KubePolicySource
 
         return KubePolicySource(api_client(kubeconfig, in_cluster), policy_set)
     from ca.policy.yaml_source import YamlPolicySource
 
     return YamlPolicySource(Path(spec), policy_set, scheduler=scheduler)
-
-
-@dataclass(frozen=True)
-class LoadedPolicies:
-    policies: tuple[PeerAuthentication, ...]
-    invalid: tuple[InvalidPolicy, ...] = ()  # manifests or objects that failed validation
-    notes: tuple[str, ...] = ()  # anything else a reader should know about the source
 
 
 def load_policies_once(
@@ -218,7 +122,7 @@ def load_policies_once(
     """Reads the policies once (for `meshca policy explain`); invalid ones are collected, not fatal."""
     if spec == KUBE_SPEC:
         from ca.kube.client import api_client
-        from ca.kube.policy_watch import list_policies_once
+        from ca.policy.kube_source import list_policies_once
 
         return list_policies_once(api_client(kubeconfig, in_cluster), timeout_s=wait_s)
     from ca.policy.yaml_source import read_policies_once

@@ -32,7 +32,7 @@ from ca.errors import ConfigError, PolicyError
 from ca.policy.manifest import declared_namespaces, load_json_manifests, load_manifests
 from ca.policy.metrics import INVALID_POLICIES, POLICIES_LOADED
 from ca.policy.model import InvalidPolicy, PeerAuthentication, PolicyRef
-from ca.policy.source import LoadedPolicies, PolicySet
+from ca.policy.policy_set import LoadedPolicies, PolicySet
 
 log = logging.getLogger(__name__)
 
