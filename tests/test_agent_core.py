@@ -12,10 +12,11 @@ import pytest
 from cryptography import x509
 
 from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings
-from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT, write_svid
-from ca.agent.schedule import Backoff, RenewalPolicy
+from ca.agent.output import write_svid
+from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.svid import BadResponseError, Svid, accept_response
 from ca.errors import ConfigError, UnavailableError
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.csr import parse_csr
 from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
 from ca.issuance.spiffe_id import SpiffeId
@@ -40,7 +41,7 @@ def _agent(
         key_type=KeyAlgorithm.EC_P256,
         ttl=ttl,
         renewal=RenewalPolicy(ratio=0.5, jitter=0.0),
-        backoff=Backoff(),
+        backoff=AGENT_BACKOFF,
         expected_identity=lambda: CART,
     )
     return Agent(
@@ -69,19 +70,18 @@ def test_bad_renewal_settings_are_config_errors(ratio: float, jitter: float) -> 
 
 
 def test_backoff_doubles_from_half_a_second_up_to_a_minute() -> None:
-    backoff = Backoff()
-    full = [backoff.delay(n, lambda: 0.999999) for n in range(10)]
-    assert full[0] == pytest.approx(timedelta(milliseconds=500), abs=timedelta(milliseconds=1))
-    assert full[1] == pytest.approx(timedelta(seconds=1), abs=timedelta(milliseconds=1))
-    assert max(full) <= timedelta(seconds=60)
-    assert backoff.delay(1000, lambda: 0.0) == timedelta(seconds=30)
+    full = [AGENT_BACKOFF.delay_s(n, lambda: 0.999999) for n in range(10)]
+    assert full[0] == pytest.approx(0.5, abs=0.001)
+    assert full[1] == pytest.approx(1.0, abs=0.001)
+    assert max(full) <= 60.0
+    assert AGENT_BACKOFF.delay_s(1000, lambda: 0.0) == 30.0
 
 
 def test_accepts_a_valid_response_and_refuses_bad_ones() -> None:
     clock = FakeClock()
     ca = FakeCa(clock)
     key = ec_key()
-    chain = ca.issuance.issuer.issue(
+    chain = ca.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
     ).chain
     svid = accept_response(chain, key, trust_domain="cluster.local", expected=CART, now=clock.now())
@@ -117,7 +117,7 @@ def test_an_expired_chain_is_refused() -> None:
     clock = FakeClock()
     ca = FakeCa(clock)
     key = ec_key()
-    chain = ca.issuance.issuer.issue(
+    chain = ca.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=60
     ).chain
     with pytest.raises(BadResponseError):

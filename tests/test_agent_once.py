@@ -13,7 +13,7 @@ from ca.agent.ca_client import CaRefusedError, TokenUnavailableError
 from ca.agent.ca_tls import CaNotTrustedError
 from ca.agent.command import agent_config
 from ca.agent.once import NoCertificateError, fetch_once
-from ca.agent.schedule import Backoff, RenewalPolicy
+from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.svid import Svid
 from ca.cli.main import build_parser
 from ca.errors import ConfigError, ErrorKind, MeshcaError, UnavailableError
@@ -63,7 +63,7 @@ def once(clock: FakeClock, ca: object, timeout: timedelta = TIMEOUT) -> tuple[Sv
             key_type=KeyAlgorithm.EC_P256,
             ttl=timedelta(hours=1),
             renewal=RenewalPolicy(),
-            backoff=Backoff(),
+            backoff=AGENT_BACKOFF,
             expected_identity=lambda: CART,
         ),
         source=ca,  # type: ignore[arg-type]

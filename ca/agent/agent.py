@@ -17,8 +17,9 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from ca.agent.schedule import Backoff, RenewalPolicy, UniformRandom
+from ca.agent.schedule import RenewalPolicy
 from ca.agent.svid import Svid, accept_response
+from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock
 from ca.errors import MeshcaError
 from ca.issuance.keys import KeyAlgorithm, PrivateKey
@@ -82,13 +83,13 @@ class Agent:
         self._random = random
         self._generate_key = generate_key
         self._observer = observer
-        self._failures = 0
+        self._retrying = Retrying(settings.backoff, random)
         self.current: Svid | None = None
         self.last_error: MeshcaError | None = None
 
     @property
     def consecutive_failures(self) -> int:
-        return self._failures
+        return self._retrying.attempt
 
     def attempt(self) -> datetime:
         """Try once to get a new SVID; return when to try next."""
@@ -97,7 +98,7 @@ class Agent:
             svid = self._fetch()
         except MeshcaError as err:
             return self._after_failure(err, time.perf_counter() - started)
-        self._failures = 0
+        self._retrying.reset()
         self.last_error = None
         for sink in self._sinks:
             sink.publish(svid)
@@ -121,8 +122,7 @@ class Agent:
     def _after_failure(self, err: MeshcaError, seconds: float) -> datetime:
         self.last_error = err
         now = self._clock.now()
-        delay = self._settings.backoff.delay(self._failures, self._random)
-        self._failures += 1
+        delay = timedelta(seconds=self._retrying.next_delay_s())
         self._observe(ok=False, seconds=seconds, now=now)
         held = self.current
         log.warning(
@@ -130,7 +130,7 @@ class Agent:
             extra={
                 "reason": err.reason,
                 "detail": err.message,
-                "attempt": self._failures,
+                "attempt": self._retrying.attempt,
                 "retry_in_s": round(delay.total_seconds(), 3),
                 "serving_until": held.not_after.isoformat() if held else None,
             },

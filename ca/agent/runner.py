@@ -20,7 +20,7 @@ from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
 from ca.agent.command import AgentConfig
 from ca.agent.identity import token_identity
-from ca.agent.schedule import Backoff, RenewalPolicy
+from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.sds import SdsService
 from ca.agent.sinks import FileSink
 from ca.agent.svid import Svid
@@ -140,7 +140,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         key_type=cfg.key_type,
         ttl=cfg.ttl,
         renewal=RenewalPolicy(ratio=cfg.rotation_ratio, jitter=cfg.rotation_jitter),
-        backoff=Backoff(),
+        backoff=AGENT_BACKOFF,
         expected_identity=lambda: token_identity(cfg.token_file, cfg.trust_domain),
     )
     agent = Agent(

@@ -5,14 +5,15 @@ The random source is passed in so that tests sit exactly on the thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ca.common.backoff import Backoff, UniformRandom
 from ca.errors import ConfigError
 
-UniformRandom = Callable[[], float]
-"""Returns a float in [0, 1)."""
+AGENT_BACKOFF = Backoff(initial_s=0.5, maximum_s=60.0, jitter=0.5)
+"""After a failed certificate request: 0.5 s doubling to a minute, each wait between half and
+all of its step."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,15 +37,3 @@ class RenewalPolicy:
         lifetime = max(not_after - received_at, timedelta(0))
         offset = self.ratio + self.jitter * (2 * random() - 1)
         return received_at + lifetime * offset
-
-
-@dataclass(frozen=True, kw_only=True)
-class Backoff:
-    """Exponential backoff with full jitter between half and all of the step."""
-
-    initial: timedelta = timedelta(milliseconds=500)
-    maximum: timedelta = timedelta(seconds=60)
-
-    def delay(self, attempt: int, random: UniformRandom) -> timedelta:
-        step: timedelta = min(self.initial * (2 ** min(attempt, 30)), self.maximum)
-        return step * (0.5 + random() / 2)

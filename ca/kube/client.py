@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from ca.auth.jwks import JwksFetcher
 from ca.auth.tokenreview import ReviewCall
+from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.errors import AuthenticationError, ConfigError, UnavailableError
 from ca.issuance.authority import SigningAuthority, cert_pem, load_pem_certificates
 from ca.issuance.keys import load_private_key_pem, private_key_pem
@@ -123,6 +125,13 @@ def jwks_fetcher(api: client.ApiClient) -> JwksFetcher:
     return lambda: _get_json(api, "/openid/v1/jwks")
 
 
+POD_WATCH_BACKOFF = Backoff(initial_s=0.5, maximum_s=30.0, jitter=0.5)
+"""Between failed lists or watches of pods: 0.5 s doubling to 30 s."""
+
+SECRET_BACKOFF = Backoff(initial_s=0.5, maximum_s=4.0, jitter=0.5)
+"""Between failed reads of a Secret at start: 0.5 s doubling, 4 s at the fifth attempt."""
+
+
 class PodCache:
     """Which pods exist, by namespace and name -> uid, kept current by a watch.
 
@@ -130,7 +139,14 @@ class PodCache:
     so a miss is confirmed with a direct read before a token is refused.
     """
 
-    def __init__(self, api: client.ApiClient, *, watch_timeout_s: int = 240) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        watch_timeout_s: int = 240,
+        backoff: Backoff = POD_WATCH_BACKOFF,
+        random: UniformRandom = random.random,
+    ) -> None:
         self._core = client.CoreV1Api(api)
         self._pods: dict[tuple[str, str], str] = {}
         self._resource_version: str | None = None
@@ -138,6 +154,7 @@ class PodCache:
         self._stopping = threading.Event()
         self._watch: watch.Watch | None = None
         self._watch_timeout_s = watch_timeout_s
+        self._retrying = Retrying(backoff, random)
         self._thread = threading.Thread(target=self._run, name="pod-cache", daemon=True)
 
     def start(self, wait_s: float = 10.0) -> None:
@@ -176,28 +193,29 @@ class PodCache:
         return pod.metadata.uid if pod.metadata else None
 
     def _run(self) -> None:
-        backoff_s = 0.5
         while not self._stopping.is_set():
             try:
                 if self._resource_version is None:
                     self._relist()
                 self._watch_once()
-                backoff_s = 0.5
             except ApiException as err:
                 if err.status == 410:
                     log.info("pod watch resourceVersion expired; relisting")
                     self._resource_version = None
                     continue
-                log.warning(
-                    "pod watch failed: HTTP %s %s; retrying in %.1fs",
-                    err.status,
-                    err.reason,
-                    backoff_s,
-                )
+                self._wait_after_failure(f"HTTP {err.status} {err.reason}")
             except Exception as err:
-                log.warning("pod watch failed: %s; retrying in %.1fs", transport_error_text(err), backoff_s)
-            self._stopping.wait(backoff_s)
-            backoff_s = min(backoff_s * 2, 30.0)
+                self._wait_after_failure(transport_error_text(err))
+            else:
+                # A watch that ran to its end: the steps start over, after the first one, so that
+                # a server that closes watches at once is not asked again in a tight loop.
+                self._retrying.reset()
+                self._stopping.wait(self._retrying.next_delay_s())
+
+    def _wait_after_failure(self, failure: str) -> None:
+        delay_s = self._retrying.next_delay_s()
+        log.warning("pod watch failed: %s; retrying in %.2fs", failure, delay_s)
+        self._stopping.wait(delay_s)
 
     def _relist(self) -> None:
         pods = self._core.list_pod_for_all_namespaces()
@@ -251,11 +269,13 @@ def _read_or_create_secret(
     make: Callable[[], Mapping[str, bytes]],
     retries: int,
     sleep: Callable[[float], None],
+    random: UniformRandom,
 ) -> tuple[Mapping[str, str | bytes], bool]:
     """The Secret's data (base64 values, as the API returns them), created from `make()` if the
     Secret does not exist. When several replicas start at once, one create wins (409 for the
     rest) and every replica then reads the winner's data."""
     where = f"{namespace}/{name}"
+    retrying = Retrying(SECRET_BACKOFF, random)
     for attempt in range(retries):
         try:
             return core.read_namespaced_secret(name, namespace).data or {}, False
@@ -263,7 +283,7 @@ def _read_or_create_secret(
             if err.status != 404:
                 if attempt + 1 == retries:
                     raise _unavailable(f"reading Secret {where}", err) from err
-                sleep(0.5 * 2**attempt)
+                sleep(retrying.next_delay_s())
                 continue
         data: dict[str, str | bytes] = {k: base64.b64encode(v).decode() for k, v in make().items()}
         body = client.V1Secret(
@@ -290,6 +310,7 @@ def load_or_create_root_secret(
     factory: RootFactory,
     retries: int = 5,
     sleep: Callable[[float], None] = time.sleep,
+    random: UniformRandom = random.random,
 ) -> tuple[SigningAuthority, bool]:
     """The self-signed root kept in a Secret, created on first start."""
     where = f"{namespace}/{name}"
@@ -309,6 +330,7 @@ def load_or_create_root_secret(
         make=make,
         retries=retries,
         sleep=sleep,
+        random=random,
     )
     cert = load_pem_certificates(_decode_secret(data, CA_CERT_KEY, where), f"Secret {where}")[0]
     key = load_private_key_pem(_decode_secret(data, CA_KEY_KEY, where), f"Secret {where}")
@@ -330,6 +352,7 @@ def load_or_create_ledger_key_secret(
     name: str = LEDGER_KEY_SECRET,
     retries: int = 5,
     sleep: Callable[[float], None] = time.sleep,
+    random: UniformRandom = random.random,
 ) -> bytes:
     """The ledger key (PEM) that every CA replica signs checkpoints with, kept in a Secret."""
     data, _ = _read_or_create_secret(
@@ -340,6 +363,7 @@ def load_or_create_ledger_key_secret(
         make=lambda: {LEDGER_KEY_KEY: make()},
         retries=retries,
         sleep=sleep,
+        random=random,
     )
     return _decode_secret(data, LEDGER_KEY_KEY, f"{namespace}/{name}")
 

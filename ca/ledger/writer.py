@@ -19,19 +19,23 @@ import contextlib
 import logging
 import math
 import queue
+import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.errors import MeshcaError, UnavailableError
-from ca.ledger.entries import Entry, Record
+from ca.ledger.chain import Entry
+from ca.ledger.entries import Record
 from ca.ledger.process_writer import READY, WRITTEN, LedgerProcess
 
 log = logging.getLogger("meshca.ledger")
 
-_FIRST_RESTART_S = 0.2  # then doubling, up to:
-_LAST_RESTART_S = 10.0
+RESTART_BACKOFF = Backoff(initial_s=0.2, maximum_s=10.0, jitter=0.5)
+"""Before replacing a ledger process that died, hangs or cannot open the ledger: 0.2 s doubling
+to 10 s; jittered, so that replicas whose shared database went away do not all come back at once."""
 
 Append = Callable[[Sequence[Record]], list[Entry]]
 # What a caller waits on: a thread's future, or an asyncio future for code on the writer's loop.
@@ -155,6 +159,8 @@ class LoopLedgerWriter:
         linger_s: float = 0.0,
         deadline_s: float = 10.0,
         start_timeout_s: float = 60.0,
+        restart_backoff: Backoff = RESTART_BACKOFF,
+        random: UniformRandom = random.random,
     ) -> None:
         """`process` has been started and is ready."""
         self._process = process
@@ -168,7 +174,7 @@ class LoopLedgerWriter:
         self._pending_since: list[float] = []  # loop time each pending entry came in
         self._committing: list[_Item] | None = None  # the batch the process is writing
         self._down: UnavailableError | None = None  # why entries fail at once, while they do
-        self._restart_delay_s = _FIRST_RESTART_S
+        self._restarts = Retrying(restart_backoff, random)
         self._overdue: asyncio.TimerHandle | None = None  # the batch in flight, or the start
         self._timer: asyncio.TimerHandle | None = None
         self._last_commit = -math.inf
@@ -285,7 +291,7 @@ class LoopLedgerWriter:
             self._lost(f"could not open the ledger ({reply[1]})")
             return
         self._down = None
-        self._restart_delay_s = _FIRST_RESTART_S
+        self._restarts.reset()
         log.warning("the ledger process is back; issuing again")
         self._schedule()
 
@@ -319,7 +325,7 @@ class LoopLedgerWriter:
         else:
             log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
         if not self._closed:
-            self._loop.call_later(self._restart_delay_s, self._restart)
+            self._loop.call_later(self._restarts.next_delay_s(), self._restart)
 
     def _take_waiting(self) -> list[_Item]:
         """Everything not yet settled: the batch in flight, then the pending entries."""
@@ -330,7 +336,6 @@ class LoopLedgerWriter:
     def _restart(self) -> None:
         if self._closed:
             return
-        self._restart_delay_s = min(self._restart_delay_s * 2, _LAST_RESTART_S)
         try:
             self._process.start()  # it says READY once it has opened the ledger
         except Exception as err:
