@@ -28,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca._proto import spiffe_workload_pb2 as workload_pb
-from ca.agent.output import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.keys import private_key_pem
 from ca.server.devtoken import DevTokenIssuer
 from tests.support.agent import (
