@@ -438,9 +438,9 @@ def floor_server_main(argv: Sequence[str]) -> int:
     from ca.issuance.selfsigned import RootFactory
     from ca.issuance.spiffe_id import SpiffeId
     from ca.net.listening import write_ports_file
-    from ca.server.command import DEFAULT_DNS_NAMES
     from ca.server.grpc_server import OPTIONS
     from ca.server.serving_cert import ServingIdentity
+    from ca.server.settings import DEFAULT_DNS_NAMES
     from ca.server.state_dir import load_or_create_root
 
     parser = argparse.ArgumentParser(prog="_bench_common.py floor-server")

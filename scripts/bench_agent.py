@@ -535,8 +535,8 @@ def _steps(stamps: dict[str, float], t0: float | None) -> dict[str, float]:
 
 
 def inprocess_run(rig: Rig, key_type: str, index: int) -> InprocRun:
-    from ca.agent.command import agent_config
     from ca.agent.runner import build_agent
+    from ca.agent.settings import agent_config
     from ca.cli.main import build_parser
 
     spec = AgentSpec(

@@ -258,7 +258,7 @@ class _FakeContext:
 def _service(state_dir: Path, key_type: str, cache_size: int) -> Any:
     """The CertificateService `meshca serve` would build for these flags (no ports bound)."""
     from ca.cli.main import build_parser
-    from ca.server.command import serve_config
+    from ca.server.settings import serve_config
     from ca.server.wiring import build_server
 
     argv = [

@@ -11,9 +11,9 @@ import pytest
 from ca.agent.agent import Agent, AgentSettings
 from ca.agent.ca_client import CaRefusedError, TokenUnavailableError
 from ca.agent.ca_tls import CaNotTrustedError
-from ca.agent.command import agent_config
 from ca.agent.once import NoCertificateError, fetch_once
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
+from ca.agent.settings import agent_config
 from ca.agent.svid import Svid
 from ca.cli.main import build_parser
 from ca.errors import ConfigError, ErrorKind, MeshcaError, UnavailableError

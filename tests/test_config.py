@@ -21,7 +21,7 @@ from ca.common.flags import env_name, listen_address
 from ca.errors import ConfigError
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
-from ca.server.command import DEFAULT_DNS_NAMES, ServeConfig, TokenConfig, serve_config, token_config
+from ca.server.settings import DEFAULT_DNS_NAMES, ServeConfig, TokenConfig, serve_config, token_config
 
 
 def _serve(*flags: str, env: Mapping[str, str] | None = None) -> ServeConfig:

@@ -14,7 +14,7 @@ from ca.agent.runner import build_agent
 from ca.cli.main import build_parser
 from ca.errors import ConfigError
 from ca.net.listening import check_free, listen_error
-from ca.server.command import serve_config
+from ca.server.settings import serve_config
 from ca.server.wiring import build_server
 from tests.support.agent import agent_args, parse_agent_config, run_agent_cli, start_agent
 from tests.support.ca_server import serve_args, start_ca

@@ -18,10 +18,10 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from ca.agent.agent import Agent, AgentSettings
 from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
-from ca.agent.command import AgentConfig
 from ca.agent.identity import token_identity
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.sds import SdsService
+from ca.agent.settings import AgentConfig
 from ca.agent.sinks import FileSink
 from ca.agent.svid import Svid
 from ca.agent.telemetry import AgentMetrics

@@ -6,14 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from ca.agent.command import add_agent_parser
+from ca.agent.settings import add_agent_parser
 from ca.audit.settings import add_audit_parser
 from ca.common import logs
 from ca.common.flags import environment
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ErrorKind, MeshcaError
 from ca.policy.command import add_policy_parser
-from ca.server.command import add_serve_parser, add_token_parser
+from ca.server.settings import add_serve_parser, add_token_parser
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1

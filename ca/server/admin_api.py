@@ -46,7 +46,7 @@ from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.verify import VerifyReport
 from ca.server.certificate_api import STATUS_BY_KIND, credentials_from
-from ca.server.command import ServeConfig
+from ca.server.settings import ServeConfig
 
 log = logging.getLogger("meshca.admin")
 

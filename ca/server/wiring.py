@@ -47,11 +47,11 @@ from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
 from ca.server.certificate_api import CertificateService
-from ca.server.command import KUBERNETES_ISSUER, ServeConfig
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.metrics import CaMetrics
 from ca.server.serving_cert import ServingIdentity
+from ca.server.settings import KUBERNETES_ISSUER, ServeConfig
 
 log = logging.getLogger("meshca")
 

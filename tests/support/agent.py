@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from ca.agent.command import AgentConfig, agent_config
 from ca.agent.runner import AgentProcess, build_agent
+from ca.agent.settings import AgentConfig, agent_config
 from ca.agent.svid import Svid
 from ca.cli.main import build_parser
 from tests.support.clock import FakeClock

@@ -13,8 +13,8 @@ import grpc
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
 from ca.cli.main import build_parser
 from ca.issuance.keys import PrivateKey, private_key_pem
-from ca.server.command import serve_config
 from ca.server.devtoken import DevTokenIssuer
+from ca.server.settings import serve_config
 from ca.server.wiring import CaServer, build_server
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr

@@ -1,0 +1,334 @@
+"""`meshca serve` and `meshca token`: their flags and frozen settings."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from ca.common.durations import format_duration, parse_duration
+from ca.common.flags import (
+    DEFAULT_STATE_DIR,
+    PORTS_FILE_HELP,
+    EnvDefaults,
+    Subcommands,
+    audiences,
+    env_name,
+    listen_address,
+    path_or_off,
+    positive_int,
+    split_list,
+)
+from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
+from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
+from ca.issuance.keys import KeyAlgorithm
+from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
+from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
+from ca.ledger.location import ledger_url
+
+DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
+
+KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    listen: str
+    renew_listen: str | None
+    metrics_listen: str | None
+    state_dir: Path
+    trust_domain: str
+    cacerts: Path | None
+    ca_key_type: KeyAlgorithm
+    ca_store: str
+    ca_namespace: str
+    ca_secret: str
+    auth: str
+    jwks: str | None
+    token_issuer: str | None
+    audiences: tuple[str, ...]
+    kubeconfig: Path | None
+    in_cluster: bool
+    pod_check: bool
+    issuance: IssuancePolicy
+    dns_names: tuple[str, ...]
+    cluster_id: str | None
+    token_cache_size: int
+    token_leeway: timedelta
+    grpc_workers: int
+    grpc_server: str
+    ledger_url: str | None
+    ledger_key: Path
+    ledger_key_given: bool  # --ledger-key named a file (else, in a cluster, the key lives in a Secret)
+    ledger_checkpoint_interval: timedelta
+    ledger_retention: timedelta | None
+    ledger_linger: timedelta
+    admin_identities: tuple[str, ...]
+    log_level: str
+    ports_file: Path | None = None
+
+    @property
+    def has_cluster_access(self) -> bool:
+        return self.kubeconfig is not None or self.in_cluster
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenConfig:
+    state_dir: Path
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    ttl: timedelta
+    pod_name: str | None
+    pod_uid: str | None
+
+
+def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    serve = commands.add_parser("serve", help="run the CA service (Istio-compatible certificate API)")
+    s = EnvDefaults(serve, environ)
+    s.add("--listen", ":15012", "gRPC TLS address for certificate requests with a token")
+    s.add(
+        "--renew-listen",
+        ":15013",
+        "gRPC mutual-TLS address for renewal with a client certificate; 'off' to disable",
+    )
+    s.add("--metrics-listen", ":15014", "Prometheus metrics HTTP address; 'off' to disable")
+    s.add(
+        "--state-dir",
+        DEFAULT_STATE_DIR,
+        "directory for the CA root, trust bundle and dev token key",
+    )
+    s.add("--trust-domain", "cluster.local", "SPIFFE trust domain of issued identities")
+    s.add("--cacerts", None, "directory with a plugged-in CA in Istio's cacerts layout")
+    s.add("--ca-key-type", "ec-p256", "key type of a newly created self-signed root")
+    s.add(
+        "--ca-store",
+        "auto",
+        "where a self-signed root is kept: auto, dir or secret",
+        choices=["auto", "dir", "secret"],
+    )
+    s.add("--ca-namespace", "istio-system", "namespace of the CA Secret")
+    s.add("--ca-secret", "istio-ca-secret", "name of the Secret that keeps the self-signed root")
+    s.add(
+        "--auth",
+        "jwt",
+        "token authentication: jwt (local validation) or tokenreview",
+        choices=["jwt", "tokenreview"],
+    )
+    s.add("--jwks", None, "JWKS file or URL with the token issuer's keys")
+    s.add(
+        "--token-issuer",
+        None,
+        "expected token issuer (iss); with no --jwks, its OIDC discovery gives the keys",
+    )
+    s.add(
+        "--audience",
+        None,
+        "accepted token audience; repeatable or comma-separated (default istio-ca)",
+        action="append",
+    )
+    s.add("--kubeconfig", None, "kubeconfig for cluster access (in a pod the service account is used)")
+    s.add(
+        "--pod-check",
+        "on",
+        "refuse tokens whose bound pod no longer exists (needs cluster access)",
+        choices=["on", "off"],
+    )
+    s.add("--default-ttl", "24h", "certificate lifetime when the request asks for none")
+    s.add("--max-ttl", "90d", "longest certificate lifetime a request may ask for")
+    s.add(
+        "--ttl-over-max",
+        "reject",
+        "what to do with a request over --max-ttl",
+        choices=["reject", "clamp"],
+    )
+    s.add(
+        "--strict-csr-names",
+        "off",
+        "refuse CSRs that ask for another identity",
+        choices=["on", "off"],
+    )
+    s.add("--dns-names", DEFAULT_DNS_NAMES, "DNS names and IPs in the CA server's own certificate")
+    s.add("--cluster-id", "Kubernetes", "cluster id this CA serves; requests for another are refused")
+    s.add("--token-cache-size", "10000", "verified tokens kept to skip re-verification; 0 disables")
+    s.add(
+        "--token-leeway",
+        "30s",
+        "clock skew allowed on a token's expiry and not-before times (0 to 5m); when it decides, the "
+        "ledger records it",
+    )
+    s.add(
+        "--grpc-server",
+        "asyncio",
+        "gRPC server: asyncio (runs each request on the event loop) or threaded",
+        choices=["asyncio", "threaded"],
+    )
+    s.add("--grpc-workers", "16", "gRPC worker threads (threaded server)")
+    s.add(
+        "--ledger",
+        "auto",
+        "issuance ledger: auto (SQLite in the state dir), a sqlite:/// or postgresql:// URL, or off",
+    )
+    s.add(
+        "--ledger-key", None, "Ed25519 key that signs ledger checkpoints (default <state-dir>/ledger-key.pem)"
+    )
+    s.add("--ledger-checkpoint-interval", "5s", "how often the ledger head is signed and published")
+    s.add("--ledger-retention", "0", "keep expired records this long, then compact them (0 keeps everything)")
+    s.add(
+        "--ledger-linger",
+        "10ms",
+        "while busy, how long a ledger commit waits to be shared by more certificates "
+        "(more throughput for that much latency; 0 commits each batch at once)",
+    )
+    s.add(
+        "--admin-identity",
+        None,
+        "SPIFFE ID allowed to call the ledger admin gRPC service; repeatable or comma-separated "
+        "(default none: the service refuses every caller)",
+        action="append",
+    )
+    s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
+    s.add("--ports-file", None, PORTS_FILE_HELP)
+
+
+def add_token_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    token = commands.add_parser("token", help="mint a development service-account token (no cluster)")
+    t = EnvDefaults(token, environ)
+    t.add("--state-dir", DEFAULT_STATE_DIR, "state directory shared with 'meshca serve'")
+    t.add(
+        "--namespace",
+        None,
+        "service account namespace",
+        required=environ.get(env_name("--namespace")) is None,
+    )
+    t.add(
+        "--service-account",
+        None,
+        "service account name",
+        required=environ.get(env_name("--service-account")) is None,
+    )
+    t.add("--audience", None, "token audience; repeatable (default istio-ca)", action="append")
+    t.add("--ttl", "12h", "token lifetime")
+    t.add("--pod-name", None, "bind the token to this pod name")
+    t.add("--pod-uid", None, "bind the token to this pod uid")
+
+
+MAX_TOKEN_LEEWAY = timedelta(minutes=5)
+
+
+def _token_leeway(text: str) -> timedelta:
+    allowed = f"0 to {format_duration(MAX_TOKEN_LEEWAY)}, such as 30s"
+    try:
+        leeway = parse_duration(text)
+    except ConfigError:
+        raise ConfigError(f"--token-leeway {text!r} is not a duration from {allowed}") from None
+    if leeway > MAX_TOKEN_LEEWAY:
+        raise ConfigError(
+            f"--token-leeway {text} is too long: it allows for clock skew, so give {allowed} "
+            "(and fix the clocks if they are further apart)"
+        )
+    return leeway
+
+
+def _ledger_linger(text: str) -> timedelta:
+    linger = parse_duration(text)
+    if linger > timedelta(seconds=1):
+        raise ConfigError(f"--ledger-linger {text} is longer than 1s; every busy issuance waits that long")
+    return linger
+
+
+def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None:
+    if has_cluster:
+        return
+    if args.auth == "tokenreview":
+        raise ConfigError("--auth tokenreview needs cluster access; give --kubeconfig or run in a pod")
+    if args.ca_store == "secret":
+        raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeConfig:
+    listen = listen_address(args.listen)
+    if listen is None:
+        raise ConfigError("--listen cannot be off: it is the certificate API")
+    _check_cluster_needs(args, has_cluster=bool(args.kubeconfig or environ.get("KUBERNETES_SERVICE_HOST")))
+    workers = positive_int(args.grpc_workers, "--grpc-workers")
+    if workers < 1:
+        raise ConfigError("--grpc-workers must be at least 1")
+    return ServeConfig(
+        listen=listen,
+        renew_listen=listen_address(args.renew_listen),
+        metrics_listen=listen_address(args.metrics_listen),
+        state_dir=Path(args.state_dir),
+        trust_domain=trust_domain_flag(args.trust_domain),
+        cacerts=Path(args.cacerts) if args.cacerts else None,
+        ca_key_type=KeyAlgorithm.parse(args.ca_key_type),
+        ca_store=args.ca_store,
+        ca_namespace=args.ca_namespace,
+        ca_secret=args.ca_secret,
+        auth=args.auth,
+        jwks=args.jwks,
+        token_issuer=args.token_issuer,
+        audiences=audiences(args),
+        kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None,
+        in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")),
+        pod_check=args.pod_check == "on",
+        issuance=IssuancePolicy(
+            default_ttl=parse_duration(args.default_ttl),
+            max_ttl=parse_duration(args.max_ttl),
+            over_max=OverMaxTtl(args.ttl_over_max),
+            strict_csr_names=args.strict_csr_names == "on",
+        ),
+        dns_names=split_list([args.dns_names]),
+        cluster_id=args.cluster_id or None,
+        token_cache_size=positive_int(args.token_cache_size, "--token-cache-size"),
+        token_leeway=_token_leeway(args.token_leeway),
+        grpc_workers=workers,
+        grpc_server=args.grpc_server,
+        ledger_url=ledger_url(args.ledger, Path(args.state_dir)),
+        ledger_key=Path(args.ledger_key) if args.ledger_key else Path(args.state_dir) / "ledger-key.pem",
+        ledger_key_given=bool(args.ledger_key),
+        ledger_checkpoint_interval=parse_duration(args.ledger_checkpoint_interval),
+        ledger_retention=parse_duration(args.ledger_retention) or None,
+        ledger_linger=_ledger_linger(args.ledger_linger),
+        admin_identities=_admin_identities(args, trust_domain_flag(args.trust_domain)),
+        log_level=args.log_level,
+        ports_file=path_or_off(args.ports_file),
+    )
+
+
+def _admin_identities(args: argparse.Namespace, trust_domain: str) -> tuple[str, ...]:
+    identities = split_list(args.admin_identity or [args.admin_identity_env or ""])
+    for text in identities:
+        try:
+            spiffe_id = SpiffeId.parse(text)
+        except InvalidSpiffeIdError as err:
+            raise ConfigError(f"--admin-identity: {err}") from err
+        if not spiffe_id.is_member_of(trust_domain):
+            raise ConfigError(
+                f"--admin-identity {text} is not in trust domain {trust_domain}; callers authenticate "
+                f"only as identities of {trust_domain}, so name one of those"
+            )
+    return identities
+
+
+def token_config(args: argparse.Namespace) -> TokenConfig:
+    if bool(args.pod_name) != bool(args.pod_uid):
+        raise ConfigError("give both --pod-name and --pod-uid to bind a token to a pod, or neither")
+    try:
+        check_dns_label(args.namespace, "--namespace")
+        check_dns_subdomain(args.service_account, "--service-account")
+        if args.pod_name:
+            check_dns_subdomain(args.pod_name, "--pod-name")
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
+    return TokenConfig(
+        state_dir=Path(args.state_dir),
+        namespace=args.namespace,
+        service_account=args.service_account,
+        audiences=audiences(args),
+        ttl=parse_duration(args.ttl),
+        pod_name=args.pod_name,
+        pod_uid=args.pod_uid,
+    )
