@@ -1,5 +1,0 @@
-"""In-process Kubernetes API server stand-in for tests."""
-
-from .fake_apiserver import FakeKubeApiServer
-
-__all__ = ["FakeKubeApiServer"]

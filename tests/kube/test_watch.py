@@ -12,7 +12,7 @@ import pytest
 from ca.errors import UnavailableError
 from ca.kube import watch as kube_watch
 from ca.kube.watch import CustomResource, CustomResourceWatch, KubeObject, WatchFailure, list_once
-from tests.kube import FakeKubeApiServer
+from tests.support.fake_apiserver import FakeKubeApiServer
 
 PEER_AUTHENTICATIONS = CustomResource(
     "security.istio.io", "peerauthentications", ("v1", "v1beta1"), kind="PeerAuthentication"

@@ -1,7 +1,7 @@
 """`meshca policy envoy-config`: the rendered Envoy configuration, checked by structure and by a real Envoy.
 
 The behaviour (who gets through) is tested against a running Envoy in
-tests/test_enforce_behaviour.py; here: the shape of each mode's listener, that
+tests/enforce/test_enforcer_behaviour.py; here: the shape of each mode's listener, that
 Envoy accepts every rendering (`envoy --mode validate`), the command line, the
 listener file kept current by `--watch`, per-chain stats, and certificates from
 the agent's files instead of SDS.

@@ -20,7 +20,7 @@ from ca.policy.model import MtlsMode, PeerAuthentication, PolicyRef, Workload
 from ca.policy.policy_set import PolicySet
 from ca.policy.source import WorkloadPolicy, load_policies_once, open_policy_source
 from ca.policy.yaml_source import YamlPolicySource
-from tests.kube import FakeKubeApiServer
+from tests.support.fake_apiserver import FakeKubeApiServer
 
 WEB = Workload("shop", {"app": "web"})
 T0 = datetime(2024, 5, 1, tzinfo=UTC)

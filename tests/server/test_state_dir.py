@@ -20,7 +20,7 @@ MESHCA = [sys.executable, "-m", "ca.cli"]
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_missing_directory_is_created(tmp_path: Path) -> None:

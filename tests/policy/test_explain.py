@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ca.cli.main import main
-from tests.kube import FakeKubeApiServer
+from tests.support.fake_apiserver import FakeKubeApiServer
 
 POLICIES = """
 apiVersion: security.istio.io/v1
@@ -167,7 +167,7 @@ def test_environment_sets_flags(
 def test_invalid_manifests_of_other_namespaces_are_reported_and_skipped(
     policy_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # One that could apply stops explain: tests/test_policy_invalid_scope.py.
+    # One that could apply stops explain: tests/policy/test_source_invalid_scope.py.
     (policy_dir / "broken.yaml").write_text(
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
         "metadata: {name: x, namespace: cart}\nspec: {mtls: {mode: ON}}\n"

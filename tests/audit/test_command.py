@@ -43,10 +43,10 @@ from ca.ledger.live_verify import SnapshotView, load_verify_key, read_head_file
 from ca.ledger.reader import open_reader
 from ca.ledger.store import LedgerStore, sqlite_url
 from ca.ledger.verify import verify_ledger
-from tests.kube import FakeKubeApiServer
 from tests.support import ledger as ledger_support
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
+from tests.support.fake_apiserver import FakeKubeApiServer
 from tests.support.forgery import FORGED_SERIAL, append_past_head
 from tests.support.ledger import LedgerRig
 from tests.support.pki import rsa_key

@@ -23,9 +23,9 @@ from ca.ledger.ledger import ledger_key_from_pem, new_ledger_key_pem
 from ca.ledger.store import LedgerStore
 from ca.ledger.verify import verify_ledger
 from ca.server.devtoken import DevTokenIssuer
-from tests.kube import FakeKubeApiServer
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
+from tests.support.fake_apiserver import FakeKubeApiServer
 from tests.support.validate import assert_valid_svid
 
 CART = "spiffe://cluster.local/ns/shop/sa/cart"

@@ -17,9 +17,9 @@ import yaml
 from ca.cli.main import main
 from ca.policy.manifest import declared_namespaces
 from ca.policy.model import InvalidPolicy, Workload
-from tests.kube import FakeKubeApiServer
+from tests.support.fake_apiserver import FakeKubeApiServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VALID = """apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {name: default, namespace: istio-system}
