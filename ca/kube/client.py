@@ -1,4 +1,5 @@
-"""The Kubernetes edge: the only module that talks to the API server.
+"""The Kubernetes API client, TokenReview, JWKS, the pod cache, Secrets and the ledger head
+ConfigMap. With `ca/kube/watch`, the only code that talks to the API server.
 
 Everything here goes through the official client. Callers get plain values
 and meshca errors, never client objects or ApiExceptions.

@@ -53,7 +53,8 @@ def make_engine(url: str, *, lock_timeout_s: float = 2.0, snapshot_reads: bool =
     """An engine for the ledger at `url`; with `snapshot_reads` (PostgreSQL) every transaction
     sees the database as of its first statement (REPEATABLE READ)."""
     if url.startswith("sqlite"):
-        # The ledger writer stages a batch on the event loop and commits it on its own thread.
+        # Connections are made on one thread and used on another (the writer thread, the
+        # ledger process's reader); SQLite's own check would refuse that.
         engine = create_engine(url, pool_pre_ping=True, connect_args={"check_same_thread": False})
         _sqlite_pragmas(engine, lock_timeout_s)
         return engine
