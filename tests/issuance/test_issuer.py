@@ -1,102 +1,33 @@
-"""Leaf and root certificate profiles, TTL policy and issuance (REFERENCE §3)."""
+"""Issuance: serials, TTL policy, the chain in a response, strict CSR names, the signer (REFERENCE §3)."""
 
 from __future__ import annotations
 
 import hashlib
-import itertools
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from datetime import timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca.errors import ConfigError, ErrorKind, InvalidRequestError, SigningError
 from ca.issuance.authority import SigningAuthority, cert_pem
-from ca.issuance.csr import ParsedCsr, parse_csr
-from ca.issuance.issuer import IssuancePolicy, IssuedCertificate, Issuer, OverMaxTtl, random_serial
-from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey
+from ca.issuance.issuer import IssuancePolicy, Issuer, OverMaxTtl, random_serial
+from ca.issuance.keys import KeyAlgorithm, PrivateKey
 from ca.issuance.profile import CLOCK_SKEW
-from ca.issuance.selfsigned import RootFactory
-from ca.issuance.spiffe_id import SpiffeId
 from ca.issuance.x509_der import certificate_fingerprints
 from tests.support.clock import FakeClock
-from tests.support.pki import Hierarchy, make_csr, make_hierarchy, pem, rsa_key
+from tests.support.issuing import (
+    WEB,
+    authority_from,
+    extension,
+    issue_leaf,
+    leaf_csr,
+    make_issuer,
+    make_root,
+)
+from tests.support.pki import make_hierarchy
 from tests.support.validate import assert_valid_svid
-
-TRUST_DOMAIN = "cluster.local"
-WEB = SpiffeId.for_workload(TRUST_DOMAIN, "shop", "web")
-E = TypeVar("E", bound=x509.ExtensionType)
-ROOT_SERIAL = 0x1234
-
-
-@pytest.fixture(scope="module")
-def rsa2048() -> rsa.RSAPrivateKey:
-    return rsa_key(2048)
-
-
-@pytest.fixture(scope="module")
-def rsa_ca_key() -> rsa.RSAPrivateKey:
-    return rsa_key(2048)
-
-
-@pytest.fixture(scope="module")
-def leaf_keys(rsa2048: rsa.RSAPrivateKey) -> dict[str, PrivateKey]:
-    return {
-        "ec-p256": ec.generate_private_key(ec.SECP256R1()),
-        "ec-p384": ec.generate_private_key(ec.SECP384R1()),
-        "rsa-2048": rsa2048,
-    }
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(datetime.now(UTC))
-
-
-@pytest.fixture
-def serials() -> Iterator[int]:
-    return itertools.count(1001)
-
-
-def _root(
-    clock: FakeClock, algorithm: KeyAlgorithm = KeyAlgorithm.EC_P256, key: PrivateKey | None = None
-) -> SigningAuthority:
-    factory = RootFactory(
-        trust_domain=TRUST_DOMAIN,
-        key_algorithm=algorithm,
-        clock=clock,
-        serials=lambda: ROOT_SERIAL,
-        **({"generate_key": lambda _alg: key} if key is not None else {}),
-    )
-    return factory.create(source="test root")
-
-
-@pytest.fixture
-def root(clock: FakeClock) -> SigningAuthority:
-    return _root(clock)
-
-
-def _from_hierarchy(h: Hierarchy) -> SigningAuthority:
-    return SigningAuthority.from_parts(
-        signing_cert=h.signing,
-        signing_key=h.signing_key,
-        cert_chain=[h.signing, h.intermediate, h.root],
-        roots=[h.root],
-        source="test hierarchy",
-    )
-
-
-def _csr(key: PrivateKey, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = ()) -> ParsedCsr:
-    return parse_csr(make_csr(key, uris=uris, dns=dns), KeyPolicy())
-
-
-def _spki(key: object) -> bytes:
-    assert isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class CountingSerials:
@@ -108,90 +39,12 @@ class CountingSerials:
         return self.used
 
 
-def _issuer(
-    authority: SigningAuthority,
-    clock: FakeClock,
-    serials: Iterator[int] | None = None,
-    **policy: object,
-) -> Issuer:
-    source = serials if serials is not None else itertools.count(1)
-    return Issuer(
-        authority=authority,
-        policy=IssuancePolicy(**policy),  # type: ignore[arg-type]
-        clock=clock,
-        serials=lambda: next(source),
-    )
-
-
-def _issue(issuer: Issuer, key: PrivateKey, ttl: int = 0, spiffe_id: SpiffeId = WEB) -> IssuedCertificate:
-    return issuer.issue(spiffe_id=spiffe_id, csr=_csr(key), requested_ttl_seconds=ttl)
-
-
-def _ext(cert: x509.Certificate, kind: type[E]) -> x509.Extension[E]:
-    return cert.extensions.get_extension_for_class(kind)
-
-
-@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048"])
-def test_leaf_follows_the_svid_profile(
-    key_type: str,
-    leaf_keys: dict[str, PrivateKey],
-    root: SigningAuthority,
-    clock: FakeClock,
-    serials: Iterator[int],
-) -> None:
-    key = leaf_keys[key_type]
-    issued = _issue(_issuer(root, clock, serials), key)
-    leaf = issued.certificate
-
-    assert leaf.version is x509.Version.v3
-    assert leaf.subject == x509.Name([])
-    assert leaf.issuer == root.signing_cert.subject
-    leaf.verify_directly_issued_by(root.signing_cert)
-    assert _spki(leaf.public_key()) == _spki(key.public_key())
-
-    san = _ext(leaf, x509.SubjectAlternativeName)
-    assert san.critical
-    assert list(san.value) == [x509.UniformResourceIdentifier(WEB.uri)]
-
-    basic = _ext(leaf, x509.BasicConstraints)
-    assert basic.critical
-    assert basic.value.ca is False
-
-    usage = _ext(leaf, x509.KeyUsage)
-    assert usage.critical
-    assert usage.value.digital_signature
-    assert usage.value.key_encipherment is isinstance(key, rsa.RSAPrivateKey)
-    assert not usage.value.key_cert_sign
-    assert not usage.value.crl_sign
-    assert not usage.value.content_commitment
-    assert not usage.value.data_encipherment
-    assert not usage.value.key_agreement
-
-    eku = _ext(leaf, x509.ExtendedKeyUsage)
-    assert set(eku.value) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
-
-    ski = _ext(leaf, x509.SubjectKeyIdentifier).value
-    assert ski.digest == x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest
-    aki = _ext(leaf, x509.AuthorityKeyIdentifier).value
-    issuer_ski = _ext(root.signing_cert, x509.SubjectKeyIdentifier).value
-    assert aki.key_identifier == issuer_ski.digest
-
-    assert leaf.serial_number == 1001
-    assert issued.serial == 1001
-    assert leaf.not_valid_before_utc == clock.now() - timedelta(minutes=2)
-    assert leaf.not_valid_after_utc == clock.now() + timedelta(hours=24)
-    assert issued.not_before == leaf.not_valid_before_utc
-    assert issued.not_after == leaf.not_valid_after_utc
-    assert issued.spiffe_id == WEB
-    assert issued.authority is root
-
-
 def test_serials_come_from_the_injected_source(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock, iter([7, 2**127 + 5, 42]))
+    issuer = make_issuer(root, clock, iter([7, 2**127 + 5, 42]))
     key = leaf_keys["ec-p256"]
-    assert [_issue(issuer, key).certificate.serial_number for _ in range(3)] == [7, 2**127 + 5, 42]
+    assert [issue_leaf(issuer, key).certificate.serial_number for _ in range(3)] == [7, 2**127 + 5, 42]
 
 
 def test_random_serials_are_positive_and_at_most_128_bits() -> None:
@@ -201,19 +54,11 @@ def test_random_serials_are_positive_and_at_most_128_bits() -> None:
     assert max(v.bit_length() for v in values) > 120
 
 
-def test_leaf_is_signed_with_the_issuer_key_hash(clock: FakeClock, leaf_keys: dict[str, PrivateKey]) -> None:
-    p384_root = _root(clock, KeyAlgorithm.EC_P384)
-    leaf = _issue(_issuer(p384_root, clock), leaf_keys["ec-p256"]).certificate
-    assert isinstance(leaf.signature_hash_algorithm, hashes.SHA384)
-    p256_leaf = _issue(_issuer(_root(clock), clock), leaf_keys["ec-p256"]).certificate
-    assert isinstance(p256_leaf.signature_hash_algorithm, hashes.SHA256)
-
-
 @pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "rsa-2048"])
 def test_self_signed_ec_chain_passes_independent_validators(
     key_type: str, leaf_keys: dict[str, PrivateKey], root: SigningAuthority, clock: FakeClock
 ) -> None:
-    issued = _issue(_issuer(root, clock), leaf_keys[key_type])
+    issued = issue_leaf(make_issuer(root, clock), leaf_keys[key_type])
     assert_valid_svid(issued.chain, leaf_keys[key_type], WEB.uri, clock.now())
 
 
@@ -221,8 +66,8 @@ def test_self_signed_ec_chain_passes_independent_validators(
 def test_self_signed_rsa_chain_passes_independent_validators(
     key_type: str, leaf_keys: dict[str, PrivateKey], clock: FakeClock, rsa_ca_key: rsa.RSAPrivateKey
 ) -> None:
-    rsa_root = _root(clock, KeyAlgorithm.RSA_2048, rsa_ca_key)
-    issued = _issue(_issuer(rsa_root, clock), leaf_keys[key_type])
+    rsa_root = make_root(clock, KeyAlgorithm.RSA_2048, rsa_ca_key)
+    issued = issue_leaf(make_issuer(rsa_root, clock), leaf_keys[key_type])
     assert_valid_svid(issued.chain, leaf_keys[key_type], WEB.uri, clock.now())
 
 
@@ -230,8 +75,8 @@ def test_self_signed_rsa_chain_passes_independent_validators(
 def test_intermediate_chain_passes_independent_validators(
     key_type: str, leaf_keys: dict[str, PrivateKey], clock: FakeClock
 ) -> None:
-    authority = _from_hierarchy(make_hierarchy(now=clock.now()))
-    issued = _issue(_issuer(authority, clock), leaf_keys[key_type])
+    authority = authority_from(make_hierarchy(now=clock.now()))
+    issued = issue_leaf(make_issuer(authority, clock), leaf_keys[key_type])
     assert len(issued.chain) == 4
     assert_valid_svid(issued.chain, leaf_keys[key_type], WEB.uri, clock.now())
 
@@ -239,15 +84,15 @@ def test_intermediate_chain_passes_independent_validators(
 def test_rsa_signing_ca_in_a_hierarchy_passes_independent_validators(
     leaf_keys: dict[str, PrivateKey], clock: FakeClock, rsa_ca_key: rsa.RSAPrivateKey
 ) -> None:
-    authority = _from_hierarchy(make_hierarchy(now=clock.now(), signing_key=rsa_ca_key))
-    issued = _issue(_issuer(authority, clock), leaf_keys["ec-p256"])
+    authority = authority_from(make_hierarchy(now=clock.now(), signing_key=rsa_ca_key))
+    issued = issue_leaf(make_issuer(authority, clock), leaf_keys["ec-p256"])
     assert_valid_svid(issued.chain, leaf_keys["ec-p256"], WEB.uri, clock.now())
 
 
 def test_self_signed_response_chain_is_leaf_then_root_bundle(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issued = _issue(_issuer(root, clock), leaf_keys["ec-p256"])
+    issued = issue_leaf(make_issuer(root, clock), leaf_keys["ec-p256"])
     assert len(issued.chain) == 2
     assert x509.load_pem_x509_certificate(issued.chain[0].encode()) == issued.certificate
     assert x509.load_pem_x509_certificates(issued.chain[1].encode()) == [root.signing_cert]
@@ -258,9 +103,9 @@ def test_intermediate_response_chain_is_leaf_signing_intermediate_root(
     clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
     h = make_hierarchy(now=clock.now())
-    authority = _from_hierarchy(h)
+    authority = authority_from(h)
     assert not authority.is_self_signed
-    issued = _issue(_issuer(authority, clock), leaf_keys["ec-p256"])
+    issued = issue_leaf(make_issuer(authority, clock), leaf_keys["ec-p256"])
     certs = [x509.load_pem_x509_certificate(c.encode()) for c in issued.chain[:3]]
     assert certs == [issued.certificate, h.signing, h.intermediate]
     assert x509.load_pem_x509_certificates(issued.chain[3].encode()) == [h.root]
@@ -278,7 +123,7 @@ def test_chain_without_the_root_in_cert_chain_gives_the_same_response(
         roots=[h.root],
         source="test",
     )
-    issued = _issue(_issuer(authority, clock), leaf_keys["ec-p256"])
+    issued = issue_leaf(make_issuer(authority, clock), leaf_keys["ec-p256"])
     assert issued.chain[1:] == [cert_pem(h.signing), cert_pem(h.intermediate), cert_pem(h.root)]
 
 
@@ -294,7 +139,7 @@ def test_root_bundle_with_several_roots_is_one_last_element(
         roots=[h.root, other.root],
         source="test",
     )
-    issued = _issue(_issuer(authority, clock), leaf_keys["ec-p256"])
+    issued = issue_leaf(make_issuer(authority, clock), leaf_keys["ec-p256"])
     assert len(issued.chain) == 4
     assert x509.load_pem_x509_certificates(issued.chain[-1].encode()) == [h.root, other.root]
 
@@ -304,7 +149,7 @@ def test_issued_certificate_fingerprints(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey], key_type: str
 ) -> None:
     key = leaf_keys[key_type]
-    issued = _issue(_issuer(root, clock), key)
+    issued = issue_leaf(make_issuer(root, clock), key)
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -330,7 +175,7 @@ def test_leaf_lifetime_follows_the_request(
     clock: FakeClock,
     leaf_keys: dict[str, PrivateKey],
 ) -> None:
-    leaf = _issue(_issuer(root, clock), leaf_keys["ec-p256"], ttl=requested).certificate
+    leaf = issue_leaf(make_issuer(root, clock), leaf_keys["ec-p256"], ttl=requested).certificate
     assert leaf.not_valid_after_utc == clock.now() + expected
     assert leaf.not_valid_before_utc == clock.now() - CLOCK_SKEW
 
@@ -375,7 +220,7 @@ def test_issue_refuses_a_bad_ttl_before_signing(
     issuer = Issuer(authority=root, policy=IssuancePolicy(), clock=clock, serials=serials)
     for ttl, reason in ((-5, "ttl_invalid"), (2**62, "ttl_over_max")):
         with pytest.raises(InvalidRequestError) as caught:
-            _issue(issuer, leaf_keys["ec-p256"], ttl=ttl)
+            issue_leaf(issuer, leaf_keys["ec-p256"], ttl=ttl)
         assert caught.value.reason == reason
     assert serials.used == 0
 
@@ -383,8 +228,8 @@ def test_issue_refuses_a_bad_ttl_before_signing(
 def test_clamped_huge_ttl_issues_a_leaf_ending_with_the_ca(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock, max_ttl=timedelta(days=999_999_999), over_max=OverMaxTtl.CLAMP)
-    leaf = _issue(issuer, leaf_keys["ec-p256"], ttl=2**62).certificate
+    issuer = make_issuer(root, clock, max_ttl=timedelta(days=999_999_999), over_max=OverMaxTtl.CLAMP)
+    leaf = issue_leaf(issuer, leaf_keys["ec-p256"], ttl=2**62).certificate
     assert leaf.not_valid_after_utc == root.signing_cert.not_valid_after_utc
 
 
@@ -411,40 +256,11 @@ def test_default_equal_to_max_is_allowed() -> None:
     assert policy.resolve_ttl(0) == timedelta(days=1)
 
 
-def test_not_after_is_clamped_to_the_issuer(
-    root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
-) -> None:
-    root_end = root.signing_cert.not_valid_after_utc
-    clock.set(root_end - timedelta(hours=1))
-    issued = _issue(_issuer(root, clock), leaf_keys["ec-p256"])
-    assert issued.certificate.not_valid_after_utc == root_end
-    assert issued.not_after == root_end
-    assert issued.certificate.not_valid_before_utc == clock.now() - CLOCK_SKEW
-
-
-def test_not_after_is_clamped_to_the_signing_ca_not_the_root(
-    clock: FakeClock, leaf_keys: dict[str, PrivateKey]
-) -> None:
-    h = make_hierarchy(now=clock.now())
-    issuer = _issuer(_from_hierarchy(h), clock, max_ttl=timedelta(days=365))
-    leaf = _issue(issuer, leaf_keys["ec-p256"], ttl=300 * 86400).certificate
-    assert leaf.not_valid_after_utc == h.signing.not_valid_after_utc
-    assert leaf.not_valid_after_utc < h.root.not_valid_after_utc
-
-
-def test_not_before_is_not_earlier_than_the_issuer(
-    root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
-) -> None:
-    clock.advance(timedelta(seconds=-60))
-    leaf = _issue(_issuer(root, clock), leaf_keys["ec-p256"]).certificate
-    assert leaf.not_valid_before_utc == root.signing_cert.not_valid_before_utc
-
-
 def test_signing_one_second_before_the_issuer_expires_works(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
     clock.set(root.signing_cert.not_valid_after_utc - timedelta(seconds=1))
-    leaf = _issue(_issuer(root, clock), leaf_keys["ec-p256"]).certificate
+    leaf = issue_leaf(make_issuer(root, clock), leaf_keys["ec-p256"]).certificate
     assert leaf.not_valid_after_utc == root.signing_cert.not_valid_after_utc
 
 
@@ -452,11 +268,11 @@ def test_signing_one_second_before_the_issuer_expires_works(
 def test_signing_is_refused_once_the_issuer_has_expired(
     after: timedelta, root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock)
-    _issue(issuer, leaf_keys["ec-p256"])
+    issuer = make_issuer(root, clock)
+    issue_leaf(issuer, leaf_keys["ec-p256"])
     clock.set(root.signing_cert.not_valid_after_utc + after)
     with pytest.raises(SigningError) as caught:
-        _issue(issuer, leaf_keys["ec-p256"])
+        issue_leaf(issuer, leaf_keys["ec-p256"])
     assert caught.value.reason == "ca_expired"
     assert "expired" in caught.value.message
     assert caught.value.kind is ErrorKind.INTERNAL
@@ -466,20 +282,22 @@ def test_expired_signing_ca_in_a_hierarchy_is_refused(
     clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
     h = make_hierarchy(now=clock.now())
-    issuer = _issuer(_from_hierarchy(h), clock)
+    issuer = make_issuer(authority_from(h), clock)
     clock.set(h.signing.not_valid_after_utc + timedelta(seconds=1))
     with pytest.raises(SigningError) as caught:
-        _issue(issuer, leaf_keys["ec-p256"])
+        issue_leaf(issuer, leaf_keys["ec-p256"])
     assert caught.value.reason == "ca_expired"
 
 
 def test_strict_mode_refuses_a_csr_naming_another_identity(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock, strict_csr_names=True)
+    issuer = make_issuer(root, clock, strict_csr_names=True)
     other = "spiffe://cluster.local/ns/kube-system/sa/admin"
     with pytest.raises(InvalidRequestError) as caught:
-        issuer.issue(spiffe_id=WEB, csr=_csr(leaf_keys["ec-p256"], uris=(other,)), requested_ttl_seconds=0)
+        issuer.issue(
+            spiffe_id=WEB, csr=leaf_csr(leaf_keys["ec-p256"], uris=(other,)), requested_ttl_seconds=0
+        )
     assert caught.value.reason == "csr_identity_mismatch"
     assert other in caught.value.message
     assert WEB.uri in caught.value.message
@@ -488,8 +306,8 @@ def test_strict_mode_refuses_a_csr_naming_another_identity(
 def test_strict_mode_refuses_dns_names(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock, strict_csr_names=True)
-    csr = _csr(leaf_keys["ec-p256"], uris=(WEB.uri,), dns=("web.shop.svc",))
+    issuer = make_issuer(root, clock, strict_csr_names=True)
+    csr = leaf_csr(leaf_keys["ec-p256"], uris=(WEB.uri,), dns=("web.shop.svc",))
     with pytest.raises(InvalidRequestError) as caught:
         issuer.issue(spiffe_id=WEB, csr=csr, requested_ttl_seconds=0)
     assert caught.value.reason == "csr_identity_mismatch"
@@ -500,22 +318,24 @@ def test_strict_mode_refuses_dns_names(
 def test_strict_mode_accepts_the_callers_own_identity(
     uris: tuple[str, ...], root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock, strict_csr_names=True)
-    issued = issuer.issue(spiffe_id=WEB, csr=_csr(leaf_keys["ec-p256"], uris=uris), requested_ttl_seconds=0)
+    issuer = make_issuer(root, clock, strict_csr_names=True)
+    issued = issuer.issue(
+        spiffe_id=WEB, csr=leaf_csr(leaf_keys["ec-p256"], uris=uris), requested_ttl_seconds=0
+    )
     assert issued.spiffe_id == WEB
 
 
 def test_ignore_mode_issues_only_the_callers_identity(
     root: SigningAuthority, clock: FakeClock, leaf_keys: dict[str, PrivateKey]
 ) -> None:
-    issuer = _issuer(root, clock)
-    csr = _csr(
+    issuer = make_issuer(root, clock)
+    csr = leaf_csr(
         leaf_keys["ec-p256"],
         uris=("spiffe://cluster.local/ns/kube-system/sa/admin", "spiffe://evil.org/x"),
         dns=("admin.example",),
     )
     leaf = issuer.issue(spiffe_id=WEB, csr=csr, requested_ttl_seconds=0).certificate
-    san = _ext(leaf, x509.SubjectAlternativeName).value
+    san = extension(leaf, x509.SubjectAlternativeName).value
     assert list(san) == [x509.UniformResourceIdentifier(WEB.uri)]
 
 
@@ -527,86 +347,16 @@ def test_strict_mode_checks_names_before_signing(
         authority=root, policy=IssuancePolicy(strict_csr_names=True), clock=clock, serials=serials
     )
     with pytest.raises(InvalidRequestError):
-        issuer.issue(spiffe_id=WEB, csr=_csr(leaf_keys["ec-p256"], dns=("x",)), requested_ttl_seconds=0)
+        issuer.issue(spiffe_id=WEB, csr=leaf_csr(leaf_keys["ec-p256"], dns=("x",)), requested_ttl_seconds=0)
     assert serials.used == 0
 
 
-@pytest.mark.parametrize(
-    ("algorithm", "key_class", "hash_class"),
-    [
-        (KeyAlgorithm.EC_P256, ec.EllipticCurvePrivateKey, hashes.SHA256),
-        (KeyAlgorithm.EC_P384, ec.EllipticCurvePrivateKey, hashes.SHA384),
-        (KeyAlgorithm.RSA_2048, rsa.RSAPrivateKey, hashes.SHA256),
-    ],
-)
-def test_root_profile(
-    algorithm: KeyAlgorithm,
-    key_class: type,
-    hash_class: type,
-    clock: FakeClock,
-    rsa_ca_key: rsa.RSAPrivateKey,
-) -> None:
-    key = rsa_ca_key if algorithm is KeyAlgorithm.RSA_2048 else None
-    authority = _root(clock, algorithm, key)
-    cert = authority.signing_cert
-
-    assert isinstance(authority.signing_key, key_class)
-    assert cert.subject == x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, TRUST_DOMAIN)])
-    assert cert.issuer == cert.subject
-    cert.verify_directly_issued_by(cert)
-    assert isinstance(cert.signature_hash_algorithm, hash_class)
-    assert cert.serial_number == ROOT_SERIAL
-
-    basic = _ext(cert, x509.BasicConstraints)
-    assert basic.critical and basic.value.ca is True
-    usage = _ext(cert, x509.KeyUsage)
-    assert usage.critical and usage.value.key_cert_sign and usage.value.crl_sign
-    assert not usage.value.key_encipherment
-
-    san = _ext(cert, x509.SubjectAlternativeName).value
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    assert uris == ["spiffe://cluster.local"]
-    assert SpiffeId.parse(uris[0]).path == ""
-
-    ski = _ext(cert, x509.SubjectKeyIdentifier).value
-    assert ski.digest == x509.SubjectKeyIdentifier.from_public_key(authority.signing_key.public_key()).digest
-    assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == ski.digest
-
-    assert cert.not_valid_before_utc == clock.now() - CLOCK_SKEW
-    assert cert.not_valid_after_utc == clock.now() + timedelta(days=3650)
-
-    assert authority.is_self_signed
-    assert authority.chain == ()
-    assert authority.roots == (cert,)
-    assert authority.source == "test root"
-    assert authority.trust_bundle_pem() == pem(cert).decode()
-
-
-def test_root_uses_the_injected_key_generator(clock: FakeClock, rsa_ca_key: rsa.RSAPrivateKey) -> None:
-    requested: list[KeyAlgorithm] = []
-
-    def generate(algorithm: KeyAlgorithm) -> PrivateKey:
-        requested.append(algorithm)
-        return rsa_ca_key
-
-    factory = RootFactory(
-        trust_domain="example.org", key_algorithm=KeyAlgorithm.RSA_3072, clock=clock, generate_key=generate
-    )
-    authority = factory.create(source="x")
-    assert requested == [KeyAlgorithm.RSA_3072]
-    assert authority.signing_key is rsa_ca_key
-    assert (
-        authority.signing_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
-        == "example.org"
-    )
-
-
 def test_use_authority_switches_the_signer(clock: FakeClock, leaf_keys: dict[str, PrivateKey]) -> None:
-    first, second = _root(clock), _root(clock)
-    issuer = _issuer(first, clock)
+    first, second = make_root(clock), make_root(clock)
+    issuer = make_issuer(first, clock)
     issuer.use_authority(second)
     assert issuer.authority is second
-    issued = _issue(issuer, leaf_keys["ec-p256"])
+    issued = issue_leaf(issuer, leaf_keys["ec-p256"])
     issued.certificate.verify_directly_issued_by(second.signing_cert)
     assert issued.authority is second
 

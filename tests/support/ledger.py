@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -437,3 +438,11 @@ class CaProcesses:
 
     def output(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')}" for log in self.logs)
+
+
+DAY = timedelta(days=1)
+
+
+def leaf_serial(chain: list[str]) -> str:
+    """The serial of the leaf of a PEM chain, as the ledger records it (lower-case hex)."""
+    return format(x509.load_pem_x509_certificate(chain[0].encode()).serial_number, "x")
