@@ -25,6 +25,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from ca.auth.jwks import JwksFetcher
 from ca.auth.tokenreview import ReviewCall
 from ca.common.backoff import Backoff, Retrying, UniformRandom
+from ca.common.clock import Clock, SystemClock
 from ca.errors import AuthenticationError, ConfigError, UnavailableError
 from ca.issuance.authority import SigningAuthority, cert_pem, load_pem_certificates
 from ca.issuance.keys import load_private_key_pem, private_key_pem
@@ -147,8 +148,10 @@ class PodCache:
         watch_timeout_s: int = 240,
         backoff: Backoff = POD_WATCH_BACKOFF,
         random: UniformRandom = random.random,
+        clock: Clock | None = None,
     ) -> None:
         self._core = client.CoreV1Api(api)
+        self._clock = clock or SystemClock()
         self._pods: dict[tuple[str, str], str] = {}
         self._resource_version: str | None = None
         self._synced = threading.Event()
@@ -211,12 +214,12 @@ class PodCache:
                 # A watch that ran to its end: the steps start over, after the first one, so that
                 # a server that closes watches at once is not asked again in a tight loop.
                 self._retrying.reset()
-                self._stopping.wait(self._retrying.next_delay_s())
+                self._clock.wait(self._stopping, self._retrying.next_delay_s())
 
     def _wait_after_failure(self, failure: str) -> None:
         delay_s = self._retrying.next_delay_s()
         log.warning("pod watch failed: %s; retrying in %.2fs", failure, delay_s)
-        self._stopping.wait(delay_s)
+        self._clock.wait(self._stopping, delay_s)
 
     def _relist(self) -> None:
         pods = self._core.list_pod_for_all_namespaces()

@@ -26,6 +26,7 @@ from kubernetes.watch.watch import iter_resp_lines
 from urllib3.exceptions import HTTPError
 
 from ca.common.backoff import Backoff, Retrying, UniformRandom
+from ca.common.clock import Clock, SystemClock
 from ca.errors import UnavailableError
 from ca.kube.client import transport_error_text
 
@@ -100,8 +101,10 @@ class CustomResourceWatch:
         unserved_retry_s: float = 30.0,
         backoff: Backoff = RETRY_BACKOFF,
         random: UniformRandom = _random.random,
+        clock: Clock | None = None,
     ) -> None:
         self._custom = client.CustomObjectsApi(api)
+        self._clock = clock or SystemClock()
         self.resource = resource
         self._on_list = on_list
         self._on_event = on_event
@@ -176,7 +179,7 @@ class CustomResourceWatch:
                 if stream.established:  # the watch worked for a while: retry at once, not slower
                     retrying.reset()
                 wait_s = self._failure(stream, err, retrying)
-            if self._stopping.wait(wait_s):
+            if self._clock.wait(self._stopping, wait_s):
                 return
 
     def _failure(self, stream: _Stream, err: Exception, retrying: Retrying) -> float:

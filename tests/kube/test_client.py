@@ -326,14 +326,21 @@ def test_secret_reads_that_fail_are_retried_on_a_jittered_backoff(apiserver: Fak
 def test_pod_cache_retries_a_failed_list_on_a_jittered_backoff(
     apiserver: FakeKubeApiServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    apiserver.fail_next("pods", 1, 500, verbs=("list",))
-    cache = kube.PodCache(apiserver.api_client(), random=lambda: 0.0)  # the least wait: 0.25 s
+    apiserver.fail_next("pods", 3, 500, verbs=("list",))
+    clock = FakeClock()
+    cache = kube.PodCache(apiserver.api_client(), random=lambda: 0.0, clock=clock)  # the least waits
     with caplog.at_level("WARNING", logger="ca.kube.client"):
-        cache.start()
+        cache.start(wait_s=0)
         try:
-            assert cache.synced
+            for failures, wait_s in enumerate((0.25, 0.5, 1.0), start=1):
+                assert clock.waits(failures) == [0.25, 0.5, 1.0][:failures]
+                clock.advance_s(wait_s / 2)
+                assert not cache.synced  # no list before the wait is over
+                clock.advance_s(wait_s)
+            assert _eventually(lambda: cache.synced)
         finally:
             cache.stop()
     assert [r.getMessage() for r in caplog.records if "pod watch failed" in r.getMessage()] == [
-        "pod watch failed: HTTP 500 Internal Server Error; retrying in 0.25s"
+        f"pod watch failed: HTTP 500 Internal Server Error; retrying in {wait}s"
+        for wait in ("0.25", "0.50", "1.00")
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from ca.errors import UnavailableError
 from ca.kube import watch as kube_watch
 from ca.kube.watch import CustomResource, CustomResourceWatch, KubeObject, WatchFailure, list_once
+from tests.support.clock import FakeClock
 from tests.support.fake_apiserver import FakeKubeApiServer
 
 PEER_AUTHENTICATIONS = CustomResource(
@@ -129,6 +131,24 @@ def test_an_expired_resume_point_is_reported_and_relisted(apiserver: FakeKubeApi
         assert (expired.version, expired.resume_from) == ("v1", None)
     finally:
         watch.stop()
+
+
+def test_failed_lists_are_retried_after_each_backoff_step(apiserver: FakeKubeApiServer) -> None:
+    apiserver.fail_next("peerauthentications", n=3, code=500, verbs=("list",))
+    clock = FakeClock()
+    watch, seen = make_watch(apiserver, V1_ONLY, clock=clock, random=lambda: 1.0)  # whole steps
+    with ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(watch.start, wait_s=5)
+        try:
+            for failures, wait_s in enumerate((0.2, 0.4, 0.8), start=1):
+                assert clock.waits(failures) == [0.2, 0.4, 0.8][:failures]
+                clock.advance_s(wait_s / 2)
+                assert not watch.synced  # no list before the wait is over
+                clock.advance_s(wait_s)
+            starting.result(timeout=5)
+            assert seen.causes() == ["error"] * 3 and len(seen.lists) == 1
+        finally:
+            watch.stop()
 
 
 def test_start_names_the_resource_and_the_rbac_verbs_when_nothing_lists(apiserver: FakeKubeApiServer) -> None:
