@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca._proto import spiffe_workload_pb2 as workload_pb
+from ca.common.clock import SystemClock
 from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.keys import private_key_pem
 from ca.server.devtoken import DevTokenIssuer
@@ -415,8 +416,18 @@ def test_agent_metrics_have_sensible_values(mesh: Mesh) -> None:
     assert (status, body) == (200, "ready\n")
 
 
+class ShiftedClock(SystemClock):
+    """The system clock, moved forward by `shift` whenever the test says."""
+
+    shift = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.shift
+
+
 def test_cert_expiry_metric_is_current_at_scrape_time(live_ca: RunningCa) -> None:
     """The gauge says seconds until expiry *now*, not as of the last CA call."""
+    clock = ShiftedClock()
     with short_dir("mca-metrics-") as base:
         agent = start_agent(
             agent_args(
@@ -425,13 +436,14 @@ def test_cert_expiry_metric_is_current_at_scrape_time(live_ca: RunningCa) -> Non
                 token_file=write_token(base / "token", live_ca.token("shop", "metrics")),
                 output_dir=base / "certs",
                 ttl="1h",
-            )
+            ),
+            clock,
         )
         try:
             svid = agent.wait_for_svid()
-            time.sleep(3)
+            clock.shift = timedelta(minutes=10)
             expiry = agent.metrics()['istio_agent_cert_expiry_seconds{resource_name="default"}']
-            remaining = (svid.not_after - datetime.now(UTC)).total_seconds()
+            remaining = (svid.not_after - clock.now()).total_seconds()
             assert abs(expiry - remaining) < 1.5, f"gauge {expiry:.1f}s, actually {remaining:.1f}s left"
         finally:
             agent.stop()

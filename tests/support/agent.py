@@ -21,6 +21,7 @@ from ca.agent.runner import AgentProcess, build_agent
 from ca.agent.settings import AgentConfig, agent_config
 from ca.agent.svid import Svid
 from ca.cli.main import build_parser
+from ca.common.clock import Clock
 from tests.support.clock import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,8 +166,8 @@ class RunningAgent:
         self.process.stop()
 
 
-def start_agent(args: Sequence[str]) -> RunningAgent:
-    process = build_agent(parse_agent_config(args))
+def start_agent(args: Sequence[str], clock: Clock | None = None) -> RunningAgent:
+    process = build_agent(parse_agent_config(args), clock)
     running = RunningAgent(process)
     try:
         process.start()
