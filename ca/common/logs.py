@@ -99,6 +99,8 @@ def configure(level: str = "info") -> None:
     root.setLevel(level.upper())
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # urllib3 warns of each retry with reprs of its pools; meshca logs the failure itself, in words.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager

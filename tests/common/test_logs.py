@@ -87,3 +87,14 @@ def test_grpc_core_keeps_only_its_errors_unless_told_otherwise() -> None:
     environ = {"GRPC_VERBOSITY": "DEBUG"}
     logs.quiet_grpc_core(environ)
     assert environ == {"GRPC_VERBOSITY": "DEBUG"}
+
+
+def test_urllib3s_retry_warnings_stay_out_but_its_errors_come_through(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with logs.held_until_running():
+        logs.running()
+        pool = logging.getLogger("urllib3.connectionpool")
+        pool.warning("Retrying (Retry(total=2)) after connection broken by 'NewConnectionError(...)'")
+        pool.error("gave up")
+    assert messages(capsys.readouterr().err) == ["gave up"]
