@@ -43,6 +43,7 @@ _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})((?:[ \t]*;[^\x00-\x08\x0a-\x1f\x7f]*)?)")
 _STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?:[ \t].*)?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
@@ -109,6 +110,13 @@ class Field:
     name: bytes  # lower case
     value: bytes
     line: bytes  # the line as received, without CRLF
+
+
+def _refuse_bare_lf(buffer: bytearray, start: int, end: int) -> None:
+    """Refuse a bare LF in `buffer[start:end]` as it arrives: a recipient that takes it for a line
+    end finds another end of the head, and waiting for a CRLF that may never come helps no one."""
+    if _BARE_LF.search(buffer, max(0, start - 1), end):
+        raise _bad("a line ends in a bare LF; end every line of a head or of chunked framing with CRLF")
 
 
 def _split_head(head: bytes) -> list[bytes]:
@@ -269,6 +277,7 @@ class ChunkedBody:
         start = len(self._line)
         self._line += data[pos:]
         end = self._line.find(CRLF, max(self._line_start, start - 1))
+        _refuse_bare_lf(self._line, start, end if end >= 0 else len(self._line))
         if end < 0:
             if len(self._line) > limit:
                 raise HttpError(431 if trailers else 400, *self._too_long())
@@ -425,6 +434,7 @@ class RequestStream:
         self._head += data[pos:]
         start -= self._skip_leading_crlf()
         end = self._head.find(b"\r\n\r\n", max(0, start - 3))
+        _refuse_bare_lf(self._head, start, end if end >= 0 else len(self._head))
         if end < 0:
             if len(self._head) > MAX_HEAD_BYTES:
                 raise HttpError(431, "headers_too_large", f"the request head is over {MAX_HEAD_BYTES} bytes")
@@ -542,6 +552,7 @@ class ResponseTracker:
         start = len(self._head)
         self._head += data[pos:]
         end = self._head.find(b"\r\n\r\n", max(0, start - 3))
+        _refuse_bare_lf(self._head, start, end if end >= 0 else len(self._head))
         if end < 0:
             if len(self._head) > MAX_RESPONSE_HEAD_BYTES:
                 self._lose()
@@ -604,6 +615,9 @@ class ResponseTracker:
             self._end_response()
             return
         codings = _tokens(fields, b"transfer-encoding")
+        if codings.count(b"chunked") > 1:
+            self._lose()  # chunked applied twice (RFC 9112 7): no reading of the body is safe
+            return
         if codings:
             if codings[-1] == b"chunked":
                 self._state = _Resp.CHUNKED
