@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ca.common.backoff import Backoff
 from ca.errors import UnavailableError
 from ca.ledger.chain import Entry
 from ca.ledger.process_writer import LedgerProcess
@@ -54,6 +56,21 @@ def _writer(process: LedgerProcess, **settings: Any) -> LoopLedgerWriter:
 async def _record(writer: LoopLedgerWriter, ids: Sequence[object]) -> list[Entry]:
     waiters = [writer.submit({"id": i}) for i in ids]
     return [await w if isinstance(w, asyncio.Future) else await asyncio.wrap_future(w) for w in waiters]
+
+
+async def _refused_with(writer: LoopLedgerWriter, pattern: str, within_s: float = 20.0) -> None:
+    """Records until the writer refuses one with `pattern`; every attempt meanwhile must be refused."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    last = "no attempt yet"
+    while loop.time() < deadline:
+        with pytest.raises(UnavailableError) as refused:
+            await _record(writer, ["refused"])
+        if re.search(pattern, str(refused.value)):
+            return
+        last = str(refused.value)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not refused with {pattern!r} within {within_s}s; last refusal: {last}")
 
 
 def test_records_submitted_together_share_one_commit_made_by_the_ledger_process(
@@ -246,17 +263,17 @@ def test_a_replacement_that_cannot_open_the_ledger_or_hangs_opening_it_is_replac
     (tmp_path / "refuse-open").touch()
 
     async def scenario() -> None:
-        writer = _writer(ledger_process, start_timeout_s=0.5)
+        # Replacements every 0.05-0.4 s, without jitter, so each phase below is reached quickly.
+        backoff = Backoff(initial_s=0.05, maximum_s=0.4, jitter=0.0)
+        writer = _writer(ledger_process, start_timeout_s=0.5, restart_backoff=backoff)
         with pytest.raises(UnavailableError, match="exited"):
             await _record(writer, ["lost"])
-        await asyncio.sleep(1.0)  # replacements start and fail to open the ledger
-        with pytest.raises(UnavailableError, match=r"could not open the ledger \(the test refuses"):
-            await _record(writer, ["refused"])
+        # Replacements start and fail to open the ledger.
+        await _refused_with(writer, r"could not open the ledger \(the test refuses")
         (tmp_path / "hang-open").touch()
         (tmp_path / "refuse-open").unlink()
-        await asyncio.sleep(1.5)  # the next one hangs while opening; it is given 0.5 s
-        with pytest.raises(UnavailableError, match=r"did not start within 0\.5s"):
-            await _record(writer, ["hanging"])
+        # The next one hangs while opening; it is given 0.5 s.
+        await _refused_with(writer, r"did not start within 0\.5s")
         (tmp_path / "hang-open").unlink()
         assert (await _record_when_back(writer, "after"))[0].seq == 1
         writer.close()
