@@ -86,3 +86,25 @@ def past_head(seq: int, head_seq: int) -> ChainBreak:
         f"it lies past the head the CA recorded (entry {head_seq}); the CA moves the head in the "
         "transaction that writes each entry, so this one was added by other means",
     )
+
+
+def next_link_problem(entry: Entry, last_seq: int, last_hash: str, head_seq: int) -> ChainBreak | None:
+    """Why `entry` cannot follow entry `last_seq` (hash `last_hash`) in a chain that the CA's
+    recorded head ends at `head_seq`, or None."""
+    if entry.seq > head_seq:
+        return past_head(entry.seq, head_seq)
+    return check_link(entry, last_hash, last_seq + 1)
+
+
+def chain_end_problem(last_seq: int, last_hash: str, head_seq: int, head_hash: str) -> ChainBreak | None:
+    """Why a chain whose last entry is `last_seq` (hash `last_hash`) does not end at the head the
+    CA recorded, or None."""
+    if last_seq != head_seq:
+        return ChainBreak(
+            last_seq + 1,
+            f"the head records entry {head_seq} but the chain ends at {last_seq}: "
+            "entries were removed from its end",
+        )
+    if last_hash != head_hash:
+        return ChainBreak(last_seq, "its hash differs from the head the CA recorded: it was replaced")
+    return None

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, select
 
 from ca.errors import LedgerTamperedError
 from ca.ledger import schema
-from ca.ledger.chain import ChainBreak, Entry, check_link, past_head
+from ca.ledger.chain import ChainBreak, Entry, chain_end_problem, check_link, next_link_problem, past_head
 from ca.ledger.store import IN_LIST_CHUNK, READ_BATCH, entries_after, entries_by_seq, read_head
 
 
@@ -144,9 +144,7 @@ def check_span(conn: Connection, low: int, high: int | None = None) -> int:
         size = READ_BATCH if high is None else min(READ_BATCH, high - last)
         batch = entries_after(conn, last, size)
         for entry in batch:
-            if entry.seq > ends.head_seq:
-                raise _tampered(past_head(entry.seq, ends.head_seq))
-            broken = check_link(entry, previous, last + 1)
+            broken = next_link_problem(entry, last, previous, ends.head_seq)
             if broken is not None:
                 raise _tampered(broken)
             previous, last, checked = entry.entry_hash, entry.seq, checked + 1
@@ -158,20 +156,11 @@ def check_span(conn: Connection, low: int, high: int | None = None) -> int:
 
 def _check_span_end(conn: Connection, last: int, last_hash: str, ends: _Ends, *, ran_out: bool) -> None:
     """The span's last entry is the head the CA recorded, or the entry after it links back to it."""
-    if last == ends.head_seq:
-        if last_hash != ends.head_hash:
-            raise _tampered(
-                ChainBreak(last, "its hash differs from the head the CA recorded: it was replaced")
-            )
+    if last == ends.head_seq or ran_out:
+        broken = chain_end_problem(last, last_hash, ends.head_seq, ends.head_hash)
+        if broken is not None:
+            raise _tampered(broken)
         return
-    if ran_out:
-        raise _tampered(
-            ChainBreak(
-                last + 1,
-                f"the head records entry {ends.head_seq} but the chain ends at {last}: "
-                "entries were removed from its end",
-            )
-        )
     after = _links(conn, {last + 1}).get(last + 1)
     if after is None:
         raise _tampered(ChainBreak(last + 1, "it is missing: entries were removed"))

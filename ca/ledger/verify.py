@@ -20,7 +20,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from ca.ledger.chain import ChainBreak, Entry, check_link, past_head
+from ca.ledger.chain import ChainBreak, Entry, chain_end_problem, next_link_problem
 from ca.ledger.checkpoint import COMPACTION, Checkpoint, signature_valid
 
 
@@ -145,10 +145,7 @@ def _walk(
     """Every entry after the anchor, each linked to the one before; stops at the first break."""
     walk = _Walk(last_seq=anchor_seq, last_hash=anchor_hash)
     for entry in store.entries(after_seq=anchor_seq):
-        if entry.seq > head_seq:
-            walk.broken = past_head(entry.seq, head_seq)
-            return walk
-        walk.broken = check_link(entry, walk.last_hash, walk.last_seq + 1)
+        walk.broken = next_link_problem(entry, walk.last_seq, walk.last_hash, head_seq)
         if walk.broken is not None:
             return walk
         if entry.seq in checkpoints and checkpoints[entry.seq].head_hash != entry.entry_hash:
@@ -173,14 +170,8 @@ def _end_problem(
             f"a signed checkpoint names entry {beyond[-1]} but the ledger ends at {last_seq}: "
             "entries were removed from its end"
         )
-    if last_seq != head_seq:
-        return last_seq + 1, (
-            f"the head records entry {head_seq} but the chain ends at {last_seq}: "
-            "entries were removed from its end"
-        )
-    if walk.last_hash != head_hash:
-        return last_seq, "its hash differs from the head the CA recorded: it was replaced"
-    return None
+    broken = chain_end_problem(last_seq, walk.last_hash, head_seq, head_hash)
+    return None if broken is None else (broken.seq, broken.problem)
 
 
 def _external_problem(

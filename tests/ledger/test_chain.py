@@ -7,7 +7,16 @@ import hashlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.ledger.chain import GENESIS_HASH, Entry, canonical, chain_hash, check_link, past_head
+from ca.ledger.chain import (
+    GENESIS_HASH,
+    Entry,
+    canonical,
+    chain_end_problem,
+    chain_hash,
+    check_link,
+    next_link_problem,
+    past_head,
+)
 from ca.ledger.entries import INDEXED_FIELDS
 
 CONTENT = {"kind": "issued", "time": "2026-12-07T00:00:00.000000Z", "serial": "ab", "namespace": "shop"}
@@ -75,3 +84,21 @@ def test_an_indexed_column_that_differs_from_the_content_is_named() -> None:
 def test_an_entry_past_the_recorded_head_is_named_with_the_head() -> None:
     broken = past_head(8, 7)
     assert broken.seq == 8 and "past the head the CA recorded (entry 7)" in broken.problem
+
+
+def test_the_next_link_may_not_pass_the_recorded_head() -> None:
+    first = _entry(1, GENESIS_HASH, CONTENT)
+    assert next_link_problem(first, 0, GENESIS_HASH, head_seq=1) is None
+    beyond = next_link_problem(_entry(2, first.entry_hash, CONTENT), 1, first.entry_hash, head_seq=1)
+    assert beyond is not None and beyond == past_head(2, 1)
+
+
+def test_a_chain_must_end_at_the_recorded_head_with_its_hash() -> None:
+    assert chain_end_problem(5, "a" * 64, 5, "a" * 64) is None
+    short = chain_end_problem(4, "a" * 64, 5, "a" * 64)
+    assert short is not None and (short.seq, short.problem) == (
+        5,
+        "the head records entry 5 but the chain ends at 4: entries were removed from its end",
+    )
+    replaced = chain_end_problem(5, "b" * 64, 5, "a" * 64)
+    assert replaced is not None and (replaced.seq, "it was replaced" in replaced.problem) == (5, True)
