@@ -24,41 +24,69 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61/_proto/meshca_admin.proto\x12\x0fmeshca.admin.v1\"\x99\x01\n\x0b\x45ntryFilter\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x10\n\x08valid_at\x18\x08 \x01(\t\"Q\n\x12ListEntriesRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1c.meshca.admin.v1.EntryFilter\x12\r\n\x05limit\x18\x02 \x01(\r\"\xca\x01\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x11\n\tspiffe_id\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x17\n\x0fservice_account\x18\x07 \x01(\t\x12\x10\n\x08pod_name\x18\x08 \x01(\t\x12\x11\n\tnot_after\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x14\n\x0c\x63ontent_json\x18\x0b \x01(\t\"Q\n\x13ListEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meshca.admin.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"#\n\x11ShowSerialRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"=\n\x12ShowSerialResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meshca.admin.v1.Entry\"Z\n\rReportRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1c.meshca.admin.v1.EntryFilter\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x0f\n\x07max_ttl\x18\x03 \x01(\t\")\n\tTtlBucket\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x92\x01\n\rIdentityStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06issued\x18\x03 \x01(\x04\x12\x11\n\tvalid_now\x18\x04 \x01(\x04\x12\'\n\x03ttl\x18\x05 \x03(\x0b\x32\x1a.meshca.admin.v1.TtlBucket\x12\x0f\n\x07refused\x18\x06 \x01(\x04\"S\n\x0cRefusalCount\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x9f\x01\n\tViolation\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x10\n\x08key_type\x18\x05 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x06 \x01(\x04\x12\x11\n\tnot_after\x18\x07 \x01(\t\x12\x10\n\x08problems\x18\x08 \x03(\t\"\xe4\x01\n\x0eReportResponse\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x17\n\x0fmax_ttl_seconds\x18\x02 \x01(\x04\x12\x32\n\nidentities\x18\x03 \x03(\x0b\x32\x1e.meshca.admin.v1.IdentityStats\x12/\n\x08refusals\x18\x04 \x03(\x0b\x32\x1d.meshca.admin.v1.RefusalCount\x12.\n\nviolations\x18\x05 \x03(\x0b\x32\x1a.meshca.admin.v1.Violation\x12\x18\n\x10violations_total\x18\x06 \x01(\x04\"\x0f\n\rVerifyRequest\"\x85\x01\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61\x64_seq\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t2\xd4\x02\n\x0bLedgerAdmin\x12X\n\x0bListEntries\x12#.meshca.admin.v1.ListEntriesRequest\x1a$.meshca.admin.v1.ListEntriesResponse\x12U\n\nShowSerial\x12\".meshca.admin.v1.ShowSerialRequest\x1a#.meshca.admin.v1.ShowSerialResponse\x12I\n\x06Report\x12\x1e.meshca.admin.v1.ReportRequest\x1a\x1f.meshca.admin.v1.ReportResponse\x12I\n\x06Verify\x12\x1e.meshca.admin.v1.VerifyRequest\x1a\x1f.meshca.admin.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61/_proto/meshca_admin.proto\x12\x0fmeshca.admin.v1\"\x99\x01\n\x08Selector\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x0f\n\x07serials\x18\x06 \x03(\t\x12\x15\n\rissued_before\x18\x07 \x01(\t\x12\x0b\n\x03\x61ll\x18\x08 \x01(\x08\"\x97\x01\n\rRotateRequest\x12+\n\x08selector\x18\x01 \x01(\x0b\x32\x19.meshca.admin.v1.Selector\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05grace\x18\x03 \x01(\t\x12\x0e\n\x06spread\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12\x19\n\x11restart_workloads\x18\x06 \x01(\x08\"\xc9\x01\n\x06Target\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0e\n\x06issued\x18\x07 \x01(\t\x12\x11\n\tnot_after\x18\x08 \x01(\t\x12\x0e\n\x06holder\x18\t \x01(\t\x12\r\n\x05state\x18\n \x01(\t\x12\x13\n\x0breplaced_by\x18\x0b \x01(\t\"k\n\x08Workload\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04pods\x18\x04 \x03(\t\x12\x11\n\trestarted\x18\x05 \x01(\x08\x12\x0f\n\x07problem\x18\x06 \x01(\t\"\x9e\x02\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nordered_by\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\t\x12+\n\x08selector\x18\x04 \x01(\x0b\x32\x19.meshca.admin.v1.Selector\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x15\n\rgrace_seconds\x18\x06 \x01(\x04\x12\x16\n\x0espread_seconds\x18\x07 \x01(\x04\x12\x12\n\ngrace_ends\x18\x08 \x01(\t\x12\r\n\x05state\x18\t \x01(\t\x12\x0f\n\x07matched\x18\n \x01(\x04\x12\x10\n\x08replaced\x18\x0b \x01(\x04\x12\x13\n\x0boutstanding\x18\x0c \x01(\x04\x12\x0f\n\x07revoked\x18\r \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x0e \x01(\x04\"\xf2\x01\n\x0eRotateResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.meshca.admin.v1.Order\x12(\n\x07targets\x18\x02 \x03(\x0b\x32\x17.meshca.admin.v1.Target\x12\x0f\n\x07matched\x18\x03 \x01(\x04\x12\x11\n\tconnected\x18\x04 \x01(\x04\x12\x15\n\rnot_connected\x18\x05 \x01(\x04\x12\x14\n\x0cnot_pushable\x18\x06 \x01(\x04\x12,\n\tworkloads\x18\x07 \x03(\x0b\x32\x19.meshca.admin.v1.Workload\x12\x10\n\x08warnings\x18\x08 \x03(\t\" \n\x12OrderStatusRequest\x12\n\n\x02id\x18\x01 \x01(\t\"f\n\x13OrderStatusResponse\x12%\n\x05order\x18\x01 \x01(\x0b\x32\x16.meshca.admin.v1.Order\x12(\n\x07targets\x18\x02 \x03(\x0b\x32\x17.meshca.admin.v1.Target\"\"\n\x11ListOrdersRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"<\n\x12ListOrdersResponse\x12&\n\x06orders\x18\x01 \x03(\x0b\x32\x16.meshca.admin.v1.Order\">\n\rRevokeRequest\x12\x0f\n\x07serials\x18\x01 \x03(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\"x\n\nRevocation\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08order_id\x18\x05 \x01(\t\x12\x11\n\tnot_after\x18\x06 \x01(\t\">\n\x0eRevokeResponse\x12,\n\x07revoked\x18\x01 \x03(\x0b\x32\x1b.meshca.admin.v1.Revocation\"\x99\x01\n\x0b\x45ntryFilter\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0b\n\x03pod\x18\x04 \x01(\t\x12\r\n\x05since\x18\x05 \x01(\t\x12\r\n\x05until\x18\x06 \x01(\t\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x10\n\x08valid_at\x18\x08 \x01(\t\"Q\n\x12ListEntriesRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1c.meshca.admin.v1.EntryFilter\x12\r\n\x05limit\x18\x02 \x01(\r\"\xca\x01\n\x05\x45ntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04time\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x11\n\tspiffe_id\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x17\n\x0fservice_account\x18\x07 \x01(\t\x12\x10\n\x08pod_name\x18\x08 \x01(\t\x12\x11\n\tnot_after\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x14\n\x0c\x63ontent_json\x18\x0b \x01(\t\"Q\n\x13ListEntriesResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meshca.admin.v1.Entry\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"#\n\x11ShowSerialRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"=\n\x12ShowSerialResponse\x12\'\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x16.meshca.admin.v1.Entry\"Z\n\rReportRequest\x12,\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1c.meshca.admin.v1.EntryFilter\x12\n\n\x02\x61t\x18\x02 \x01(\t\x12\x0f\n\x07max_ttl\x18\x03 \x01(\t\")\n\tTtlBucket\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x92\x01\n\rIdentityStats\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06issued\x18\x03 \x01(\x04\x12\x11\n\tvalid_now\x18\x04 \x01(\x04\x12\'\n\x03ttl\x18\x05 \x03(\x0b\x32\x1a.meshca.admin.v1.TtlBucket\x12\x0f\n\x07refused\x18\x06 \x01(\x04\"S\n\x0cRefusalCount\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x9f\x01\n\tViolation\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\x12\x11\n\tnamespace\x18\x04 \x01(\t\x12\x10\n\x08key_type\x18\x05 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x06 \x01(\x04\x12\x11\n\tnot_after\x18\x07 \x01(\t\x12\x10\n\x08problems\x18\x08 \x03(\t\"\xe4\x01\n\x0eReportResponse\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x17\n\x0fmax_ttl_seconds\x18\x02 \x01(\x04\x12\x32\n\nidentities\x18\x03 \x03(\x0b\x32\x1e.meshca.admin.v1.IdentityStats\x12/\n\x08refusals\x18\x04 \x03(\x0b\x32\x1d.meshca.admin.v1.RefusalCount\x12.\n\nviolations\x18\x05 \x03(\x0b\x32\x1a.meshca.admin.v1.Violation\x12\x18\n\x10violations_total\x18\x06 \x01(\x04\"\x0f\n\rVerifyRequest\"\x85\x01\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0f\x65ntries_checked\x18\x02 \x01(\x04\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x04\x12\x0f\n\x07\x62\x61\x64_seq\x18\x04 \x01(\x04\x12\x0f\n\x07problem\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t2\xd4\x02\n\x0bLedgerAdmin\x12X\n\x0bListEntries\x12#.meshca.admin.v1.ListEntriesRequest\x1a$.meshca.admin.v1.ListEntriesResponse\x12U\n\nShowSerial\x12\".meshca.admin.v1.ShowSerialRequest\x1a#.meshca.admin.v1.ShowSerialResponse\x12I\n\x06Report\x12\x1e.meshca.admin.v1.ReportRequest\x1a\x1f.meshca.admin.v1.ReportResponse\x12I\n\x06Verify\x12\x1e.meshca.admin.v1.VerifyRequest\x1a\x1f.meshca.admin.v1.VerifyResponse2\xd1\x02\n\x08Rotation\x12I\n\x06Rotate\x12\x1e.meshca.admin.v1.RotateRequest\x1a\x1f.meshca.admin.v1.RotateResponse\x12X\n\x0bOrderStatus\x12#.meshca.admin.v1.OrderStatusRequest\x1a$.meshca.admin.v1.OrderStatusResponse\x12U\n\nListOrders\x12\".meshca.admin.v1.ListOrdersRequest\x1a#.meshca.admin.v1.ListOrdersResponse\x12I\n\x06Revoke\x12\x1e.meshca.admin.v1.RevokeRequest\x1a\x1f.meshca.admin.v1.RevokeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ca._proto.meshca_admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYFILTER']._serialized_start=50
-  _globals['_ENTRYFILTER']._serialized_end=203
-  _globals['_LISTENTRIESREQUEST']._serialized_start=205
-  _globals['_LISTENTRIESREQUEST']._serialized_end=286
-  _globals['_ENTRY']._serialized_start=289
-  _globals['_ENTRY']._serialized_end=491
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=493
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=574
-  _globals['_SHOWSERIALREQUEST']._serialized_start=576
-  _globals['_SHOWSERIALREQUEST']._serialized_end=611
-  _globals['_SHOWSERIALRESPONSE']._serialized_start=613
-  _globals['_SHOWSERIALRESPONSE']._serialized_end=674
-  _globals['_REPORTREQUEST']._serialized_start=676
-  _globals['_REPORTREQUEST']._serialized_end=766
-  _globals['_TTLBUCKET']._serialized_start=768
-  _globals['_TTLBUCKET']._serialized_end=809
-  _globals['_IDENTITYSTATS']._serialized_start=812
-  _globals['_IDENTITYSTATS']._serialized_end=958
-  _globals['_REFUSALCOUNT']._serialized_start=960
-  _globals['_REFUSALCOUNT']._serialized_end=1043
-  _globals['_VIOLATION']._serialized_start=1046
-  _globals['_VIOLATION']._serialized_end=1205
-  _globals['_REPORTRESPONSE']._serialized_start=1208
-  _globals['_REPORTRESPONSE']._serialized_end=1436
-  _globals['_VERIFYREQUEST']._serialized_start=1438
-  _globals['_VERIFYREQUEST']._serialized_end=1453
-  _globals['_VERIFYRESPONSE']._serialized_start=1456
-  _globals['_VERIFYRESPONSE']._serialized_end=1589
-  _globals['_LEDGERADMIN']._serialized_start=1592
-  _globals['_LEDGERADMIN']._serialized_end=1932
+  _globals['_SELECTOR']._serialized_start=50
+  _globals['_SELECTOR']._serialized_end=203
+  _globals['_ROTATEREQUEST']._serialized_start=206
+  _globals['_ROTATEREQUEST']._serialized_end=357
+  _globals['_TARGET']._serialized_start=360
+  _globals['_TARGET']._serialized_end=561
+  _globals['_WORKLOAD']._serialized_start=563
+  _globals['_WORKLOAD']._serialized_end=670
+  _globals['_ORDER']._serialized_start=673
+  _globals['_ORDER']._serialized_end=959
+  _globals['_ROTATERESPONSE']._serialized_start=962
+  _globals['_ROTATERESPONSE']._serialized_end=1204
+  _globals['_ORDERSTATUSREQUEST']._serialized_start=1206
+  _globals['_ORDERSTATUSREQUEST']._serialized_end=1238
+  _globals['_ORDERSTATUSRESPONSE']._serialized_start=1240
+  _globals['_ORDERSTATUSRESPONSE']._serialized_end=1342
+  _globals['_LISTORDERSREQUEST']._serialized_start=1344
+  _globals['_LISTORDERSREQUEST']._serialized_end=1378
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1380
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1440
+  _globals['_REVOKEREQUEST']._serialized_start=1442
+  _globals['_REVOKEREQUEST']._serialized_end=1504
+  _globals['_REVOCATION']._serialized_start=1506
+  _globals['_REVOCATION']._serialized_end=1626
+  _globals['_REVOKERESPONSE']._serialized_start=1628
+  _globals['_REVOKERESPONSE']._serialized_end=1690
+  _globals['_ENTRYFILTER']._serialized_start=1693
+  _globals['_ENTRYFILTER']._serialized_end=1846
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1848
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1929
+  _globals['_ENTRY']._serialized_start=1932
+  _globals['_ENTRY']._serialized_end=2134
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=2136
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=2217
+  _globals['_SHOWSERIALREQUEST']._serialized_start=2219
+  _globals['_SHOWSERIALREQUEST']._serialized_end=2254
+  _globals['_SHOWSERIALRESPONSE']._serialized_start=2256
+  _globals['_SHOWSERIALRESPONSE']._serialized_end=2317
+  _globals['_REPORTREQUEST']._serialized_start=2319
+  _globals['_REPORTREQUEST']._serialized_end=2409
+  _globals['_TTLBUCKET']._serialized_start=2411
+  _globals['_TTLBUCKET']._serialized_end=2452
+  _globals['_IDENTITYSTATS']._serialized_start=2455
+  _globals['_IDENTITYSTATS']._serialized_end=2601
+  _globals['_REFUSALCOUNT']._serialized_start=2603
+  _globals['_REFUSALCOUNT']._serialized_end=2686
+  _globals['_VIOLATION']._serialized_start=2689
+  _globals['_VIOLATION']._serialized_end=2848
+  _globals['_REPORTRESPONSE']._serialized_start=2851
+  _globals['_REPORTRESPONSE']._serialized_end=3079
+  _globals['_VERIFYREQUEST']._serialized_start=3081
+  _globals['_VERIFYREQUEST']._serialized_end=3096
+  _globals['_VERIFYRESPONSE']._serialized_start=3099
+  _globals['_VERIFYRESPONSE']._serialized_end=3232
+  _globals['_LEDGERADMIN']._serialized_start=3235
+  _globals['_LEDGERADMIN']._serialized_end=3575
+  _globals['_ROTATION']._serialized_start=3578
+  _globals['_ROTATION']._serialized_end=3915
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,194 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Selector(_message.Message):
+    __slots__ = ("spiffe_id", "namespace", "service_account", "pod", "node", "serials", "issued_before", "all")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    namespace: str
+    service_account: str
+    pod: str
+    node: str
+    serials: _containers.RepeatedScalarFieldContainer[str]
+    issued_before: str
+    all: bool
+    def __init__(self, spiffe_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., pod: _Optional[str] = ..., node: _Optional[str] = ..., serials: _Optional[_Iterable[str]] = ..., issued_before: _Optional[str] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class RotateRequest(_message.Message):
+    __slots__ = ("selector", "reason", "grace", "spread", "dry_run", "restart_workloads")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    RESTART_WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    selector: Selector
+    reason: str
+    grace: str
+    spread: str
+    dry_run: bool
+    restart_workloads: bool
+    def __init__(self, selector: _Optional[_Union[Selector, _Mapping]] = ..., reason: _Optional[str] = ..., grace: _Optional[str] = ..., spread: _Optional[str] = ..., dry_run: _Optional[bool] = ..., restart_workloads: _Optional[bool] = ...) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("serial", "spiffe_id", "namespace", "service_account", "pod", "node", "issued", "not_after", "holder", "state", "replaced_by")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_BY_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    spiffe_id: str
+    namespace: str
+    service_account: str
+    pod: str
+    node: str
+    issued: str
+    not_after: str
+    holder: str
+    state: str
+    replaced_by: str
+    def __init__(self, serial: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., namespace: _Optional[str] = ..., service_account: _Optional[str] = ..., pod: _Optional[str] = ..., node: _Optional[str] = ..., issued: _Optional[str] = ..., not_after: _Optional[str] = ..., holder: _Optional[str] = ..., state: _Optional[str] = ..., replaced_by: _Optional[str] = ...) -> None: ...
+
+class Workload(_message.Message):
+    __slots__ = ("namespace", "kind", "name", "pods", "restarted", "problem")
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTED_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    kind: str
+    name: str
+    pods: _containers.RepeatedScalarFieldContainer[str]
+    restarted: bool
+    problem: str
+    def __init__(self, namespace: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., pods: _Optional[_Iterable[str]] = ..., restarted: _Optional[bool] = ..., problem: _Optional[str] = ...) -> None: ...
+
+class Order(_message.Message):
+    __slots__ = ("id", "ordered_by", "time", "selector", "reason", "grace_seconds", "spread_seconds", "grace_ends", "state", "matched", "replaced", "outstanding", "revoked", "expired")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ORDERED_BY_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GRACE_ENDS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    OUTSTANDING_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    ordered_by: str
+    time: str
+    selector: Selector
+    reason: str
+    grace_seconds: int
+    spread_seconds: int
+    grace_ends: str
+    state: str
+    matched: int
+    replaced: int
+    outstanding: int
+    revoked: int
+    expired: int
+    def __init__(self, id: _Optional[str] = ..., ordered_by: _Optional[str] = ..., time: _Optional[str] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., reason: _Optional[str] = ..., grace_seconds: _Optional[int] = ..., spread_seconds: _Optional[int] = ..., grace_ends: _Optional[str] = ..., state: _Optional[str] = ..., matched: _Optional[int] = ..., replaced: _Optional[int] = ..., outstanding: _Optional[int] = ..., revoked: _Optional[int] = ..., expired: _Optional[int] = ...) -> None: ...
+
+class RotateResponse(_message.Message):
+    __slots__ = ("order", "targets", "matched", "connected", "not_connected", "not_pushable", "workloads", "warnings")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    NOT_CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    NOT_PUSHABLE_FIELD_NUMBER: _ClassVar[int]
+    WORKLOADS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    order: Order
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    matched: int
+    connected: int
+    not_connected: int
+    not_pushable: int
+    workloads: _containers.RepeatedCompositeFieldContainer[Workload]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., matched: _Optional[int] = ..., connected: _Optional[int] = ..., not_connected: _Optional[int] = ..., not_pushable: _Optional[int] = ..., workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OrderStatusRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class OrderStatusResponse(_message.Message):
+    __slots__ = ("order", "targets")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    order: Order
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ...) -> None: ...
+
+class ListOrdersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListOrdersResponse(_message.Message):
+    __slots__ = ("orders",)
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    orders: _containers.RepeatedCompositeFieldContainer[Order]
+    def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ...) -> None: ...
+
+class RevokeRequest(_message.Message):
+    __slots__ = ("serials", "reason", "note")
+    SERIALS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    serials: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    note: str
+    def __init__(self, serials: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., note: _Optional[str] = ...) -> None: ...
+
+class Revocation(_message.Message):
+    __slots__ = ("serial", "spiffe_id", "revoked_at", "reason", "order_id", "not_after")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    spiffe_id: str
+    revoked_at: str
+    reason: str
+    order_id: str
+    not_after: str
+    def __init__(self, serial: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., revoked_at: _Optional[str] = ..., reason: _Optional[str] = ..., order_id: _Optional[str] = ..., not_after: _Optional[str] = ...) -> None: ...
+
+class RevokeResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: _containers.RepeatedCompositeFieldContainer[Revocation]
+    def __init__(self, revoked: _Optional[_Iterable[_Union[Revocation, _Mapping]]] = ...) -> None: ...
+
 class EntryFilter(_message.Message):
     __slots__ = ("spiffe_id", "namespace", "service_account", "pod", "since", "until", "status", "valid_at")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -230,3 +230,215 @@ class LedgerAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RotationStub:
+    """Forced rotation and revocation (`meshca rotate`, `meshca revoke`), behind the same
+    admin-identity gate. Every order and revocation is a ledger record; a refused call is
+    recorded as a refusal.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Rotate = channel.unary_unary(
+                '/meshca.admin.v1.Rotation/Rotate',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.RotateRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.RotateResponse.FromString,
+                _registered_method=True)
+        self.OrderStatus = channel.unary_unary(
+                '/meshca.admin.v1.Rotation/OrderStatus',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.OrderStatusRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.OrderStatusResponse.FromString,
+                _registered_method=True)
+        self.ListOrders = channel.unary_unary(
+                '/meshca.admin.v1.Rotation/ListOrders',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.ListOrdersRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.ListOrdersResponse.FromString,
+                _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/meshca.admin.v1.Rotation/Revoke',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.RevokeResponse.FromString,
+                _registered_method=True)
+
+
+class RotationServicer:
+    """Forced rotation and revocation (`meshca rotate`, `meshca revoke`), behind the same
+    admin-identity gate. Every order and revocation is a ledger record; a refused call is
+    recorded as a refusal.
+    """
+
+    def Rotate(self, request, context):
+        """With dry_run, the blast radius only; otherwise records an order and pushes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OrderStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOrders(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Revoke(self, request, context):
+        """Revokes at once, without waiting for a replacement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RotationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Rotate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rotate,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.RotateRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.RotateResponse.SerializeToString,
+            ),
+            'OrderStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.OrderStatus,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.OrderStatusRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.OrderStatusResponse.SerializeToString,
+            ),
+            'ListOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrders,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.ListOrdersRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.RevokeRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.RevokeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'meshca.admin.v1.Rotation', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('meshca.admin.v1.Rotation', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Rotation:
+    """Forced rotation and revocation (`meshca rotate`, `meshca revoke`), behind the same
+    admin-identity gate. Every order and revocation is a ledger record; a refused call is
+    recorded as a refusal.
+    """
+
+    @staticmethod
+    def Rotate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.Rotation/Rotate',
+            ca_dot___proto_dot_meshca__admin__pb2.RotateRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.RotateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OrderStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.Rotation/OrderStatus',
+            ca_dot___proto_dot_meshca__admin__pb2.OrderStatusRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.OrderStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.Rotation/ListOrders',
+            ca_dot___proto_dot_meshca__admin__pb2.ListOrdersRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.Rotation/Revoke',
+            ca_dot___proto_dot_meshca__admin__pb2.RevokeRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.RevokeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
