@@ -70,14 +70,19 @@ def _with_key_ids(
     if issuer is None:
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(subject_key)
     else:
-        try:
-            ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-        except x509.ExtensionNotFound:
-            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                issuer.public_key()  # type: ignore[arg-type]
-            )
+        aki = authority_key_identifier(issuer)
     return builder.add_extension(aki, critical=False)
+
+
+def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI of what `issuer` signs: its SubjectKeyIdentifier, or one derived from its key."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()  # type: ignore[arg-type]
+        )
 
 
 def _leaf(
@@ -193,8 +198,12 @@ def self_signed_root(
 
 
 def sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:
-    algorithm = hashes.SHA384() if _is_p384(key) else hashes.SHA256()
-    return builder.sign(key, algorithm)
+    return builder.sign(key, signature_hash(key))
+
+
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+    """The digest a CA key signs with: SHA-384 for P-384, SHA-256 otherwise."""
+    return hashes.SHA384() if _is_p384(key) else hashes.SHA256()
 
 
 def _is_p384(key: PrivateKey) -> bool:

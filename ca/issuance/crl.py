@@ -1,0 +1,321 @@
+"""Certificate revocation lists (RFC 5280): the CA builds them, the data planes check them. Pure code.
+
+The CA signs its CRL with the key that signs leaves, so the CRL's issuer is the
+leaves' issuer (what Envoy's `only_verify_leaf_cert_crl` looks for). It lists only
+revoked certificates that have not expired yet, so short lifetimes keep it small.
+
+- thisUpdate is backdated by the clock skew that leaves' NotBefore allows: Envoy
+  refuses a CRL from its future, and with it every handshake, so a node whose clock
+  runs a little behind the CA's must still accept a CRL made a moment ago.
+- The CRL number is the milliseconds since the epoch of thisUpdate, so CA replicas
+  building from one ledger never reuse a number and a later CRL has a larger one.
+- Each entry carries its CRLReason, except `unspecified`, which RFC 5280 (5.3.1)
+  says to express by leaving the reason out.
+
+The agent and the enforcer accept a CRL only when a CA they trust signed it: a root
+of the trust bundle, or an intermediate of their own chain that leads to one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from ca.errors import ConfigError, InvalidRequestError, MeshcaError
+from ca.issuance import profile
+from ca.issuance.authority import SigningAuthority
+
+# RFC 5280 CRLReason names, as operators type them, and cryptography's flags.
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+}
+_REASON_NAMES = {flag: name for name, flag in REVOCATION_REASONS.items()}
+
+CRL_BACKDATE = profile.CLOCK_SKEW
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\r?\n?", re.DOTALL)
+
+
+class InvalidCrlError(MeshcaError):
+    """A revocation list that must not be used: unparsable, or not signed by a trusted CA."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="crl_invalid")
+
+
+class RevokedCertificate(Protocol):
+    """What a CRL needs of a revocation (ca.ledger.rotation.Revocation has it)."""
+
+    @property
+    def serial(self) -> str:
+        """Lower-case hex, as the ledger keeps serials."""
+        ...
+
+    @property
+    def revoked_at(self) -> datetime: ...
+
+    @property
+    def reason(self) -> str:
+        """A REVOCATION_REASONS name."""
+        ...
+
+    @property
+    def not_after(self) -> datetime:
+        """The certificate's own expiry: after it the entry leaves the CRL."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrlTerms:
+    this_update: datetime
+    next_update: datetime
+    number: int
+
+
+def crl_terms(now: datetime, validity: timedelta, *, backdate: timedelta = CRL_BACKDATE) -> CrlTerms:
+    """thisUpdate, nextUpdate and the number of a CRL made at `now`."""
+    if validity <= timedelta(0):
+        raise ConfigError(f"a CRL's validity must be positive (got {validity}); give a duration above 0")
+    this_update = now - backdate
+    return CrlTerms(
+        this_update=this_update,
+        next_update=this_update + validity,
+        number=_epoch_milliseconds(this_update),
+    )
+
+
+def _epoch_milliseconds(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def reason_flag(name: str) -> x509.ReasonFlags:
+    try:
+        return REVOCATION_REASONS[name]
+    except KeyError:
+        raise InvalidRequestError(
+            f"unknown revocation reason {name!r}; use one of {', '.join(REVOCATION_REASONS)}",
+            reason="revocation_reason_invalid",
+        ) from None
+
+
+def reason_name(flag: x509.ReasonFlags | None) -> str:
+    """The RFC 5280 name of a CRL entry's reason; an entry without one is `unspecified`."""
+    return "unspecified" if flag is None else _REASON_NAMES.get(flag, flag.name)
+
+
+def listed(revoked: Iterable[RevokedCertificate], now: datetime) -> list[RevokedCertificate]:
+    """The revocations a CRL made at `now` lists: unexpired, one per serial (the earliest),
+    in serial order."""
+    earliest: dict[int, RevokedCertificate] = {}
+    for entry in revoked:
+        if entry.not_after <= now:
+            continue
+        serial = int(entry.serial, 16)
+        known = earliest.get(serial)
+        if known is None or entry.revoked_at < known.revoked_at:
+            earliest[serial] = entry
+    return [earliest[serial] for serial in sorted(earliest)]
+
+
+def _entry(revocation: RevokedCertificate) -> x509.RevokedCertificate:
+    builder = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(int(revocation.serial, 16))
+        .revocation_date(revocation.revoked_at)
+    )
+    flag = reason_flag(revocation.reason)
+    if flag is not x509.ReasonFlags.unspecified:
+        builder = builder.add_extension(x509.CRLReason(flag), critical=False)
+    return builder.build()
+
+
+def build_crl(
+    authority: SigningAuthority,
+    revoked: Iterable[RevokedCertificate],
+    *,
+    now: datetime,
+    validity: timedelta,
+) -> x509.CertificateRevocationList:
+    """The CRL of `authority`'s signing certificate at `now`, valid for `validity`."""
+    terms = crl_terms(now, validity)
+    issuer = authority.signing_cert
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(terms.this_update)
+        .next_update(terms.next_update)
+        .add_extension(profile.authority_key_identifier(issuer), critical=False)
+        .add_extension(x509.CRLNumber(terms.number), critical=False)
+    )
+    for revocation in listed(revoked, now):
+        builder = builder.add_revoked_certificate(_entry(revocation))
+    key = authority.signing_key
+    return builder.sign(key, profile.signature_hash(key))
+
+
+def crl_der(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.DER)
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
+
+
+# ----------------------------------------------------------------- the data planes' side
+
+
+def load_der_crls(ders: Sequence[bytes]) -> list[x509.CertificateRevocationList]:
+    crls = []
+    for index, der in enumerate(ders):
+        try:
+            crls.append(x509.load_der_x509_crl(der))
+        except ValueError as err:
+            raise InvalidCrlError(f"revocation list {index + 1} is not a DER CRL ({err})") from err
+    return crls
+
+
+def load_pem_crls(data: bytes, source: str) -> list[x509.CertificateRevocationList]:
+    """Every CRL in a PEM file (they follow one another); InvalidCrlError if one does not parse."""
+    crls = []
+    for index, block in enumerate(_PEM_CRL.findall(data)):
+        try:
+            crls.append(x509.load_pem_x509_crl(block))
+        except ValueError as err:
+            raise InvalidCrlError(f"CRL {index + 1} in {source} does not parse ({err})") from err
+    if not crls and data.strip():
+        raise InvalidCrlError(f"{source} holds no PEM CRL (-----BEGIN X509 CRL-----)")
+    return crls
+
+
+def crls_pem(crls: Iterable[x509.CertificateRevocationList]) -> bytes:
+    return b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)
+
+
+def _is_crl_signer(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return usage.crl_sign
+
+
+def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def trusted_crl_issuers(
+    intermediates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> list[x509.Certificate]:
+    """The roots, and each intermediate (a chain runs leaf-side first) that a trusted one signed."""
+    trusted = list(roots)
+    for cert in reversed(intermediates):
+        if any(_signed_by(cert, parent) for parent in trusted):
+            trusted.append(cert)
+    return trusted
+
+
+def check_crl(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate]) -> x509.Certificate:
+    """The trusted certificate that signed `crl`; InvalidCrlError if none did."""
+    named = [cert for cert in issuers if cert.subject == crl.issuer]
+    for cert in named:
+        if crl.is_signature_valid(cert.public_key()):  # type: ignore[arg-type]
+            if not _is_crl_signer(cert):
+                raise InvalidCrlError(
+                    f"the CRL of {crl.issuer.rfc4514_string()!r} is signed by a CA certificate "
+                    "whose key usage lacks cRLSign"
+                )
+            return cert
+    problem = "its signature does not verify" if named else "no trusted CA has that name"
+    raise InvalidCrlError(
+        f"the CRL of {crl.issuer.rfc4514_string()!r} is not from a trusted CA ({problem}); "
+        "it must be signed by the CA that issues the workload certificates"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """Why and when a certificate was revoked, as a CRL says."""
+
+    reason: str  # a REVOCATION_REASONS name
+    revoked_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RevocationLists:
+    """Checked CRLs, and their entries by (issuer name DER, serial) for a lookup per handshake."""
+
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    entries: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def checked(
+        cls, crls: Sequence[x509.CertificateRevocationList], issuers: Sequence[x509.Certificate]
+    ) -> RevocationLists:
+        """The CRLs if a trusted issuer signed every one; InvalidCrlError if not."""
+        for crl in crls:
+            check_crl(crl, issuers)
+        entries: dict[tuple[bytes, int], Listing] = {}
+        for crl in crls:
+            issuer = crl.issuer.public_bytes()
+            for revoked in crl:
+                entries[(issuer, revoked.serial_number)] = Listing(
+                    reason=_entry_reason(revoked), revoked_at=revoked.revocation_date_utc
+                )
+        return cls(crls=tuple(crls), entries=entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.crls)
+
+    def find(self, issuer: bytes, serial: int) -> Listing | None:
+        """The listing of the certificate `serial` of the issuer whose name's DER is `issuer`."""
+        return self.entries.get((issuer, serial))
+
+    @property
+    def number(self) -> int:
+        """The largest CRL number among them (0 with none)."""
+        return max((crl_number(crl) for crl in self.crls), default=0)
+
+    @property
+    def next_update(self) -> datetime | None:
+        """When the first of them is due to be replaced."""
+        dates = [crl.next_update_utc for crl in self.crls if crl.next_update_utc is not None]
+        return min(dates, default=None)
+
+    @property
+    def entry_count(self) -> int:
+        return len(self.entries)
+
+    def ders(self) -> list[bytes]:
+        return [crl_der(crl) for crl in self.crls]
+
+    def pem(self) -> bytes:
+        return crls_pem(self.crls)
+
+
+def _entry_reason(revoked: x509.RevokedCertificate) -> str:
+    try:
+        return reason_name(revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason)
+    except x509.ExtensionNotFound:
+        return "unspecified"
+
+
+NO_REVOCATIONS = RevocationLists()
