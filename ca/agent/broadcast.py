@@ -1,39 +1,121 @@
-"""The current SVID, handed to every open stream when it changes.
+"""What the agent serves, handed to every open stream and to the file sink when it changes.
 
-Each stream registers a queue and blocks on it, so an idle agent wakes for
-nothing: no polling.
+Two things change: the SVID (at each issuance) and the CA's revocation lists (when
+the control stream brings new ones). Each change bumps one version, and each open
+stream (SDS, Workload API) re-reads the snapshot. Streams register a queue and
+block on it, so an idle agent wakes for nothing: no polling.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ca.agent.svid import Svid
+from ca.issuance.crl import (
+    NO_REVOCATIONS,
+    InvalidCrlError,
+    RevocationLists,
+    load_der_crls,
+    trusted_crl_issuers,
+)
+
+log = logging.getLogger("meshca.agent")
 
 Event = tuple[str, Any]
 
 
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """What the agent serves now; `version` grows with every change of either part."""
+
+    version: int
+    svid: Svid | None
+    revocations: RevocationLists
+
+
+class CrlSink(Protocol):
+    def publish_crls(self, revocations: RevocationLists) -> None:
+        """Serve these revocation lists from now on (already checked)."""
+        ...
+
+
 class SvidBroadcast:
-    def __init__(self) -> None:
+    def __init__(self, crl_sinks: Sequence[CrlSink] = ()) -> None:
         self._lock = threading.Lock()
+        self._crl_lock = threading.Lock()  # one CRL delivery at a time, in order, to the sinks
         self._svid: Svid | None = None
+        self._revocations = NO_REVOCATIONS
         self._version = 0
         self._listeners: set[queue.SimpleQueue[Event]] = set()
+        self._crl_sinks = tuple(crl_sinks)
 
     @property
     def current(self) -> tuple[int, Svid | None]:
         with self._lock:
             return self._version, self._svid
 
+    def snapshot(self) -> Delivery:
+        with self._lock:
+            return Delivery(version=self._version, svid=self._svid, revocations=self._revocations)
+
     def publish(self, svid: Svid) -> None:
         with self._lock:
             self._svid = svid
             self._version += 1
+            version = self._version
+        self._notify("svid", version)
+
+    def publish_crl(self, crl_ders: Sequence[bytes]) -> bool:
+        """Serve the CA's revocation lists: the control stream's one call for them.
+
+        `crl_ders` is every CRL the CA sent (RevocationList.crl_der: DER, one per
+        issuing CA certificate; an empty CRL still counts, since Envoy needs a CRL for
+        the leaf's issuer once it has any). They are delivered together, replacing the
+        previous lists: as `crl.pem` in the output directory (switched with the
+        certificate files), in the ROOTCA SDS secret (`crl` + `only_verify_leaf_cert_crl`,
+        pushed on every open SDS stream), and in the Workload API's X.509 responses.
+
+        Returns True when they were delivered, False when they were ignored because
+        they are no newer than what is served (the largest CRL number is not larger;
+        an empty sequence has none). Raises InvalidCrlError, serving nothing new, when
+        a CRL does not parse or is not signed by a CA of the current SVID's chain or
+        trust bundle, or when there is no SVID yet to check it against. Thread-safe.
+        """
+        crls = load_der_crls(crl_ders)
+        with self._crl_lock:
+            with self._lock:
+                svid, served = self._svid, self._revocations
+            if svid is None:
+                raise InvalidCrlError(
+                    "revocation lists arrived before the agent holds a certificate; "
+                    "they cannot be checked against a trust bundle yet"
+                )
+            revocations = RevocationLists.checked(crls, trusted_crl_issuers(svid.chain[1:], svid.roots))
+            if not revocations or revocations.number <= served.number:
+                return False
+            with self._lock:
+                self._revocations = revocations
+                self._version += 1
+                version = self._version
+            self._notify("crl", version)
+            for sink in self._crl_sinks:
+                sink.publish_crls(revocations)
+        log.info(
+            "revocation lists delivered",
+            extra={"crl_number": revocations.number, "crls": len(crls), "revoked": revocations.entry_count},
+        )
+        return True
+
+    def _notify(self, kind: str, version: int) -> None:
+        with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener.put(("svid", self._version))
+            listener.put((kind, version))
 
     def listen(self) -> queue.SimpleQueue[Event]:
         events: queue.SimpleQueue[Event] = queue.SimpleQueue()

@@ -1,8 +1,9 @@
 """Certificates on disk in Istio's layout, switched atomically as a set.
 
 The files live in a fresh hidden directory; a `..data` symlink names the
-current one and is replaced with one rename, and `cert-chain.pem`, `key.pem`
-and `root-cert.pem` point through it. A reader therefore never sees a key from
+current one and is replaced with one rename, and `cert-chain.pem`, `key.pem`,
+`root-cert.pem` and (once the CA has sent revocation lists) `crl.pem` point
+through it. A reader therefore never sees a key from
 one issuance beside a chain from another (the scheme the kubelet uses for
 projected volumes).
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ca.agent.svid import Svid
 from ca.common.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
-from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -35,21 +36,28 @@ def _replace_symlink(link: Path, target: str) -> None:
     os.replace(temporary, link)
 
 
-def write_svid(directory: Path, svid: Svid) -> Path:
-    """Write the SVID's chain, key and roots; returns the new versioned directory."""
+def write_svid(directory: Path, svid: Svid, *, crl_pem: bytes | None = None) -> Path:
+    """Write the SVID's chain, key and roots, and `crl_pem` as crl.pem when given (without it
+    the set has no crl.pem); returns the new versioned directory."""
     directory.mkdir(parents=True, exist_ok=True)
     version = Path(tempfile.mkdtemp(prefix="..", dir=directory))
     _write(version / CERT_CHAIN, svid.chain_pem(), PUBLIC_MODE)
     _write(version / KEY, svid.key_pem(), SECRET_MODE)
     _write(version / ROOT_CERT, svid.roots_pem(), PUBLIC_MODE)
+    names = [CERT_CHAIN, KEY, ROOT_CERT]
+    if crl_pem is not None:
+        _write(version / CRL, crl_pem, PUBLIC_MODE)
+        names.append(CRL)
     os.chmod(version, 0o755)
     fsync_directory(version)
     previous = _current_version(directory)
     _replace_symlink(directory / DATA_LINK, version.name)
-    for name in (CERT_CHAIN, KEY, ROOT_CERT):
+    for name in names:
         link = directory / name
         if not (link.is_symlink() and os.readlink(link) == f"{DATA_LINK}/{name}"):
             _replace_symlink(link, f"{DATA_LINK}/{name}")
+    if crl_pem is None and (directory / CRL).is_symlink():
+        (directory / CRL).unlink()  # it would point at nothing in the new set
     fsync_directory(directory)
     if previous is not None and previous != version:
         shutil.rmtree(previous, ignore_errors=True)

@@ -124,7 +124,8 @@ class AgentProcess:
 
 def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     clock = clock or SystemClock()
-    broadcast = SvidBroadcast()
+    files = FileSink(cfg.output_dir)
+    broadcast = SvidBroadcast(crl_sinks=[files])  # broadcast.publish_crl: the CA's CRLs everywhere
     metrics = AgentMetrics(clock)
     client = CaClient(
         CaEndpoint(
@@ -146,7 +147,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     agent = Agent(
         settings=settings,
         source=client,
-        sinks=[FileSink(cfg.output_dir), _BroadcastSink(broadcast)],
+        sinks=[files, _BroadcastSink(broadcast)],
         clock=clock,
         random=random.SystemRandom().random,
         generate_key=generate_private_key,

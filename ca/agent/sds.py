@@ -1,8 +1,13 @@
 """Envoy's Secret Discovery Service over a Unix socket: `default` and `ROOTCA`.
 
-A new SVID is pushed on every open stream, so Envoy rotates its certificate
-without a restart. Requests that ACK what was sent get no answer; a NACK is
-logged.
+A new SVID, or new revocation lists from the CA, is pushed on every open stream,
+so Envoy rotates its certificate and applies revocations without a restart.
+Requests that ACK what was sent get no answer; a NACK is logged.
+
+Once the agent holds revocation lists, ROOTCA's validation context carries them
+as `crl` (PEM, all of them) with `only_verify_leaf_cert_crl`: the CA publishes a
+CRL for the certificate that signs leaves, not for the intermediates above it,
+and Envoy would otherwise want one for every CA of the chain.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
-from ca.agent.broadcast import Event, SvidBroadcast
+from ca.agent.broadcast import Delivery, Event, SvidBroadcast
 from ca.agent.svid import Svid
+from ca.issuance.crl import NO_REVOCATIONS, RevocationLists
 
 log = logging.getLogger("meshca.agent.sds")
 
@@ -29,7 +35,19 @@ WORKLOAD_SECRET = "default"
 ROOT_SECRET = "ROOTCA"
 
 
-def secret_for(name: str, svid: Svid) -> secret_pb2.Secret | None:
+def validation_context(svid: Svid, revocations: RevocationLists) -> common_pb2.CertificateValidationContext:
+    context = common_pb2.CertificateValidationContext(
+        trusted_ca=base_pb2.DataSource(inline_bytes=svid.roots_pem())
+    )
+    if revocations:
+        context.crl.inline_bytes = revocations.pem()
+        context.only_verify_leaf_cert_crl = True
+    return context
+
+
+def secret_for(
+    name: str, svid: Svid, revocations: RevocationLists = NO_REVOCATIONS
+) -> secret_pb2.Secret | None:
     if name == WORKLOAD_SECRET:
         return secret_pb2.Secret(
             name=name,
@@ -39,21 +57,16 @@ def secret_for(name: str, svid: Svid) -> secret_pb2.Secret | None:
             ),
         )
     if name == ROOT_SECRET:
-        return secret_pb2.Secret(
-            name=name,
-            validation_context=common_pb2.CertificateValidationContext(
-                trusted_ca=base_pb2.DataSource(inline_bytes=svid.roots_pem())
-            ),
-        )
+        return secret_pb2.Secret(name=name, validation_context=validation_context(svid, revocations))
     return None
 
 
 def discovery_response(
-    names: set[str], version: int, svid: Svid, nonce: str
+    names: set[str], version: int, svid: Svid, nonce: str, revocations: RevocationLists = NO_REVOCATIONS
 ) -> discovery_pb2.DiscoveryResponse:
     resources = []
     for name in sorted(names):
-        secret = secret_for(name, svid)
+        secret = secret_for(name, svid, revocations)
         if secret is None:
             log.warning("Envoy asked for an unknown secret", extra={"secret": name})
             continue
@@ -118,16 +131,20 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                     if set(request.resource_names) != names:
                         sent_version = -1
                     names = set(request.resource_names)
-            version, svid = self._broadcast.current
-            if names and svid is not None and version != sent_version:
-                sent_version = version
+            now = self._broadcast.snapshot()
+            if names and now.svid is not None and now.version != sent_version:
+                sent_version = now.version
                 self.pushes += 1
-                yield discovery_response(names, version, svid, self._next_nonce())
+                yield self._response(names, now)
+
+    def _response(self, names: set[str], now: Delivery) -> discovery_pb2.DiscoveryResponse:
+        assert now.svid is not None
+        return discovery_response(names, now.version, now.svid, self._next_nonce(), now.revocations)
 
     def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.ServicerContext
     ) -> discovery_pb2.DiscoveryResponse:
-        version, svid = self._broadcast.current
-        if svid is None:
+        now = self._broadcast.snapshot()
+        if now.svid is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "no certificate yet; the agent is still asking the CA")
-        return discovery_response(set(request.resource_names), version, svid, self._next_nonce())
+        return self._response(set(request.resource_names), now)

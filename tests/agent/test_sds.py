@@ -18,8 +18,10 @@ from ca.agent.broadcast import SvidBroadcast
 from ca.agent.runner import unix_server
 from ca.agent.sds import SECRET_TYPE_URL, SdsService
 from ca.agent.svid import Svid
+from ca.issuance.crl import load_pem_crls
 from tests.support.clock import FakeClock
-from tests.support.svids import make_svid
+from tests.support.crls import crl_revoking
+from tests.support.svids import FakeCa, make_svid
 
 
 class EnvoyLikeStream:
@@ -139,3 +141,33 @@ def test_closed_streams_are_forgotten(sds: tuple[SvidBroadcast, grpc.Channel]) -
             break
         deadline.wait(0.05)
     assert broadcast.listener_count == 0
+
+
+def test_a_new_crl_pushes_rootca_with_it_and_leaf_only_checking(
+    sds: tuple[SvidBroadcast, grpc.Channel],
+) -> None:
+    broadcast, channel = sds
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    svid, revoked = make_svid(clock, ca), make_svid(clock, ca)
+    broadcast.publish(svid)
+    stream = EnvoyLikeStream(channel)
+    try:
+        stream.ask(["ROOTCA"])
+        response = stream.next()
+        before = _secrets(response)["ROOTCA"].validation_context
+        assert not before.HasField("crl") and not before.only_verify_leaf_cert_crl
+        stream.ask(["ROOTCA"], version=response.version_info, nonce=response.nonce)
+
+        broadcast.publish_crl([crl_revoking(ca.issuer.authority, [revoked.leaf], clock.now())])
+
+        pushed = stream.next()
+        assert pushed.version_info != response.version_info
+        validation = _secrets(pushed)["ROOTCA"].validation_context
+        assert validation.trusted_ca.inline_bytes == svid.roots_pem()
+        assert validation.only_verify_leaf_cert_crl
+        assert validation.crl.inline_bytes == broadcast.snapshot().revocations.pem()
+        crls = load_pem_crls(validation.crl.inline_bytes, "ROOTCA crl")
+        assert [r.serial_number for r in crls[0]] == [revoked.leaf.serial_number]
+    finally:
+        stream.close()

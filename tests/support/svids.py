@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ca.agent.svid import Svid, accept_response
 from ca.issuance.csr import parse_csr
 from ca.issuance.issuer import IssuancePolicy, Issuer
@@ -26,9 +28,13 @@ class FakeCa:
         self.swap_key = False
         self.identity = CART
         self.calls: list[int] = []
+        self.metadata: list[dict[str, str]] = []  # each request's
 
-    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
+    def create_certificate(
+        self, csr_pem: str, ttl_seconds: int, *, metadata: Sequence[tuple[str, str]] = ()
+    ) -> list[str]:
         self.calls.append(ttl_seconds)
+        self.metadata.append(dict(metadata))
         if self.fail_with is not None:
             raise self.fail_with
         if self.swap_key:
@@ -37,8 +43,9 @@ class FakeCa:
         return self.issuer.issue(spiffe_id=self.identity, csr=csr, requested_ttl_seconds=ttl_seconds).chain
 
 
-def make_svid(clock: FakeClock) -> Svid:
-    ca, key = FakeCa(clock), ec_key()
+def make_svid(clock: FakeClock, ca: FakeCa | None = None) -> Svid:
+    """An SVID from `ca` (a new CA of its own when not given)."""
+    ca, key = ca or FakeCa(clock), ec_key()
     chain = ca.issuer.issue(
         spiffe_id=CART, csr=parse_csr(make_csr(key), KeyPolicy()), requested_ttl_seconds=0
     ).chain
