@@ -1,4 +1,8 @@
-"""What a ledger entry says: the content of issued, refused and CA-event records. Pure code.
+"""What a ledger entry says: the content of each kind of record. Pure code.
+
+Issuances, refusals and CA events; and for forced rotation, each order, each revocation
+and each CRL the CA published. An issuance that an order caused names the order and the
+serial it replaces.
 
 An entry's content is a flat JSON object, stored in canonical form (sorted keys, no
 spaces) and linked to the entry before it by the hash chain in `ledger/chain`.
@@ -15,7 +19,12 @@ from ca.issuance.x509_der import certificate_fingerprints
 ISSUED = "issued"
 REFUSED = "refused"
 CA_EVENT = "ca_event"
-KINDS = (ISSUED, REFUSED, CA_EVENT)
+ROTATION_ORDER = "rotation_order"
+REVOKED = "revoked"
+CRL_PUBLISHED = "crl_published"
+KINDS = (ISSUED, REFUSED, CA_EVENT, ROTATION_ORDER, REVOKED, CRL_PUBLISHED)
+# What `agent` says in an issuance requested by a meshca agent.
+MESHCA_AGENT = "meshca"
 
 # Columns kept beside the canonical content so queries can use indexes;
 # verification checks that each one still equals the content.
@@ -70,9 +79,17 @@ def issued_content(
     ca_key_id: str,
     ca_fingerprint: str,
     token_leeway: Mapping[str, Any] | None = None,
+    order_id: str | None = None,
+    replaces: str | None = None,
+    agent: str | None = None,
 ) -> dict[str, Any]:
-    """An issuance; `token_leeway` (leeway_fields) when the token passed only within the leeway."""
+    """An issuance; `token_leeway` (leeway_fields) when the token passed only within the leeway.
+
+    `order_id` and `replaces` (the serial this certificate replaces) when a rotation order
+    caused it, `agent` ("meshca") when a meshca agent asked for it: each only when set, so
+    that records without them hash as they always did."""
     return {
+        **_present(order_id=order_id, replaces=replaces, agent=agent),
         **(token_leeway or {}),
         "kind": ISSUED,
         "time": timestamp(time),
@@ -97,6 +114,10 @@ def issued_content(
         "ca_key_id": ca_key_id,
         "ca_fingerprint": ca_fingerprint,
     }
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 class IssuedRecord(NamedTuple):
@@ -124,6 +145,9 @@ class IssuedRecord(NamedTuple):
     ca_key_id: str
     ca_fingerprint: str
     token_leeway: Mapping[str, Any] | None = None
+    order_id: str | None = None
+    replaces: str | None = None
+    agent: str | None = None
 
 
 def leeway_fields(*, claim: str, needed: timedelta, leeway: timedelta) -> dict[str, Any]:
@@ -196,4 +220,82 @@ def ca_event_content(
         "ca_fingerprint": ca_fingerprint,
         "source": source,
         "not_after": timestamp(not_after),
+    }
+
+
+def rotation_order_content(
+    *,
+    time: datetime,
+    order_id: str,
+    ordered_by: str,
+    selector: str,
+    reason: str,
+    grace: timedelta,
+    spread: timedelta,
+    matched: int,
+) -> dict[str, Any]:
+    """A rotation order. `selector` as Selector.describe() gives it; the operator's reason is
+    `order_reason` (the `reason` column is a short token, this is free text)."""
+    return {
+        "kind": ROTATION_ORDER,
+        "time": timestamp(time),
+        "order_id": order_id,
+        "ordered_by": ordered_by,
+        "selector": selector,
+        "order_reason": reason,
+        "grace_seconds": _seconds(grace),
+        "spread_seconds": _seconds(spread),
+        "grace_ends": timestamp(time + grace),
+        "matched": matched,
+    }
+
+
+def revoked_content(
+    *,
+    time: datetime,
+    serial: str,
+    spiffe_id: str | None,
+    namespace: str | None,
+    service_account: str | None,
+    pod_name: str | None,
+    reason: str,
+    not_after: datetime,
+    order_id: str | None = None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A revocation: `reason` an RFC 5280 reason name; the certificate's identity as issued, so
+    that audits by namespace or identity find it; `not_after`, when it leaves the CRL."""
+    return {
+        "kind": REVOKED,
+        "time": timestamp(time),
+        "serial": serial,
+        "spiffe_id": spiffe_id,
+        "namespace": namespace,
+        "service_account": service_account,
+        "pod_name": pod_name,
+        "reason": reason,
+        "not_after": timestamp(not_after),
+        **_present(order_id=order_id, note=note),
+    }
+
+
+def crl_published_content(
+    *,
+    time: datetime,
+    crl_number: int,
+    this_update: datetime,
+    next_update: datetime,
+    entries: int,
+    ca_key_id: str,
+    crl_sha256: str,
+) -> dict[str, Any]:
+    return {
+        "kind": CRL_PUBLISHED,
+        "time": timestamp(time),
+        "crl_number": crl_number,
+        "this_update": timestamp(this_update),
+        "next_update": timestamp(next_update),
+        "entries": entries,
+        "ca_key_id": ca_key_id,
+        "crl_sha256": crl_sha256,
     }

@@ -144,8 +144,18 @@ class Ledger:
         return self._key.public_key()
 
     def record_issued(
-        self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
+        self,
+        issued: IssuedCertificate,
+        caller: Caller,
+        *,
+        client_address: str,
+        cluster_id: str | None,
+        order_id: str | None = None,
+        replaces: str | None = None,
+        agent: str | None = None,
     ) -> Recorded:
+        """`order_id` and `replaces` when a rotation order caused this issuance, `agent`
+        ("meshca") when a meshca agent asked for it (see ca.ledger.entries.issued_content)."""
         authority = issued.authority
         return self._writer.submit(
             IssuedRecord(
@@ -169,6 +179,9 @@ class Ledger:
                 ca_key_id=authority.key_id,
                 ca_fingerprint=authority.fingerprint,
                 token_leeway=_leeway_fields(caller.token_leeway),
+                order_id=order_id,
+                replaces=replaces,
+                agent=agent,
             )
         )
 

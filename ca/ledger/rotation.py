@@ -11,14 +11,14 @@ ledger record.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
-
-from cryptography import x509
+from typing import Any, Protocol
 
 from ca.errors import InvalidRequestError
+from ca.issuance.crl import REVOCATION_REASONS
 
 DEFAULT_GRACE = timedelta(minutes=5)
 DEFAULT_SPREAD = timedelta(0)
@@ -45,16 +45,6 @@ class OrderState(enum.StrEnum):
     COMPLETED = "completed"  # the targets still live were revoked
 
 
-# RFC 5280 CRLReason names, as operators type them, and cryptography's flags.
-REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keyCompromise": x509.ReasonFlags.key_compromise,
-    "cACompromise": x509.ReasonFlags.ca_compromise,
-    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
-    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
-}
 # What an order's revocation at the end of its grace period says.
 ORDER_REVOCATION_REASON = "superseded"
 
@@ -134,6 +124,55 @@ class Selector:
             and (self.issued_before is None or target.issued < self.issued_before)
         )
 
+    def describe(self) -> str:
+        """The selector as an operator would type it, for records and tables: 'namespace=shop
+        service_account=cart', 'serial=1a,2b', 'all'."""
+        if self.all:
+            return "all"
+        terms = [f"{name}={value}" for name, value in _named_terms(self) if value is not None]
+        if self.serials:
+            terms.append(f"serial={','.join(self.serials)}")
+        if self.issued_before is not None:
+            terms.append(f"issued_before={self.issued_before.isoformat()}")
+        return " ".join(terms) or "(empty)"
+
+
+def _named_terms(selector: Selector) -> tuple[tuple[str, str | None], ...]:
+    return (
+        ("spiffe_id", selector.spiffe_id),
+        ("namespace", selector.namespace),
+        ("service_account", selector.service_account),
+        ("pod", selector.pod),
+        ("node", selector.node),
+    )
+
+
+def selector_to_json(selector: Selector) -> str:
+    """The selector as a JSON object holding only the terms given, as the store keeps it."""
+    fields: dict[str, Any] = {name: value for name, value in _named_terms(selector) if value is not None}
+    if selector.serials:
+        fields["serials"] = list(selector.serials)
+    if selector.issued_before is not None:
+        fields["issued_before"] = selector.issued_before.isoformat()
+    if selector.all:
+        fields["all"] = True
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def selector_from_json(text: str) -> Selector:
+    fields: Mapping[str, Any] = json.loads(text)
+    issued_before = fields.get("issued_before")
+    return Selector(
+        spiffe_id=fields.get("spiffe_id"),
+        namespace=fields.get("namespace"),
+        service_account=fields.get("service_account"),
+        pod=fields.get("pod"),
+        node=fields.get("node"),
+        serials=tuple(fields.get("serials", ())),
+        issued_before=datetime.fromisoformat(issued_before) if issued_before is not None else None,
+        all=bool(fields.get("all", False)),
+    )
+
 
 def _same(wanted: str | None, actual: str | None) -> bool:
     return wanted is None or wanted == actual
@@ -161,6 +200,8 @@ class Target:
 
     order_id: str
     certificate: TargetCertificate
+    # Its place among the order's targets (0 .. matched-1): push_delay's `index`.
+    index: int = 0
     state: TargetState = TargetState.OUTSTANDING
     replaced_by: str | None = None
     replaced_at: datetime | None = None
@@ -177,6 +218,7 @@ class Order:
     grace: timedelta = DEFAULT_GRACE
     spread: timedelta = DEFAULT_SPREAD
     state: OrderState = OrderState.PUSHING
+    matched: int = 0  # how many targets it has: push_delay's `count`
 
     @property
     def grace_ends(self) -> datetime:
@@ -201,6 +243,18 @@ class Revocation:
     not_after: datetime  # after this the certificate leaves the CRL
     order_id: str | None = None
     note: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishedCrl:
+    """A CRL the CA published, as its ledger record ("crl_published") describes it."""
+
+    number: int
+    this_update: datetime
+    next_update: datetime
+    entries: int
+    ca_key_id: str  # the issuing key that signed it
+    sha256: str  # of its DER
 
 
 def check_order_terms(*, reason: str, grace: timedelta, spread: timedelta) -> None:
@@ -275,6 +329,10 @@ class RotationStore(Protocol):
         """Every target of the order with its state (EXPIRED for an outstanding one past not_after)."""
         ...
 
+    def target(self, order_id: str, serial: str, now: datetime) -> Target | None:
+        """One target of the order (its `index` places it for push_delay), or None."""
+        ...
+
     def counts(self, order_id: str, now: datetime) -> OrderCounts: ...
 
     def outstanding_for(self, serial: str) -> list[Order]:
@@ -308,6 +366,10 @@ class RotationStore(Protocol):
         ...
 
     def is_revoked(self, serial: str) -> bool: ...
+
+    def record_crl(self, crl: PublishedCrl, at: datetime) -> None:
+        """Add a "crl_published" ledger record."""
+        ...
 
     def change_marker(self) -> int:
         """Grows with every order, replacement and revocation."""

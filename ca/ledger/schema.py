@@ -69,6 +69,75 @@ meta = Table(
 )
 
 
+# Forced rotation (ca.ledger.rotation_store). Times are ledger timestamps (entries.timestamp),
+# which sort as text; durations are whole microseconds.
+ORDER_ID_LENGTH = 16
+SERIAL_LENGTH = 40
+
+rotation_orders = Table(
+    "rotation_orders",
+    metadata,
+    Column("id", String(ORDER_ID_LENGTH), primary_key=True),
+    Column("time", String(32), nullable=False),
+    Column("ordered_by", String(2048), nullable=False),
+    Column("selector", Text, nullable=False),  # rotation.selector_to_json
+    Column("reason", Text, nullable=False),
+    Column("grace_us", BigInteger, nullable=False),
+    Column("spread_us", BigInteger, nullable=False),
+    Column("grace_ends", String(32), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("completed_at", String(32)),
+    Column("matched", Integer, nullable=False),
+    Column("ledger_seq", BigInteger, nullable=False),  # its "rotation_order" record
+)
+Index("ix_rotation_orders_state_ends", rotation_orders.c.state, rotation_orders.c.grace_ends)
+Index("ix_rotation_orders_time", rotation_orders.c.time)
+
+rotation_targets = Table(
+    "rotation_targets",
+    metadata,
+    Column("order_id", String(ORDER_ID_LENGTH), primary_key=True),
+    Column("serial", String(SERIAL_LENGTH), primary_key=True),
+    Column("target_index", Integer, nullable=False),
+    Column("spiffe_id", String(2048), nullable=False),
+    Column("namespace", String(253)),
+    Column("service_account", String(253)),
+    Column("pod_name", String(253)),
+    Column("node_name", String(253)),
+    Column("issued", String(32), nullable=False),
+    Column("not_after", String(32), nullable=False),
+    Column("from_meshca_agent", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("replaced_by", String(SERIAL_LENGTH)),
+    Column("replaced_at", String(32)),
+    Column("revoked_at", String(32)),
+)
+Index("ix_rotation_targets_serial", rotation_targets.c.serial)
+
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("serial", String(SERIAL_LENGTH), primary_key=True),
+    Column("spiffe_id", String(2048)),
+    Column("revoked_at", String(32), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("not_after", String(32), nullable=False),
+    Column("order_id", String(ORDER_ID_LENGTH)),
+    Column("note", Text),
+    Column("ledger_seq", BigInteger, nullable=False),  # its "revoked" record
+)
+Index("ix_revocations_not_after", revocations.c.not_after)
+
+# One row (id 1) whose marker grows with every change to the three tables above, in the
+# change's own transaction: what replicas watch (ca.ledger.changes).
+rotation_changes = Table(
+    "rotation_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("marker", BigInteger, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Entries, checkpoints and the head row, as first released."""
     v1 = MetaData()
@@ -108,7 +177,14 @@ def _v3(conn: Connection) -> None:
     Index("ix_ledger_serial", entries.c.serial).create(conn, checkfirst=True)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3)
+def _v4(conn: Connection) -> None:
+    """Forced rotation: orders, their targets, revocations, and the change marker replicas watch."""
+    for table in (rotation_orders, rotation_targets, revocations, rotation_changes):
+        table.create(conn)  # with its indexes
+    conn.execute(rotation_changes.insert().values(id=1, marker=0))
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3, _v4)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

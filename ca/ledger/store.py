@@ -169,6 +169,32 @@ def _chain(
     return written, rows
 
 
+def lock_head(conn: Connection) -> tuple[int, str]:
+    """Take the lock every append holds, in the caller's transaction, and return the head (seq,
+    hash): FOR UPDATE on the head row on PostgreSQL; on SQLite, LedgerStore's transactions begin
+    IMMEDIATE and so already hold the write lock. Writers that decide from what they read (is
+    this serial revoked yet?) take it first, so that they are serialised with each other."""
+    head = schema.head
+    seq, previous = conn.execute(
+        select(head.c.seq, head.c.hash).where(head.c.id == 1).with_for_update()
+    ).one()
+    return int(seq), str(previous)
+
+
+def append_in(conn: Connection, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
+    """Chain `contents` after the head inside the caller's transaction (LedgerStore's engine), so
+    that they commit, or not, with whatever else it writes; it takes the head lock (lock_head)."""
+    head = schema.head
+    seq, previous = lock_head(conn)
+    written, rows = _chain(seq, previous, contents)
+    if written:
+        conn.execute(schema.entries.insert(), [dict(zip(_ENTRY_COLUMNS, row, strict=True)) for row in rows])
+        conn.execute(
+            head.update().where(head.c.id == 1).values(seq=written[-1].seq, hash=written[-1].entry_hash)
+        )
+    return written
+
+
 # Reads on a connection the caller holds, so that several of them can share one
 # transaction (a reader's transaction is a snapshot: see ca.ledger.reader).
 
