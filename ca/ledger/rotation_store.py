@@ -71,7 +71,7 @@ BUSY_TIMEOUT_S = 5.0
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _sqlite_reads(url: str) -> Engine:
+def sqlite_read_engine(url: str) -> Engine:
     """Reads that take no write lock: LedgerStore's SQLite transactions begin IMMEDIATE (right
     for appends), but the change poll and the revocation checks must not queue behind the CA's
     ledger writer or hold it up."""
@@ -111,7 +111,7 @@ class SqlRotationStore:
         self._store = store
         self._owns_store = owns_store
         self._postgres = not store.is_sqlite
-        self._reads = _sqlite_reads(store.url) if store.is_sqlite else store.engine
+        self._reads = sqlite_read_engine(store.url) if store.is_sqlite else store.engine
 
     @classmethod
     def open(cls, url: str) -> SqlRotationStore:
