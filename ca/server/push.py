@@ -1,0 +1,575 @@
+"""The CA side of forced rotation: which agents are connected, what to push to them, the CRL.
+
+Every control stream (`ca.server.control_api`) registers a `Session` here under the serial
+of the certificate it was opened with. The coordinator keeps in memory what the ledger's
+rotation tables say right now, as one `Snapshot`-fed state: the pushing orders with the
+targets they cover, the revoked serials, and the current CRL. When the tables change (the
+ledger's ChangeWatcher calls `notify_changed` from its thread, and so does this CA's own
+admin service), the coordinator reloads them on a thread of its own, then, on the event
+loop, pushes what is new to the sessions it concerns:
+
+- a new order: a RotateOrder to each connected holder of one of its targets, with the delay
+  `push_delay` gives the target's slot, so an order with --spread does not become a storm;
+- a changed revocation list: a fresh CRL to every session, and a Reissue (then the end of
+  the stream) to each session whose own certificate was just revoked.
+
+Nothing here waits per stream: a session costs one coroutine (its reader, in control_api)
+and no timer. The only periodic work is `tick()`, once a second on the CA's scheduler:
+orders whose grace period ended are completed (their live targets revoked) and the CRL is
+rebuilt before its nextUpdate.
+
+Other parts of the CA ask it:
+- `is_revoked(serial)`: the renewal port's client-certificate check (refuses a revoked one);
+- `verified_replacement(...)` / `replaced(...)`: the certificate API's check of a request's
+  "meshca-replaces" claim before the issued record links it, and the mark once recorded;
+- `connected_serials()`, `pushable_serials()`, `holders(targets)`: who a dry run can reach.
+
+All public methods are safe to call from any thread unless they say "on the loop".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import grpc
+
+from ca._proto import meshca_control_pb2 as pb
+from ca.common.clock import Clock
+from ca.issuance.authority import SigningAuthority
+from ca.issuance.crl import build_crl, crl_der, crl_number
+from ca.ledger.rotation import (
+    Holder,
+    Order,
+    OrderState,
+    PublishedCrl,
+    Revocation,
+    RotationStore,
+    Selector,
+    Target,
+    TargetCertificate,
+    TargetState,
+    push_delay,
+)
+
+log = logging.getLogger("meshca.push")
+
+MAX_ACTIVE_ORDERS = 1000  # pushing orders loaded at once; more is an operator's mistake
+ORDER_ID = re.compile(r"^ro-[0-9a-f]{12}$")
+REISSUE_DETAILS = (
+    "the certificate this stream was opened with is revoked; get a new one with the "
+    "service-account token, then reconnect with it"
+)
+
+
+class Session(Protocol):
+    """One agent's control stream, as the coordinator sees it."""
+
+    @property
+    def serial(self) -> str:
+        """Hex serial of the certificate the stream was opened with."""
+        ...
+
+    @property
+    def spiffe_id(self) -> str: ...
+
+    def send(self, message: bytes) -> None:
+        """Queue a serialized ControlMessage; never blocks. On the loop."""
+        ...
+
+    def close(self, code: grpc.StatusCode, details: str) -> None:
+        """End the stream with this status once what was queued has been sent. On the loop."""
+        ...
+
+
+CRL_VALIDITY = timedelta(hours=24)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrlRelease:
+    """A CRL as agents get it (one DER per issuing CA certificate) and as the ledger records it."""
+
+    ders: tuple[bytes, ...]
+    published: PublishedCrl
+
+    def refresh_at(self) -> datetime:
+        """Halfway to nextUpdate: a new one is in every agent's hands long before this expires."""
+        p = self.published
+        return p.this_update + (p.next_update - p.this_update) / 2
+
+
+CrlMaker = Callable[[Sequence[Revocation], datetime], CrlRelease]
+"""Builds and signs the CRL listing these revocations, as of this time."""
+
+
+def crl_maker(authority: SigningAuthority, validity: timedelta = CRL_VALIDITY) -> CrlMaker:
+    """The CRL of `authority`'s signing certificate, valid for `validity`."""
+
+    def make(revocations: Sequence[Revocation], now: datetime) -> CrlRelease:
+        crl = build_crl(authority, revocations, now=now, validity=validity)
+        der = crl_der(crl)
+        assert crl.next_update_utc is not None
+        return CrlRelease(
+            ders=(der,),
+            published=PublishedCrl(
+                number=crl_number(crl),
+                this_update=crl.last_update_utc,
+                next_update=crl.next_update_utc,
+                entries=len(crl),
+                ca_key_id=authority.key_id,
+                sha256=hashlib.sha256(der).hexdigest(),
+            ),
+        )
+
+    return make
+
+
+@dataclass(frozen=True)
+class OrderPlan:
+    """A pushing order as the coordinator pushes it: each target's slot in the spread."""
+
+    order: Order
+    slots: dict[str, int]  # target serial -> its index, for push_delay
+    spiffe_ids: dict[str, str]  # target serial -> the SPIFFE ID it was issued to
+    outstanding: frozenset[str]  # targets neither replaced nor revoked when the plan was loaded
+
+    @classmethod
+    def of(cls, order: Order, targets: Sequence[Target]) -> OrderPlan:
+        return cls(
+            order=order,
+            slots={t.certificate.serial: t.index for t in targets},
+            spiffe_ids={t.certificate.serial: t.certificate.spiffe_id for t in targets},
+            outstanding=frozenset(
+                t.certificate.serial for t in targets if t.state is TargetState.OUTSTANDING
+            ),
+        )
+
+    def delay(self, serial: str, now: datetime) -> timedelta:
+        count = self.order.matched or len(self.slots)
+        return push_delay(self.slots[serial], count, self.order.spread, now - self.order.time)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one reload read from the store."""
+
+    active: frozenset[str]  # ids of the orders still pushing
+    new_plans: dict[str, OrderPlan]  # the pushing orders not loaded before
+    revoked: frozenset[str]
+    crl: CrlRelease | None  # None: keep the current one
+
+
+def rotate_message(plan: OrderPlan, serial: str, now: datetime) -> bytes:
+    delay_ms = int(plan.delay(serial, now).total_seconds() * 1000)
+    message = pb.ControlMessage(
+        rotate=pb.RotateOrder(
+            order_id=plan.order.id, serial=serial, delay_ms=delay_ms, reason=plan.order.reason
+        )
+    )
+    return message.SerializeToString()
+
+
+def revocation_message(crl: CrlRelease | None) -> bytes:
+    if crl is None:
+        return pb.ControlMessage(revocations=pb.RevocationList()).SerializeToString()
+    message = pb.ControlMessage(
+        revocations=pb.RevocationList(crl_der=list(crl.ders), number=crl.published.number)
+    )
+    return message.SerializeToString()
+
+
+def reissue_message(serial: str, reason: str) -> bytes:
+    return pb.ControlMessage(reissue=pb.Reissue(serial=serial, reason=reason)).SerializeToString()
+
+
+@dataclass
+class _State:
+    """What the coordinator knows; changed only under the coordinator's lock."""
+
+    plans: dict[str, OrderPlan] = field(default_factory=dict)
+    by_serial: dict[str, set[str]] = field(default_factory=dict)  # outstanding serial -> order ids
+    replaced: set[tuple[str, str]] = field(default_factory=set)  # (order id, old serial) marked here
+    revoked: frozenset[str] = frozenset()
+    crl: CrlRelease | None = None
+    crl_message: bytes = field(default_factory=lambda: revocation_message(None))
+    sessions: dict[str, set[Session]] = field(default_factory=dict)  # by serial
+    session_count: int = 0
+
+    def add_plan(self, plan: OrderPlan) -> None:
+        self.plans[plan.order.id] = plan
+        for serial in plan.outstanding:
+            if (plan.order.id, serial) not in self.replaced:
+                self.by_serial.setdefault(serial, set()).add(plan.order.id)
+
+    def drop_plan(self, order_id: str) -> None:
+        plan = self.plans.pop(order_id)
+        for serial in plan.outstanding:
+            self._forget(serial, order_id)
+        self.replaced = {pair for pair in self.replaced if pair[0] != order_id}
+
+    def mark_replaced(self, order_id: str, serial: str) -> None:
+        self.replaced.add((order_id, serial))
+        self._forget(serial, order_id)
+
+    def _forget(self, serial: str, order_id: str) -> None:
+        ids = self.by_serial.get(serial)
+        if ids is not None:
+            ids.discard(order_id)
+            if not ids:
+                del self.by_serial[serial]
+
+
+class PushCoordinator:
+    def __init__(
+        self,
+        *,
+        store: RotationStore,
+        clock: Clock,
+        crl: CrlMaker | None = None,
+        reader: Executor | None = None,
+        writer: Executor | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._make_crl = crl
+        # Store calls never run on the event loop: reloads on one thread (one at a time),
+        # replacement marks on others, so a burst of marks does not hold back the next push.
+        self._reader = reader or ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-reload")
+        self._writer = writer or ThreadPoolExecutor(max_workers=2, thread_name_prefix="push-mark")
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._loaded = threading.Event()
+        self._dirty = False
+        self._reloading = False
+        self._crl_due = True
+        self._closed = False
+        self.reloads = 0  # reloads taken in (each one a snapshot of the rotation tables)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve sessions on `loop` (the asyncio gRPC server's); call before `start`."""
+        self._loop = loop
+        self._ready = asyncio.Event()
+
+    def start(self) -> None:
+        """The first load; sessions wait for it before they get anything."""
+        self.notify_changed()
+
+    def wait_loaded(self, timeout_s: float) -> bool:
+        return self._loaded.wait(timeout_s)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reader.shutdown(wait=False, cancel_futures=True)
+        self._writer.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ what others ask
+
+    def is_revoked(self, serial: str) -> bool:
+        """Whether the ledger lists this serial (lower-case hex) as revoked, as of the last
+        reload: at most a second behind another replica's revocation on SQLite, at once on
+        PostgreSQL and for revocations this CA made."""
+        return serial in self._state.revoked
+
+    def connected_serials(self) -> set[str]:
+        """Serials of the certificates with an open control stream to this CA now."""
+        with self._lock:
+            return set(self._state.sessions)
+
+    def pushable_serials(self) -> set[str]:
+        """Serials a push from this CA reaches now: those connected, less the revoked ones
+        (their streams are being closed with a Reissue)."""
+        with self._lock:
+            return set(self._state.sessions) - self._state.revoked
+
+    def holders(self, targets: Iterable[TargetCertificate]) -> dict[str, Holder]:
+        """Who holds each target, for a dry run: connected to this CA; a meshca agent not
+        connected (to this CA, at least); or another client that cannot be pushed."""
+        pushable = self.pushable_serials()
+        return {
+            t.serial: Holder.CONNECTED
+            if t.serial in pushable
+            else (Holder.NOT_CONNECTED if t.from_meshca_agent else Holder.NOT_PUSHABLE)
+            for t in targets
+        }
+
+    def session_count(self) -> int:
+        return self._state.session_count
+
+    def verified_replacement(self, *, order_id: str, replaces: str, spiffe_id: str) -> bool:
+        """Whether `replaces` is a target of order `order_id` issued to `spiffe_id`: only then
+        may a new certificate's issued record name the order and the serial it replaces.
+
+        An order not loaded yet (made a moment ago through another replica) is asked of the
+        store: one target, by key, on the caller's thread.
+        """
+        if not ORDER_ID.match(order_id):
+            return False
+        with self._lock:
+            plan = self._state.plans.get(order_id)
+        if plan is not None:
+            return plan.spiffe_ids.get(replaces) == spiffe_id
+        target = self._store.target(order_id, replaces, self._clock.now())
+        return target is not None and target.certificate.spiffe_id == spiffe_id
+
+    def replaced(self, *, order_id: str, old_serial: str, new_serial: str) -> None:
+        """A certificate issued for an order, its link verified and recorded: mark the target."""
+        with self._lock:
+            if (order_id, old_serial) in self._state.replaced:
+                return
+            self._state.mark_replaced(order_id, old_serial)
+        self._submit_mark(order_id, old_serial, new_serial, verify=False)
+
+    # ------------------------------------------------------------------ sessions (on the loop)
+
+    async def wait_ready(self) -> None:
+        assert self._ready is not None, "attach() the coordinator to the server's loop first"
+        await self._ready.wait()
+
+    def register(self, session: Session) -> bool:
+        """Start pushing to `session`: the revocation list first, then every order it is a
+        target of (late holders go at once once their slot has passed). A session opened with
+        a revoked certificate gets the list and a Reissue, its stream is closed, and it is not
+        registered (False). On the loop."""
+        now = self._clock.now()
+        with self._lock:
+            state = self._state
+            revoked = session.serial in state.revoked
+            if not revoked:
+                state.sessions.setdefault(session.serial, set()).add(session)
+                state.session_count += 1
+            crl_message = state.crl_message
+            plans = [state.plans[i] for i in sorted(state.by_serial.get(session.serial, ()))]
+        session.send(crl_message)
+        if revoked:
+            log.info("told an agent its certificate is revoked", extra={"serial": session.serial})
+            session.send(reissue_message(session.serial, "revoked"))
+            session.close(grpc.StatusCode.UNAUTHENTICATED, REISSUE_DETAILS)
+            return False
+        for plan in plans:
+            session.send(rotate_message(plan, session.serial, now))
+        if plans:
+            log.info(
+                "pushed rotation orders on connect",
+                extra={"serial": session.serial, "orders": [p.order.id for p in plans]},
+            )
+        return True
+
+    def unregister(self, session: Session) -> None:
+        """On the loop."""
+        with self._lock:
+            held = self._state.sessions.get(session.serial)
+            if held is None or session not in held:
+                return
+            held.discard(session)
+            if not held:
+                del self._state.sessions[session.serial]
+            self._state.session_count -= 1
+
+    def report_replaced(self, session: Session, *, order_id: str, old_serial: str, new_serial: str) -> None:
+        """An agent reports it followed an order. Only the holder of `old_serial` may report it,
+        and the new certificate must be a live one of the same SPIFFE ID (checked in the
+        store before the target is marked). On the loop."""
+        if old_serial != session.serial:
+            log.warning(
+                "ignored a replacement report for another certificate",
+                extra={"serial": session.serial, "reported_old_serial": old_serial, "order_id": order_id},
+            )
+            return
+        with self._lock:
+            if (order_id, old_serial) in self._state.replaced or order_id not in self._state.plans:
+                return
+        self._submit_mark(order_id, old_serial, new_serial, verify=True, spiffe_id=session.spiffe_id)
+
+    # ------------------------------------------------------------------ changes
+
+    def notify_changed(self) -> None:
+        """The rotation tables changed (or may have): reload them and push what is new.
+        Any thread; reloads never overlap, and changes during one cause one more after it."""
+        if self._closed:
+            return
+        if self._loop is None:
+            self._reader.submit(self._reload_now)
+        else:
+            self._loop.call_soon_threadsafe(self._request_reload)
+
+    def tick(self) -> None:
+        """Once a second (the CA's scheduler thread): complete the orders whose grace period
+        ended, and rebuild the CRL when its refresh time has come."""
+        now = self._clock.now()
+        try:
+            completed = self._store.complete_due_orders(now)
+        except Exception as err:
+            log.warning("could not complete due rotation orders; will retry", extra={"detail": str(err)})
+            completed = []
+        for order, revoked in completed:
+            log.info(
+                "rotation order completed: grace period over",
+                extra={"order_id": order.id, "revoked": len(revoked)},
+            )
+        crl = self._state.crl
+        if crl is not None and now >= crl.refresh_at():
+            self._crl_due = True
+        if completed or self._crl_due:
+            self.notify_changed()
+
+    def _request_reload(self) -> None:
+        self._dirty = True
+        if not self._reloading and self._loop is not None:
+            self._reloading = True
+            self._loop.create_task(self._reload_while_dirty())
+
+    async def _reload_while_dirty(self) -> None:
+        assert self._loop is not None
+        try:
+            while self._dirty and not self._closed:
+                self._dirty = False
+                try:
+                    snapshot = await self._loop.run_in_executor(self._reader, self._load)
+                except Exception as err:
+                    log.warning(
+                        "could not reload rotation orders and revocations", extra={"detail": str(err)}
+                    )
+                    continue
+                self._apply(snapshot)
+        finally:
+            self._reloading = False
+
+    def _reload_now(self) -> None:
+        try:
+            self._apply(self._load())
+        except Exception as err:
+            log.warning("could not reload rotation orders and revocations", extra={"detail": str(err)})
+
+    def _load(self) -> Snapshot:
+        """Read the tables (on the reload thread)."""
+        now = self._clock.now()
+        with self._lock:
+            known = set(self._state.plans)
+            previous_revoked = self._state.revoked
+            have_crl = self._state.crl is not None
+        orders = self._store.orders(limit=MAX_ACTIVE_ORDERS, state=OrderState.PUSHING)
+        new_plans = {
+            o.id: OrderPlan.of(o, self._store.targets(o.id, now)) for o in orders if o.id not in known
+        }
+        revocations = self._store.revocations(now)
+        revoked = frozenset(r.serial for r in revocations)
+        crl = None
+        if self._make_crl is not None and (revoked != previous_revoked or self._crl_due or not have_crl):
+            self._crl_due = False
+            crl = self._make_crl(revocations, now)
+            self._record_crl(crl, now)
+        return Snapshot(active=frozenset(o.id for o in orders), new_plans=new_plans, revoked=revoked, crl=crl)
+
+    def _record_crl(self, crl: CrlRelease, now: datetime) -> None:
+        published = crl.published
+        log.info(
+            "published a CRL",
+            extra={
+                "crl_number": published.number,
+                "entries": published.entries,
+                "next_update": published.next_update.isoformat(),
+            },
+        )
+        try:
+            self._store.record_crl(published, now)
+        except Exception as err:
+            log.warning("could not record the published CRL in the ledger", extra={"detail": str(err)})
+
+    def _apply(self, snapshot: Snapshot) -> None:
+        """Take in a reload and push what is new (on the loop when there is one)."""
+        now = self._clock.now()
+        with self._lock:
+            state = self._state
+            for gone in [i for i in state.plans if i not in snapshot.active]:
+                state.drop_plan(gone)
+            for plan in snapshot.new_plans.values():
+                if plan.order.id not in state.plans:
+                    state.add_plan(plan)
+            newly_revoked = snapshot.revoked - state.revoked
+            state.revoked = snapshot.revoked
+            if snapshot.crl is not None:
+                state.crl = snapshot.crl
+                state.crl_message = revocation_message(snapshot.crl)
+            pushes = [
+                (session, plan)
+                for plan in snapshot.new_plans.values()
+                for serial in plan.outstanding
+                for session in state.sessions.get(serial, ())
+            ]
+            everyone = [s for held in state.sessions.values() for s in held] if snapshot.crl else []
+            reissues = [s for serial in newly_revoked for s in state.sessions.get(serial, ())]
+            crl_message = state.crl_message
+        for session in everyone:
+            session.send(crl_message)
+        for session, plan in pushes:
+            session.send(rotate_message(plan, session.serial, now))
+        for session in reissues:
+            session.send(reissue_message(session.serial, "revoked"))
+            session.close(grpc.StatusCode.UNAUTHENTICATED, REISSUE_DETAILS)
+        for plan in snapshot.new_plans.values():
+            log.info(
+                "pushing rotation order",
+                extra={
+                    "order_id": plan.order.id,
+                    "targets": len(plan.slots),
+                    "connected": sum(1 for s, p in pushes if p is plan),
+                },
+            )
+        self.reloads += 1
+        if not self._loaded.is_set():
+            self._loaded.set()
+            if self._ready is not None:
+                self._ready.set()
+
+    # ------------------------------------------------------------------ store writes
+
+    def _submit_mark(
+        self, order_id: str, old_serial: str, new_serial: str, *, verify: bool, spiffe_id: str | None = None
+    ) -> None:
+        def mark() -> None:
+            if verify and not self._is_live(new_serial, spiffe_id):
+                log.warning(
+                    "ignored a replacement report naming a certificate not issued to the reporter",
+                    extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
+                )
+                return
+            at = self._clock.now()
+            if self._store.mark_replaced(
+                order_id=order_id, old_serial=old_serial, new_serial=new_serial, at=at
+            ):
+                log.info(
+                    "rotation target replaced",
+                    extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
+                )
+            with self._lock:
+                if order_id in self._state.plans:
+                    self._state.mark_replaced(order_id, old_serial)
+
+        future = self._writer.submit(mark)
+        future.add_done_callback(_log_failure)
+
+    def _is_live(self, serial: str, spiffe_id: str | None) -> bool:
+        found = self._store.live_certificates(
+            Selector(serials=(serial,), spiffe_id=spiffe_id), self._clock.now()
+        )
+        return bool(found)
+
+
+def _log_failure(future: Future[None]) -> None:
+    if future.cancelled():
+        return
+    err = future.exception()
+    if err is not None:
+        log.warning("could not mark a rotation target replaced", extra={"detail": str(err)})

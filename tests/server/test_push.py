@@ -1,0 +1,378 @@
+"""The push coordinator with the in-memory rotation store and fake sessions: what each connected
+agent is sent, in what order, with what delay, and what the rest of the CA is told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+
+from ca._proto import meshca_control_pb2 as pb
+from ca.ledger.rotation import Holder, Order, Selector, TargetState
+from ca.server.push import CRL_VALIDITY, PushCoordinator, crl_maker
+from tests.support.clock import FakeClock
+from tests.support.issuing import make_root
+from tests.support.rotation import MemoryRotationStore, certificate
+
+T0 = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+CART = "spiffe://cluster.local/ns/shop/sa/cart"
+WEB = "spiffe://cluster.local/ns/shop/sa/web"
+
+
+class FakeSession:
+    def __init__(self, serial: str, spiffe_id: str = CART) -> None:
+        self.serial = serial
+        self.spiffe_id = spiffe_id
+        self.messages: list[pb.ControlMessage] = []
+        self.closed: tuple[grpc.StatusCode, str] | None = None
+
+    def send(self, message: bytes) -> None:
+        self.messages.append(pb.ControlMessage.FromString(message))
+
+    def close(self, code: grpc.StatusCode, details: str) -> None:
+        self.closed = (code, details)
+
+    def kinds(self) -> list[str]:
+        return [str(m.WhichOneof("kind")) for m in self.messages]
+
+    def orders(self) -> list[pb.RotateOrder]:
+        return [m.rotate for m in self.messages if m.WhichOneof("kind") == "rotate"]
+
+    def crl_numbers(self) -> list[int]:
+        return [m.revocations.number for m in self.messages if m.WhichOneof("kind") == "revocations"]
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.clock = FakeClock(T0)
+        self.store = MemoryRotationStore()
+        self.authority = make_root(self.clock)
+        self.coordinator = PushCoordinator(store=self.store, clock=self.clock, crl=crl_maker(self.authority))
+
+    def issue(self, serial: str, **fields: Any) -> None:
+        self.store.add_issued(
+            certificate(serial, issued=fields.pop("issued", T0 - timedelta(minutes=5)), **fields)
+        )
+
+    def order(
+        self, order_id: str, selector: Selector, *, spread: timedelta = timedelta(0), **terms: Any
+    ) -> Order:
+        order = Order(
+            id=order_id,
+            ordered_by="spiffe://cluster.local/ns/istio-system/sa/admin",
+            time=self.clock.now(),
+            selector=selector,
+            reason="key leaked",
+            spread=spread,
+            **terms,
+        )
+        self.store.create_order(order, self.store.live_certificates(selector, self.clock.now()))
+        return order
+
+    async def start(self) -> None:
+        self.coordinator.attach(asyncio.get_running_loop())
+        self.coordinator.start()
+        await asyncio.wait_for(self.coordinator.wait_ready(), 5)
+
+    async def changed(self) -> None:
+        """Tell the coordinator the tables changed, and wait for it to take them in."""
+        before = self.coordinator.reloads
+        self.coordinator.notify_changed()
+        await until(lambda: self.coordinator.reloads > before, "a reload")
+
+    def connect(self, serial: str, spiffe_id: str = CART) -> FakeSession:
+        session = FakeSession(serial, spiffe_id)
+        self.coordinator.register(session)
+        return session
+
+
+async def until(check: Callable[[], object], what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def run(body: Callable[[Rig], Coroutine[Any, Any, None]]) -> None:
+    rig = Rig()
+    try:
+        asyncio.run(body(rig))
+    finally:
+        rig.coordinator.close()
+
+
+def test_a_session_gets_the_crl_first_then_the_orders_that_cover_its_certificate() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.issue("b2", namespace="shop-canary")
+        rig.order("ro-000000000001", Selector(namespace="shop"))
+        await rig.start()
+        covered, other = rig.connect("a1"), rig.connect("b2", "spiffe://cluster.local/ns/shop-canary/sa/cart")
+        assert covered.kinds() == ["revocations", "rotate"]
+        assert other.kinds() == ["revocations"]
+        crl = x509.load_der_x509_crl(covered.messages[0].revocations.crl_der[0])
+        assert crl.issuer == rig.authority.signing_cert.subject and len(crl) == 0
+        assert covered.orders()[0] == pb.RotateOrder(
+            order_id="ro-000000000001", serial="a1", delay_ms=0, reason="key leaked"
+        )
+        assert rig.coordinator.connected_serials() == {"a1", "b2"}
+
+    run(body)
+
+
+def test_a_new_order_is_pushed_to_the_connected_holders_it_covers_and_no_one_else() -> None:
+    async def body(rig: Rig) -> None:
+        for serial in ("a1", "a2"):
+            rig.issue(serial)
+        rig.issue("c3", namespace="shop-canary")
+        await rig.start()
+        a1, a2, c3 = rig.connect("a1"), rig.connect("a2"), rig.connect("c3")
+        rig.order("ro-000000000002", Selector(namespace="shop"))
+        await rig.changed()
+        assert [o.serial for o in a1.orders()] == ["a1"]
+        assert [o.serial for o in a2.orders()] == ["a2"]
+        assert c3.orders() == []
+        await rig.changed()  # nothing new: nothing pushed again
+        assert len(a1.orders()) == 1
+
+    run(body)
+
+
+def test_pushes_are_spread_by_target_index_and_a_late_holder_waits_only_for_what_is_left() -> None:
+    async def body(rig: Rig) -> None:
+        serials = ["a1", "a2", "a3", "a4"]
+        for serial in serials:
+            rig.issue(serial)
+        await rig.start()
+        sessions = {serial: rig.connect(serial) for serial in serials[:3]}
+        rig.order(
+            "ro-000000000003",
+            Selector(namespace="shop"),
+            spread=timedelta(seconds=20),
+            grace=timedelta(minutes=5),
+        )
+        await rig.changed()
+        index = {t.certificate.serial: t.index for t in rig.store.targets("ro-000000000003", rig.clock.now())}
+        for serial, session in sessions.items():
+            assert session.orders()[0].delay_ms == index[serial] * 5000
+        rig.clock.advance(timedelta(seconds=12))
+        late = rig.connect("a4")
+        assert late.orders()[0].delay_ms == max(0, index["a4"] * 5000 - 12000)
+
+    run(body)
+
+
+def test_a_revocation_reaches_every_session_and_ends_the_revoked_ones_stream_with_reissue() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.issue("a2")
+        await rig.start()
+        a1, a2 = rig.connect("a1"), rig.connect("a2")
+        first = a1.crl_numbers()[0]
+        rig.clock.advance(timedelta(seconds=1))
+        rig.store.revoke(["a1"], reason="keyCompromise", at=rig.clock.now())
+        await rig.changed()
+        assert a1.kinds() == ["revocations", "revocations", "reissue"]
+        assert a1.messages[-1].reissue.serial == "a1"
+        assert a1.closed is not None and a1.closed[0] is grpc.StatusCode.UNAUTHENTICATED
+        assert a2.kinds() == ["revocations", "revocations"] and a2.closed is None
+        assert a2.crl_numbers()[1] > first
+        crl = x509.load_der_x509_crl(a2.messages[1].revocations.crl_der[0])
+        assert [entry.serial_number for entry in crl] == [0xA1]
+        assert rig.coordinator.is_revoked("a1") and not rig.coordinator.is_revoked("a2")
+        assert rig.coordinator.pushable_serials() == {"a2"}
+
+    run(body)
+
+
+def test_connecting_with_a_revoked_certificate_gets_the_crl_and_reissue_and_is_not_registered() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.store.revoke(["a1"], reason="keyCompromise", at=rig.clock.now())
+        await rig.start()
+        session = FakeSession("a1")
+        assert rig.coordinator.register(session) is False
+        assert session.kinds() == ["revocations", "reissue"]
+        assert session.closed is not None
+        assert rig.coordinator.connected_serials() == set()
+
+    run(body)
+
+
+def test_when_the_grace_period_ends_the_targets_are_revoked_and_their_holders_told() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        session = rig.connect("a1")
+        rig.order("ro-000000000004", Selector(serials=("a1",)), grace=timedelta(seconds=30))
+        await rig.changed()
+        before = rig.coordinator.reloads
+        rig.clock.advance(timedelta(seconds=29))
+        rig.coordinator.tick()
+        assert not rig.store.is_revoked("a1")
+        rig.clock.advance(timedelta(seconds=1))
+        rig.coordinator.tick()
+        await until(lambda: rig.coordinator.reloads > before, "the reload after completion")
+        assert rig.store.is_revoked("a1")
+        assert session.kinds()[-2:] == ["revocations", "reissue"]
+
+    run(body)
+
+
+def test_the_crl_is_rebuilt_halfway_to_its_next_update_without_any_change() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1", lifetime=timedelta(days=3))
+        await rig.start()
+        session = rig.connect("a1")
+        before = rig.coordinator.reloads
+        rig.clock.advance(CRL_VALIDITY / 2 - timedelta(minutes=5))  # thisUpdate is backdated
+        rig.coordinator.tick()
+        assert rig.coordinator.reloads == before and len(session.crl_numbers()) == 1
+        rig.clock.advance(timedelta(minutes=5))
+        rig.coordinator.tick()
+        await until(lambda: len(session.crl_numbers()) == 2, "a fresh CRL")
+        assert session.crl_numbers()[1] > session.crl_numbers()[0]
+        published = [r for r in rig.store.records if r["kind"] == "crl_published"]
+        assert [r["crl_number"] for r in published] == session.crl_numbers()
+
+    run(body)
+
+
+def test_a_replacement_claim_is_verified_against_the_order_and_the_identity() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.issue("d4", service_account="web")
+        rig.order("ro-000000000005", Selector(namespace="shop"))
+        await rig.start()
+        verified = rig.coordinator.verified_replacement
+        assert verified(order_id="ro-000000000005", replaces="a1", spiffe_id=CART)
+        assert not verified(order_id="ro-000000000005", replaces="a1", spiffe_id=WEB)  # another's
+        assert not verified(order_id="ro-000000000005", replaces="ff", spiffe_id=CART)  # no target
+        assert not verified(order_id="ro-00000000000x", replaces="a1", spiffe_id=CART)  # malformed
+        # An order made a moment ago, not loaded yet (as through another replica): asked of the store.
+        rig.order("ro-000000000006", Selector(serials=("d4",)))
+        assert verified(order_id="ro-000000000006", replaces="d4", spiffe_id=WEB)
+
+    run(body)
+
+
+def test_a_recorded_replacement_marks_the_target_and_is_not_pushed_again() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.order("ro-000000000007", Selector(namespace="shop"))
+        await rig.start()
+        rig.coordinator.replaced(order_id="ro-000000000007", old_serial="a1", new_serial="b1")
+
+        def replaced() -> bool:
+            target = rig.store.target("ro-000000000007", "a1", rig.clock.now())
+            return target is not None and target.state is TargetState.REPLACED
+
+        await until(replaced, "the target marked replaced")
+        assert rig.connect("a1").kinds() == ["revocations"]
+
+    run(body)
+
+
+def test_a_replaced_report_counts_only_from_the_holder_and_for_a_live_certificate_of_its_identity() -> None:
+    async def body(rig: Rig) -> None:
+        for serial, account in (("a1", "cart"), ("b1", "cart"), ("d4", "web")):
+            rig.issue(serial, service_account=account)
+        rig.order("ro-000000000008", Selector(serials=("a1",)))
+        await rig.start()
+        holder, stranger = rig.connect("a1"), rig.connect("b1")
+
+        def state() -> TargetState:
+            target = rig.store.target("ro-000000000008", "a1", rig.clock.now())
+            assert target is not None
+            return target.state
+
+        rig.coordinator.report_replaced(
+            stranger, order_id="ro-000000000008", old_serial="a1", new_serial="b1"
+        )
+        rig.coordinator.report_replaced(holder, order_id="ro-000000000008", old_serial="a1", new_serial="d4")
+        rig.coordinator.report_replaced(holder, order_id="ro-000000000008", old_serial="a1", new_serial="ee")
+        await asyncio.sleep(0.2)
+        assert state() is TargetState.OUTSTANDING
+        rig.coordinator.report_replaced(holder, order_id="ro-000000000008", old_serial="a1", new_serial="b1")
+        await until(lambda: state() is TargetState.REPLACED, "the target marked replaced")
+
+    run(body)
+
+
+def test_holders_for_a_dry_run() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.issue("a2")
+        rig.issue("a3", from_meshca_agent=False)
+        await rig.start()
+        rig.connect("a1")
+        targets = rig.store.live_certificates(Selector(namespace="shop"), rig.clock.now())
+        assert rig.coordinator.holders(targets) == {
+            "a1": Holder.CONNECTED,
+            "a2": Holder.NOT_CONNECTED,
+            "a3": Holder.NOT_PUSHABLE,
+        }
+
+    run(body)
+
+
+def test_a_burst_of_changes_is_taken_in_by_few_reloads_none_overlapping() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.start()
+        active = 0
+        most = 0
+        original = rig.store.orders
+
+        def counting_orders(**kwargs: Any) -> list[Order]:
+            nonlocal active, most
+            active += 1
+            most = max(most, active)
+            try:
+                return original(**kwargs)
+            finally:
+                active -= 1
+
+        rig.store.orders = counting_orders  # type: ignore[method-assign]
+        before = rig.coordinator.reloads
+        for _ in range(50):
+            rig.coordinator.notify_changed()
+        await until(lambda: rig.coordinator.reloads > before, "a reload")
+        await asyncio.sleep(0.1)
+        assert 1 <= rig.coordinator.reloads - before <= 3
+        assert most == 1
+
+    run(body)
+
+
+def test_unregistered_sessions_are_no_longer_connected() -> None:
+    async def body(rig: Rig) -> None:
+        await rig.start()
+        session = rig.connect("a1")
+        assert rig.coordinator.session_count() == 1
+        rig.coordinator.unregister(session)
+        rig.coordinator.unregister(session)
+        assert rig.coordinator.connected_serials() == set() and rig.coordinator.session_count() == 0
+
+    run(body)
+
+
+@pytest.mark.parametrize("hours", [1, 24])
+def test_crl_maker_lists_the_revocations_and_describes_itself(hours: int) -> None:
+    clock = FakeClock(T0)
+    store = MemoryRotationStore()
+    store.add_issued(certificate("a1", issued=T0))
+    revocations = store.revoke(["a1"], reason="keyCompromise", at=T0)
+    authority = make_root(clock)
+    release = crl_maker(authority, timedelta(hours=hours))(revocations, T0)
+    crl = x509.load_der_x509_crl(release.ders[0])
+    assert release.published.entries == len(crl) == 1
+    assert release.published.next_update - release.published.this_update == timedelta(hours=hours)
+    assert release.published.ca_key_id == authority.key_id
+    assert release.refresh_at() == release.published.this_update + timedelta(hours=hours) / 2
