@@ -32,6 +32,7 @@ from ca.enforce.settings import EnforceConfig, OutboundTarget
 from ca.enforce.tls import Material, TlsEngine
 from ca.enforce.tls_stdlib import StdlibEngine
 from ca.errors import ConfigError
+from ca.issuance.crl import NO_REVOCATIONS, RevocationLists
 from ca.net.listening import remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
 from ca.policy.policy_set import PolicySet
@@ -115,7 +116,7 @@ class Enforcer:
             loop=self.loop,
             metrics=self.metrics,
             certs=self.certs,
-            peers=PeerCache(),
+            peers=PeerCache(revocations=self._revocations),
             trust_domain=self.cfg.trust_domain,
             deadlines=Deadlines.on(self.loop, self.cfg.timeouts),
             refusals=RefusalLog(LogLimiter(self.loop.monotonic)),
@@ -130,6 +131,11 @@ class Enforcer:
     def _certificate_loaded(self, material: Material) -> None:
         self.metrics.certificate_reloads.labels("loaded").inc()
         self.metrics.certificate_expiry.set(material.not_after.timestamp())
+        self.metrics.revocations_loaded(material.revocations)
+
+    def _revocations(self) -> RevocationLists:
+        contexts = self.certs.current
+        return NO_REVOCATIONS if contexts is None else contexts.material.revocations
 
     # ----------------------------------------------------------------- start and stop
 

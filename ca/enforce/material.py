@@ -8,12 +8,19 @@ and roots come from one issuance. For a directory without `..data` (files put
 there by other means) the files' (mtime, size, inode) are the version.
 
 A set that cannot be read or is inconsistent (a key for another certificate, a
-leaf outside the trust domain, an expired leaf) is logged and counted, and the
+leaf outside the trust domain, an expired leaf, a crl.pem not signed by a CA of
+the trust bundle or of the workload's own chain) is logged and counted, and the
 previous contexts stay in use; the next change is tried again.
+
+`crl.pem` is optional: the agent writes it in the same set once the CA has sent
+its revocation lists, and peers they list are refused from the next handshake on
+(`ca.enforce.peer.PeerCache`). Lists past their nextUpdate stay in use (a revoked
+certificate stays revoked) and are logged, since only the agent can fetch newer ones.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -27,7 +34,14 @@ from cryptography.hazmat.primitives import serialization
 from ca.common.clock import Clock
 from ca.enforce.tls import Material, TlsContexts, TlsEngine
 from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.crl import (
+    NO_REVOCATIONS,
+    InvalidCrlError,
+    RevocationLists,
+    load_pem_crls,
+    trusted_crl_issuers,
+)
 from ca.issuance.svid_id import svid_spiffe_id
 
 log = logging.getLogger(__name__)
@@ -44,25 +58,44 @@ def version_of(directory: Path) -> str | None:
     except OSError:  # ..data exists but is not a link
         pass
     stamps = []
-    for name in FILES:
+    for name in (*FILES, CRL):
         try:
             stat = os.stat(directory / name)
         except FileNotFoundError:
+            if name == CRL:
+                continue
             return None
         stamps.append(f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}")
     return "files:" + ",".join(stamps)
 
 
 def read_files(directory: Path) -> tuple[str, dict[str, bytes]]:
-    """The three files of one issuance and the version they belong to."""
+    """The three files of one issuance (and crl.pem, when the set has one) and the version they
+    belong to."""
     version = version_of(directory)
     if version is None:
         raise ConfigError(f"{directory} has no {', '.join(FILES)} yet; is the agent writing there?")
     base = directory / os.readlink(directory / DATA_LINK) if version.startswith("link:") else directory
     try:
-        return version, {name: (base / name).read_bytes() for name in FILES}
+        files = {name: (base / name).read_bytes() for name in FILES}
+        with contextlib.suppress(FileNotFoundError):
+            files[CRL] = (base / CRL).read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read the certificate files in {base}: {err}") from err
+    return version, files
+
+
+def check_revocations(
+    crl_pem: bytes | None, chain: list[x509.Certificate], roots: list[x509.Certificate]
+) -> RevocationLists:
+    """The CRLs of crl.pem if a CA of the trust bundle (or of our chain up to it) signed each."""
+    if crl_pem is None:
+        return NO_REVOCATIONS
+    try:
+        crls = load_pem_crls(crl_pem, CRL)
+        return RevocationLists.checked(crls, trusted_crl_issuers(chain[1:], roots))
+    except InvalidCrlError as err:
+        raise ConfigError(f"{CRL} cannot be used: {err}") from err
 
 
 def check_material(files: dict[str, bytes], *, version: str, trust_domain: str, now: datetime) -> Material:
@@ -96,6 +129,7 @@ def check_material(files: dict[str, bytes], *, version: str, trust_domain: str, 
         serial=leaf.serial_number,
         not_after=leaf.not_valid_after_utc,
         version=version,
+        revocations=check_revocations(files.get(CRL), chain, roots),
     )
 
 
@@ -161,5 +195,24 @@ class CertWatcher:
                 "engine": self.engine.name,
             },
         )
+        _log_revocations(material.revocations, self.clock.now())
         if self._on_load is not None:
             self._on_load(material)
+
+
+def _log_revocations(revocations: RevocationLists, now: datetime) -> None:
+    if not revocations:
+        return
+    fields = {
+        "crl_number": revocations.number,
+        "revoked": revocations.entry_count,
+        "next_update": revocations.next_update.isoformat() if revocations.next_update else None,
+    }
+    if revocations.next_update is not None and revocations.next_update < now:
+        log.warning(
+            "the revocation lists are past their nextUpdate; still refusing what they list "
+            "(is the agent connected to the CA?)",
+            extra=fields,
+        )
+    else:
+        log.info("revocation lists loaded", extra=fields)

@@ -23,6 +23,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ca.issuance.crl import RevocationLists
+
 OUTCOMES = ("accepted_mtls", "accepted_plaintext", "passthrough", "refused")
 
 
@@ -99,6 +101,17 @@ class EnforcerMetrics:
             "NotAfter of the workload certificate in use, as a Unix time.",
             registry=r,
         )
+        self.crl_next_update = Gauge(
+            "meshca_enforcer_crl_next_update_timestamp_seconds",
+            "The earliest nextUpdate of the CA's revocation lists in use (crl.pem), as a Unix time; "
+            "0 without crl.pem. Refusals of revoked peers count as reason certificate_revoked.",
+            registry=r,
+        )
+        self.crl_entries = Gauge(
+            "meshca_enforcer_crl_revoked_certificates",
+            "Certificates the revocation lists in use list as revoked.",
+            registry=r,
+        )
         r.register(_ActiveConnections(active))
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -129,6 +142,11 @@ class EnforcerMetrics:
 
     def outbound_connection(self, port: str, target: str, outcome: str, reason: str) -> None:
         self._child(self.outbound, port, target, outcome, reason).inc()
+
+    def revocations_loaded(self, revocations: RevocationLists) -> None:
+        next_update = revocations.next_update
+        self.crl_next_update.set(next_update.timestamp() if next_update is not None else 0)
+        self.crl_entries.set(revocations.entry_count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry) + generate_latest(REGISTRY)

@@ -5,7 +5,10 @@ bundle; this adds the SPIFFE rules: exactly one URI SAN, a valid SPIFFE ID, in
 our trust domain (and, for outbound connections, the expected ID). Results are
 cached by the certificate's DER bytes: peers reconnect with the same
 certificate many times, and parsing it is the most expensive Python step of a
-handshake.
+handshake. Revocation is looked up on every handshake, outside the cache, in
+the CA's CRLs loaded now (a dictionary lookup by issuer and serial), so a CRL
+that arrives refuses the peer at its next handshake, with either TLS engine,
+before a byte reaches the application.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from cryptography import x509
 
 from ca.enforce.xfcc import cert_hash
 from ca.errors import InvalidSpiffeIdError
+from ca.issuance.crl import NO_REVOCATIONS, CertificateRef, RevocationLists
 from ca.issuance.spiffe_id import SpiffeId
 from ca.issuance.svid_id import svid_spiffe_id
 
@@ -37,6 +41,7 @@ class PeerIdentity:
     spiffe_id: SpiffeId
     der_hash: str  # hex SHA-256 of the certificate (the XFCC Hash)
     not_after: datetime
+    certificate: CertificateRef  # what a CRL entry is matched on
 
     @property
     def uri(self) -> str:
@@ -53,7 +58,12 @@ def identify(der: bytes) -> PeerIdentity:
         spiffe_id = svid_spiffe_id(cert)
     except (InvalidSpiffeIdError, ValueError) as err:
         raise PeerRefused("bad_spiffe_id", f"the certificate is not an X.509-SVID: {err}") from err
-    return PeerIdentity(spiffe_id=spiffe_id, der_hash=cert_hash(der), not_after=cert.not_valid_after_utc)
+    return PeerIdentity(
+        spiffe_id=spiffe_id,
+        der_hash=cert_hash(der),
+        not_after=cert.not_valid_after_utc,
+        certificate=CertificateRef.of(cert),
+    )
 
 
 def check(
@@ -69,16 +79,31 @@ def check(
         raise PeerRefused("peer_certificate_expired", f"the certificate of {identity.uri} has expired")
 
 
+def check_not_revoked(identity: PeerIdentity, revocations: RevocationLists) -> None:
+    """PeerRefused (reason certificate_revoked) if the CRLs list the peer's certificate."""
+    listing = revocations.find(identity.certificate)
+    if listing is not None:
+        raise PeerRefused(
+            "certificate_revoked",
+            f"the certificate of {identity.uri} (serial {identity.certificate.serial:x}) was revoked "
+            f"at {listing.revoked_at.isoformat()} ({listing.reason})",
+        )
+
+
 class PeerCache:
     """Certificate fingerprint (SHA-256 of the DER) -> identity or refusal, for the last `size`
-    distinct certificates. The DER is fetched only for a certificate not seen before.
+    distinct certificates. The DER is fetched only for a certificate not seen before. Every
+    answer is checked against `revocations()`, the CRLs in use at that moment.
 
     Not thread-safe: each event loop keeps its own.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(
+        self, size: int = 4096, revocations: Callable[[], RevocationLists] = lambda: NO_REVOCATIONS
+    ) -> None:
         self._size = size
         self._entries: OrderedDict[bytes, PeerIdentity | PeerRefused] = OrderedDict()
+        self._revocations = revocations
 
     def identify(self, fingerprint: bytes, der: Callable[[], bytes | None]) -> PeerIdentity:
         entry = self._entries.get(fingerprint)
@@ -89,6 +114,7 @@ class PeerCache:
                 self._entries.popitem(last=False)
         if isinstance(entry, PeerRefused):
             raise PeerRefused(entry.reason, entry.detail)
+        check_not_revoked(entry, self._revocations())
         return entry
 
     @staticmethod

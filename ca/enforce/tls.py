@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from ca.issuance.crl import NO_REVOCATIONS, RevocationLists
 from ca.issuance.spiffe_id import SpiffeId
 
 WANT_READ = -1
@@ -67,6 +68,8 @@ class Material:
     serial: int
     not_after: datetime
     version: str  # what identifies this set on disk (the `..data` target)
+    # The CA's CRLs from crl.pem in the same set, checked against roots and chain; none without it.
+    revocations: RevocationLists = NO_REVOCATIONS
 
 
 class TlsConnection(Protocol):

@@ -259,35 +259,67 @@ class Listing:
     revoked_at: datetime
 
 
+def key_identifier(cert: x509.Certificate) -> bytes:
+    """What certificates `cert` signs name as their authority key: its SubjectKeyIdentifier (or,
+    without one, the identifier derived from its key as RFC 5280 method 1 does)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateRef:
+    """What a CRL entry is matched on: the issuer (its name, and its key when the certificate
+    names it) and the serial. Two CAs of one name (a root and its successor, say) keep apart."""
+
+    issuer: bytes  # the issuer's name, DER
+    issuer_key_id: bytes | None  # the certificate's AuthorityKeyIdentifier keyIdentifier
+    serial: int
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateRef:
+        try:
+            key_id = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            key_id = None
+        return cls(issuer=cert.issuer.public_bytes(), issuer_key_id=key_id, serial=cert.serial_number)
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class RevocationLists:
-    """Checked CRLs, and their entries by (issuer name DER, serial) for a lookup per handshake."""
+    """Checked CRLs, and their entries indexed by issuer key and by issuer name (with the serial)
+    for a lookup per handshake."""
 
     crls: tuple[x509.CertificateRevocationList, ...] = ()
-    entries: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
+    by_key: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
+    by_name: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
 
     @classmethod
     def checked(
         cls, crls: Sequence[x509.CertificateRevocationList], issuers: Sequence[x509.Certificate]
     ) -> RevocationLists:
         """The CRLs if a trusted issuer signed every one; InvalidCrlError if not."""
-        for crl in crls:
-            check_crl(crl, issuers)
-        entries: dict[tuple[bytes, int], Listing] = {}
-        for crl in crls:
-            issuer = crl.issuer.public_bytes()
+        signers = [check_crl(crl, issuers) for crl in crls]
+        by_key: dict[tuple[bytes, int], Listing] = {}
+        by_name: dict[tuple[bytes, int], Listing] = {}
+        for crl, signer in zip(crls, signers, strict=True):
+            key_id, name = key_identifier(signer), crl.issuer.public_bytes()
             for revoked in crl:
-                entries[(issuer, revoked.serial_number)] = Listing(
-                    reason=_entry_reason(revoked), revoked_at=revoked.revocation_date_utc
-                )
-        return cls(crls=tuple(crls), entries=entries)
+                listing = Listing(reason=_entry_reason(revoked), revoked_at=revoked.revocation_date_utc)
+                by_key[(key_id, revoked.serial_number)] = listing
+                by_name[(name, revoked.serial_number)] = listing
+        return cls(crls=tuple(crls), by_key=by_key, by_name=by_name)
 
     def __bool__(self) -> bool:
         return bool(self.crls)
 
-    def find(self, issuer: bytes, serial: int) -> Listing | None:
-        """The listing of the certificate `serial` of the issuer whose name's DER is `issuer`."""
-        return self.entries.get((issuer, serial))
+    def find(self, cert: CertificateRef) -> Listing | None:
+        """The certificate's listing, if a CRL of its issuer lists it: matched by the issuer's key
+        when the certificate names it, else by the issuer's name."""
+        if cert.issuer_key_id is not None:
+            return self.by_key.get((cert.issuer_key_id, cert.serial))
+        return self.by_name.get((cert.issuer, cert.serial))
 
     @property
     def number(self) -> int:
@@ -302,7 +334,7 @@ class RevocationLists:
 
     @property
     def entry_count(self) -> int:
-        return len(self.entries)
+        return len(self.by_key)
 
     def ders(self) -> list[bytes]:
         return [crl_der(crl) for crl in self.crls]

@@ -40,7 +40,7 @@ def ca(clock: FakeClock) -> FakeCa:
 
 
 def _serials(revocations: RevocationLists) -> list[int]:
-    return sorted(serial for _, serial in revocations.entries)
+    return sorted(serial for _, serial in revocations.by_key)
 
 
 def test_a_crl_from_the_ca_reaches_every_stream_and_sink(clock: FakeClock, ca: FakeCa) -> None:

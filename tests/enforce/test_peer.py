@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from ca.enforce.peer import PeerCache, PeerRefused, check, identify
+from ca.enforce.peer import PeerCache, PeerRefused, check, check_not_revoked, identify
 from ca.enforce.xfcc import cert_hash
+from ca.issuance.crl import NO_REVOCATIONS, CertificateRef, RevocationLists
 from ca.issuance.spiffe_id import SpiffeId
+from tests.support.clock import FakeClock
+from tests.support.crls import crl_revoking
 from tests.support.pki import ec_key, make_hierarchy
+from tests.support.svids import FakeCa, make_svid
 
 
 def _leaf(uris: list[str], *, days: int = 1) -> bytes:
@@ -110,3 +115,49 @@ def test_an_unparsable_certificate_is_refused() -> None:
     with pytest.raises(PeerRefused) as refused:
         identify(b"\x30\x03\x02\x01\x01")
     assert refused.value.reason == "bad_certificate"
+
+
+def test_a_revoked_peer_is_refused_from_the_next_lookup_even_when_cached(clock: FakeClock) -> None:
+    ca = FakeCa(clock)
+    revoked, kept = make_svid(clock, ca), make_svid(clock, ca)
+    in_use: list[RevocationLists] = [NO_REVOCATIONS]
+    cache = PeerCache(revocations=lambda: in_use[0])
+    ders = {svid: svid.leaf.public_bytes(serialization.Encoding.DER) for svid in (revoked, kept)}
+    for der in ders.values():
+        cache.identify(cert_hash_bytes(der), lambda der=der: der)  # type: ignore[misc]
+
+    crl = x509.load_der_x509_crl(crl_revoking(ca.issuer.authority, [revoked.leaf], clock.now(), "superseded"))
+    in_use[0] = RevocationLists.checked([crl], [ca.issuer.authority.signing_cert])
+
+    with pytest.raises(PeerRefused) as refused:
+        cache.identify(cert_hash_bytes(ders[revoked]), lambda: ders[revoked])
+    assert refused.value.reason == "certificate_revoked"
+    assert f"serial {revoked.leaf.serial_number:x}" in refused.value.detail
+    assert "superseded" in refused.value.detail
+    identity = cache.identify(cert_hash_bytes(ders[kept]), lambda: ders[kept])
+    assert identity.certificate.serial == kept.leaf.serial_number
+
+
+def test_the_same_serial_from_another_issuer_key_is_not_revoked(clock: FakeClock) -> None:
+    ca, other = FakeCa(clock), FakeCa(clock)
+    revoked = make_svid(clock, ca)
+    crl = x509.load_der_x509_crl(crl_revoking(ca.issuer.authority, [revoked.leaf], clock.now()))
+    lists = RevocationLists.checked([crl], [ca.issuer.authority.signing_cert])
+    identity = identify(revoked.leaf.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(PeerRefused):
+        check_not_revoked(identity, lists)
+    other_signer = other.issuer.authority.signing_cert
+    assert other_signer.subject == ca.issuer.authority.signing_cert.subject  # one name, two keys
+    elsewhere = replace(identity, certificate=CertificateRef.of(make_svid(clock, other).leaf))
+    check_not_revoked(
+        replace(elsewhere, certificate=replace(elsewhere.certificate, serial=revoked.leaf.serial_number)),
+        lists,
+    )
+    without_key_id = replace(identity.certificate, issuer_key_id=None)
+    with pytest.raises(PeerRefused):  # a certificate without an AKI is matched by its issuer's name
+        check_not_revoked(replace(identity, certificate=without_key_id), lists)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()

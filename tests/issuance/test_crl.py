@@ -16,6 +16,7 @@ from ca.issuance.authority import SigningAuthority
 from ca.issuance.crl import (
     CRL_BACKDATE,
     REVOCATION_REASONS,
+    CertificateRef,
     InvalidCrlError,
     RevocationLists,
     build_crl,
@@ -23,6 +24,7 @@ from ca.issuance.crl import (
     crl_number,
     crl_terms,
     crls_pem,
+    key_identifier,
     load_der_crls,
     load_pem_crls,
     reason_name,
@@ -32,12 +34,18 @@ from ca.issuance.keys import KeyAlgorithm
 from ca.ledger.rotation import Revocation
 from tests.support.clock import FakeClock
 from tests.support.crls import Revoked
-from tests.support.issuing import authority_from, make_root
+from tests.support.issuing import authority_from, issue_leaf, make_issuer, make_root
 from tests.support.pki import Hierarchy, ec_key, make_hierarchy
 
 NOW = datetime(2026, 12, 7, 10, 30, 15, tzinfo=UTC)
 DAY = timedelta(days=1)
 VALIDITY = timedelta(hours=6)
+
+
+def _ref(issuer: x509.Certificate, serial: int) -> CertificateRef:
+    return CertificateRef(
+        issuer=issuer.subject.public_bytes(), issuer_key_id=key_identifier(issuer), serial=serial
+    )
 
 
 def _revoked(
@@ -121,7 +129,7 @@ def test_a_serial_revoked_twice_is_listed_once_with_its_first_revocation(root: S
     again = _revoked(7, reason="keyCompromise", at=NOW - timedelta(minutes=1))
     crl = build_crl(root, [again, first], now=NOW, validity=VALIDITY)
     assert len(crl) == 1
-    found = RevocationLists.checked([crl], [root.signing_cert]).find(crl.issuer.public_bytes(), 7)
+    found = RevocationLists.checked([crl], [root.signing_cert]).find(_ref(root.signing_cert, 7))
     assert found is not None
     assert (found.reason, found.revoked_at) == ("superseded", first.revoked_at)
 
@@ -177,15 +185,14 @@ def test_the_crl_lists_exactly_the_unexpired_revocations(
     back = load_der_crls([crl_der(crl)])[0]
     lists = RevocationLists.checked([back], [root.signing_cert])
     assert lists.entry_count == len(expected)
-    issuer = back.issuer.public_bytes()
     for serial, entry in expected.items():
-        found = lists.find(issuer, serial)
+        found = lists.find(_ref(root.signing_cert, serial))
         assert found is not None
         assert found.reason == entry.reason
         assert found.revoked_at == entry.revoked_at
     for entry in revoked:
         if int(entry.serial, 16) not in expected:
-            assert lists.find(issuer, int(entry.serial, 16)) is None
+            assert lists.find(_ref(root.signing_cert, int(entry.serial, 16))) is None
 
 
 # ----------------------------------------------------------------- acceptance by the data planes
@@ -220,8 +227,8 @@ def test_an_intermediate_signing_ca_is_trusted_through_the_chain(
     issuers = trusted_crl_issuers([hierarchy.signing, hierarchy.intermediate], [hierarchy.root])
     assert issuers == [hierarchy.root, hierarchy.intermediate, hierarchy.signing]
     lists = RevocationLists.checked([crl], issuers)
-    assert lists.find(hierarchy.signing.subject.public_bytes(), 5) is not None
-    assert lists.find(hierarchy.intermediate.subject.public_bytes(), 5) is None
+    assert lists.find(_ref(hierarchy.signing, 5)) is not None
+    assert lists.find(_ref(hierarchy.intermediate, 5)) is None
 
 
 def test_an_intermediate_that_does_not_lead_to_a_root_is_not_trusted(hierarchy: Hierarchy) -> None:
@@ -294,3 +301,26 @@ def test_reason_names_read_back() -> None:
     assert reason_name(None) == "unspecified"
     assert reason_name(x509.ReasonFlags.key_compromise) == "keyCompromise"
     assert not RevocationLists()
+
+
+def test_a_leaf_is_found_by_its_authority_key_and_serial(root: SigningAuthority) -> None:
+    clock = FakeClock(NOW)
+    issuer = make_issuer(root, clock)
+    revoked, kept = issue_leaf(issuer, ec_key()).certificate, issue_leaf(issuer, ec_key()).certificate
+    crl = build_crl(
+        root,
+        [
+            Revoked(
+                serial=format(revoked.serial_number, "x"),
+                revoked_at=NOW,
+                reason="superseded",
+                not_after=revoked.not_valid_after_utc,
+            )
+        ],
+        now=NOW,
+        validity=VALIDITY,
+    )
+    lists = RevocationLists.checked([crl], [root.signing_cert])
+    found = lists.find(CertificateRef.of(revoked))
+    assert found is not None and found.reason == "superseded"
+    assert lists.find(CertificateRef.of(kept)) is None
