@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
@@ -22,6 +23,7 @@ else:
     Subcommands = argparse._SubParsersAction
 
 DEFAULT_STATE_DIR = "./meshca-state"
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '١٢' and '1_000'
 
 PORTS_FILE_HELP = (
     "once every listener is bound, write their ports to this file as one JSON object (a listen "
@@ -89,10 +91,28 @@ def fraction(text: str, flag: str) -> float:
         raise ConfigError(f"{flag} must be a number such as 0.5, not {text!r}") from None
 
 
+def whole_number(
+    text: str, flag: str, *, minimum: int = 0, maximum: int | None = None, hint: str = ""
+) -> int:
+    """A flag's whole number from `minimum` to `maximum` (no upper bound when None); `hint`
+    follows the range in the error, such as where to turn for more."""
+    span = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+    wanted = f"a whole number {span}{hint}"
+    digits = text.strip()
+    if _WHOLE_NUMBER.fullmatch(digits) is None:
+        raise ConfigError(f"{flag} must be {wanted}, not {text!r}")
+    try:
+        value = int(digits)
+    except ValueError:  # past the number of digits int() converts
+        raise ConfigError(f"{flag} has {len(digits)} digits, far out of range; give {wanted}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{flag} {value} is out of range; give {wanted}")
+    return value
+
+
 def positive_int(text: str, flag: str) -> int:
-    if not text.strip().isdigit():
-        raise ConfigError(f"{flag} must be a whole number, not {text!r}")
-    return int(text)
+    """A count flag: a whole number, 0 or more."""
+    return whole_number(text, flag)
 
 
 def audiences(args: argparse.Namespace) -> tuple[str, ...]:

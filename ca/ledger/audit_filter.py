@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ca.errors import ConfigError, InvalidRequestError
+from ca.common.flags import whole_number
+from ca.errors import InvalidRequestError
 from ca.ledger.entries import ISSUED, KINDS, timestamp
 
 DEFAULT_LIMIT = 100
@@ -24,14 +25,9 @@ def check_limit(limit: int) -> int:
 
 def parse_limit(text: str, flag: str = "--limit") -> int:
     """A list's --limit: a whole number from 1 to MAX_LIMIT."""
-    allowed = f"1 to {MAX_LIMIT} (for more, use 'meshca audit export')"
-    try:
-        limit = int(text.strip())
-    except ValueError:
-        raise ConfigError(f"{flag} must be a whole number from {allowed}, not {text!r}") from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ConfigError(f"{flag} {limit} is out of range; give {allowed}")
-    return limit
+    return whole_number(
+        text, flag, minimum=1, maximum=MAX_LIMIT, hint=" (for more, use 'meshca audit export')"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

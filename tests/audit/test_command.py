@@ -246,13 +246,15 @@ def test_list_csv_carries_every_field(audited: Audited, capsys: pytest.CaptureFi
         (["--since", "yesterday"], "is not a time"),
         (
             ["--limit", "0"],
-            "--limit 0 is out of range; give 1 to 10000 (for more, use 'meshca audit export')",
+            "--limit 0 is out of range; give a whole number from 1 to 10000 "
+            "(for more, use 'meshca audit export')",
         ),
         (
             ["--limit", "-3"],
-            "--limit -3 is out of range; give 1 to 10000 (for more, use 'meshca audit export')",
+            "--limit -3 is out of range; give a whole number from 1 to 10000 "
+            "(for more, use 'meshca audit export')",
         ),
-        (["--limit", "10001"], "--limit 10001 is out of range; give 1 to 10000"),
+        (["--limit", "10001"], "--limit 10001 is out of range; give a whole number from 1 to 10000"),
         (["--limit", "many"], "--limit must be a whole number from 1 to 10000 (for more, use"),
         (["--ledger", "off"], "nothing to audit"),
         (["--ledger", "mysql://x"], "is not auto, off"),

@@ -1,10 +1,19 @@
-"""Flag helpers: the environment variable each flag reads, listen addresses."""
+"""Flag helpers: the environment variable each flag reads, listen addresses, whole numbers."""
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from ca.common.flags import env_name, listen_address
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ca.common.flags import (
+    env_name,
+    listen_address,
+    positive_int,
+    whole_number,
+)
 from ca.errors import ConfigError
 
 
@@ -50,3 +59,46 @@ def test_bad_listen_addresses(text: str) -> None:
         listen_address(text)
     assert "HOST:PORT" in caught.value.message
     assert repr(text.strip()) in caught.value.message
+
+
+@given(st.integers(min_value=-50, max_value=50), st.sampled_from(["", " ", "\t"]))
+def test_a_whole_number_in_range_is_read_and_one_outside_is_refused(value: int, pad: str) -> None:
+    text = f"{pad}{value}{pad}"
+    if 1 <= value <= 20:
+        assert whole_number(text, "--n", minimum=1, maximum=20) == value
+        return
+    with pytest.raises(ConfigError) as caught:
+        whole_number(text, "--n", minimum=1, maximum=20)
+    assert caught.value.message == f"--n {value} is out of range; give a whole number from 1 to 20"
+
+
+@given(st.text(max_size=12).filter(lambda t: re.fullmatch(r"[+-]?[0-9]+", t.strip()) is None))
+def test_text_that_is_no_whole_number_is_refused_with_the_flag_and_the_range(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        whole_number(text, "--limit", minimum=1, maximum=10, hint=" (or export)")
+    assert caught.value.message == f"--limit must be a whole number from 1 to 10 (or export), not {text!r}"
+
+
+@pytest.mark.parametrize("text", ["1.5", "1e3", "", "ten", "0x10", "1_000", "١٢", "²"])
+def test_numbers_in_other_shapes_are_not_whole_numbers(text: str) -> None:
+    with pytest.raises(ConfigError, match="must be a whole number of 0 or more"):
+        positive_int(text, "--token-cache-size")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0", 0), ("16", 16), (" 10000 ", 10000)])
+def test_counts_start_at_zero(text: str, expected: int) -> None:
+    assert positive_int(text, "--grpc-workers") == expected
+
+
+def test_a_negative_count_is_out_of_range() -> None:
+    with pytest.raises(ConfigError) as caught:
+        positive_int("-4", "--grpc-workers")
+    assert caught.value.message == "--grpc-workers -4 is out of range; give a whole number of 0 or more"
+
+
+def test_a_number_too_long_to_convert_is_out_of_range() -> None:
+    with pytest.raises(ConfigError) as caught:
+        whole_number("9" * 5000, "--limit", minimum=1, maximum=10)
+    assert (
+        caught.value.message == "--limit has 5000 digits, far out of range; give a whole number from 1 to 10"
+    )
