@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import errno
 import json
 import os
 import shutil
@@ -70,6 +69,7 @@ SERVER_CPU = 0
 LOAD_CPU = 1
 CLIENT_THREADS = 8
 START_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
 
 
 def progress(message: str) -> None:
@@ -201,20 +201,20 @@ class ServedConnection:
         self.connect_app()
 
     def connect_app(self) -> None:
-        from ca.enforce.inbound import connect_nonblocking
-        from ca.enforce.loop import WRITE
+        from ca.enforce.connect import Connecting
 
-        self.app, result = connect_nonblocking(socket.AF_INET, ("127.0.0.1", self.server.app_port))
-        if result == 0:
-            self.relay()
-        elif result in (errno.EINPROGRESS, errno.EAGAIN) and self.app is not None:
-            self.server.loop.watch(self.fd, 0, self.step_handshake)
-            self.server.loop.watch(self.app.fileno(), WRITE, self.on_app_writable)
-        else:
-            raise ConnectionError(result, os.strerror(result))
+        server = self.server
+        connecting = Connecting(server.loop, server.connect_deadline, self, to="the application")
+        if connecting.start(socket.AF_INET, ("127.0.0.1", server.app_port)):
+            server.loop.watch(self.fd, 0, self.step_handshake)
 
-    def on_app_writable(self, fd: int, events: int) -> None:
+    def next_hop_connected(self, sock: socket.socket) -> None:
+        self.app = sock
         self.relay()
+
+    def next_hop_failed(self, detail: str) -> None:
+        print(f"connection dropped: {detail}", file=sys.stderr, flush=True)
+        self.abort()
 
     def relay(self) -> None:
         from ca.enforce.relay import PlainEndpoint, Relay
@@ -239,6 +239,7 @@ class Server:
         self.contexts = engine_named(engine).contexts(load_material(cert_dir))
         self.app_port = app_port
         self.loop = EventLoop()
+        self.connect_deadline = self.loop.deadline_queue(CONNECT_TIMEOUT_S)
         self.peers = PeerCache()
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
         self.listener.setblocking(False)

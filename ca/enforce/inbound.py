@@ -18,8 +18,6 @@ in a PROXY protocol v2 header (TCP ports named in --proxy-protocol).
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from functools import cached_property
 
 from ca.common.clock import Clock
 from ca.enforce import proxy_v2
+from ca.enforce.connect import Connecting
 from ca.enforce.events import OpenConnections, RefusalLog
 from ca.enforce.http_session import HttpSession
 from ca.enforce.loop import READ, WRITE, DeadlineQueue, EventLoop
@@ -91,33 +90,6 @@ class PortContext:
         return str(self.port.app_port)
 
 
-def connect_nonblocking(family: int, address: tuple[str, int]) -> tuple[socket.socket | None, int]:
-    """A socket connecting to `address`: (socket, 0) when connected, (socket, EINPROGRESS) while
-    connecting, (socket or None, errno) when it failed.
-
-    On loopback the kernel usually completes (or refuses) the connection within connect()
-    even though a non-blocking connect reports EINPROGRESS; asking at once saves a trip
-    through the event loop.
-    """
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as err:  # out of file descriptors, for one
-        return None, err.errno or errno.EMFILE
-    sock.setblocking(False)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        result = sock.connect_ex(address)
-    except OSError as err:
-        return sock, err.errno or errno.EIO
-    if result != errno.EINPROGRESS:
-        return sock, result
-    try:
-        sock.getpeername()
-    except OSError:
-        return sock, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or errno.EINPROGRESS
-    return sock, 0
-
-
 class _State(Enum):
     SNIFF = "sniff"
     ROUTED = "routed"  # decided; between steps
@@ -130,6 +102,7 @@ class _State(Enum):
 class InboundFlow:
     __slots__ = (
         "app",
+        "connecting",
         "ctx",
         "fd",
         "identity",
@@ -156,6 +129,7 @@ class InboundFlow:
         self.tls_contexts: TlsContexts | None = None
         self.identity: PeerIdentity | None = None
         self.app: socket.socket | None = None
+        self.connecting: Connecting | None = None  # while the application's answer is awaited
         self.relay: Relay | None = None
         self.local: tuple[str, int] | None = None
 
@@ -298,36 +272,21 @@ class InboundFlow:
     # ----------------------------------------------------------------- the application
 
     def _connect_app(self) -> None:
-        self.app, result = connect_nonblocking(self.ctx.app_family, self.ctx.app_address)
-        if self.app is None:
-            self.refuse("app_unreachable", f"cannot open a connection: {os.strerror(result)}")
-        elif result == 0:
-            self._app_connected()
-        elif result in (errno.EINPROGRESS, errno.EAGAIN):
-            loop = self.ctx.shared.loop
+        shared = self.ctx.shared
+        connecting = Connecting(shared.loop, shared.deadlines.connect, self, to="the application")
+        if connecting.start(self.ctx.app_family, self.ctx.app_address):
+            self.connecting = connecting
             self.state = _State.CONNECTING
-            loop.watch(self.fd, 0, self.on_handshake_event)  # the caller waits until the app answers
-            loop.watch(self.app.fileno(), WRITE, self.on_app_writable)
-            self.ctx.shared.deadlines.connect.add(self.on_connect_timeout)
-        else:
-            self.refuse("app_unreachable", f"cannot connect to the application: {os.strerror(result)}")
+            shared.loop.watch(self.fd, 0, self.on_handshake_event)  # the caller waits until the app answers
 
-    def on_app_writable(self, fd: int, events: int) -> None:
-        if self.state is not _State.CONNECTING or self.app is None:
-            return
-        error = self.app.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.refuse("app_unreachable", f"cannot connect to the application: {os.strerror(error)}")
-            return
-        self._app_connected()
+    def next_hop_failed(self, detail: str) -> None:
+        self.connecting = None
+        self.refuse("app_unreachable", detail)
 
-    def on_connect_timeout(self) -> None:
-        if self.state is _State.CONNECTING:
-            self.refuse("app_unreachable", "connecting to the application timed out")
-
-    def _app_connected(self) -> None:
+    def next_hop_connected(self, sock: socket.socket) -> None:
+        self.connecting = None
+        self.app = sock
         ctx, shared = self.ctx, self.ctx.shared
-        assert self.app is not None
         shared.metrics.connection(ctx.label, self.mode, self.outcome, "ok")
         identity = self.identity
         if identity is not None:
@@ -420,6 +379,8 @@ class InboundFlow:
         self.state = _State.CLOSED
         shared = self.ctx.shared
         shared.loop.forget(self.fd)
+        if self.connecting is not None:
+            self.connecting.cancel()
         if self.app is not None:
             shared.loop.forget(self.app.fileno())
             self.app.close()

@@ -14,8 +14,6 @@ getaddrinfo), cached for a few seconds.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 
-from ca.enforce.inbound import Shared, connect_nonblocking
+from ca.enforce.connect import Connecting
+from ca.enforce.inbound import Shared
 from ca.enforce.loop import READ, WRITE, EventLoop
 from ca.enforce.peer import PeerRefused, check
 from ca.enforce.relay import PlainEndpoint, Relay
@@ -95,7 +94,7 @@ class _State(Enum):
 
 
 class OutboundFlow:
-    __slots__ = ("client", "ctx", "peer", "relay", "state", "tls", "upstream")
+    __slots__ = ("client", "connecting", "ctx", "peer", "relay", "state", "tls", "upstream")
 
     def __init__(self, ctx: OutboundContext, client: socket.socket, peer: tuple[str, int]) -> None:
         self.ctx = ctx
@@ -103,6 +102,7 @@ class OutboundFlow:
         self.peer = peer
         self.state = _State.RESOLVING
         self.upstream: socket.socket | None = None
+        self.connecting: Connecting | None = None  # while the upstream's answer is awaited
         self.tls: TlsConnection | None = None
         self.relay: Relay | None = None
 
@@ -122,39 +122,24 @@ class OutboundFlow:
             self.refuse("unresolvable", answer)
             return
         family, address = answer
-        loop = self.ctx.shared.loop
-        self.upstream, result = connect_nonblocking(family, address)
-        if self.upstream is None:
-            self.refuse("upstream_unreachable", f"cannot open a connection: {os.strerror(result)}")
-        elif result == 0:
-            self._connected()
-        elif result in (errno.EINPROGRESS, errno.EAGAIN):
+        shared = self.ctx.shared
+        connecting = Connecting(shared.loop, shared.deadlines.connect, self, to="the upstream")
+        if connecting.start(family, address):
+            self.connecting = connecting
             self.state = _State.CONNECTING
-            loop.watch(self.upstream.fileno(), WRITE, self.on_connect_event)
-            self.ctx.shared.deadlines.connect.add(self.on_connect_timeout)
-        else:
-            self.refuse("upstream_unreachable", f"cannot connect: {os.strerror(result)}")
 
-    def on_connect_event(self, fd: int, events: int) -> None:
-        if self.state is not _State.CONNECTING or self.upstream is None:
-            return
-        error = self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self.refuse("upstream_unreachable", f"cannot connect: {os.strerror(error)}")
-            return
-        self._connected()
-
-    def on_connect_timeout(self) -> None:
-        if self.state is _State.CONNECTING:
-            self.refuse("upstream_unreachable", "connecting timed out")
+    def next_hop_failed(self, detail: str) -> None:
+        self.connecting = None
+        self.refuse("upstream_unreachable", detail)
 
     def on_handshake_timeout(self) -> None:
         if self.state is _State.HANDSHAKE:
             self.refuse("handshake_timeout", "the TLS handshake did not finish in time")
 
-    def _connected(self) -> None:
+    def next_hop_connected(self, sock: socket.socket) -> None:
+        self.connecting = None
+        self.upstream = sock
         shared, target = self.ctx.shared, self.ctx.target
-        assert self.upstream is not None
         contexts = shared.certs.current
         if contexts is None:
             self.refuse("no_certificate", "no workload certificate is loaded yet")
@@ -238,6 +223,8 @@ class OutboundFlow:
             return
         self.state = _State.CLOSED
         shared = self.ctx.shared
+        if self.connecting is not None:
+            self.connecting.cancel()
         if self.tls is not None:
             shared.loop.forget(self.tls.fileno())
             self.tls.close()
