@@ -55,25 +55,32 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _bench_common
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _bench_common, _bench_tls_common
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca
 
 from _bench_common import _die_with_parent, envoy_listener_port, percentile, read_ports_file
+from _bench_tls_common import (
+    TlsClient,
+    bulk,
+    handshakes,
+    load_average,
+    process_cpu_s,
+    progress,
+    recv_exactly,
+    serve_app,
+    workspace,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench"
@@ -82,7 +89,6 @@ PLANE_CPU = "0"
 LOAD_CPU = 1
 TARGET_RATIO = 0.5
 WAIT_S = 30.0
-CLIENT_THREADS = 8
 ECHO_BYTES = 100
 
 POLICY = f"""apiVersion: security.istio.io/v1
@@ -97,57 +103,14 @@ spec:
 """
 
 
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- the application
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed early")
-        data += chunk
-    return data
-
-
-def _serve_app_connection(conn: socket.socket) -> None:
-    """First byte: E echo; S<u64> sink that many bytes, answer K; D<u64> send that many bytes."""
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    with contextlib.suppress(OSError, ConnectionError), conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        command = conn.recv(1)
-        if command == b"E":
-            while count := conn.recv_into(buffer):
-                conn.sendall(view[:count])
-            return
-        if command not in (b"S", b"D"):
-            return
-        (total,) = struct.unpack("!Q", _recv_exactly(conn, 8))
-        done = 0
-        if command == b"S":
-            while done < total and (count := conn.recv_into(buffer)):
-                done += count
-            conn.sendall(b"K")
-            return
-        while done < total:
-            chunk = view[: min(len(buffer), total - done)]
-            conn.sendall(chunk)
-            done += len(chunk)
-        conn.recv(1)
 
 
 def app_main(fd: int) -> int:
     """The application, on the listening socket the benchmark made (inherited as `fd`)."""
-    server = socket.socket(fileno=fd)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=_serve_app_connection, args=(conn,), daemon=True).start()
+    serve_app(socket.socket(fileno=fd))
+    return 0
 
 
 # --------------------------------------------------------------------------- processes
@@ -287,22 +250,8 @@ class Plane:
     port: int
     proc: subprocess.Popen[bytes]
 
-    def cpu(self) -> float:
-        return process_cpu_ns(self.proc.pid) / 1e9
-
-
-def process_cpu_ns(pid: int) -> int:
-    """CPU time of all of a process's threads in nanoseconds (/proc/<pid>/task/*/schedstat).
-
-    /proc/<pid>/stat counts in clock ticks (10 ms), too coarse for a second of bulk transfer.
-    Threads that ended are not counted; the data planes keep theirs.
-    """
-    total = 0
-    with contextlib.suppress(FileNotFoundError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
-    return total
+    def cpu_s(self) -> float:
+        return process_cpu_s(self.proc.pid)
 
 
 @dataclass(frozen=True)
@@ -400,127 +349,35 @@ def start_envoy_plane(procs: Processes, setup: Setup) -> Plane:
 # --------------------------------------------------------------------------- the load client
 
 
-class Client:
-    """TLS 1.3 client connections with the client workload's certificate (bundled OpenSSL)."""
+def load_client(cert_dir: Path) -> TlsClient:
+    """The load client with the client workload's certificate (bundled OpenSSL)."""
+    from ca.common.clock import SystemClock
+    from ca.enforce.material import check_material, read_files
+    from ca.enforce.tls_openssl import OpensslEngine
 
-    def __init__(self, cert_dir: Path) -> None:
-        from ca.common.clock import SystemClock
-        from ca.enforce.material import check_material, read_files
-        from ca.enforce.tls_openssl import OpensslEngine
-
-        version, files = read_files(cert_dir)
-        material = check_material(files, version=version, trust_domain=TRUST_DOMAIN, now=SystemClock().now())
-        self.contexts = OpensslEngine().contexts(material)
-
-    def connect(self, port: int) -> Any:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.settimeout(None)  # a timeout makes the fd non-blocking; OpenSSL is to block here
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self.contexts.connect(sock, None)
-        if conn.handshake() != 1:  # blocking socket: completes or raises
-            raise RuntimeError("handshake did not complete")
-        return conn
-
-    @staticmethod
-    def send_all(conn: Any, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            count = conn.write(view)
-            if count <= 0:
-                raise ConnectionError(f"TLS write returned {count}")
-            view = view[count:]
-
-    @staticmethod
-    def recv_exactly(conn: Any, size: int) -> bytes:
-        buffer = bytearray(size)
-        view, got = memoryview(buffer), 0
-        while got < size:
-            count = conn.read_into(view[got:])
-            if count <= 0:
-                raise ConnectionError(f"TLS read returned {count}")
-            got += count
-        return bytes(buffer)
-
-    def facts(self, port: int) -> dict[str, Any]:
-        from cryptography import x509
-
-        from ca.enforce.tls_openssl import ffi, lib
-
-        conn = self.connect(port)
-        try:
-            der = conn.peer_der()
-            group = lib.SSL_get0_group_name(conn._ssl)
-            return {
-                "version": conn.version(),
-                "cipher": conn.cipher(),
-                "group": ffi.string(group).decode() if group != ffi.NULL else "",
-                "server_serial": f"{x509.load_der_x509_certificate(der).serial_number:x}",
-            }
-        finally:
-            conn.close()
+    version, files = read_files(cert_dir)
+    material = check_material(files, version=version, trust_domain=TRUST_DOMAIN, now=SystemClock().now())
+    return TlsClient(OpensslEngine().contexts(material))
 
 
-def handshakes(client: Client, plane: Plane, seconds: float) -> dict[str, float]:
-    stop = time.perf_counter() + seconds
-    done, failed = [0] * CLIENT_THREADS, [0] * CLIENT_THREADS
+def tls_facts(client: TlsClient, port: int) -> dict[str, Any]:
+    """What the load client negotiated with a plane, and the serial of the certificate it presented."""
+    from cryptography import x509
 
-    def worker(index: int) -> None:
-        while time.perf_counter() < stop:
-            try:
-                conn = client.connect(plane.port)
-                Client.send_all(conn, b"Ehi")
-                Client.recv_exactly(conn, 2)
-                conn.close()
-                done[index] += 1
-            except (OSError, RuntimeError) as err:
-                failed[index] += 1
-                if failed[index] == 1:
-                    progress(f"{plane.name}: handshake failed: {err!r}")
+    from ca.enforce.tls_openssl import ffi, lib
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENT_THREADS)]
-    cpu0, t0 = plane.cpu(), time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed, cpu = time.perf_counter() - t0, plane.cpu() - cpu0
-    count = sum(done)
-    return {
-        "rate": count / elapsed,
-        "cpu_util": cpu / elapsed,
-        "per_cpu_s": count / cpu if cpu > 0 else float("nan"),
-        "failed": float(sum(failed)),
-    }
-
-
-def bulk(client: Client, plane: Plane, total: int, upload: bool) -> dict[str, float]:
-    conn = client.connect(plane.port)
+    conn = client.connect(port)
     try:
-        cpu0, t0 = plane.cpu(), time.perf_counter()
-        if upload:
-            Client.send_all(conn, b"S" + struct.pack("!Q", total))
-            block, sent = memoryview(b"x" * (1 << 20)), 0
-            while sent < total:
-                part = block[: min(len(block), total - sent)]
-                Client.send_all(conn, part)
-                sent += len(part)
-            Client.recv_exactly(conn, 1)
-        else:
-            Client.send_all(conn, b"D" + struct.pack("!Q", total))
-            buffer = memoryview(bytearray(1 << 20))
-            got = 0
-            while got < total:
-                count = conn.read_into(buffer)
-                if count <= 0:
-                    raise ConnectionError("download ended early")
-                got += count
-        elapsed, cpu = time.perf_counter() - t0, plane.cpu() - cpu0
-        if not upload:
-            Client.send_all(conn, b"k")
+        der = conn.peer_der()
+        group = lib.SSL_get0_group_name(conn._ssl)
+        return {
+            "version": conn.version(),
+            "cipher": conn.cipher(),
+            "group": ffi.string(group).decode() if group != ffi.NULL else "",
+            "server_serial": f"{x509.load_der_x509_certificate(der).serial_number:x}",
+        }
     finally:
         conn.close()
-    megabytes = total / 1e6
-    return {"mb_s": megabytes / elapsed, "cpu_util": cpu / elapsed, "mb_per_cpu_s": megabytes / cpu}
 
 
 def echo_latencies(send: Callable[[bytes], None], recv: Callable[[int], bytes], count: int) -> list[float]:
@@ -535,11 +392,13 @@ def echo_latencies(send: Callable[[bytes], None], recv: Callable[[int], bytes], 
     return sorted(samples)
 
 
-def latency(client: Client, plane: Plane, count: int) -> dict[str, float]:
+def latency(client: TlsClient, plane: Plane, count: int) -> dict[str, float]:
     conn = client.connect(plane.port)
     try:
         samples = echo_latencies(
-            lambda data: Client.send_all(conn, data), lambda size: Client.recv_exactly(conn, size), count
+            lambda data: TlsClient.send_all(conn, data),
+            lambda size: TlsClient.recv_exactly(conn, size),
+            count,
         )
     finally:
         conn.close()
@@ -549,7 +408,7 @@ def latency(client: Client, plane: Plane, count: int) -> dict[str, float]:
 def direct_latency(app_port: int, count: int) -> dict[str, float]:
     with socket.create_connection(("127.0.0.1", app_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        samples = echo_latencies(sock.sendall, lambda n: _recv_exactly(sock, n), count)
+        samples = echo_latencies(sock.sendall, lambda n: recv_exactly(sock, n), count)
     return {"p50_us": percentile(samples, 0.5) * 1e6, "p99_us": percentile(samples, 0.99) * 1e6}
 
 
@@ -568,7 +427,7 @@ def median_of(rounds: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
 
-def run_rounds(client: Client, planes: list[Plane], app_port: int, settings: Settings) -> dict[str, Any]:
+def run_rounds(client: TlsClient, planes: list[Plane], app_port: int, settings: Settings) -> dict[str, Any]:
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         p.name: {"handshakes": [], "upload": [], "download": [], "latency": []} for p in planes
     }
@@ -636,21 +495,6 @@ def report(summary: dict[str, Any], facts: dict[str, dict[str, Any]], settings: 
     return {"ratios": ratios, "added_latency_us": added, "summary": summary, "tls": facts}
 
 
-def _load_average() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
-    return "?"
-
-
-@contextlib.contextmanager
-def workspace() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="meshca-bench-enforcer-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
@@ -673,8 +517,8 @@ def main(argv: list[str]) -> int:
         latency_count=2000 if args.quick else 10000,
     )
     os.sched_setaffinity(0, {LOAD_CPU})
-    load_before = _load_average()
-    with workspace() as root:
+    load_before = load_average()
+    with workspace("meshca-bench-enforcer-") as root:
         procs = Processes(root)
         try:
             progress("issuing certificates: meshca serve + meshca agent --once (server and client workloads)")
@@ -690,8 +534,8 @@ def main(argv: list[str]) -> int:
             planes = [start_python_plane(procs, setup), start_envoy_plane(procs, setup)]
             if args.stdlib:
                 planes.append(start_python_plane(procs, setup, engine="stdlib"))
-            client = Client(client_certs)
-            facts = {plane.name: client.facts(plane.port) for plane in planes}
+            client = load_client(client_certs)
+            facts = {plane.name: tls_facts(client, plane.port) for plane in planes}
             if len({f["server_serial"] for f in facts.values()}) != 1:
                 raise RuntimeError(f"the planes present different certificates: {facts}")
             summary = run_rounds(client, planes, app_port, settings)
@@ -707,7 +551,7 @@ def main(argv: list[str]) -> int:
 
     machine = platform.processor() or platform.machine()
     print(f"machine: {machine}, {os.cpu_count()} CPUs; the enforcer's TLS library: {library_version()}")
-    print(f"load average before {load_before}, after {_load_average()} (other processes share these CPUs)")
+    print(f"load average before {load_before}, after {load_average()} (other processes share these CPUs)")
     result = report(summary, facts, settings)
     print(json.dumps({"bench": "enforcer", **result}, default=str))
     return 0

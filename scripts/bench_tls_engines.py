@@ -42,23 +42,29 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _tls_pyopenssl
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for _tls_pyopenssl, _bench_tls_common
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # for ca
+
+from _bench_tls_common import (
+    TlsClient,
+    bulk,
+    handshakes,
+    load_average,
+    process_cpu_s,
+    progress,
+    serve_app,
+    workspace,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TRUST_DOMAIN = "cluster.local"
@@ -67,13 +73,8 @@ CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
 ENGINES = ("openssl", "pyopenssl", "stdlib")
 SERVER_CPU = 0
 LOAD_CPU = 1
-CLIENT_THREADS = 8
 START_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- certificates
@@ -291,18 +292,12 @@ def _pin_to_server_cpu() -> None:
 
 @dataclass
 class ServerProcess:
-    engine: str
+    name: str  # the engine's
     proc: subprocess.Popen[bytes]
     port: int
 
     def cpu_s(self) -> float:
-        """CPU time of all the process's threads (/proc/<pid>/task/*/schedstat, in nanoseconds)."""
-        total = 0
-        with contextlib.suppress(FileNotFoundError):
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                with contextlib.suppress(OSError):
-                    total += int(Path(f"/proc/{self.proc.pid}/task/{task}/schedstat").read_text().split()[0])
-        return total / 1e9
+        return process_cpu_s(self.proc.pid)
 
 
 def start_server(engine: str, cert_dir: Path, app_port: int, log: Path) -> ServerProcess:
@@ -327,162 +322,28 @@ def start_server(engine: str, cert_dir: Path, app_port: int, log: Path) -> Serve
 # --------------------------------------------------------------------------- the application
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed early")
-        data += chunk
-    return data
-
-
-def _serve_app_connection(conn: socket.socket) -> None:
-    """First byte: E echo; S<u64> sink that many bytes, answer K; D<u64> send that many bytes."""
-    buffer = bytearray(1 << 20)
-    view = memoryview(buffer)
-    with contextlib.suppress(OSError), conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        command = conn.recv(1)
-        if command == b"E":
-            while count := conn.recv_into(buffer):
-                conn.sendall(view[:count])
-            return
-        if command not in (b"S", b"D"):
-            return
-        (total,) = struct.unpack("!Q", _recv_exactly(conn, 8))
-        done = 0
-        if command == b"S":
-            while done < total and (count := conn.recv_into(buffer)):
-                done += count
-            conn.sendall(b"K")
-            return
-        while done < total:
-            chunk = view[: min(len(buffer), total - done)]
-            conn.sendall(chunk)
-            done += len(chunk)
-        conn.recv(1)
-
-
 def start_app() -> socket.socket:
     server = socket.create_server(("127.0.0.1", 0), backlog=4096)
-
-    def accept_forever() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=_serve_app_connection, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept_forever, daemon=True).start()
+    threading.Thread(target=serve_app, args=(server,), daemon=True).start()
     return server
 
 
 # --------------------------------------------------------------------------- the load client
 
 
-class Client:
-    """Blocking TLS 1.3 client connections with the client SVID, through the openssl engine."""
-
-    def __init__(self, cert_dir: Path) -> None:
-        self.contexts = engine_named("openssl").contexts(load_material(cert_dir))
-
-    def connect(self, port: int) -> Any:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.settimeout(None)  # blocking: the engine's calls complete or fail
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self.contexts.connect(sock, None)
-        if conn.handshake() != 1:
-            raise RuntimeError("handshake did not complete")
-        return conn
-
-    @staticmethod
-    def send_all(conn: Any, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            count = conn.write(view)
-            if count <= 0:
-                raise ConnectionError(f"TLS write returned {count}")
-            view = view[count:]
-
-    @staticmethod
-    def recv_exactly(conn: Any, size: int) -> bytes:
-        buffer = bytearray(size)
-        view, got = memoryview(buffer), 0
-        while got < size:
-            count = conn.read_into(view[got:])
-            if count <= 0:
-                raise ConnectionError(f"TLS read returned {count}")
-            got += count
-        return bytes(buffer)
-
-    def facts(self, port: int) -> dict[str, str]:
-        conn = self.connect(port)
-        try:
-            Client.send_all(conn, b"Eok")
-            Client.recv_exactly(conn, 2)
-            return {"version": conn.version(), "cipher": conn.cipher()}
-        finally:
-            conn.close()
+def load_client(cert_dir: Path) -> TlsClient:
+    """The load client with the client SVID, through the openssl engine."""
+    return TlsClient(engine_named("openssl").contexts(load_material(cert_dir)))
 
 
-def handshakes(client: Client, server: ServerProcess, seconds: float) -> dict[str, float]:
-    stop = time.perf_counter() + seconds
-    done, failed = [0] * CLIENT_THREADS, [0] * CLIENT_THREADS
-
-    def worker(index: int) -> None:
-        while time.perf_counter() < stop:
-            try:
-                conn = client.connect(server.port)
-                Client.send_all(conn, b"Ehi")
-                Client.recv_exactly(conn, 2)
-                conn.close()
-                done[index] += 1
-            except (OSError, RuntimeError) as err:
-                failed[index] += 1
-                if failed[index] == 1:
-                    progress(f"{server.engine}: handshake failed: {err!r}")
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENT_THREADS)]
-    cpu0, t0 = server.cpu_s(), time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
-    count = sum(done)
-    return {"per_cpu_s": count / cpu, "rate": count / elapsed, "failed": float(sum(failed))}
-
-
-def bulk(client: Client, server: ServerProcess, total: int, *, upload: bool) -> dict[str, float]:
-    conn = client.connect(server.port)
+def tls_facts(client: TlsClient, port: int) -> dict[str, str]:
+    conn = client.connect(port)
     try:
-        cpu0, t0 = server.cpu_s(), time.perf_counter()
-        if upload:
-            Client.send_all(conn, b"S" + struct.pack("!Q", total))
-            block, sent = memoryview(b"x" * (1 << 20)), 0
-            while sent < total:
-                part = block[: min(len(block), total - sent)]
-                Client.send_all(conn, part)
-                sent += len(part)
-            Client.recv_exactly(conn, 1)
-        else:
-            Client.send_all(conn, b"D" + struct.pack("!Q", total))
-            buffer = memoryview(bytearray(1 << 20))
-            got = 0
-            while got < total:
-                count = conn.read_into(buffer)
-                if count <= 0:
-                    raise ConnectionError("download ended early")
-                got += count
-        elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
-        if not upload:
-            Client.send_all(conn, b"k")
+        TlsClient.send_all(conn, b"Eok")
+        TlsClient.recv_exactly(conn, 2)
+        return {"version": conn.version(), "cipher": conn.cipher()}
     finally:
         conn.close()
-    megabytes = total / 1e6
-    return {"mb_per_cpu_s": megabytes / cpu, "mb_s": megabytes / elapsed}
 
 
 # --------------------------------------------------------------------------- the run
@@ -499,15 +360,15 @@ Rows = dict[str, dict[str, list[dict[str, float]]]]  # engine -> test -> one row
 Summary = dict[str, dict[str, dict[str, float]]]  # engine -> figure -> statistic
 
 
-def run_rounds(client: Client, servers: list[ServerProcess], settings: Settings) -> Rows:
-    rows: Rows = {s.engine: {"handshakes": [], "upload": [], "download": []} for s in servers}
+def run_rounds(client: TlsClient, servers: list[ServerProcess], settings: Settings) -> Rows:
+    rows: Rows = {s.name: {"handshakes": [], "upload": [], "download": []} for s in servers}
     for number in range(settings.rounds):
         order = servers[number % len(servers) :] + servers[: number % len(servers)]
         for server in order:
-            progress(f"round {number + 1}/{settings.rounds}: {server.engine}")
-            rows[server.engine]["handshakes"].append(handshakes(client, server, settings.handshake_s))
-            rows[server.engine]["upload"].append(bulk(client, server, settings.bulk_bytes, upload=True))
-            rows[server.engine]["download"].append(bulk(client, server, settings.bulk_bytes, upload=False))
+            progress(f"round {number + 1}/{settings.rounds}: {server.name}")
+            rows[server.name]["handshakes"].append(handshakes(client, server, settings.handshake_s))
+            rows[server.name]["upload"].append(bulk(client, server, settings.bulk_bytes, upload=True))
+            rows[server.name]["download"].append(bulk(client, server, settings.bulk_bytes, upload=False))
     return rows
 
 
@@ -566,21 +427,6 @@ def report(
             )
 
 
-def _load_average() -> str:
-    with contextlib.suppress(OSError):
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    return "?"
-
-
-@contextlib.contextmanager
-def workspace() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="meshca-bench-tls-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def stop(servers: list[ServerProcess]) -> None:
     for server in servers:
         if server.proc.poll() is None:
@@ -613,9 +459,9 @@ def main(argv: list[str]) -> int:
         bulk_bytes=(args.bulk_mb or (100 if args.quick else 300)) * 1_000_000,
     )
     os.sched_setaffinity(0, {LOAD_CPU})
-    load_before = _load_average()
+    load_before = load_average()
     servers: list[ServerProcess] = []
-    with workspace() as root:
+    with workspace("meshca-bench-tls-") as root:
         try:
             server_certs, client_certs = make_certificates(root)
             app = start_app()
@@ -623,14 +469,14 @@ def main(argv: list[str]) -> int:
                 servers.append(
                     start_server(engine, server_certs, app.getsockname()[1], root / f"{engine}.log")
                 )
-            client = Client(client_certs)
-            facts = {server.engine: client.facts(server.port) for server in servers}
+            client = load_client(client_certs)
+            facts = {server.name: tls_facts(client, server.port) for server in servers}
             rows = run_rounds(client, servers, settings)
         finally:
             stop(servers)
     from ca.enforce.tls_openssl import library_version
 
-    print(f"bundled OpenSSL: {library_version()}; load average before {load_before}, after {_load_average()}")
+    print(f"bundled OpenSSL: {library_version()}; load average before {load_before}, after {load_average()}")
     summary = summarise(rows)
     report(summary, facts, settings)
     print(json.dumps({"bench": "tls_engines", "summary": summary, "rounds": rows, "tls": facts}))
