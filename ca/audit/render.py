@@ -16,8 +16,16 @@ from datetime import timedelta
 from typing import Any
 
 from ca.common.durations import format_duration
-from ca.ledger.entries import ISSUED, REFUSED, parse_timestamp
-from ca.ledger.queries import Report
+from ca.ledger.entries import (
+    CA_EVENT,
+    CRL_PUBLISHED,
+    ISSUED,
+    REFUSED,
+    REVOKED,
+    ROTATION_ORDER,
+    parse_timestamp,
+)
+from ca.ledger.queries import OrderSummary, Report
 from ca.ledger.verify import VerifyReport
 
 GAP = "  "
@@ -55,6 +63,22 @@ ENTRY_FIELDS = (
     "ca_key_id",
     "ca_fingerprint",
     "source",
+    "agent",
+    "order_id",
+    "replaces",
+    "ordered_by",
+    "selector",
+    "order_reason",
+    "grace_seconds",
+    "spread_seconds",
+    "grace_ends",
+    "matched",
+    "note",
+    "crl_number",
+    "this_update",
+    "next_update",
+    "entries",
+    "crl_sha256",
 )
 
 
@@ -140,10 +164,34 @@ def _span(value: timedelta | None) -> str:
 def detail(entry: Mapping[str, Any]) -> str:
     kind = entry.get("kind")
     if kind == ISSUED:
-        return f"{_span(lifetime(entry))}, until {short_time(entry.get('not_after'))[:16]}"
+        text = f"{_span(lifetime(entry))}, until {short_time(entry.get('not_after'))[:16]}"
+        if entry.get("replaces"):
+            text += f", replaces {entry['replaces']} for {entry.get('order_id')}"
+        return text
     if kind == REFUSED:
         return f"{entry.get('reason')}: {entry.get('message') or ''}".rstrip(": ")
-    return f"CA {entry.get('reason')}: key {entry.get('ca_key_id')} from {entry.get('source')}"
+    if kind == CA_EVENT:
+        return f"CA {entry.get('reason')}: key {entry.get('ca_key_id')} from {entry.get('source')}"
+    if kind == ROTATION_ORDER:
+        return (
+            f"{entry.get('order_id')} by {entry.get('ordered_by')}: {entry.get('selector')}, "
+            f"{entry.get('matched')} matched, grace {_seconds_span(entry.get('grace_seconds'))}: "
+            f"{entry.get('order_reason')}"
+        )
+    if kind == REVOKED:
+        cause = f" by {entry['order_id']}" if entry.get("order_id") else ""
+        note = f": {entry['note']}" if entry.get("note") else ""
+        return f"{entry.get('reason')}{cause}{note}"
+    if kind == CRL_PUBLISHED:
+        return (
+            f"CRL {entry.get('crl_number')}: {entry.get('entries')} entries, next update "
+            f"{short_time(entry.get('next_update'))[:16]}, key {entry.get('ca_key_id')}"
+        )
+    return f"{kind}: {entry.get('reason') or ''}".rstrip(": ")
+
+
+def _seconds_span(seconds: Any) -> str:
+    return format_duration(timedelta(seconds=seconds)) if isinstance(seconds, int | float) else "-"
 
 
 ENTRY_COLUMNS = (
@@ -236,6 +284,25 @@ def report_dict(report: Report) -> dict[str, Any]:
             for v in report.violations
         ],
         "violations_total": report.violations_total,
+        "orders": [_order_dict(o) for o in report.orders],
+        "orders_total": report.orders_total,
+    }
+
+
+def _order_dict(o: OrderSummary) -> dict[str, Any]:
+    return {
+        "order_id": o.order_id,
+        "time": o.time,
+        "ordered_by": o.ordered_by,
+        "selector": o.selector,
+        "reason": o.reason,
+        "state": o.state,
+        "grace_ends": o.grace_ends,
+        "matched": o.matched,
+        "replaced": o.replaced,
+        "revoked": o.revoked,
+        "outstanding": o.outstanding,
+        "expired": o.expired,
     }
 
 
@@ -255,6 +322,18 @@ def report_csv_fields(report: Report) -> list[str]:
         "lifetime_seconds",
         "not_after",
         "problems",
+        "order_id",
+        "time",
+        "ordered_by",
+        "selector",
+        "order_reason",
+        "state",
+        "grace_ends",
+        "matched",
+        "replaced",
+        "revoked",
+        "outstanding",
+        "expired",
     ]
 
 
@@ -289,6 +368,9 @@ def report_csv_rows(report: Report) -> Iterator[dict[str, Any]]:
             "not_after": v.not_after,
             "problems": "; ".join(v.problems),
         }
+    for o in report.orders:
+        fields = {name: value for name, value in _order_dict(o).items() if name != "reason"}
+        yield {"section": "order", **fields, "order_reason": o.reason}  # `reason` is a refusal's
 
 
 def report_table(report: Report, width: int) -> list[str]:
@@ -366,6 +448,45 @@ def report_table(report: Report, width: int) -> list[str]:
         )
         if report.violations_total > len(report.violations):
             lines.append(f"(the newest {len(report.violations)} of {report.violations_total})")
+    return lines + _orders_table(report, width)
+
+
+def _orders_table(report: Report, width: int) -> list[str]:
+    lines = ["", f"Rotation orders: {report.orders_total or 'none'}"]
+    if not report.orders:
+        return lines
+    lines += table(
+        [
+            Column("ORDER"),
+            Column("TIME (UTC)"),
+            Column("SELECTOR", floors=(20, 10)),
+            Column("STATE"),
+            Column("MATCHED", right=True),
+            Column("REPLACED", right=True),
+            Column("REVOKED", right=True),
+            Column("OUTSTANDING", right=True),
+            Column("EXPIRED", right=True),
+            Column("REASON", floors=(16, 6)),
+        ],
+        [
+            [
+                o.order_id,
+                short_time(o.time),
+                o.selector,
+                o.state,
+                str(o.matched),
+                str(o.replaced),
+                str(o.revoked),
+                str(o.outstanding),
+                str(o.expired),
+                o.reason,
+            ]
+            for o in report.orders
+        ],
+        width,
+    )
+    if report.orders_total > len(report.orders):
+        lines.append(f"(the newest {len(report.orders)} of {report.orders_total})")
     return lines
 
 

@@ -14,6 +14,7 @@ from ca.common.moments import parse_moment
 from ca.errors import ConfigError, InvalidRequestError
 from ca.issuance.issuer import IssuancePolicy
 from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter, parse_limit
+from ca.ledger.entries import KINDS
 from ca.ledger.location import ledger_url
 
 
@@ -45,8 +46,8 @@ AUDIT_ACTIONS = {
     "list": "the newest ledger entries that match the filters, newest first",
     "show": "every ledger entry for one certificate serial number",
     "export": "every entry that matches the filters, oldest first, as JSON lines or CSV",
-    "report": "issuance per namespace and identity, refusals by reason, and live certificates "
-    "that break the policy",
+    "report": "issuance per namespace and identity, refusals by reason, live certificates "
+    "that break the policy, and rotation orders",
     "verify": "check the whole ledger: hash chain, signed checkpoints and the head kept outside",
 }
 
@@ -67,7 +68,7 @@ def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[
         parser.add_argument("--since", help=f"only entries at or after this time: {TIME_HELP}")
         parser.add_argument("--until", help=f"only entries before this time: {TIME_HELP}")
     if action in ("list", "export"):
-        parser.add_argument("--status", choices=["issued", "refused", "ca_event"], help="only this kind")
+        parser.add_argument("--status", choices=KINDS, help="only this kind of entry")
         parser.add_argument(
             "--valid-at", help=f"only certificates issued and not yet expired at this time: {TIME_HELP}"
         )

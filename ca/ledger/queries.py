@@ -48,7 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 
 from ca.common.durations import format_duration
-from ca.errors import ConfigError, InvalidRequestError
+from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.issuance.issuer import IssuancePolicy
 from ca.ledger import schema
 from ca.ledger.audit_filter import DEFAULT_LIMIT as DEFAULT_LIMIT
@@ -56,11 +56,14 @@ from ca.ledger.audit_filter import MAX_LIMIT as MAX_LIMIT
 from ca.ledger.audit_filter import AuditFilter as AuditFilter
 from ca.ledger.audit_filter import check_limit
 from ca.ledger.chain_check import check_span, checked_entries
-from ca.ledger.entries import ISSUED, REFUSED, parse_timestamp, timestamp
+from ca.ledger.entries import ISSUED, REFUSED, ROTATION_ORDER, parse_timestamp, timestamp
+from ca.ledger.rotation import OrderState, TargetState, selector_from_json
+from ca.ledger.store import read_head
 
 PROBE_CAP = 20_000
 EXPORT_BATCH = 2_000
 MAX_VIOLATIONS = 100
+MAX_ORDERS = 100
 # Seconds of slack when comparing lifetimes: the entry's time is taken just after signing.
 LIFETIME_SLACK_S = 1
 
@@ -408,6 +411,25 @@ class Violation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class OrderSummary:
+    """A rotation order and what had become of its targets at the report's time: replaced by
+    their holders, revoked, still outstanding (live, neither), and expired (the rest)."""
+
+    order_id: str
+    time: str
+    ordered_by: str
+    selector: str
+    reason: str
+    state: str  # as of the report's time
+    grace_ends: str
+    matched: int
+    replaced: int
+    revoked: int
+    outstanding: int
+    expired: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Report:
     """Issuance per namespace and identity, refusals by reason, and live certificates that break policy.
 
@@ -422,6 +444,8 @@ class Report:
     violations: tuple[Violation, ...]
     violations_total: int
     ttl_labels: tuple[str, ...] = field(default=tuple(label for label, _ in TTL_BUCKETS))
+    orders: tuple[OrderSummary, ...] = ()  # newest first, at most MAX_ORDERS
+    orders_total: int = 0
 
 
 def _seconds_between(start: ColumnElement[Any], end: ColumnElement[Any], dialect: str) -> ColumnElement[Any]:
@@ -527,6 +551,122 @@ def _violations(
     return found, total
 
 
+def _order_terms(f: AuditFilter, at: str) -> list[ColumnElement[bool]]:
+    o = schema.rotation_orders.c
+    terms = [o.time <= at]
+    if f.since is not None:
+        terms.append(o.time >= timestamp(f.since))
+    if f.until is not None:
+        terms.append(o.time < timestamp(f.until))
+    return terms
+
+
+def _target_terms(f: AuditFilter) -> list[ColumnElement[bool]]:
+    t = schema.rotation_targets.c
+    return [
+        column == value
+        for column, value in (
+            (t.spiffe_id, f.spiffe_id),
+            (t.namespace, f.namespace),
+            (t.service_account, f.service_account),
+            (t.pod_name, f.pod),
+        )
+        if value is not None
+    ]
+
+
+def _orders(conn: Connection, f: AuditFilter, at: str, limit: int) -> tuple[list[OrderSummary], int]:
+    """The orders made by `at` (within the time filters), newest first, each with its targets
+    counted as they stood at `at`; with identity filters, only the targets (and orders) they
+    select. Each order's ledger record is checked against the chain and against its row."""
+    o, t = schema.rotation_orders.c, schema.rotation_targets.c
+    targets = _target_terms(f)
+    replaced = and_(t.state == TargetState.REPLACED.value, t.replaced_at <= at)
+    revoked = and_(t.state == TargetState.REVOKED.value, t.revoked_at <= at)
+    outstanding = and_(~replaced, ~revoked, t.not_after > at)
+
+    def tally(condition: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    joined = schema.rotation_orders.outerjoin(schema.rotation_targets, and_(t.order_id == o.id, *targets))
+    grouped = (
+        select(o.id, func.count(t.serial).label("matched"))
+        .select_from(joined)
+        .where(*_order_terms(f, at))
+        .group_by(o.id)
+    )
+    if targets:
+        grouped = grouped.having(func.count(t.serial) > 0)
+    total = int(conn.execute(select(func.count()).select_from(grouped.subquery())).scalar_one())
+    query = (
+        select(
+            schema.rotation_orders,
+            func.count(t.serial).label("targets"),
+            tally(replaced).label("replaced"),
+            tally(revoked).label("revoked"),
+            tally(outstanding).label("outstanding"),
+        )
+        .select_from(joined)
+        .where(*_order_terms(f, at))
+        .group_by(*schema.rotation_orders.c)
+        .order_by(o.time.desc(), o.id.desc())
+        .limit(limit)
+    )
+    if targets:
+        query = query.having(func.count(t.serial) > 0)
+    rows = conn.execute(query).all()
+    _check_order_records(conn, rows)
+    return [_order_summary(row, at) for row in rows], total
+
+
+def _check_order_records(conn: Connection, rows: Sequence[Any]) -> None:
+    """Each order's row agrees with its ledger record, which holds its place in the chain (one
+    compacted away, long after its order ended, is not there to compare)."""
+    records = {entry["seq"]: entry for entry in _fetch(conn, [int(row.ledger_seq) for row in rows])}
+    anchor_seq = read_head(conn)[2]
+    for row in rows:
+        record = records.get(int(row.ledger_seq))
+        if record is None and int(row.ledger_seq) <= anchor_seq:
+            continue
+        agrees = (
+            record is not None
+            and record.get("kind") == ROTATION_ORDER
+            and record.get("order_id") == row.id
+            and record.get("matched") == int(row.matched)
+            and record.get("time") == row.time
+        )
+        if not agrees:
+            raise LedgerTamperedError(
+                f"rotation order {row.id} differs from its ledger record (entry {row.ledger_seq}): the "
+                "order table was edited; run 'meshca audit verify' and investigate the database",
+                seq=int(row.ledger_seq),
+            )
+
+
+def _order_summary(row: Any, at: str) -> OrderSummary:
+    completed = row.completed_at is not None and row.completed_at <= at
+    matched, replaced, revoked, outstanding = (
+        int(row.targets),
+        int(row.replaced),
+        int(row.revoked),
+        int(row.outstanding),
+    )
+    return OrderSummary(
+        order_id=row.id,
+        time=row.time,
+        ordered_by=row.ordered_by,
+        selector=selector_from_json(row.selector).describe(),
+        reason=row.reason,
+        state=(OrderState.COMPLETED if completed else OrderState.PUSHING).value,
+        grace_ends=row.grace_ends,
+        matched=matched,
+        replaced=replaced,
+        revoked=revoked,
+        outstanding=outstanding,
+        expired=matched - replaced - revoked - outstanding,
+    )
+
+
 def _check_counted(conn: Connection, f: AuditFilter) -> None:
     """Check the hash chain over every entry a report on `f` may count: the span of entries
     its time filters cover, else the whole ledger."""
@@ -546,8 +686,10 @@ def report(
     f: AuditFilter | None = None,
     *,
     max_violations: int = MAX_VIOLATIONS,
+    max_orders: int = MAX_ORDERS,
 ) -> Report:
-    """Per namespace and identity: issued, valid at `now`, lifetimes, refusals; and policy breakers."""
+    """Per namespace and identity: issued, valid at `now`, lifetimes, refusals; policy breakers;
+    and the rotation orders made by `now`, with what became of their targets."""
     f = f or AuditFilter()
     if f.status is not None or f.valid_at is not None:
         raise InvalidRequestError(
@@ -561,6 +703,7 @@ def report(
         issued = _issued_stats(conn, f, at)
         refusals = _refusals(conn, f)
         violations, total = _violations(conn, f, now, policy, max_violations)
+        orders, orders_total = _orders(conn, f, at, max_orders)
     refused_by_identity: dict[IdentityKey, int] = {}
     for refusal in refusals:
         key = (refusal.namespace, refusal.spiffe_id)
@@ -586,6 +729,8 @@ def report(
         ),
         violations=tuple(violations),
         violations_total=total,
+        orders=tuple(orders),
+        orders_total=orders_total,
     )
 
 
