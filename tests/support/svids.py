@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ca.agent.svid import Svid, accept_response
+from ca.issuance.authority import SigningAuthority
 from ca.issuance.csr import parse_csr
 from ca.issuance.issuer import IssuancePolicy, Issuer
 from ca.issuance.keys import KeyAlgorithm, KeyPolicy
@@ -19,8 +20,11 @@ CART = SpiffeId.for_workload("cluster.local", "shop", "cart")
 class FakeCa:
     """Issues with the real issuer; can be told to fail or to answer for another key."""
 
-    def __init__(self, clock: FakeClock, trust_domain: str = "cluster.local") -> None:
-        authority = RootFactory(
+    def __init__(
+        self, clock: FakeClock, trust_domain: str = "cluster.local", authority: SigningAuthority | None = None
+    ) -> None:
+        """A self-signed root of its own signs, unless `authority` is given."""
+        authority = authority or RootFactory(
             trust_domain=trust_domain, key_algorithm=KeyAlgorithm.EC_P256, clock=clock
         ).create("t")
         self.issuer = Issuer(authority=authority, policy=IssuancePolicy(), clock=clock)

@@ -1,0 +1,212 @@
+"""A real Envoy fed by the agent's SDS server enforces the CA's CRL: once the agent publishes it,
+the ROOTCA push makes Envoy refuse a client whose certificate it lists, while a good client keeps
+getting through. Envoy takes the CRL with `only_verify_leaf_cert_crl`, which needs a CRL only for
+the leaf's issuer (an empty CRL still counts)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from ca.agent.broadcast import SvidBroadcast
+from ca.agent.runner import unix_server
+from ca.agent.sds import SdsService
+from ca.agent.svid import Svid
+from ca.issuance.cert_dir import CRL
+from ca.issuance.crl import build_crl, crl_der, load_pem_crls
+from ca.issuance.csr import parse_csr
+from ca.issuance.keys import KeyPolicy, private_key_pem
+from ca.issuance.spiffe_id import SpiffeId
+from tests.support.agent import LiveClock, agent_args, short_dir, start_agent, wait_until
+from tests.support.ca_server import RunningCa, start_ca
+from tests.support.clock import FakeClock
+from tests.support.crls import CRL_VALIDITY, crl_revoking
+from tests.support.crls import revoked as revoked_entry
+from tests.support.envoy import RunningEnvoy, inbound_bootstrap, start_envoy
+from tests.support.issuing import authority_from
+from tests.support.pki import ec_key, make_csr, make_hierarchy
+from tests.support.svids import FakeCa, make_svid
+
+pytestmark = pytest.mark.slow
+
+ROOTCA_UPDATES = "sds.ROOTCA.update_success"
+VERIFY_FAILED = "ssl.fail_verify_error"  # under listener.<address>.
+REFUSED = "refused"
+
+
+class _Ok(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class Mesh:
+    base: Path
+    clock: FakeClock
+    ca: FakeCa
+    broadcast: SvidBroadcast
+    envoy: RunningEnvoy
+    listen: int
+
+    def client(self, name: str) -> tuple[Svid, ssl.SSLContext]:
+        svid = make_svid(self.clock, self.ca)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.load_verify_locations(cadata=svid.roots_pem().decode())
+        (self.base / f"{name}.pem").write_bytes(svid.chain_pem())
+        (self.base / f"{name}.key").write_bytes(svid.key_pem())
+        context.load_cert_chain(self.base / f"{name}.pem", self.base / f"{name}.key")
+        return svid, context
+
+    def rootca_updates(self) -> int:
+        return self.envoy.stats(ROOTCA_UPDATES).get(ROOTCA_UPDATES, 0)
+
+    def verify_failures(self) -> int:
+        return sum(v for k, v in self.envoy.stats(VERIFY_FAILED).items() if k.endswith(VERIFY_FAILED))
+
+    def publish_crl(self, revoked: list[Svid]) -> None:
+        """The control stream's call, then wait until Envoy has applied the new ROOTCA."""
+        before = self.rootca_updates()
+        crl = crl_revoking(self.ca.issuer.authority, [s.leaf for s in revoked], self.clock.now())
+        assert self.broadcast.publish_crl([crl])
+        wait_until(lambda: self.rootca_updates() > before or None, 10, "Envoy applying the new ROOTCA")
+
+
+@pytest.fixture
+def mesh() -> Iterator[Mesh]:
+    clock = FakeClock()
+    # Leaves signed by an intermediate (root -> intermediate -> signing CA), as with plugged-in
+    # cacerts: the CRL is the signing CA's, and nothing revokes the CAs above it.
+    ca = FakeCa(clock, authority=authority_from(make_hierarchy(clock.now())))
+    broadcast = SvidBroadcast()
+    broadcast.publish(make_svid(clock, ca))
+    app = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    with short_dir("mca-crl-envoy-") as base, contextlib.ExitStack() as stack:
+        sds = unix_server(base / "sds.sock", [SdsService(broadcast)])
+        sds.start()
+        stack.callback(sds.stop, 0)
+        stack.callback(app.shutdown)
+        bootstrap = inbound_bootstrap(
+            node="crl", sds_socket=base / "sds.sock", app_port=app.server_address[1]
+        )
+        envoy = start_envoy("crl", bootstrap, base / "envoy")
+        stack.callback(envoy.stop)
+        yield Mesh(
+            base=base,
+            clock=clock,
+            ca=ca,
+            broadcast=broadcast,
+            envoy=envoy,
+            listen=envoy.listener_port("inbound"),
+        )
+
+
+def _get(port: int, context: ssl.SSLContext) -> str:
+    """The status line Envoy answered with, or REFUSED."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n")
+                answer = tls.recv(4096)
+        except (ssl.SSLError, ConnectionError):
+            return REFUSED  # Envoy closes after the handshake (TLS 1.3: the client has finished its part)
+    return answer.split(b"\r\n", 1)[0].decode() if answer else REFUSED
+
+
+def test_envoy_refuses_a_client_the_agents_crl_revokes_and_accepts_a_good_one(mesh: Mesh) -> None:
+    revoked, revoked_client = mesh.client("revoked")
+    _, good_client = mesh.client("good")
+    assert _get(mesh.listen, revoked_client) == "HTTP/1.1 200 OK"  # before the CRL
+
+    mesh.publish_crl([revoked])
+
+    assert _get(mesh.listen, revoked_client) == REFUSED
+    assert mesh.verify_failures() == 1  # refused by certificate verification, with the CRL in it
+    assert _get(mesh.listen, good_client) == "HTTP/1.1 200 OK"  # so the CRL for their issuer was there
+    assert mesh.verify_failures() == 1
+
+
+def test_envoy_accepts_clients_with_an_empty_crl_for_their_issuer(mesh: Mesh) -> None:
+    _, client = mesh.client("client")
+    mesh.publish_crl([])
+    assert _get(mesh.listen, client) == "HTTP/1.1 200 OK"
+
+
+def _client_of(ca: RunningCa, base: Path, name: str) -> tuple[x509.Certificate, ssl.SSLContext]:
+    """A mesh client certificate straight from the CA's issuer, and a TLS client presenting it."""
+    key = ec_key()
+    issued = ca.server.issuer.issue(
+        spiffe_id=SpiffeId.for_workload("cluster.local", "shop", name),
+        csr=parse_csr(make_csr(key), KeyPolicy()),
+        requested_ttl_seconds=0,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cadata=ca.bundle.decode())
+    (base / f"{name}.pem").write_text("".join(issued.chain[:-1]))
+    (base / f"{name}.key").write_bytes(private_key_pem(key))
+    context.load_cert_chain(base / f"{name}.pem", base / f"{name}.key")
+    return issued.certificate, context
+
+
+def test_a_real_agent_delivers_the_crl_to_its_files_and_to_envoy() -> None:
+    with short_dir("mca-crl-agent-") as base, contextlib.ExitStack() as stack:
+        ca = start_ca(base / "state", "--ledger", "off", clock=LiveClock())
+        stack.callback(ca.stop)
+        token = base / "token"
+        token.write_text(ca.token("shop", "web") + "\n")
+        agent = start_agent(
+            agent_args(
+                ca_port=ca.port,
+                ca_root=ca.state_dir / "root-cert.pem",
+                token_file=token,
+                output_dir=base / "certs",
+                sds_socket=base / "sds.sock",
+                health=False,
+            )
+        )
+        stack.callback(agent.stop)
+        agent.wait_for_svid()
+        app = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+        threading.Thread(target=app.serve_forever, daemon=True).start()
+        stack.callback(app.shutdown)
+        envoy = start_envoy(
+            "agent-crl",
+            inbound_bootstrap(node="agent-crl", sds_socket=base / "sds.sock", app_port=app.server_address[1]),
+            base / "envoy",
+        )
+        stack.callback(envoy.stop)
+        listen = envoy.listener_port("inbound")
+        revoked, revoked_client = _client_of(ca, base, "revoked")
+        _, good_client = _client_of(ca, base, "good")
+        assert _get(listen, revoked_client) == "HTTP/1.1 200 OK"
+
+        crl = build_crl(
+            ca.server.authority,
+            [revoked_entry(revoked, ca.clock.now())],
+            now=ca.clock.now(),
+            validity=CRL_VALIDITY,
+        )
+        assert agent.process.broadcast.publish_crl([crl_der(crl)])  # what the control stream calls
+
+        assert load_pem_crls((base / "certs" / CRL).read_bytes(), CRL) == [crl]
+        wait_until(
+            lambda: _get(listen, revoked_client) == REFUSED or None, 10, "Envoy refusing the revoked client"
+        )
+        assert _get(listen, good_client) == "HTTP/1.1 200 OK"
