@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from ca.agent.settings import add_agent_parser
 from ca.audit.settings import add_audit_parser
 from ca.common import logs
-from ca.common.flags import environment
+from ca.common.flags import command_words, environment
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ErrorKind, MeshcaError
 from ca.policy.command import add_policy_parser
@@ -126,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.quiet_grpc_core(environ)
     try:
         try:
-            args = build_parser(environ).parse_args(argv)
+            parser = build_parser(environ)
+            words = sys.argv[1:] if argv is None else argv
+            args = parser.parse_args(command_words(words, parser))
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else EXIT_CONFIG
         with logs.held_until_running():

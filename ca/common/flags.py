@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -24,6 +24,23 @@ else:
 
 DEFAULT_STATE_DIR = "./meshca-state"
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '١٢' and '1_000'
+
+# The flags whose value is a length of time (ca.common.durations), in whichever command has them.
+DURATION_FLAGS = frozenset(
+    {
+        "--default-ttl",
+        "--max-ttl",
+        "--ttl",
+        "--token-leeway",
+        "--ledger-checkpoint-interval",
+        "--ledger-retention",
+        "--ledger-linger",
+        "--once-timeout",
+        "--grace",
+        "--spread",
+    }
+)
+_DASH_VALUE = re.compile(r"-[0-9.]")  # no flag starts so: a negative value such as -3h or -0.5
 
 PORTS_FILE_HELP = (
     "once every listener is bound, write their ports to this file as one JSON object (a listen "
@@ -113,6 +130,53 @@ def whole_number(
 def positive_int(text: str, flag: str) -> int:
     """A count flag: a whole number, 0 or more."""
     return whole_number(text, flag)
+
+
+def value_flags(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """The long flags that take a value, of `parser` and of its subcommands' parsers."""
+    return frozenset(_value_flags(parser))
+
+
+def _value_flags(parser: argparse.ArgumentParser) -> Iterator[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _value_flags(sub)
+        elif action.nargs is None:
+            yield from (flag for flag in action.option_strings if flag.startswith("--"))
+
+
+def command_words(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """The command line as `parser` is to read it: negative values joined to their flags, and
+    negative durations refused."""
+    words = dash_values_attached(argv, value_flags(parser))
+    refuse_negative_durations(words)
+    return words
+
+
+def dash_values_attached(argv: Sequence[str], takes_value: Collection[str]) -> list[str]:
+    """`--max-ttl -3h` -> `--max-ttl=-3h`.
+
+    argparse reads a word that starts with '-' as a flag unless it is a plain negative number,
+    so `--max-ttl -3h` would fail with "expected one argument". Joined to its flag, the value
+    reaches the flag's own check, which can say what is wrong with it.
+    """
+    words: list[str] = []
+    for word in argv:
+        if words and words[-1] in takes_value and _DASH_VALUE.match(word):
+            words[-1] = f"{words[-1]}={word}"
+        else:
+            words.append(word)
+    return words
+
+
+def refuse_negative_durations(words: Sequence[str]) -> None:
+    for word in words:
+        flag, _, value = word.partition("=")
+        if flag in DURATION_FLAGS and value.strip().startswith("-"):
+            raise ConfigError(
+                f"{flag} cannot be negative, got {value}; give a duration such as 90s, 30m, 24h or 90d"
+            )
 
 
 def audiences(args: argparse.Namespace) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
-"""Flag helpers: the environment variable each flag reads, listen addresses, whole numbers."""
+"""Flag helpers: the environment variable each flag reads, listen addresses, whole numbers, and
+negative values on the command line."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -9,9 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ca.common.flags import (
+    dash_values_attached,
     env_name,
     listen_address,
     positive_int,
+    refuse_negative_durations,
     whole_number,
 )
 from ca.errors import ConfigError
@@ -102,3 +106,50 @@ def test_a_number_too_long_to_convert_is_out_of_range() -> None:
     assert (
         caught.value.message == "--limit has 5000 digits, far out of range; give a whole number from 1 to 10"
     )
+
+
+TAKES_VALUE = frozenset({"--max-ttl", "--limit", "--namespace"})
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["serve", "--max-ttl", "-3h"], ["serve", "--max-ttl=-3h"]),
+        (["--limit", "-3", "--namespace", "-.5"], ["--limit=-3", "--namespace=-.5"]),
+        (["--max-ttl", "--limit", "5"], ["--max-ttl", "--limit", "5"]),  # a missing value stays missing
+        (["--max-ttl", "-x"], ["--max-ttl", "-x"]),  # shaped like a flag: argparse says what it is
+        (["--version", "-3"], ["--version", "-3"]),  # takes no value
+        (["-3h", "--max-ttl", "1h"], ["-3h", "--max-ttl", "1h"]),
+        (["--max-ttl=-1h", "-2h"], ["--max-ttl=-1h", "-2h"]),
+    ],
+)
+def test_negative_values_are_joined_to_the_flag_before_them(argv: list[str], expected: list[str]) -> None:
+    assert dash_values_attached(argv, TAKES_VALUE) == expected
+
+
+WORDS = ["--max-ttl", "--limit", "--on", "-3h", "-0", "-.5", "5", "x", "-"]
+
+
+@given(st.lists(st.sampled_from(WORDS), max_size=8))
+def test_joining_keeps_every_word_in_order(argv: list[str]) -> None:
+    joined = dash_values_attached(argv, TAKES_VALUE)
+    assert [part for word in joined for part in word.split("=")] == argv
+    left_apart = [
+        (a, b) for a, b in itertools.pairwise(joined) if a in TAKES_VALUE and b[:2] in {"-3", "-0", "-."}
+    ]
+    assert left_apart == []
+
+
+@pytest.mark.parametrize("word", ["--max-ttl=-3h", "--ttl=-0", "--once-timeout= -1s", "--ledger-linger=-"])
+def test_a_negative_duration_is_refused(word: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        refuse_negative_durations(["serve", word])
+    flag, _, value = word.partition("=")
+    assert caught.value.message == (
+        f"{flag} cannot be negative, got {value}; give a duration such as 90s, 30m, 24h or 90d"
+    )
+
+
+@pytest.mark.parametrize("words", [["--max-ttl=3h"], ["--limit=-3"], ["--max-ttl", "-3h"], ["-3h"]])
+def test_other_words_are_left_to_their_checks(words: list[str]) -> None:
+    refuse_negative_durations(words)
