@@ -80,7 +80,8 @@ class KeyPolicy:
     def allows_label(self, label: str) -> bool:
         if label.startswith("rsa-"):
             bits = label.removeprefix("rsa-")
-            return bits.isdigit() and self.min_rsa_bits <= int(bits) <= self.max_rsa_bits
+            # isascii: str.isdigit also takes '²' (which int() refuses) and other scripts' digits
+            return bits.isascii() and bits.isdigit() and self.min_rsa_bits <= int(bits) <= self.max_rsa_bits
         return label in {_CURVE_LABELS[c] for c in self.ec_curves if c in _CURVE_LABELS}
 
 
