@@ -34,7 +34,7 @@ from ca.audit.render import (
     verify_dict,
 )
 from ca.ledger.entries import timestamp
-from ca.ledger.queries import IdentityStats, RefusalCount, Report, Violation
+from ca.ledger.queries import IdentityStats, OrderSummary, RefusalCount, Report, Violation
 from ca.ledger.verify import VerifyReport
 
 ISSUED_AT = datetime(2026, 11, 21, 22, 31, 24, 123456, tzinfo=UTC)
@@ -171,6 +171,51 @@ def test_lifetime_is_what_was_granted_at_issuance() -> None:
         (REFUSED, "token_invalid: the token has expired"),
         ({**REFUSED, "message": None}, "token_invalid"),
         (CA_EVENT, "CA started: key ab:cd from self-signed root"),
+        (
+            {**ISSUED, "replaces": "0a0b", "order_id": "ro-1"},
+            "1d, until 2026-11-22 22:31, replaces 0a0b for ro-1",
+        ),
+        (
+            {
+                "kind": "rotation_order",
+                "order_id": "ro-1",
+                "ordered_by": "spiffe://cluster.local/ns/istio-system/sa/admin",
+                "selector": "namespace=shop",
+                "matched": 3,
+                "grace_seconds": 300,
+                "order_reason": "key leaked",
+            },
+            "ro-1 by spiffe://cluster.local/ns/istio-system/sa/admin: namespace=shop, 3 matched, "
+            "grace 5m: key leaked",
+        ),
+        (
+            {
+                "kind": "rotation_order",
+                "order_id": "ro-2",
+                "ordered_by": "me",
+                "selector": "all",
+                "matched": 0,
+                "order_reason": "drill",
+            },
+            "ro-2 by me: all, 0 matched, grace -: drill",
+        ),
+        (
+            {"kind": "revoked", "reason": "keyCompromise", "order_id": "ro-1", "note": "pager"},
+            "keyCompromise by ro-1: pager",
+        ),
+        ({"kind": "revoked", "reason": "superseded"}, "superseded"),
+        (
+            {
+                "kind": "crl_published",
+                "crl_number": 12,
+                "entries": 2,
+                "next_update": "2026-11-22T10:00:00.000000Z",
+                "ca_key_id": "ab:cd",
+            },
+            "CRL 12: 2 entries, next update 2026-11-22 10:00, key ab:cd",
+        ),
+        ({"kind": "from_a_newer_ca", "reason": "why"}, "from_a_newer_ca: why"),
+        ({"kind": "from_a_newer_ca"}, "from_a_newer_ca"),
     ],
 )
 def test_the_detail_column_says_what_each_kind_of_entry_means(entry: dict[str, Any], text: str) -> None:
@@ -291,6 +336,23 @@ def _report() -> Report:
             ),
         ),
         violations_total=3,
+        orders=(
+            OrderSummary(
+                order_id="ro-2",
+                time=timestamp(ISSUED_AT - timedelta(hours=1)),
+                ordered_by="spiffe://cluster.local/ns/istio-system/sa/admin",
+                selector="namespace=shop",
+                reason="key leaked",
+                state="grace",
+                grace_ends=timestamp(ISSUED_AT + timedelta(minutes=4)),
+                matched=5,
+                replaced=3,
+                revoked=0,
+                outstanding=1,
+                expired=1,
+            ),
+        ),
+        orders_total=2,
     )
 
 
@@ -316,6 +378,23 @@ def test_the_report_as_a_dict() -> None:
         "key type rsa-1024 is not allowed",
     ]
     assert result["violations_total"] == 3
+    assert result["orders"] == [
+        {
+            "order_id": "ro-2",
+            "time": "2026-11-21T21:31:24.123456Z",
+            "ordered_by": "spiffe://cluster.local/ns/istio-system/sa/admin",
+            "selector": "namespace=shop",
+            "reason": "key leaked",
+            "state": "grace",
+            "grace_ends": "2026-11-21T22:35:24.123456Z",
+            "matched": 5,
+            "replaced": 3,
+            "revoked": 0,
+            "outstanding": 1,
+            "expired": 1,
+        }
+    ]
+    assert result["orders_total"] == 2
     json.loads(json_line(result))  # every value is JSON
 
 
@@ -325,10 +404,20 @@ def test_the_report_as_one_csv_with_a_section_column() -> None:
     assert fields[:5] == ["section", "namespace", "spiffe_id", "issued", "valid_now"]
     assert fields[5:10] == ["ttl<=1h", "ttl<=24h", "ttl<=7d", "ttl<=90d", "ttl>90d"]
     rows = list(csv.DictReader(io.StringIO("".join(csv_lines(fields, report_csv_rows(report))))))
-    assert [r["section"] for r in rows] == ["identity", "identity", "refusal", "refusal", "violation"]
+    assert [r["section"] for r in rows] == [
+        "identity",
+        "identity",
+        "refusal",
+        "refusal",
+        "violation",
+        "order",
+    ]
     assert rows[0]["ttl<=24h"] == "2" and rows[0]["reason"] == ""
     assert rows[3]["reason"] == "token_invalid" and rows[3]["count"] == "4"
     assert rows[4]["problems"] == "lifetime 3d is over the max TTL 2d; key type rsa-1024 is not allowed"
+    order = rows[5]
+    assert (order["order_id"], order["order_reason"], order["reason"]) == ("ro-2", "key leaked", "")
+    assert (order["matched"], order["replaced"], order["outstanding"]) == ("5", "3", "1")
 
 
 def test_the_report_as_tables() -> None:
@@ -350,7 +439,24 @@ def test_the_report_as_tables() -> None:
     title = "Valid certificates that break the policy (max TTL 2d, key types): 3"
     violations = lines.index(title)
     assert lines[violations + 2].split()[:5] == ["ff" * 16, "shop/cart", "rsa-1024", "3d", "2026-11-24"]
-    assert lines[-1] == "(the newest 1 of 3)"
+    assert lines[violations + 3] == "(the newest 1 of 3)"
+    orders = lines.index("Rotation orders: 2")
+    assert lines[orders + 1].split()[:4] == ["ORDER", "TIME", "(UTC)", "SELECTOR"]
+    assert lines[orders + 2].split() == [
+        "ro-2",
+        "2026-11-21",
+        "21:31:24",
+        "namespace=shop",
+        "grace",
+        "5",
+        "3",
+        "0",
+        "1",
+        "1",
+        "key",
+        "leaked",
+    ]
+    assert lines[-1] == "(the newest 1 of 2)"
 
 
 def test_an_empty_report_says_none() -> None:
@@ -364,7 +470,8 @@ def test_an_empty_report_says_none() -> None:
     )
     lines = report_table(empty, 80)
     assert lines[lines.index("Refusals by reason") + 1] == "none"
-    assert lines[-1] == "Valid certificates that break the policy (max TTL 1h, key types): none"
+    assert "Valid certificates that break the policy (max TTL 1h, key types): none" in lines
+    assert lines[-1] == "Rotation orders: none"
 
 
 # --------------------------------------------------------------------------- verify
