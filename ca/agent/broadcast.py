@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ca.agent.svid import Svid
+from ca.common.clock import Clock, SystemClock
 from ca.issuance.crl import (
     NO_REVOCATIONS,
     InvalidCrlError,
     RevocationLists,
+    check_in_force,
     load_der_crls,
     trusted_crl_issuers,
 )
@@ -45,7 +47,8 @@ class CrlSink(Protocol):
 
 
 class SvidBroadcast:
-    def __init__(self, crl_sinks: Sequence[CrlSink] = ()) -> None:
+    def __init__(self, crl_sinks: Sequence[CrlSink] = (), clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._crl_lock = threading.Lock()  # one CRL delivery at a time, in order, to the sinks
         self._svid: Svid | None = None
@@ -83,10 +86,14 @@ class SvidBroadcast:
         Returns True when they were delivered, False when they were ignored because
         they are no newer than what is served (the largest CRL number is not larger;
         an empty sequence has none). Raises InvalidCrlError, serving nothing new, when
-        a CRL does not parse or is not signed by a CA of the current SVID's chain or
-        trust bundle, or when there is no SVID yet to check it against. Thread-safe.
+        a CRL does not parse, is not signed by a CA of the current SVID's chain or
+        trust bundle, is not in force by this node's clock (Envoy would then refuse
+        every handshake), or when there is no SVID yet to check it against. Thread-safe.
         """
         crls = load_der_crls(crl_ders)
+        now = self._clock.now()
+        for crl in crls:
+            check_in_force(crl, now)
         with self._crl_lock:
             with self._lock:
                 svid, served = self._svid, self._revocations

@@ -251,6 +251,23 @@ def check_crl(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certif
     )
 
 
+def check_in_force(crl: x509.CertificateRevocationList, now: datetime) -> None:
+    """InvalidCrlError unless `now` lies between the CRL's thisUpdate and nextUpdate: Envoy refuses
+    every handshake checked against a CRL outside them."""
+    who = crl.issuer.rfc4514_string()
+    if crl.last_update_utc > now:
+        raise InvalidCrlError(
+            f"the CRL of {who!r} starts at {crl.last_update_utc.isoformat()}, after this node's clock "
+            f"({now.isoformat()}); check the clocks of the CA and of this node"
+        )
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update <= now:
+        raise InvalidCrlError(
+            f"the CRL of {who!r} expired at {next_update.isoformat()} (nextUpdate); "
+            "the CA must publish a newer one"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Listing:
     """Why and when a certificate was revoked, as a CRL says."""

@@ -17,7 +17,7 @@ from ca.agent.sinks import FileSink
 from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.crl import InvalidCrlError, RevocationLists, load_pem_crls
 from tests.support.clock import FakeClock
-from tests.support.crls import crl_revoking
+from tests.support.crls import CRL_VALIDITY, crl_revoking
 from tests.support.svids import FakeCa, make_svid
 
 
@@ -161,3 +161,17 @@ def test_crls_before_the_first_certificate_wait_for_it(tmp_path: Path, clock: Fa
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     files.publish(svid)
     assert (tmp_path / CRL).read_bytes() == lists.pem()
+
+
+def test_a_crl_envoy_would_reject_at_this_time_is_refused(clock: FakeClock, ca: FakeCa) -> None:
+    broadcast = SvidBroadcast(clock=clock)
+    broadcast.publish(make_svid(clock, ca))
+    stale = crl_revoking(ca.issuer.authority, [], clock.now() - CRL_VALIDITY - timedelta(minutes=3))
+    with pytest.raises(InvalidCrlError, match="expired at"):
+        broadcast.publish_crl([stale])
+    ahead = crl_revoking(ca.issuer.authority, [], clock.now() + timedelta(minutes=3))  # beyond the backdate
+    with pytest.raises(InvalidCrlError, match="after this node's clock"):
+        broadcast.publish_crl([ahead])
+    assert not broadcast.snapshot().revocations
+    clock.advance(timedelta(minutes=1, seconds=1))  # the CA's clock was only a minute ahead
+    assert broadcast.publish_crl([ahead])

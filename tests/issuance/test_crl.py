@@ -20,6 +20,7 @@ from ca.issuance.crl import (
     InvalidCrlError,
     RevocationLists,
     build_crl,
+    check_in_force,
     crl_der,
     crl_number,
     crl_terms,
@@ -324,3 +325,14 @@ def test_a_leaf_is_found_by_its_authority_key_and_serial(root: SigningAuthority)
     found = lists.find(CertificateRef.of(revoked))
     assert found is not None and found.reason == "superseded"
     assert lists.find(CertificateRef.of(kept)) is None
+
+
+def test_a_crl_is_in_force_from_this_update_to_next_update(root: SigningAuthority) -> None:
+    crl = build_crl(root, [], now=NOW, validity=VALIDITY)
+    this_update = NOW - CRL_BACKDATE
+    check_in_force(crl, this_update)
+    check_in_force(crl, this_update + VALIDITY - timedelta(seconds=1))
+    with pytest.raises(InvalidCrlError, match="after this node's clock"):
+        check_in_force(crl, this_update - timedelta(seconds=1))
+    with pytest.raises(InvalidCrlError, match="expired at"):
+        check_in_force(crl, this_update + VALIDITY)
