@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
     Row,
     case,
+    cast,
     create_engine,
     event,
     exists,
@@ -34,6 +37,7 @@ from sqlalchemy import (
     literal,
     select,
 )
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -43,7 +47,6 @@ from ca.ledger.entries import (
     ISSUED,
     MESHCA_AGENT,
     crl_published_content,
-    parse_timestamp,
     revoked_content,
     rotation_order_content,
     timestamp,
@@ -91,6 +94,12 @@ def sqlite_read_engine(url: str) -> Engine:
     return engine
 
 
+def _when(text: str) -> datetime:
+    """A ledger timestamp as an aware datetime: entries.parse_timestamp's result, fifty times
+    faster (strptime dominated reading a large order)."""
+    return datetime.fromisoformat(text)
+
+
 def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(values), IN_LIST_CHUNK):
         yield values[start : start + IN_LIST_CHUNK]
@@ -104,6 +113,65 @@ def _us(value: timedelta) -> int:
     return value // _MICROSECOND
 
 
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Replacement(NamedTuple):
+    order_id: str
+    old_serial: str
+    new_serial: str
+    at: datetime
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Calls from several threads at once share one write: a caller who finds no write under way
+    writes everything queued so far; those who arrive meanwhile wait, and when it is done one
+    of them whose item is still unwritten writes the next batch. `write` answers each item of
+    its batch in order. (During a large order thousands of agents report their replacements
+    within seconds; one commit each, an fsync on SQLite, would queue them up.)"""
+
+    def __init__(self, write: Callable[[Sequence[Item]], list[Result]]) -> None:
+        self._write = write
+        self._turn = threading.Condition()
+        self._pending: list[tuple[Item, Future[Result]]] = []
+        self._writing = False
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for the next write."""
+        with self._turn:
+            return len(self._pending)
+
+    def submit(self, item: Item) -> Result:
+        waiter: Future[Result] = Future()
+        with self._turn:
+            self._pending.append((item, waiter))
+            while self._writing and not waiter.done():
+                self._turn.wait()
+            if waiter.done():
+                return waiter.result()
+            self._writing = True
+            batch, self._pending = self._pending, []
+        try:
+            self._settle(batch)
+        finally:
+            with self._turn:
+                self._writing = False
+                self._turn.notify_all()
+        return waiter.result()
+
+    def _settle(self, batch: Sequence[tuple[Item, Future[Result]]]) -> None:
+        try:
+            results = self._write([item for item, _ in batch])
+        except BaseException as err:
+            for _, waiter in batch:
+                waiter.set_exception(err)
+            return
+        for (_, waiter), result in zip(batch, results, strict=True):
+            waiter.set_result(result)
+
+
 class SqlRotationStore:
     """RotationStore over the ledger database of `store` (migrated to schema 4 or later)."""
 
@@ -112,6 +180,7 @@ class SqlRotationStore:
         self._owns_store = owns_store
         self._postgres = not store.is_sqlite
         self._reads = sqlite_read_engine(store.url) if store.is_sqlite else store.engine
+        self._replacements = GroupCommit(self._mark_replaced)
 
     @classmethod
     def open(cls, url: str) -> SqlRotationStore:
@@ -167,8 +236,13 @@ class SqlRotationStore:
             where.append(e.time < timestamp(selector.issued_before))
         r = schema.revocations.c
         where.append(~exists(select(literal(1)).where(r.serial == e.serial)))
+        dialect = self._reads.dialect.name
         query = select(e.seq, e.serial, e.spiffe_id, e.namespace, e.service_account, e.pod_name, e.time)
-        query = query.add_columns(e.not_after, e.content).order_by(e.seq)
+        query = query.add_columns(
+            e.not_after,
+            _json_text(e.content, "node_name", dialect).label("node_name"),
+            _json_text(e.content, "agent", dialect).label("agent"),
+        ).order_by(e.seq)
         rows: list[Any] = []
         with self._reading() as conn:
             if selector.serials:
@@ -217,12 +291,14 @@ class SqlRotationStore:
         """The issued entries of these serials (the newest of each), by serial."""
         e = schema.entries.c
         found: dict[str, Any] = {}
+        query = select(e.seq, e.kind, e.serial, e.spiffe_id, e.namespace, e.service_account, e.pod_name)
+        query = query.add_columns(e.not_after).order_by(e.seq)
         for chunk in _chunks(serials):
-            query = select(
-                e.seq, e.serial, e.spiffe_id, e.namespace, e.service_account, e.pod_name, e.not_after
-            )
-            for row in conn.execute(query.where(e.kind == ISSUED, e.serial.in_(chunk)).order_by(e.seq)):
-                found[row.serial] = row
+            # By serial alone, so that SQLite (no statistics) takes the serial index rather than
+            # walking every issuance through the kind index; a serial has few entries.
+            for row in conn.execute(query.where(e.serial.in_(chunk))):
+                if row.kind == ISSUED:
+                    found[row.serial] = row
         return found
 
     # ----------------------------------------------------------------------- orders
@@ -325,20 +401,31 @@ class SqlRotationStore:
             return [_order(row) for row in conn.execute(query)]
 
     def mark_replaced(self, *, order_id: str, old_serial: str, new_serial: str, at: datetime) -> bool:
+        """Calls from several threads at once share one transaction (see GroupCommit)."""
+        return self._replacements.submit(_Replacement(order_id, old_serial, new_serial, at))
+
+    def _mark_replaced(self, batch: Sequence[_Replacement]) -> list[bool]:
         t = schema.rotation_targets.c
+        done = []
         with self._writing() as conn:
-            updated = conn.execute(
-                schema.rotation_targets.update()
-                .where(
-                    t.order_id == order_id,
-                    t.serial == old_serial,
-                    t.state == TargetState.OUTSTANDING.value,
-                )
-                .values(state=TargetState.REPLACED.value, replaced_by=new_serial, replaced_at=timestamp(at))
-            ).rowcount
-            if updated:
+            for item in batch:
+                updated = conn.execute(
+                    schema.rotation_targets.update()
+                    .where(
+                        t.order_id == item.order_id,
+                        t.serial == item.old_serial,
+                        t.state == TargetState.OUTSTANDING.value,
+                    )
+                    .values(
+                        state=TargetState.REPLACED.value,
+                        replaced_by=item.new_serial,
+                        replaced_at=timestamp(item.at),
+                    )
+                ).rowcount
+                done.append(bool(updated))
+            if any(done):
                 self._changed(conn)
-        return bool(updated)
+        return done
 
     def complete_due_orders(self, now: datetime) -> list[tuple[Order, list[Revocation]]]:
         """Each order completes in a transaction of its own, once across replicas: the one whose
@@ -373,9 +460,12 @@ class SqlRotationStore:
             ).rowcount
             if not won:
                 return None  # another replica completed it
-            live = (
-                conn.execute(
-                    select(t.serial)
+            # The targets hold what a revocation records of each certificate: no need to look
+            # up its issuance (by far the slowest part of revoking ten thousand at once).
+            live = {
+                row.serial: row
+                for row in conn.execute(
+                    select(t.serial, t.spiffe_id, t.namespace, t.service_account, t.pod_name, t.not_after)
                     .where(
                         t.order_id == order_id,
                         t.state == TargetState.OUTSTANDING.value,
@@ -383,11 +473,9 @@ class SqlRotationStore:
                     )
                     .order_by(t.target_index)
                 )
-                .scalars()
-                .all()
-            )
+            }
             _, made = self._revoke_in(
-                conn, [str(s) for s in live], reason=ORDER_REVOCATION_REASON, at=now, order_id=order_id
+                conn, list(live), live, reason=ORDER_REVOCATION_REASON, at=now, order_id=order_id
             )
             self._changed(conn)
             row = conn.execute(select(schema.rotation_orders).where(o.id == order_id)).one()
@@ -410,8 +498,17 @@ class SqlRotationStore:
             return []
         with self._writing() as conn:
             lock_head(conn)
+            issued = self._issued(conn, wanted)
+            unknown = [s for s in wanted if s not in issued]
+            if unknown:
+                raise InvalidRequestError(
+                    f"the ledger has no issued certificate with serial {', '.join(unknown)}; check "
+                    "the number ('openssl x509 -noout -serial') (a certificate long expired may have "
+                    "been compacted away, and needs no revocation)",
+                    reason="serial_unknown",
+                )
             every, made = self._revoke_in(
-                conn, wanted, reason=canonical_reason, at=at, order_id=order_id, note=note
+                conn, wanted, issued, reason=canonical_reason, at=at, order_id=order_id, note=note
             )
             if made:
                 self._changed(conn)
@@ -421,6 +518,7 @@ class SqlRotationStore:
         self,
         conn: Connection,
         serials: Sequence[str],
+        issued: Mapping[str, Any],
         *,
         reason: str,
         at: datetime,
@@ -428,17 +526,9 @@ class SqlRotationStore:
         note: str | None = None,
     ) -> tuple[list[Revocation], list[Revocation]]:
         """Revoke `serials` in this transaction (which holds the head lock): (every one of them
-        as now revoked, in the order given; those newly revoked). Targets of any order that
-        cover them are marked revoked."""
-        issued = self._issued(conn, serials)
-        unknown = [s for s in serials if s not in issued]
-        if unknown:
-            raise InvalidRequestError(
-                f"the ledger has no issued certificate with serial {', '.join(unknown)}; check the "
-                "number ('openssl x509 -noout -serial') (a certificate long expired may have been "
-                "compacted away, and needs no revocation)",
-                reason="serial_unknown",
-            )
+        as now revoked, in the order given; those newly revoked). `issued` has each serial's
+        identity, namespace, service account, pod and expiry (rows with those columns). Targets
+        of any order that cover them are marked revoked."""
         existing = self._revocations_of(conn, serials)
         new = [s for s in serials if s not in existing]
         made: list[Revocation] = []
@@ -452,7 +542,7 @@ class SqlRotationStore:
                     service_account=issued[serial].service_account,
                     pod_name=issued[serial].pod_name,
                     reason=reason,
-                    not_after=parse_timestamp(issued[serial].not_after),
+                    not_after=_when(issued[serial].not_after),
                     order_id=order_id,
                     note=note,
                 )
@@ -546,18 +636,24 @@ def _content_has(content: ColumnElement[Any], name: str, value: str | None) -> C
     return content.like(f"%{escaped}%", escape="\\")
 
 
+def _json_text(content: ColumnElement[Any], key: str, dialect: str) -> ColumnElement[Any]:
+    """One text field of an entry's content, extracted by the database (no JSON decoding here)."""
+    if dialect == "postgresql":
+        return func.json_extract_path_text(cast(content, JSON), key)
+    return func.json_extract(content, f"$.{key}")
+
+
 def _certificate(row: Row[Any]) -> TargetCertificate:
-    content = json.loads(row.content)
     return TargetCertificate(
         serial=row.serial,
         spiffe_id=row.spiffe_id,
         namespace=row.namespace,
         service_account=row.service_account,
         pod=row.pod_name,
-        node=content.get("node_name"),
-        issued=parse_timestamp(row.time),
-        not_after=parse_timestamp(row.not_after),
-        from_meshca_agent=content.get("agent") == MESHCA_AGENT,
+        node=row.node_name,
+        issued=_when(row.time),
+        not_after=_when(row.not_after),
+        from_meshca_agent=row.agent == MESHCA_AGENT,
     )
 
 
@@ -578,7 +674,7 @@ def _order(row: Row[Any]) -> Order:
     return Order(
         id=row.id,
         ordered_by=row.ordered_by,
-        time=parse_timestamp(row.time),
+        time=_when(row.time),
         selector=selector_from_json(row.selector),
         reason=row.reason,
         grace=timedelta(microseconds=int(row.grace_us)),
@@ -609,7 +705,7 @@ def _target_row(order_id: str, index: int, target: TargetCertificate) -> dict[st
 
 
 def _maybe_time(text: str | None) -> datetime | None:
-    return parse_timestamp(text) if text is not None else None
+    return _when(text) if text is not None else None
 
 
 def _target(row: Row[Any], now: datetime) -> Target:
@@ -620,8 +716,8 @@ def _target(row: Row[Any], now: datetime) -> Target:
         service_account=row.service_account,
         pod=row.pod_name,
         node=row.node_name,
-        issued=parse_timestamp(row.issued),
-        not_after=parse_timestamp(row.not_after),
+        issued=_when(row.issued),
+        not_after=_when(row.not_after),
         from_meshca_agent=bool(row.from_meshca_agent),
     )
     state = TargetState(row.state)
@@ -655,9 +751,9 @@ def _revocation(row: Any) -> Revocation:
     return Revocation(
         serial=row["serial"],
         spiffe_id=row["spiffe_id"],
-        revoked_at=parse_timestamp(row["revoked_at"]),
+        revoked_at=_when(row["revoked_at"]),
         reason=row["reason"],
-        not_after=parse_timestamp(row["not_after"]),
+        not_after=_when(row["not_after"]),
         order_id=row["order_id"],
         note=row["note"],
     )

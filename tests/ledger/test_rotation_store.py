@@ -8,7 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +39,7 @@ from ca.ledger.rotation import (
     TargetCertificate,
     TargetState,
 )
-from ca.ledger.rotation_store import SqlRotationStore
+from ca.ledger.rotation_store import GroupCommit, SqlRotationStore
 from ca.ledger.store import LedgerStore
 from ca.ledger.verify import verify_ledger
 from tests.support import ledger as ledger_support
@@ -586,3 +587,69 @@ def test_a_ledger_locked_by_another_writer_is_unavailable(ledger_url: str) -> No
     finally:
         store.dispose()
         ledger.dispose()
+
+
+def test_concurrent_replacements_each_count_once(rig: Rig) -> None:
+    order = _placed(rig)
+    reports = [("a1", "d1"), ("a2", "d2"), ("a3", "d3")] * 4  # each holder reports four times
+    start = threading.Barrier(len(reports))
+    answers: dict[int, bool] = {}
+
+    def report(index: int, old: str, new: str) -> None:
+        start.wait()
+        answers[index] = rig.store.mark_replaced(order_id=order.id, old_serial=old, new_serial=new, at=NOW)
+
+    threads = [threading.Thread(target=report, args=(i, *pair)) for i, pair in enumerate(reports)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(answers) == len(reports) and sum(answers.values()) == 3
+    assert rig.store.counts(order.id, NOW) == OrderCounts(matched=3, replaced=3)
+    assert {t.certificate.serial: t.replaced_by for t in rig.store.targets(order.id, NOW)} == {
+        "a1": "d1",
+        "a2": "d2",
+        "a3": "d3",
+    }
+
+
+def test_calls_made_during_a_write_share_the_next_one() -> None:
+    batches: list[list[int]] = []
+    first_written = threading.Event()
+    release = threading.Event()
+
+    def write(batch: Sequence[int]) -> list[int]:
+        batches.append(list(batch))
+        first_written.set()
+        assert release.wait(10)
+        if 13 in batch:
+            raise RuntimeError("the database went away")
+        return [n * 10 for n in batch]
+
+    group: GroupCommit[int, int] = GroupCommit(write)
+    answers: dict[int, int | str] = {}
+
+    def submit(n: int) -> None:
+        try:
+            answers[n] = group.submit(n)
+        except RuntimeError as err:
+            answers[n] = str(err)
+
+    first = threading.Thread(target=submit, args=(1,))
+    first.start()
+    assert first_written.wait(10)  # the first write is under way, and held
+    others = [threading.Thread(target=submit, args=(n,)) for n in range(2, 12)]
+    for thread in others:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while group.queued < 10:
+        assert time.monotonic() < deadline, "the callers never queued"
+        time.sleep(0.005)
+    release.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert batches == [[1], list(range(2, 12))]
+    assert answers == {n: n * 10 for n in range(1, 12)}
+    submit(13)  # a failed write fails its callers, and the next caller writes again
+    submit(14)
+    assert answers[13] == "the database went away" and answers[14] == 140
