@@ -2,7 +2,8 @@
 
 `SqlRotationStore` implements ca.ledger.rotation.RotationStore on SQLite and PostgreSQL.
 Every write is one transaction that first takes the lock every append to the hash chain
-holds (ca.ledger.store.lock_head), then writes its table rows and their ledger records
+holds (ca.ledger.store.lock_head; so rotation writes are serialised among themselves too, and
+cannot deadlock over target rows), then writes its table rows and their ledger records
 (ca.ledger.store.append_in) and grows the change marker; on PostgreSQL it also NOTIFYs
 CHANGE_CHANNEL, which is delivered when it commits (ca.ledger.changes listens). So an order,
 its ledger record and the signal to the other replicas exist together or not at all, and a
@@ -408,6 +409,10 @@ class SqlRotationStore:
         t = schema.rotation_targets.c
         done = []
         with self._writing() as conn:
+            # Every rotation write takes the head lock first, so none can hold a target row that
+            # another is waiting for while waiting for one it holds (completing an order and a
+            # revocation mark targets of several orders, in no fixed row order).
+            lock_head(conn)
             for item in batch:
                 updated = conn.execute(
                     schema.rotation_targets.update()
