@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -46,3 +47,42 @@ def test_setting_the_wall_time_does_not_move_monotonic_time() -> None:
     before = clock.monotonic()
     clock.set(clock.now() - timedelta(hours=1))
     assert clock.monotonic() == before
+
+
+def test_fake_timers_run_on_their_loop_in_order_once_time_reaches_them() -> None:
+    clock, ran = FakeClock(), []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        clock.call_later(loop, 1.0, lambda: ran.append("later"))
+        clock.call_later(loop, 0.5, lambda: ran.append("sooner"))
+        clock.call_later(loop, 0.5, lambda: ran.append("cancelled")).cancel()
+        clock.call_later(loop, 0.0, lambda: ran.append("at once"))
+        assert clock.timers() == [0.5, 1.0]
+        await asyncio.sleep(0)
+        assert ran == ["at once"]
+        clock.advance_s(0.499999)
+        await asyncio.sleep(0)
+        assert ran == ["at once"] and clock.timers() == [0.000001, 0.500001]
+        clock.advance(timedelta(microseconds=1))
+        await asyncio.sleep(0)
+        assert ran == ["at once", "sooner"]
+        clock.advance_s(10)
+        await asyncio.sleep(0)
+        assert ran == ["at once", "sooner", "later"] and clock.timers() == []
+
+    asyncio.run(scenario())
+
+
+def test_system_clock_timers_are_the_loops_own() -> None:
+    ran: list[str] = []
+
+    async def scenario() -> None:
+        loop, clock = asyncio.get_running_loop(), SystemClock()
+        done = loop.create_future()
+        clock.call_later(loop, 60.0, lambda: ran.append("cancelled")).cancel()
+        clock.call_later(loop, 0.001, lambda: done.set_result(None))
+        await asyncio.wait_for(done, 10)
+
+    asyncio.run(scenario())
+    assert ran == []
