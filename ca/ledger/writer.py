@@ -26,6 +26,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from ca.common.backoff import Backoff, Retrying, UniformRandom
+from ca.common.clock import Clock, SystemClock, Timer
 from ca.errors import MeshcaError, UnavailableError
 from ca.ledger.chain import Entry
 from ca.ledger.entries import Record
@@ -147,6 +148,9 @@ class LoopLedgerWriter:
     or that exits; it fails its batch and everything pending with UnavailableError and
     is replaced. Until the new one is ready, new entries fail at once instead of
     queueing behind it.
+
+    Every interval (the linger, the deadlines, the wait before a replacement) is measured
+    and waited out on `clock`, so a test moves a fake clock instead of waiting.
     """
 
     def __init__(
@@ -161,22 +165,24 @@ class LoopLedgerWriter:
         start_timeout_s: float = 60.0,
         restart_backoff: Backoff = RESTART_BACKOFF,
         random: UniformRandom = random.random,
+        clock: Clock | None = None,
     ) -> None:
         """`process` has been started and is ready."""
         self._process = process
         self._loop = loop
+        self._clock = clock or SystemClock()
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._linger_s = linger_s
         self._deadline_s = deadline_s
         self._start_timeout_s = start_timeout_s
         self._pending: list[_Item] = []
-        self._pending_since: list[float] = []  # loop time each pending entry came in
+        self._pending_since: list[float] = []  # the clock's monotonic time each pending entry came in
         self._committing: list[_Item] | None = None  # the batch the process is writing
         self._down: UnavailableError | None = None  # why entries fail at once, while they do
         self._restarts = Retrying(restart_backoff, random)
-        self._overdue: asyncio.TimerHandle | None = None  # the batch in flight, or the start
-        self._timer: asyncio.TimerHandle | None = None
+        self._overdue: Timer | None = None  # the batch in flight, or the start
+        self._timer: Timer | None = None  # the linger
         self._last_commit = -math.inf
         self._attached = False
         self._closed = False
@@ -224,7 +230,7 @@ class LoopLedgerWriter:
             _settle(item[1], error=_backlog_full(len(self._pending)))
             return
         self._pending.append(item)
-        self._pending_since.append(self._loop.time())
+        self._pending_since.append(self._clock.monotonic())
         if len(self._pending) == 1:
             if self._committing is None:
                 self._schedule()
@@ -239,15 +245,16 @@ class LoopLedgerWriter:
             self._timer = None
         if not self._pending:
             return
-        busy = self._loop.time() - self._last_commit < self._linger_s
+        waited = self._clock.monotonic() - self._pending_since[0]
+        busy = self._clock.monotonic() - self._last_commit < self._linger_s
         if busy and not now:
-            self._timer = self._loop.call_at(self._pending_since[0] + self._linger_s, self._send_next)
+            self._timer = self._after(self._linger_s - waited, self._send_next)
         else:
             self._loop.call_soon(self._send_next)
 
     def _expire_pending(self) -> None:
         """Fail the entries that have waited `deadline_s` without being sent (a backlog)."""
-        count = bisect.bisect_left(self._pending_since, self._loop.time() - self._deadline_s)
+        count = bisect.bisect_left(self._pending_since, self._clock.monotonic() - self._deadline_s)
         if count:
             expired = self._pending[:count]
             del self._pending[:count], self._pending_since[:count]
@@ -263,7 +270,7 @@ class LoopLedgerWriter:
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch], self._pending_since[: self._max_batch]
         self._committing = batch
-        self._overdue = self._loop.call_later(self._deadline_s, self._commit_overdue)
+        self._overdue = self._after(self._deadline_s, self._commit_overdue)
         try:
             self._process.send([record for record, _ in batch])
         except (OSError, ValueError) as err:
@@ -280,7 +287,7 @@ class LoopLedgerWriter:
             return
         batch, self._committing = self._committing, None
         self._cancel_overdue()
-        self._last_commit = self._loop.time()
+        self._last_commit = self._clock.monotonic()
         _settle_batch(batch, reply)
         self._schedule()
 
@@ -325,7 +332,7 @@ class LoopLedgerWriter:
         else:
             log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
         if not self._closed:
-            self._loop.call_later(self._restarts.next_delay_s(), self._restart)
+            self._after(self._restarts.next_delay_s(), self._restart)
 
     def _take_waiting(self) -> list[_Item]:
         """Everything not yet settled: the batch in flight, then the pending entries."""
@@ -342,7 +349,10 @@ class LoopLedgerWriter:
             self._lost(f"could not be started ({err})")
             return
         self._attach()
-        self._overdue = self._loop.call_later(self._start_timeout_s, self._start_overdue)
+        self._overdue = self._after(self._start_timeout_s, self._start_overdue)
+
+    def _after(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        return self._clock.call_later(self._loop, seconds, callback)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Stop taking entries; those already submitted are written first."""
@@ -359,10 +369,10 @@ class LoopLedgerWriter:
         self._process.stop()
 
     async def _drain(self, timeout_s: float) -> None:
-        deadline = self._loop.time() + timeout_s
+        deadline = self._clock.monotonic() + timeout_s
         try:
             while (self._pending or self._committing is not None) and self._down is None:
-                if self._loop.time() > deadline:
+                if self._clock.monotonic() > deadline:
                     raise TimeoutError(f"entries still unwritten after {timeout_s:g}s")
                 await asyncio.sleep(0.005)
         finally:

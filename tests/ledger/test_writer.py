@@ -1,4 +1,9 @@
-"""Group commit: the thread writer, and the event-loop writer with its ledger process."""
+"""Group commit: the thread writer, and the event-loop writer with its ledger process.
+
+The event-loop writer measures its linger, deadlines and restart waits on a fake
+clock that each test moves; the ledger process is real, so what it does is awaited
+by polling for its answer or for the batch its appender holds.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,13 @@ import pytest
 from ca.common.backoff import Backoff
 from ca.errors import UnavailableError
 from ca.ledger.chain import Entry
+from ca.ledger.entries import Record
 from ca.ledger.process_writer import LedgerProcess
-from ca.ledger.writer import LedgerWriter, LoopLedgerWriter
-from tests.support.recording_appender import RecordingAppender, recorded_batches
+from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
+from tests.support.clock import FakeClock
+from tests.support.recording_appender import RecordingAppender, held_batch, recorded_batches
+
+POLL_S = 0.01  # how often a test looks for what the ledger process has done
 
 
 class RecordingStore:
@@ -31,8 +40,8 @@ class RecordingStore:
         self.batches: list[list[str]] = []
         self.seq = 0
 
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        self.batches.append([str(c["id"]) for c in contents])
+    def append(self, contents: Sequence[Record]) -> list[Entry]:
+        self.batches.append([str(c["id"]) for c in contents if isinstance(c, Mapping)])
         written = []
         for _ in contents:
             self.seq += 1
@@ -49,13 +58,41 @@ def ledger_process(tmp_path: Path) -> Iterator[LedgerProcess]:
     process.stop()
 
 
-def _writer(process: LedgerProcess, **settings: Any) -> LoopLedgerWriter:
-    return LoopLedgerWriter(process, asyncio.get_running_loop(), **settings)
+def _writer(process: LedgerProcess, clock: FakeClock | None = None, **settings: Any) -> LoopLedgerWriter:
+    return LoopLedgerWriter(process, asyncio.get_running_loop(), clock=clock or FakeClock(), **settings)
+
+
+async def _advance(clock: FakeClock, seconds: float) -> None:
+    """Move the writer's clock; the timers that fell due run on the loop before this returns."""
+    clock.advance_s(seconds)
+    await asyncio.sleep(0)  # one turn of the loop: the clock handed the due timers to it first
+
+
+async def _until(check: Callable[[], object], what: str, within_s: float = 20.0) -> None:
+    """Wait on the loop's turns until `check()` holds (the ledger process is a real process)."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {within_s}s")
+        await asyncio.sleep(POLL_S)
+
+
+def _wait_for(check: Callable[[], object], what: str, within_s: float = 20.0) -> None:
+    """`_until` for a test whose loop runs on another thread."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {within_s}s")
+        time.sleep(POLL_S)
+
+
+def _awaitable(recorded: Recorded) -> asyncio.Future[Entry]:
+    return recorded if isinstance(recorded, asyncio.Future) else asyncio.wrap_future(recorded)
 
 
 async def _record(writer: LoopLedgerWriter, ids: Sequence[object]) -> list[Entry]:
     waiters = [writer.submit({"id": i}) for i in ids]
-    return [await w if isinstance(w, asyncio.Future) else await asyncio.wrap_future(w) for w in waiters]
+    return [await _awaitable(w) for w in waiters]
 
 
 async def _refused_with(writer: LoopLedgerWriter, pattern: str, within_s: float = 20.0) -> None:
@@ -69,7 +106,7 @@ async def _refused_with(writer: LoopLedgerWriter, pattern: str, within_s: float 
         if re.search(pattern, str(refused.value)):
             return
         last = str(refused.value)
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(POLL_S)
     raise AssertionError(f"not refused with {pattern!r} within {within_s}s; last refusal: {last}")
 
 
@@ -96,7 +133,7 @@ def test_records_that_arrive_during_a_commit_form_the_next_batch(
     async def scenario() -> None:
         writer = _writer(ledger_process)
         first = writer.submit({"id": "a"})
-        await asyncio.sleep(0.05)  # the first batch is with the ledger process, which waits
+        await _until(lambda: held_batch(tmp_path) == ["a"], "the first batch with the ledger process")
         later = [writer.submit({"id": x}) for x in "bcd"]
         hold.unlink()
         for waiter in (first, *later):
@@ -125,25 +162,43 @@ def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on(
 
 
 def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not(
-    ledger_process: LedgerProcess,
+    ledger_process: LedgerProcess, tmp_path: Path
 ) -> None:
-    linger = 0.2
+    clock = FakeClock()
 
-    async def scenario() -> tuple[float, float]:
-        loop = asyncio.get_running_loop()
-        writer = _writer(ledger_process, linger_s=linger)
-        started = loop.time()
-        await _record(writer, [1])  # idle: committed at once
-        idle = loop.time() - started
-        started = loop.time()
-        await _record(writer, [2])  # right after a commit: waits for company
-        busy = loop.time() - started
+    async def scenario() -> None:
+        # Binary fractions of a second, so that the clock's sums sit exactly on the linger.
+        writer = _writer(ledger_process, clock, linger_s=0.25)
+        # Idle: committed at once, the clock never moving (a linger would never end).
+        await asyncio.wait_for(_record(writer, [1]), 20)
+        assert clock.timers() == []
+        # Right after a commit: the batch waits 0.25 s from its first entry for company.
+        busy = [writer.submit({"id": 2})]
+        assert clock.timers() == [0.25]
+        await _advance(clock, 0.125)
+        busy.append(writer.submit({"id": 3}))
+        assert clock.timers() == [0.125]  # company does not extend the wait
+        await _advance(clock, 0.125)
+        for waiter in busy:
+            assert isinstance(waiter, asyncio.Future)
+            await waiter
+        # A linger after the last commit the writer is idle again: 4 goes at once.
+        await _advance(clock, 0.25)
+        (tmp_path / "hold").touch()
+        idle = writer.submit({"id": 4})
+        await _until(lambda: held_batch(tmp_path) == ["4"], "4 with the ledger process")
+        # 5 comes in during that commit, which takes 0.125 s; its wait counts from then.
+        later = writer.submit({"id": 5})
+        await _advance(clock, 0.125)
+        (tmp_path / "hold").unlink()
+        await _awaitable(idle)
+        assert clock.timers() == [0.125]
+        await _advance(clock, 0.125)
+        await _awaitable(later)
         writer.close()
-        return idle, busy
 
-    idle, busy = asyncio.run(scenario())
-    assert idle < linger / 2, idle
-    assert busy >= linger * 0.9, busy
+    asyncio.run(scenario())
+    assert recorded_batches(tmp_path) == [["1"], ["2", "3"], ["4"], ["5"]]
 
 
 def test_records_from_other_threads_get_thread_futures_and_close_drains_them(
@@ -153,7 +208,7 @@ def test_records_from_other_threads_get_thread_futures_and_close_drains_them(
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
     try:
-        writer = LoopLedgerWriter(ledger_process, loop, linger_s=0.05)
+        writer = LoopLedgerWriter(ledger_process, loop, clock=FakeClock())
         futures = [writer.submit({"id": i}) for i in range(3)]
         assert all(isinstance(f, Future) for f in futures)
         writer.close()  # from this thread, while the loop runs: waits for them
@@ -175,13 +230,13 @@ def test_close_after_the_loop_stopped_writes_what_is_left(
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever, daemon=True)
     runner.start()
-    writer = LoopLedgerWriter(ledger_process, loop)
+    writer = LoopLedgerWriter(ledger_process, loop, clock=FakeClock())
     first = writer.submit({"id": "first"})
     assert isinstance(first, Future)
     first.result(timeout=10)
     (tmp_path / "hold").touch()
     in_flight = writer.submit({"id": "in-flight"})  # sent at once: the writer is idle
-    time.sleep(0.1)
+    _wait_for(lambda: held_batch(tmp_path) == ["in-flight"], "the batch with the ledger process")
     lingering = writer.submit({"id": "lingering"})  # waits for that commit
     loop.call_soon_threadsafe(loop.stop)
     runner.join(5)
@@ -215,22 +270,28 @@ def test_a_hung_ledger_process_fails_its_waiters_at_the_deadline_and_is_replaced
     hold = tmp_path / "hold"
     hold.touch()
 
+    clock = FakeClock()
+
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        writer = _writer(ledger_process, deadline_s=0.3)
-        started = loop.time()
+        writer = _writer(ledger_process, clock, deadline_s=0.3, random=lambda: 1.0)
         stuck = writer.submit({"id": "stuck"})
-        await asyncio.sleep(0.05)  # "stuck" is with the ledger process, which hangs
+        await _until(lambda: held_batch(tmp_path) == ["stuck"], "the batch with the ledger process")
         queued = writer.submit({"id": "queued"})
+        assert isinstance(stuck, asyncio.Future) and isinstance(queued, asyncio.Future)
+        assert clock.timers() == [0.3]  # the commit's deadline
+        await _advance(clock, 0.299)
+        assert not stuck.done() and not queued.done()
+        await _advance(clock, 0.001)
         for waiter in (stuck, queued):
             with pytest.raises(UnavailableError, match=r"has not confirmed a commit for over 0\.3s"):
                 await waiter
-        assert 0.3 <= loop.time() - started < 2.0
         late = writer.submit({"id": "late"})
         assert isinstance(late, asyncio.Future) and late.done()  # failed at once, not queued
         with pytest.raises(UnavailableError):
             late.result()
         hold.unlink()
+        assert clock.timers() == [0.2]  # the replacement, after the backoff's first step
+        await _advance(clock, 0.2)
         assert (await _record_when_back(writer, "after"))[0].seq == 1
         writer.close()
 
@@ -244,10 +305,14 @@ def test_a_ledger_process_that_dies_fails_its_batch_and_is_replaced(
 ) -> None:
     (tmp_path / "exit-next").touch()
 
+    clock = FakeClock()
+
     async def scenario() -> None:
-        writer = _writer(ledger_process)
+        writer = _writer(ledger_process, clock, random=lambda: 0.0)
         with pytest.raises(UnavailableError, match=r"writer process exited \(exit code 3\)"):
             await _record(writer, ["lost"])
+        assert clock.timers() == [0.1]  # half the backoff's first step: the least wait
+        await _advance(clock, 0.1)
         assert (await _record_when_back(writer, "after"))[0].seq == 1
         writer.close()
 
@@ -262,19 +327,31 @@ def test_a_replacement_that_cannot_open_the_ledger_or_hangs_opening_it_is_replac
     (tmp_path / "exit-next").touch()
     (tmp_path / "refuse-open").touch()
 
+    clock = FakeClock()
+
     async def scenario() -> None:
-        # Replacements every 0.05-0.4 s, without jitter, so each phase below is reached quickly.
         backoff = Backoff(initial_s=0.05, maximum_s=0.4, jitter=0.0)
-        writer = _writer(ledger_process, start_timeout_s=0.5, restart_backoff=backoff)
+        writer = _writer(ledger_process, clock, start_timeout_s=0.5, restart_backoff=backoff)
         with pytest.raises(UnavailableError, match="exited"):
             await _record(writer, ["lost"])
-        # Replacements start and fail to open the ledger.
+        # A replacement starts and fails to open the ledger.
+        assert clock.timers() == [0.05]
+        await _advance(clock, 0.05)
         await _refused_with(writer, r"could not open the ledger \(the test refuses")
         (tmp_path / "hang-open").touch()
         (tmp_path / "refuse-open").unlink()
-        # The next one hangs while opening; it is given 0.5 s.
+        # The next one, a step later, hangs while opening; it is given 0.5 s.
+        assert clock.timers() == [0.1]
+        await _advance(clock, 0.1)
+        assert clock.timers() == [0.5]
+        await _advance(clock, 0.499)
+        assert clock.timers() == [0.001]
+        await _advance(clock, 0.001)
         await _refused_with(writer, r"did not start within 0\.5s")
         (tmp_path / "hang-open").unlink()
+        # The next one, another step later, opens it.
+        assert clock.timers() == [0.2]
+        await _advance(clock, 0.2)
         assert (await _record_when_back(writer, "after"))[0].seq == 1
         writer.close()
 
@@ -283,15 +360,22 @@ def test_a_replacement_that_cannot_open_the_ledger_or_hangs_opening_it_is_replac
 
 
 def test_a_backlog_is_bounded_in_size_and_in_age(ledger_process: LedgerProcess, tmp_path: Path) -> None:
-    (tmp_path / "delay").write_text("0.25")
+    (tmp_path / "hold").touch()
+    clock = FakeClock()
 
     async def scenario() -> None:
-        writer = _writer(ledger_process, max_batch=2, max_pending=5, deadline_s=0.4)
-        waiters = [writer.submit({"id": i}) for i in range(7)]  # 2 sent, 5 wait, 0 room
-        outcomes = await asyncio.gather(*waiters, return_exceptions=True)
+        writer = _writer(ledger_process, clock, max_batch=2, max_pending=5, deadline_s=0.4)
+        waiters = [writer.submit({"id": i}) for i in range(7)]  # 0-4 wait, 5-6 find no room
+        assert [w.done() for w in waiters] == [False] * 5 + [True] * 2
+        await _until(lambda: held_batch(tmp_path) == ["0", "1"], "0-1 with the ledger process")
+        await _advance(clock, 0.3)
+        (tmp_path / "held").unlink()  # 0-1 are written 0.3 s in; 2-3 go, within their 0.4 s
+        await _until(lambda: held_batch(tmp_path) == ["2", "3"], "2-3 with the ledger process")
+        await _advance(clock, 0.2)
+        (tmp_path / "held").unlink()  # 2-3 are written 0.5 s in: 4 has waited past its deadline
+        outcomes = await asyncio.gather(*map(_awaitable, waiters), return_exceptions=True)
         written = [o.seq for o in outcomes if isinstance(o, Entry)]
         refused = [str(o) for o in outcomes if isinstance(o, UnavailableError)]
-        # 0-1 go first; 2-3 after 0.25 s; 4-5 would go after 0.5 s, past the deadline; 6 had no room.
         assert written == [1, 2, 3, 4], outcomes
         assert len(refused) == 3 and all("entries behind" in r for r in refused), refused
         writer.close()
@@ -307,8 +391,9 @@ def test_the_ledger_process_ignores_sigterm_so_that_the_ca_can_drain_it(
     os.kill(ledger_process.pid, signal.SIGTERM)  # as a SIGTERM to the whole process group would
 
     async def scenario() -> None:
+        # No need to wait for the signal to arrive: a SIGTERM that the process does not ignore
+        # dooms it as it is sent, so it would never answer this batch.
         writer = _writer(ledger_process)
-        await asyncio.sleep(0.2)
         assert [e.seq for e in await _record(writer, ["after-sigterm"])] == [1]
         writer.close()
 
@@ -326,7 +411,7 @@ async def _record_when_back(writer: LoopLedgerWriter, record_id: str, timeout_s:
         except UnavailableError:
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(POLL_S)
 
 
 def test_the_thread_writer_settles_every_waiter() -> None:
@@ -353,37 +438,13 @@ class _UnstartableProcess:
         pass
 
 
-class _Timer:
-    def cancel(self) -> None:
-        pass
-
-
-class _TimerLoop:
-    """Runs callbacks at once and keeps timers for the test to fire; records their delays."""
-
-    def __init__(self) -> None:
-        self.timers: list[tuple[float, Any]] = []
-
-    def time(self) -> float:
-        return 0.0
+class _InlineLoop:
+    """Runs what it is handed at once, on the calling thread."""
 
     def call_soon(self, callback: Any, *args: Any) -> None:
         callback(*args)
 
     call_soon_threadsafe = call_soon
-
-    def call_later(self, delay_s: float, callback: Any) -> _Timer:
-        self.timers.append((delay_s, callback))
-        return _Timer()
-
-    def restart_delays(self, restarts: int) -> list[float]:
-        delays: list[float] = []
-        while len(delays) < restarts:
-            delay_s, callback = self.timers.pop(0)
-            if callback.__name__ == "_restart":
-                delays.append(delay_s)
-                callback()
-        return delays
 
 
 @pytest.mark.parametrize(
@@ -396,12 +457,18 @@ class _TimerLoop:
 def test_replacements_of_a_lost_ledger_process_back_off_with_jitter_up_to_ten_seconds(
     random_draw: float, expected: list[float]
 ) -> None:
-    loop = _TimerLoop()
+    clock = FakeClock()
     writer = LoopLedgerWriter(
         _UnstartableProcess(),  # type: ignore[arg-type]
-        loop,  # type: ignore[arg-type]
+        _InlineLoop(),  # type: ignore[arg-type]
         random=lambda: random_draw,
+        clock=clock,
     )
     lost = writer.submit({"id": "lost"})
     assert isinstance(lost, Future) and isinstance(lost.exception(0), UnavailableError)
-    assert loop.restart_delays(8) == pytest.approx(expected)
+    delays: list[float] = []
+    for _ in expected:
+        [delay] = clock.timers()  # the next replacement; each one fails to start
+        delays.append(delay)
+        clock.advance_s(delay)
+    assert delays == pytest.approx(expected)

@@ -2,10 +2,11 @@
 
 It writes each batch's ids as a line of `batches.jsonl` in its directory, and obeys
 control files the test creates there: `fail-next` (the next append raises),
-`hold` (appends wait while it exists: a hung disk), `delay` (each append takes
-that many seconds), `exit-next` (the process dies in the next append),
-`refuse-open` (a new one cannot open the ledger) and `hang-open` (a new one hangs
-while opening it).
+`hold` (a hung disk: while it exists, each append writes its batch's ids to `held`
+and waits until the test deletes `held`, which lets that one batch through, or
+`hold`, which lets every batch through), `exit-next` (the process dies in the next
+append), `refuse-open` (a new one cannot open the ledger) and `hang-open` (a new one
+hangs while opening it).
 """
 
 from __future__ import annotations
@@ -40,14 +41,10 @@ class RecordingAppender:
     def append(self, records: Sequence[Any]) -> list[Entry]:
         if self._take("exit-next"):
             os._exit(3)
-        while (self.directory / "hold").exists():
-            time.sleep(0.01)
-        delay = self.directory / "delay"
-        if delay.exists():
-            time.sleep(float(delay.read_text()))
+        ids = [str(r["id"]) if isinstance(r, Mapping) else format(r.serial, "x") for r in records]
+        self._wait_while_held(ids)
         if self._take("fail-next"):
             raise UnavailableError("disk on fire", reason="ledger_unavailable")
-        ids = [str(r["id"]) if isinstance(r, Mapping) else format(r.serial, "x") for r in records]
         seq = sum(len(batch) for batch in recorded_batches(self.directory))
         with self.log.open("a") as log:
             log.write(json.dumps({"pid": os.getpid(), "ids": ids}) + "\n")
@@ -55,6 +52,17 @@ class RecordingAppender:
             Entry(seq=seq + i, content_json="{}", prev_hash="", entry_hash=str(seq + i))
             for i in range(1, len(ids) + 1)
         ]
+
+    def _wait_while_held(self, ids: list[str]) -> None:
+        hold, held = self.directory / "hold", self.directory / "held"
+        if not hold.exists():
+            return
+        written = self.directory / "held.tmp"
+        written.write_text(json.dumps(ids))
+        written.rename(held)  # the test never reads half a list
+        while held.exists() and hold.exists():
+            time.sleep(0.01)
+        held.unlink(missing_ok=True)
 
     def dispose(self) -> None:
         pass
@@ -66,3 +74,12 @@ def recorded_batches(directory: Path, *, with_pid: bool = False) -> list[Any]:
         return []
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     return [(line["pid"], line["ids"]) if with_pid else line["ids"] for line in lines]
+
+
+def held_batch(directory: Path) -> list[str] | None:
+    """The ids of the batch the appender holds (see `hold`), if it holds one."""
+    try:
+        ids: list[str] = json.loads((directory / "held").read_text())
+    except FileNotFoundError:
+        return None
+    return ids
