@@ -1,11 +1,13 @@
 """Renewal by mutual TLS: a workload proves itself with a still-valid certificate of ours.
 
 The TLS layer has already checked that the chain leads to our trust bundle;
-here we check the certificate is a workload SVID of our trust domain and is
-still valid by our clock.
+here we check the certificate is a workload SVID of our trust domain, is
+still valid by our clock, and (when the CA keeps revocations) is not revoked.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from cryptography import x509
 
@@ -24,12 +26,17 @@ def _refused(problem: str) -> AuthenticationError:
     )
 
 
+RevocationCheck = Callable[[str], bool]
+"""Whether the certificate with this serial (lower-case hex, no leading zeros) is revoked."""
+
+
 class ClientCertificateAuthenticator:
     name = "client-certificate"
 
-    def __init__(self, *, trust_domain: str, clock: Clock) -> None:
+    def __init__(self, *, trust_domain: str, clock: Clock, is_revoked: RevocationCheck | None = None) -> None:
         self._trust_domain = trust_domain
         self._clock = clock
+        self._is_revoked = is_revoked
 
     def authenticate(self, credentials: Credentials) -> Caller | None:
         pem = credentials.peer_certificate_pem
@@ -43,6 +50,13 @@ class ClientCertificateAuthenticator:
         if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
             raise _refused(f"it is valid only from {cert.not_valid_before_utc} to {cert.not_valid_after_utc}")
         spiffe_id = self._workload_id(cert)
+        serial = format(cert.serial_number, "x")
+        if self._is_revoked is not None and self._is_revoked(serial):
+            raise AuthenticationError(
+                f"the client certificate (serial {serial}, {spiffe_id}) is revoked; request a new "
+                "certificate with the service-account token instead",
+                reason="client_cert_revoked",
+            )
         workload = spiffe_id.workload()
         assert workload is not None
         return Caller(

@@ -27,11 +27,17 @@ from ca.errors import (
 )
 from ca.issuance.csr import parse_csr
 from ca.issuance.issuer import IssuedCertificate, Issuer
+from ca.ledger.entries import MESHCA_AGENT
+from ca.ledger.rotation import normalize_serial
 from ca.server.metrics import CaMetrics
 
 log = logging.getLogger("meshca.ca")
 
 SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+# Request metadata a meshca agent sends: on every request, and for a rotation order.
+AGENT_HEADER = "meshca-agent"
+ORDER_HEADER = "meshca-order"
+REPLACES_HEADER = "meshca-replaces"
 METHOD_NAME = "CreateCertificate"
 
 STATUS_BY_KIND: Mapping[ErrorKind, grpc.StatusCode] = {
@@ -67,11 +73,19 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip()
 
 
-def credentials_from(context: grpc.ServicerContext) -> Credentials:
+def request_metadata(context: grpc.ServicerContext) -> dict[str, list[str]]:
     metadata: dict[str, list[str]] = {}
     for key, value in context.invocation_metadata():
         if isinstance(value, str):
             metadata.setdefault(key.lower(), []).append(value)
+    return metadata
+
+
+def credentials_from(
+    context: grpc.ServicerContext, metadata: Mapping[str, list[str]] | None = None
+) -> Credentials:
+    if metadata is None:
+        metadata = request_metadata(context)
     peer_pems: list[bytes] = context.auth_context().get("x509_pem_cert") or []  # type: ignore[assignment]
     return Credentials(
         bearer_token=bearer_token(_single(metadata, "authorization")),
@@ -98,6 +112,36 @@ def check_request_metadata(request: istio_ca_pb2.IstioCertificateRequest, caller
         )
 
 
+@dataclass(frozen=True)
+class ReplacementLink:
+    """A certificate issued for a rotation order: the order and the serial it replaces."""
+
+    order_id: str
+    replaces: str
+
+
+class ReplacementLinks(Protocol):
+    """Checks a request's rotation claim before the issued record links it (the push
+    coordinator, ca.server.push)."""
+
+    def verified_replacement(self, *, order_id: str, replaces: str, spiffe_id: str) -> bool: ...
+
+    def replaced(self, *, order_id: str, old_serial: str, new_serial: str) -> None:
+        """The new certificate's record, with its link, is committed."""
+        ...
+
+
+def replacement_claim(metadata: Mapping[str, list[str]]) -> ReplacementLink | None:
+    """What "meshca-order" and "meshca-replaces" claim, if both are given and well formed."""
+    order_id, replaces = _single(metadata, ORDER_HEADER), _single(metadata, REPLACES_HEADER)
+    if not order_id or not replaces:
+        return None
+    try:
+        return ReplacementLink(order_id=order_id.strip(), replaces=normalize_serial(replaces))
+    except InvalidRequestError:
+        return None
+
+
 class Refusal(NamedTuple):
     code: grpc.StatusCode
     message: str
@@ -112,7 +156,15 @@ class IssuanceRecorder(Protocol):
     """
 
     def record_issued(
-        self, issued: IssuedCertificate, caller: Caller, *, client_address: str, cluster_id: str | None
+        self,
+        issued: IssuedCertificate,
+        caller: Caller,
+        *,
+        client_address: str,
+        cluster_id: str | None,
+        order_id: str | None = None,
+        replaces: str | None = None,
+        agent: str | None = None,
     ) -> Recorded: ...
 
     def record_refusal(
@@ -145,6 +197,7 @@ class Pending:
     recorded: Recorded | None  # None: no ledger
     started: float
     peer: str
+    link: ReplacementLink | None = None  # verified
 
 
 class CertificateService:
@@ -157,6 +210,7 @@ class CertificateService:
         cluster_id: str | None = None,
         recorder: IssuanceRecorder | None = None,
         record_timeout_s: float = 10.0,
+        links: ReplacementLinks | None = None,
     ) -> None:
         self._issuer = issuer
         self._authenticators = authenticators
@@ -164,6 +218,7 @@ class CertificateService:
         self._cluster_id = cluster_id
         self._recorder = recorder
         self.record_timeout_s = record_timeout_s
+        self._links = links
 
     def respond(self, request_bytes: bytes, context: grpc.ServicerContext) -> Pending | Refusal:
         """A signed certificate pending its record, or the status to refuse with.
@@ -175,10 +230,12 @@ class CertificateService:
         caller: Caller | None = None
         credentials: Credentials | None = None
         try:
-            credentials = credentials_from(context)
+            metadata = request_metadata(context)
+            credentials = credentials_from(context, metadata)
             self._check_cluster(credentials)
             caller = self._authenticators.authenticate(credentials)
             issued = self._issue(request_bytes, caller)
+            link = self._verified_link(metadata, caller, issued)
         except MeshcaError as err:
             return self._refusal(err, context.peer(), caller)
         except Exception:
@@ -196,10 +253,41 @@ class CertificateService:
             None
             if self._recorder is None
             else self._recorder.record_issued(
-                issued, caller, client_address=peer, cluster_id=credentials.cluster_id
+                issued,
+                caller,
+                client_address=peer,
+                cluster_id=credentials.cluster_id,
+                order_id=link.order_id if link else None,
+                replaces=link.replaces if link else None,
+                agent=MESHCA_AGENT if metadata.get(AGENT_HEADER) else None,
             )
         )
-        return Pending(issued=issued, caller=caller, recorded=recorded, started=started, peer=peer)
+        return Pending(issued=issued, caller=caller, recorded=recorded, started=started, peer=peer, link=link)
+
+    def _verified_link(
+        self, metadata: Mapping[str, list[str]], caller: Caller, issued: IssuedCertificate
+    ) -> ReplacementLink | None:
+        """The request's rotation claim, if the certificate it names is a target of that order
+        for the caller's own identity; otherwise the certificate is recorded without it."""
+        claim = replacement_claim(metadata)
+        if claim is None or self._links is None:
+            return None
+        spiffe_id = caller.spiffe_id.uri
+        if self._links.verified_replacement(
+            order_id=claim.order_id, replaces=claim.replaces, spiffe_id=spiffe_id
+        ):
+            return claim
+        log.warning(
+            "issued without the rotation link the request claimed: that serial is not a target "
+            "of that order for this identity",
+            extra={
+                "order_id": claim.order_id,
+                "replaces": claim.replaces,
+                "spiffe_id": spiffe_id,
+                "serial": format(issued.serial, "x"),
+            },
+        )
+        return None
 
     def finish(self, pending: Pending, record_error: BaseException | None) -> bytes | Refusal:
         """The response once the record is committed; UNAVAILABLE if it could not be."""
@@ -215,6 +303,11 @@ class CertificateService:
             )
             return self._refusal(err, pending.peer, pending.caller, record=False)
         issued, caller = pending.issued, pending.caller
+        if pending.link is not None and self._links is not None:
+            link = pending.link
+            self._links.replaced(
+                order_id=link.order_id, old_serial=link.replaces, new_serial=format(issued.serial, "x")
+            )
         self._metrics.success_count.inc()
         self._metrics.issuance_latency.observe(time.perf_counter() - pending.started)
         if log.isEnabledFor(logging.INFO):
@@ -227,6 +320,11 @@ class CertificateService:
                     "auth": caller.method,
                     "pod": caller.pod_name,
                     "peer": pending.peer,
+                    **(
+                        {"order_id": pending.link.order_id, "replaces": pending.link.replaces}
+                        if pending.link
+                        else {}
+                    ),
                 },
             )
         response: bytes = istio_ca_pb2.IstioCertificateResponse(cert_chain=issued.chain).SerializeToString()

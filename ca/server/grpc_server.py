@@ -22,7 +22,15 @@ from ca.server.certificate_api import SERVICE_NAME, CertificateService
 MAX_MESSAGE_BYTES = 256 * 1024
 # gRPC would set SO_REUSEPORT: a second CA on the same port would then start without a word
 # and the kernel would split the clients between two unrelated roots.
-OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.so_reuseport", 0)]
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    # Agents ping their idle control streams (ca.agent.control, every 60 s): allow it, and ping
+    # them in turn so that a stream whose agent vanished is noticed and closed.
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+    ("grpc.keepalive_time_ms", 120_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 

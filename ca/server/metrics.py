@@ -56,6 +56,11 @@ class CaMetrics:
             "Seconds until the signing certificate chain expires.",
             registry=r,
         )
+        self.control_streams = Gauge(
+            "meshca_control_streams",
+            "Agents' control streams open on this CA (each a certificate it can push to).",
+            registry=r,
+        )
         self.issuance_latency = Histogram(
             "meshca_issuance_duration_seconds",
             "Time to authenticate and sign one certificate request.",

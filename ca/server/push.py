@@ -254,6 +254,7 @@ class PushCoordinator:
         self._crl_due = True
         self._closed = False
         self.reloads = 0  # reloads taken in (each one a snapshot of the rotation tables)
+        self._last_recorded: frozenset[str] = frozenset()  # what the last CRL recorded listed
 
     # ------------------------------------------------------------------ life cycle
 
@@ -469,11 +470,16 @@ class PushCoordinator:
         if self._make_crl is not None and (revoked != previous_revoked or self._crl_due or not have_crl):
             self._crl_due = False
             crl = self._make_crl(revocations, now)
-            self._record_crl(crl, now)
+            self._record_crl(crl, now, listed=revoked)
         return Snapshot(active=frozenset(o.id for o in orders), new_plans=new_plans, revoked=revoked, crl=crl)
 
-    def _record_crl(self, crl: CrlRelease, now: datetime) -> None:
+    def _record_crl(self, crl: CrlRelease, now: datetime, *, listed: frozenset[str]) -> None:
+        """A CRL listing something is a ledger record (crl_published), and so is the empty one
+        that follows it; the empty CRL of a CA that has revoked nothing is not, so a ledger without
+        revocations holds no CRL records, however often its CAs restart."""
         published = crl.published
+        record = bool(listed) or bool(self._last_recorded)
+        self._last_recorded = listed
         log.info(
             "published a CRL",
             extra={
@@ -482,6 +488,8 @@ class PushCoordinator:
                 "next_update": published.next_update.isoformat(),
             },
         )
+        if not record:
+            return
         try:
             self._store.record_crl(published, now)
         except Exception as err:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from prometheus_client import generate_latest
 
 from ca.auth.base import Authenticator, AuthenticatorChain
-from ca.auth.client_cert import ClientCertificateAuthenticator
+from ca.auth.client_cert import ClientCertificateAuthenticator, RevocationCheck
 from ca.auth.jwks import (
     RefreshingKeySet,
     StaticKeySet,
@@ -31,6 +31,7 @@ from ca.issuance.issuer import Issuer
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.spiffe_id import SpiffeId
 from ca.kube import client as kube
+from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
     HEAD_FILE,
     HeadFile,
@@ -40,6 +41,7 @@ from ca.ledger.ledger import (
     load_or_create_ledger_key,
     new_ledger_key_pem,
 )
+from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
 from ca.net.listening import check_free, remove_ports_file, split_address, write_ports_file
@@ -47,13 +49,17 @@ from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
 from ca.server.certificate_api import CertificateService
+from ca.server.control_api import ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.metrics import CaMetrics
+from ca.server.push import PushCoordinator, crl_maker
 from ca.server.serving_cert import ServingIdentity
 from ca.server.settings import KUBERNETES_ISSUER, ServeConfig
 
 log = logging.getLogger("meshca")
+UNARY_CALLS = 1024  # certificate and admin calls in flight on the asyncio server, beside the streams
+PUSH_LOAD_TIMEOUT_S = 10.0
 
 
 def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
@@ -96,7 +102,11 @@ def _key_source(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[KeySou
 
 
 def build_authenticators(
-    cfg: ServeConfig, clock: Clock, api: Any | None, pods: PodChecker | None
+    cfg: ServeConfig,
+    clock: Clock,
+    api: Any | None,
+    pods: PodChecker | None,
+    is_revoked: RevocationCheck | None = None,
 ) -> AuthenticatorChain:
     cache = TokenCache(cfg.token_cache_size)
     token_auth: Authenticator
@@ -124,9 +134,10 @@ def build_authenticators(
             pods=pods,
             cache=cache,
         )
-    return AuthenticatorChain(
-        [ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock), token_auth]
+    client_cert = ClientCertificateAuthenticator(
+        trust_domain=cfg.trust_domain, clock=clock, is_revoked=is_revoked
     )
+    return AuthenticatorChain([client_cert, token_auth])
 
 
 @dataclass
@@ -143,11 +154,14 @@ class CaServer:
     pod_cache: kube.PodCache | None = None
     ledger: Ledger | None = None
     admin: LedgerAdminService | None = None
+    push: PushCoordinator | None = None  # with a ledger: forced rotation's pushes, CRLs, revocations
+    control: ControlService | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _server: ApiServer | None = None
     _status_http: StatusServer | None = None
     _serving: bool = False
     _scheduler: BackgroundScheduler | None = None
+    _watcher: ChangeWatcher | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -161,13 +175,15 @@ class CaServer:
         write_ports_file(self.cfg.ports_file, self.ports)
 
     def _start(self) -> None:
-        extra = (self.admin,) if self.admin is not None else ()
+        extra = tuple(s for s in (self.admin, self.control) if s is not None)
+        streams = self.control.max_sessions if self.control is not None else 0
         server: ApiServer = (
-            AsyncioServer(self.service, extra=extra)
+            AsyncioServer(self.service, extra=extra, max_concurrent=UNARY_CALLS + streams)
             if self.cfg.grpc_server == "asyncio"
             else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
         self._server = server
+        self._start_push(server)
         if self.ledger is not None and isinstance(server, AsyncioServer):
             # Batches on the loop, written by the ledger process (the threaded server keeps the
             # writer thread: its handlers block on their own threads anyway).
@@ -191,6 +207,22 @@ class CaServer:
                 "ca_key_id": self.authority.key_id,
             },
         )
+
+    def _start_push(self, server: ApiServer) -> None:
+        """Load the rotation tables before serving (the renewal port checks revocations against
+        them) and follow their changes."""
+        if self.push is None or self.cfg.ledger_url is None:
+            return
+        if isinstance(server, AsyncioServer):
+            self.push.attach(server.loop)
+        self.push.start()
+        if not self.push.wait_loaded(PUSH_LOAD_TIMEOUT_S):
+            log.warning("rotation orders and revocations not loaded yet; serving meanwhile")
+        push = self.push
+        self._watcher = ChangeWatcher(
+            self.cfg.ledger_url, lambda _marker: push.notify_changed(), clock=self.clock
+        )
+        self._watcher.start()
 
     def _bind(self, server: ApiServer, flag: str, address: str, *, require_client_cert: bool) -> int:
         credentials = self.serving.server_credentials(require_client_cert=require_client_cert)
@@ -223,6 +255,8 @@ class CaServer:
             )
             if self.cfg.ledger_retention is not None:
                 scheduler.add_job(self._compact_ledger, "interval", hours=1, id="ledger-retention")
+        if self.push is not None:
+            scheduler.add_job(self.push.tick, "interval", seconds=1, id="rotation-tick")
         scheduler.start()
         return scheduler
 
@@ -275,6 +309,8 @@ class CaServer:
         self._serving = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        if self._watcher is not None:
+            self._watcher.stop()
         if self.pod_cache is not None:
             self.pod_cache.stop()
         if self._server is not None:
@@ -283,6 +319,8 @@ class CaServer:
             self._status_http.stop()
         if self.admin is not None:
             self.admin.close()
+        if self.push is not None:
+            self.push.close()
         if self.ledger is not None:
             self.ledger.close()
         remove_ports_file(self.cfg.ports_file)
@@ -317,6 +355,17 @@ def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) ->
         ledger.record_ca_event(event, authority).result(timeout=10)
     except Exception as err:
         log.error("could not record the CA event in the ledger", extra={"event": event, "detail": str(err)})
+
+
+def build_push(
+    cfg: ServeConfig, clock: Clock, ledger: Ledger | None, authority: SigningAuthority, metrics: CaMetrics
+) -> PushCoordinator | None:
+    """Forced rotation needs the ledger's database (orders and revocations live there)."""
+    if ledger is None:
+        return None
+    push = PushCoordinator(store=SqlRotationStore(ledger.store), clock=clock, crl=crl_maker(authority))
+    metrics.control_streams.set_function(push.session_count)
+    return push
 
 
 def check_ports_free(cfg: ServeConfig) -> None:
@@ -357,13 +406,17 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     metrics = CaMetrics()
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
-    authenticators = build_authenticators(cfg, clock, api, pod_cache)
+    push = build_push(cfg, clock, ledger, authority, metrics)
+    authenticators = build_authenticators(
+        cfg, clock, api, pod_cache, is_revoked=push.is_revoked if push is not None else None
+    )
     service = CertificateService(
         recorder=ledger,
         issuer=issuer,
         authenticators=authenticators,
         metrics=metrics,
         cluster_id=cfg.cluster_id,
+        links=push,
     )
     serving = ServingIdentity(
         authority=authority,
@@ -382,4 +435,11 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         pod_cache=pod_cache,
         ledger=ledger,
         admin=build_admin_service(cfg, clock, authenticators, ledger, api),
+        push=push,
+        control=ControlService(
+            coordinator=push,
+            authenticator=ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock),
+        )
+        if push is not None
+        else None,
     )

@@ -143,3 +143,24 @@ def test_certificate_with_a_non_spiffe_uri_is_refused(
         authority, svid_clock, [x509.UniformResourceIdentifier("https://cluster.local/ns/a/sa/b")]
     )
     assert "invalid SPIFFE ID" in _cert_refusal(_cert_auth(svid_clock), pem).message
+
+
+def test_a_revoked_svid_is_refused_and_others_pass(
+    authority: SigningAuthority, svid_clock: FakeClock
+) -> None:
+    web = SpiffeId.for_workload(TRUST_DOMAIN, "shop", "web")
+    revoked_pem, other_pem = _svid(authority, svid_clock, web), _svid(authority, svid_clock, web)
+    revoked = format(x509.load_pem_x509_certificate(revoked_pem.encode()).serial_number, "x")
+    asked: list[str] = []
+
+    def is_revoked(serial: str) -> bool:
+        asked.append(serial)
+        return serial == revoked
+
+    auth = ClientCertificateAuthenticator(trust_domain=TRUST_DOMAIN, clock=svid_clock, is_revoked=is_revoked)
+    assert auth.authenticate(Credentials(peer_certificate_pem=other_pem)) is not None
+    with pytest.raises(AuthenticationError) as caught:
+        auth.authenticate(Credentials(peer_certificate_pem=revoked_pem))
+    assert caught.value.reason == "client_cert_revoked"
+    assert f"serial {revoked}" in caught.value.message and "service-account token" in caught.value.message
+    assert asked[-1] == revoked

@@ -229,6 +229,8 @@ def test_when_the_grace_period_ends_the_targets_are_revoked_and_their_holders_to
 def test_the_crl_is_rebuilt_halfway_to_its_next_update_without_any_change() -> None:
     async def body(rig: Rig) -> None:
         rig.issue("a1", lifetime=timedelta(days=3))
+        rig.issue("a2", lifetime=timedelta(days=3))
+        rig.store.revoke(["a2"], reason="keyCompromise", at=rig.clock.now())
         await rig.start()
         session = rig.connect("a1")
         before = rig.coordinator.reloads
@@ -376,3 +378,26 @@ def test_crl_maker_lists_the_revocations_and_describes_itself(hours: int) -> Non
     assert release.published.next_update - release.published.this_update == timedelta(hours=hours)
     assert release.published.ca_key_id == authority.key_id
     assert release.refresh_at() == release.published.this_update + timedelta(hours=hours) / 2
+
+
+def test_crls_are_recorded_while_they_list_something_and_once_when_they_stop() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1", lifetime=timedelta(hours=1))
+        await rig.start()
+
+        def recorded() -> list[int]:
+            return [r["entries"] for r in rig.store.records if r["kind"] == "crl_published"]
+
+        assert recorded() == []  # nothing revoked: the CA's empty CRL is no record
+        rig.store.revoke(["a1"], reason="keyCompromise", at=rig.clock.now())
+        await rig.changed()
+        assert recorded() == [1]
+        rig.clock.advance(timedelta(hours=1))  # a1 expires: it leaves the CRL
+        await rig.changed()
+        assert recorded() == [1, 0]
+        rig.clock.advance(CRL_VALIDITY)
+        rig.coordinator.tick()
+        await rig.changed()
+        assert recorded() == [1, 0]
+
+    run(body)

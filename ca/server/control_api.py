@@ -1,0 +1,237 @@
+"""The control stream's CA side: meshca.control.v1.Control/Connect, on the renewal port only.
+
+An agent opens one stream with the certificate it holds; the TLS layer has verified its
+chain, and here it must be a workload SVID of our trust domain, valid now. The CA reads the
+agent's Hello, waits for the push coordinator's first load, and hands the stream to it as a
+`StreamSession`: the revocation list goes first, then any rotation order covering the
+certificate (or, for a revoked certificate, a Reissue and the end of the stream). The
+stream then stays open, reading the agent's Replaced reports, until either side ends it.
+
+A session is this handler's coroutine, blocked reading, plus a writer task only while there
+is something to send: thousands of idle agents cost no thread and no timer each. The
+threaded gRPC server cannot hold them; there the service answers UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+import grpc
+from cryptography import x509
+from google.protobuf.message import DecodeError
+
+from ca._proto import meshca_control_pb2 as pb
+from ca.auth.base import Authenticator, Credentials
+from ca.errors import AuthenticationError, InvalidRequestError, MeshcaError
+from ca.ledger.rotation import normalize_serial
+from ca.server.certificate_api import STATUS_BY_KIND
+from ca.server.push import PushCoordinator
+
+log = logging.getLogger("meshca.control")
+
+CONTROL_SERVICE_NAME = "meshca.control.v1.Control"
+CONNECT_METHOD = "Connect"
+MAX_SESSIONS = 50_000
+_MAX_NAME = 253
+NOT_ON_THIS_PORT = (
+    "the control stream is served on the CA's renewal port (--renew-listen) and needs the "
+    "agent's current certificate as its client certificate; point --ca-control-addr there"
+)
+THREADED_SERVER = (
+    "this CA runs the threaded gRPC server, which cannot hold the agents' control streams; "
+    "start it with --grpc-server asyncio (the default)"
+)
+
+
+class StreamSession:
+    """One agent's stream: what the coordinator sends is queued and written in order by a
+    writer task that exists only while the queue is not empty."""
+
+    __slots__ = ("_closing", "_context", "_outbox", "_writer", "node", "pod", "serial", "spiffe_id")
+
+    def __init__(
+        self, *, serial: str, spiffe_id: str, pod: str | None, node: str | None, context: Any
+    ) -> None:
+        self.serial = serial
+        self.spiffe_id = spiffe_id
+        self.pod = pod
+        self.node = node
+        self._context = context
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing: tuple[grpc.StatusCode, str] | None = None
+
+    def send(self, message: bytes) -> None:
+        if self._closing is not None:
+            return
+        self._outbox.append(message)
+        self._wake_writer()
+
+    def close(self, code: grpc.StatusCode, details: str) -> None:
+        if self._closing is None:
+            self._closing = (code, details)
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._outbox:
+                await self._context.write(self._outbox.popleft())
+            if self._closing is not None:
+                # Ends the RPC; the handler's pending read then raises and it returns.
+                await self._context.abort(*self._closing)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            pass
+        except Exception as err:  # the stream ended under us: nothing more can be sent
+            self._outbox.clear()
+            log.debug("control stream write failed", extra={"serial": self.serial, "detail": repr(err)})
+        finally:
+            self._writer = None
+
+
+def _name(text: str) -> str | None:
+    return text[:_MAX_NAME] or None
+
+
+class ControlService:
+    """The Control service for the gRPC server's `extra` services (asyncio server only)."""
+
+    name = CONTROL_SERVICE_NAME
+
+    def __init__(
+        self,
+        *,
+        coordinator: PushCoordinator,
+        authenticator: Authenticator,
+        max_sessions: int = MAX_SESSIONS,
+    ) -> None:
+        self._coordinator = coordinator
+        self._authenticator = authenticator
+        self.max_sessions = max_sessions
+        self._warned_threaded = False
+
+    def identify(self, context: Any) -> tuple[str, str]:
+        """The serial and SPIFFE ID of the caller's certificate; AuthenticationError if it
+        has none (the token port) or it is not a valid workload SVID of ours."""
+        pems: list[bytes] = context.auth_context().get("x509_pem_cert") or []
+        if not pems:
+            raise AuthenticationError(NOT_ON_THIS_PORT, reason="client_cert_missing")
+        pem = bytes(pems[0]).decode()
+        caller = self._authenticator.authenticate(
+            Credentials(peer_certificate_pem=pem, peer_address=context.peer())
+        )
+        if caller is None:
+            raise AuthenticationError(NOT_ON_THIS_PORT, reason="client_cert_missing")
+        serial = normalize_serial(format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x"))
+        return serial, caller.spiffe_id.uri
+
+    async def connect(self, _requests: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        try:
+            serial, spiffe_id = self.identify(context)
+            if self._coordinator.session_count() >= self.max_sessions:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"this CA holds {self.max_sessions} control streams already; retry later or "
+                    "add a replica",
+                )
+            hello = await self._hello(context)
+        except MeshcaError as err:
+            log.warning(
+                "refused control stream",
+                extra={"reason": err.reason, "detail": err.message, "peer": context.peer()},
+            )
+            await context.abort(STATUS_BY_KIND[err.kind], err.message)
+            return
+        await self._coordinator.wait_ready()
+        session = StreamSession(
+            serial=serial,
+            spiffe_id=spiffe_id,
+            pod=_name(hello.pod_name),
+            node=_name(hello.node_name),
+            context=context,
+        )
+        log.debug(
+            "control stream opened",
+            extra={"serial": serial, "spiffe_id": spiffe_id, "pod": session.pod, "node": session.node},
+        )
+        if not self._coordinator.register(session):
+            await self._read_until_closed(context)
+            return
+        try:
+            await self._serve(session, context)
+        finally:
+            self._coordinator.unregister(session)
+
+    async def _hello(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> pb.Hello:
+        first = await context.read()
+        message = _agent_message(first)
+        if message is None or message.WhichOneof("kind") != "hello":
+            raise InvalidRequestError(
+                "a control stream starts with a Hello from the agent", reason="control_hello_missing"
+            )
+        return message.hello
+
+    async def _serve(self, session: StreamSession, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        while True:
+            try:
+                raw = await context.read()
+            except grpc.aio.AbortError:
+                return
+            if not isinstance(raw, bytes):  # the agent closed its side
+                return
+            message = _agent_message(raw)
+            if message is not None and message.WhichOneof("kind") == "replaced":
+                self._replaced(session, message.replaced)
+
+    @staticmethod
+    async def _read_until_closed(context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
+        """Wait for the session's writer to end the stream (a Reissue)."""
+        try:
+            while isinstance(await context.read(), bytes):
+                pass
+        except grpc.aio.AbortError:
+            return
+
+    def _replaced(self, session: StreamSession, report: pb.Replaced) -> None:
+        try:
+            old, new = normalize_serial(report.old_serial), normalize_serial(report.new_serial)
+        except InvalidRequestError as err:
+            log.warning(
+                "ignored a malformed replacement report",
+                extra={"serial": session.serial, "detail": err.message},
+            )
+            return
+        self._coordinator.report_replaced(session, order_id=report.order_id, old_serial=old, new_serial=new)
+
+    def _unimplemented(self, _requests: object, context: grpc.ServicerContext) -> None:
+        if not self._warned_threaded:
+            self._warned_threaded = True
+            log.warning("refused control streams: " + THREADED_SERVER, extra={"peer": context.peer()})
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, THREADED_SERVER)
+
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        behaviour = self.connect if asynchronous else self._unimplemented
+        return grpc.method_handlers_generic_handler(
+            CONTROL_SERVICE_NAME,
+            {
+                CONNECT_METHOD: grpc.stream_stream_rpc_method_handler(
+                    behaviour, request_deserializer=None, response_serializer=None
+                )
+            },
+        )
+
+
+def _agent_message(raw: object) -> pb.AgentMessage | None:
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        message: pb.AgentMessage = pb.AgentMessage.FromString(raw)
+        return message
+    except DecodeError:
+        return None

@@ -1,0 +1,192 @@
+"""The control stream on a real `meshca serve` over real mutual TLS: what an agent's stream is sent,
+the orders written into the ledger reaching it, revoked certificates told to reissue and refused
+by the renewal port, and the issued record that links a replacement to its order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import pytest
+from cryptography import x509
+
+from ca._proto import meshca_control_pb2 as pb
+from ca.common.clock import SystemClock
+from ca.ledger.rotation import Selector, TargetState
+from tests.support.control import AGENT_METADATA, CaProcess, Issued, ca_process
+
+T = TypeVar("T")
+ORDER = "ro-00000000c0de"
+
+
+@pytest.fixture
+def ca() -> Iterator[CaProcess]:
+    with ca_process() as running:
+        yield running
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 5.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kind(message: pb.ControlMessage) -> str:
+    return str(message.WhichOneof("kind"))
+
+
+def crl_serials(message: pb.ControlMessage) -> list[int]:
+    return [
+        entry.serial_number for der in message.revocations.crl_der for entry in x509.load_der_x509_crl(der)
+    ]
+
+
+def target_state(ca: CaProcess, order_id: str, serial: str) -> TargetState | None:
+    with ca.store() as store:
+        target = store.target(order_id, serial, SystemClock().now())
+    return target.state if target is not None else None
+
+
+def renewal_refusal(ca: CaProcess, client: Issued) -> grpc.RpcError | None:
+    try:
+        ca.renew(client)
+    except grpc.RpcError as err:
+        return err
+    return None
+
+
+def test_the_stream_starts_with_the_crl_then_an_order_made_while_the_agent_was_away(ca: CaProcess) -> None:
+    cart = ca.issue()
+    ca.order(ORDER, Selector(serials=(cart.serial,)))
+    stream = ca.control(cart)
+    first = stream.next()
+    assert kind(first) == "revocations"
+    crl = x509.load_der_x509_crl(first.revocations.crl_der[0])
+    root = x509.load_pem_x509_certificate(ca.root_file.read_bytes())
+    assert crl.is_signature_valid(root.public_key()) and len(crl) == 0  # type: ignore[arg-type]
+    assert first.revocations.number > 0
+    assert stream.next().rotate == pb.RotateOrder(
+        order_id=ORDER, serial=cart.serial, delay_ms=0, reason="test order"
+    )
+
+
+def test_an_order_made_while_connected_is_pushed_to_the_holder_within_seconds(ca: CaProcess) -> None:
+    cart, canary = ca.issue(), ca.issue("shop-canary")
+    cart_stream, canary_stream = ca.control(cart), ca.control(canary)
+    assert kind(cart_stream.next()) == kind(canary_stream.next()) == "revocations"
+    started = time.monotonic()
+    ca.order(ORDER, Selector(namespace="shop"))
+    pushed = cart_stream.next()
+    assert time.monotonic() - started < 3  # the SQLite watch looks every second
+    assert pushed.rotate.order_id == ORDER and pushed.rotate.serial == cart.serial
+    # shop-canary is not shop: its stream gets nothing; it is still open and idle.
+    canary_stream.close()
+    with pytest.raises(grpc.RpcError) as ended:
+        canary_stream.next()
+    assert ended.value.code() is grpc.StatusCode.CANCELLED
+
+
+def test_a_replacement_for_an_order_is_recorded_with_the_order_and_the_serial_it_replaces(
+    ca: CaProcess,
+) -> None:
+    old = ca.issue()
+    ca.order(ORDER, Selector(serials=(old.serial,)))
+    new = ca.issue(
+        metadata=(*AGENT_METADATA, ("meshca-order", ORDER), ("meshca-replaces", old.serial.upper()))
+    )
+    record = next(r for r in ca.records(new.serial) if r["kind"] == "issued")
+    assert (record["order_id"], record["replaces"], record["agent"]) == (ORDER, old.serial, "meshca")
+    eventually(
+        lambda: target_state(ca, ORDER, old.serial) is TargetState.REPLACED, "the target marked replaced"
+    )
+    plain = ca.issue(metadata=())
+    assert {"order_id", "replaces", "agent"}.isdisjoint(next(r for r in ca.records(plain.serial)))
+
+
+def test_a_claim_to_replace_another_identitys_certificate_is_not_recorded(ca: CaProcess) -> None:
+    web = ca.issue("shop", "web")
+    ca.order(ORDER, Selector(serials=(web.serial,)))
+    cart = ca.issue(metadata=(("meshca-order", ORDER), ("meshca-replaces", web.serial)))
+    record = next(r for r in ca.records(cart.serial) if r["kind"] == "issued")
+    assert "order_id" not in record and "replaces" not in record
+    assert target_state(ca, ORDER, web.serial) is TargetState.OUTSTANDING
+    assert "issued without the rotation link" in ca.log()
+
+
+def test_a_revoked_certificate_connecting_is_told_to_reissue_and_its_stream_ends(ca: CaProcess) -> None:
+    cart = ca.issue()
+    ca.revoke(cart.serial)
+    eventually(lambda: renewal_refusal(ca, cart), "the CA to take the revocation in")
+    stream = ca.control(cart)
+    listed = stream.next()
+    assert kind(listed) == "revocations" and crl_serials(listed) == [int(cart.serial, 16)]
+    assert stream.next().reissue.serial == cart.serial
+    with pytest.raises(grpc.RpcError) as ended:
+        stream.next()
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (ended.value.details() or "")
+
+
+def test_a_connected_certificate_revoked_gets_the_new_crl_and_reissue(ca: CaProcess) -> None:
+    cart, web = ca.issue(), ca.issue("shop", "web")
+    cart_stream, web_stream = ca.control(cart), ca.control(web)
+    cart_stream.next()
+    web_stream.next()
+    ca.revoke(cart.serial)
+    assert crl_serials(cart_stream.next()) == [int(cart.serial, 16)]
+    assert kind(cart_stream.next()) == "reissue"
+    assert crl_serials(web_stream.next()) == [int(cart.serial, 16)]
+
+
+def test_the_renewal_port_refuses_a_revoked_certificate(ca: CaProcess) -> None:
+    cart = ca.issue()
+    renewed = ca.renew(cart)
+    assert renewed.leaf.subject == cart.leaf.subject
+    ca.revoke(renewed.serial)
+    err = eventually(
+        lambda: renewal_refusal(ca, renewed), "the renewal port to refuse the revoked certificate"
+    )
+    assert err.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert f"serial {renewed.serial}" in (err.details() or "") and "revoked" in (err.details() or "")
+    ca.renew(cart)  # the certificate it replaced is not revoked
+
+
+def test_the_token_port_does_not_serve_the_control_stream(ca: CaProcess) -> None:
+    stream = ca.control(None, port_name="grpc")
+    with pytest.raises(grpc.RpcError) as refused:
+        stream.next()
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "--renew-listen" in (refused.value.details() or "")
+
+
+def test_a_stream_must_start_with_hello(ca: CaProcess) -> None:
+    cart = ca.issue()
+    replaced = pb.AgentMessage(replaced=pb.Replaced(order_id=ORDER, old_serial="1", new_serial="2"))
+    stream = ca.control(cart, hello=replaced)
+    with pytest.raises(grpc.RpcError) as refused:
+        stream.next()
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_threaded_server_refuses_control_streams() -> None:
+    with ca_process("--grpc-server", "threaded") as ca:
+        stream = ca.control(ca.issue())
+        with pytest.raises(grpc.RpcError) as refused:
+            stream.next()
+        assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert "--grpc-server asyncio" in (refused.value.details() or "")
+
+
+def test_without_a_ledger_there_is_no_control_service() -> None:
+    with ca_process("--ledger", "off") as ca:
+        stream = ca.control(ca.issue())
+        with pytest.raises(grpc.RpcError) as refused:
+            stream.next()
+        assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
