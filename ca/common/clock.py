@@ -8,12 +8,14 @@ sleeping: a thread sleeps or waits on it, an event loop asks it for a timer.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the pure core only names the loop type; it imports no I/O library
+    import asyncio
 
 
 class Timer(Protocol):
