@@ -13,6 +13,7 @@ from ca.common.flags import command_words, environment
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ErrorKind, MeshcaError
 from ca.policy.command import add_policy_parser
+from ca.rotate.settings import add_revoke_parser, add_rotate_parser
 from ca.server.settings import add_serve_parser, add_token_parser
 
 EXIT_CONFIG = 2
@@ -69,6 +70,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_audit_parser(commands, environ)
     add_policy_parser(commands, environ)
     add_enforce_parser(commands, environ)
+    add_rotate_parser(commands, environ)
+    add_revoke_parser(commands, environ)
     _remember_owners(parser)
     return parser
 
@@ -111,6 +114,22 @@ def _enforce(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return run(args)
 
 
+def _rotate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.common.clock import SystemClock
+    from ca.rotate.command import run
+    from ca.rotate.settings import rotate_config
+
+    clock = SystemClock()
+    return run(rotate_config(args, clock.now()), clock=clock)
+
+
+def _revoke(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.rotate.command import run
+    from ca.rotate.settings import revoke_config
+
+    return run(revoke_config(args))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "serve": _serve,
     "agent": _agent,
@@ -118,6 +137,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "audit": _audit,
     "policy": _policy,
     "enforce": _enforce,
+    "rotate": _rotate,
+    "revoke": _revoke,
 }
 
 

@@ -4,8 +4,9 @@ Callers authenticate as for a certificate (client certificate on the renewal
 port, or a bearer token); their SPIFFE ID must be one of --admin-identity.
 Queries run on a small pool of threads of their own, so a long report or
 verify neither blocks the asyncio server's event loop nor takes every worker
-of the threaded server. This module is the only place admin errors become
-status codes.
+of the threaded server. The gate (`AdminGate`) and that plumbing (`AdminCalls`) serve
+the Rotation service too (`server/rotation_api`). This module is the only place admin
+errors become status codes (`admin_status`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from ca.ledger.entries import INDEXED_FIELDS
 from ca.ledger.ledger import HEAD_FILE, Ledger
 from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader
+from ca.ledger.rotation_operations import OrderNotFoundError
 from ca.ledger.verify import VerifyReport
 from ca.server.certificate_api import STATUS_BY_KIND, credentials_from
 from ca.server.settings import ServeConfig
@@ -56,7 +59,7 @@ QUERY_THREADS = 2
 INTERNAL_MESSAGE = "the ledger admin call failed; the CA logged the details"
 
 Verifier = Callable[[], VerifyReport]
-Work = Callable[[Any], Message]
+Work = Callable[[Any, Caller], Message]  # the request and the admitted caller -> the answer
 HeadSource = Callable[[], Checkpoint | None]
 
 
@@ -64,14 +67,6 @@ class LedgerOffError(MeshcaError):
     """The CA keeps no ledger, so there is nothing to query."""
 
     kind = ErrorKind.CONFIG
-
-
-def _status(err: MeshcaError) -> grpc.StatusCode:
-    if isinstance(err, LedgerOffError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(err, LedgerTamperedError):
-        return grpc.StatusCode.DATA_LOSS
-    return STATUS_BY_KIND[err.kind]
 
 
 def _moment(text: str, now: datetime, field: str) -> datetime | None:
@@ -156,6 +151,144 @@ def report_message(report: queries.Report) -> pb.ReportResponse:
     )
 
 
+class AdminGate:
+    """Who may call an admin service: a caller authenticated as for a certificate (client
+    certificate on the renewal port, or a bearer token) whose SPIFFE ID is an --admin-identity."""
+
+    def __init__(self, *, authenticators: AuthenticatorChain, admin_identities: Iterable[str]) -> None:
+        self._authenticators = authenticators
+        self._admins = frozenset(admin_identities)
+
+    def authenticate(self, context: grpc.ServicerContext) -> Caller:
+        if not self._admins:
+            raise PermissionDeniedError(
+                "the admin services admit no one: this CA names no admin identity; start it "
+                "with --admin-identity spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> "
+                "(or MESHCA_ADMIN_IDENTITY, comma-separated) for the operators allowed",
+                reason="admin_not_configured",
+            )
+        return self._authenticators.authenticate(credentials_from(context))
+
+    def admit(self, caller: Caller) -> None:
+        if caller.spiffe_id.uri not in self._admins:
+            raise PermissionDeniedError(
+                f"{caller.spiffe_id} is not an admin identity of this CA; call with a credential "
+                "of an identity named by --admin-identity, or ask the CA's operators to add it",
+                reason="admin_denied",
+            )
+
+
+def admin_status(err: MeshcaError) -> grpc.StatusCode:
+    """The status code of an admin call's error."""
+    if isinstance(err, LedgerOffError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(err, LedgerTamperedError):
+        return grpc.StatusCode.DATA_LOSS
+    if isinstance(err, OrderNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    return STATUS_BY_KIND[err.kind]
+
+
+# What a refused admin call leaves behind besides the log line (a ledger record, say):
+# (method, error, status, peer, the caller if it authenticated).
+RefusalSink = Callable[[str, MeshcaError, grpc.StatusCode, str, Caller | None], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdminCalls:
+    """The gRPC plumbing every admin service shares: the gate, then the work on the service's
+    own threads, and errors as status codes (`status`); the same for both servers."""
+
+    service: str
+    gate: AdminGate
+    executor: ThreadPoolExecutor
+    methods: Mapping[str, tuple[type[Message], Work]]
+    internal_message: str
+    status: Callable[[MeshcaError], grpc.StatusCode] = admin_status
+    on_refused: RefusalSink | None = None
+
+    def _admit(self, method: str, context: grpc.ServicerContext, callers: list[Caller]) -> Caller:
+        caller = self.gate.authenticate(context)
+        callers.append(caller)
+        self.gate.admit(caller)
+        log.info(
+            "admin call",
+            extra={
+                "service": self.service,
+                "method": method,
+                "caller": caller.spiffe_id.uri,
+                "peer": context.peer(),
+            },
+        )
+        return caller
+
+    def _refused(self, method: str, err: MeshcaError, peer: str, callers: list[Caller]) -> grpc.StatusCode:
+        status = self.status(err)
+        log.warning(
+            "refused admin call",
+            extra={
+                "service": self.service,
+                "method": method,
+                "reason": err.reason,
+                "detail": err.message,
+                "peer": peer,
+            },
+        )
+        if self.on_refused is not None:
+            try:
+                self.on_refused(method, err, status, peer, callers[0] if callers else None)
+            except Exception:
+                log.exception("could not record a refused admin call", extra={"method": method})
+        return status
+
+    def _sync(self, method: str, work: Work) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            callers: list[Caller] = []
+            try:
+                caller = self._admit(method, context, callers)
+                return self.executor.submit(work, request, caller).result()
+            except MeshcaError as err:
+                context.abort(self._refused(method, err, context.peer(), callers), err.message)
+            except Exception:
+                log.exception("admin call failed", extra={"method": method, "peer": context.peer()})
+                context.abort(grpc.StatusCode.INTERNAL, self.internal_message)
+
+        return handle
+
+    def _async(self, method: str, work: Work) -> Callable[..., Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            callers: list[Caller] = []
+            try:
+                caller = self._admit(method, context, callers)  # type: ignore[arg-type]
+                return await asyncio.wrap_future(self.executor.submit(work, request, caller))
+            except MeshcaError as err:
+                await context.abort(self._refused(method, err, context.peer(), callers), err.message)
+            except Exception:
+                log.exception("admin call failed", extra={"method": method, "peer": context.peer()})
+                await context.abort(grpc.StatusCode.INTERNAL, self.internal_message)
+
+        return handle
+
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        wrap = self._async if asynchronous else self._sync
+        return grpc.method_handlers_generic_handler(
+            self.service,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    wrap(name, work),
+                    request_deserializer=request_type.FromString,
+                    response_serializer=lambda response: response.SerializeToString(),
+                )
+                for name, (request_type, work) in self.methods.items()
+            },
+        )
+
+
+def _any_caller(query: Callable[[Any], Message]) -> Work:
+    """A query any admin may run: the caller does not change its answer."""
+    return lambda request, caller: query(request)
+
+
 class LedgerAdminService:
     name = ADMIN_SERVICE_NAME
 
@@ -169,32 +302,23 @@ class LedgerAdminService:
         reader: LedgerReader | None,
         verifier: Verifier | None,
     ) -> None:
-        self._authenticators = authenticators
-        self._admins = frozenset(admin_identities)
         self._clock = clock
         self._policy = policy
         self._reader = reader
         self._verifier = verifier
         self._executor = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="ledger-admin")
-
-    # ------------------------------------------------------------------ authorization
-
-    def authorize(self, context: grpc.ServicerContext) -> Caller:
-        if not self._admins:
-            raise PermissionDeniedError(
-                "the ledger admin service admits no one: this CA names no admin identity; start it "
-                "with --admin-identity spiffe://<trust-domain>/ns/<namespace>/sa/<service-account> "
-                "(or MESHCA_ADMIN_IDENTITY, comma-separated) for the operators allowed",
-                reason="admin_not_configured",
-            )
-        caller = self._authenticators.authenticate(credentials_from(context))
-        if caller.spiffe_id.uri not in self._admins:
-            raise PermissionDeniedError(
-                f"{caller.spiffe_id} is not an admin identity of this CA; call with a credential "
-                "of an identity named by --admin-identity, or ask the CA's operators to add it",
-                reason="admin_denied",
-            )
-        return caller
+        self._calls = AdminCalls(
+            service=ADMIN_SERVICE_NAME,
+            gate=AdminGate(authenticators=authenticators, admin_identities=admin_identities),
+            executor=self._executor,
+            methods={
+                "ListEntries": (pb.ListEntriesRequest, _any_caller(self.list_entries)),
+                "ShowSerial": (pb.ShowSerialRequest, _any_caller(self.show_serial)),
+                "Report": (pb.ReportRequest, _any_caller(self.report)),
+                "Verify": (pb.VerifyRequest, _any_caller(self.verify)),
+            },
+            internal_message=INTERNAL_MESSAGE,
+        )
 
     def _ledger(self) -> LedgerReader:
         if self._reader is None:
@@ -243,64 +367,8 @@ class LedgerAdminService:
             summary=result.summary(),
         )
 
-    # ------------------------------------------------------------------ gRPC plumbing
-
-    def _refused(self, method: str, err: MeshcaError, peer: str) -> None:
-        log.warning(
-            "refused ledger admin call",
-            extra={"method": method, "reason": err.reason, "detail": err.message, "peer": peer},
-        )
-
-    def _admitted(self, method: str, caller: Caller, peer: str) -> None:
-        log.info("ledger admin call", extra={"method": method, "caller": caller.spiffe_id.uri, "peer": peer})
-
-    def _sync(self, method: str, work: Work) -> Callable[[Any, grpc.ServicerContext], Any]:
-        def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                self._admitted(method, self.authorize(context), context.peer())
-                return self._executor.submit(work, request).result()
-            except MeshcaError as err:
-                self._refused(method, err, context.peer())
-                context.abort(_status(err), err.message)
-            except Exception:
-                log.exception("ledger admin call failed", extra={"method": method, "peer": context.peer()})
-                context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-        return handle
-
-    def _async(self, method: str, work: Work) -> Callable[..., Any]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                self._admitted(method, self.authorize(context), context.peer())  # type: ignore[arg-type]
-                return await asyncio.wrap_future(self._executor.submit(work, request))
-            except MeshcaError as err:
-                self._refused(method, err, context.peer())
-                await context.abort(_status(err), err.message)
-            except Exception:
-                log.exception("ledger admin call failed", extra={"method": method, "peer": context.peer()})
-                await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-        return handle
-
     def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
-        methods: dict[str, tuple[type[Message], Work]] = {
-            "ListEntries": (pb.ListEntriesRequest, self.list_entries),
-            "ShowSerial": (pb.ShowSerialRequest, self.show_serial),
-            "Report": (pb.ReportRequest, self.report),
-            "Verify": (pb.VerifyRequest, self.verify),
-        }
-        wrap = self._async if asynchronous else self._sync
-        return grpc.method_handlers_generic_handler(
-            ADMIN_SERVICE_NAME,
-            {
-                name: grpc.unary_unary_rpc_method_handler(
-                    wrap(name, work),
-                    request_deserializer=request_type.FromString,
-                    response_serializer=lambda response: response.SerializeToString(),
-                )
-                for name, (request_type, work) in methods.items()
-            },
-        )
+        return self._calls.handler(asynchronous=asynchronous)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.metrics import CaMetrics
 from ca.server.push import PushCoordinator, crl_maker
+from ca.server.rotation_api import RotationService, build_rotation_service
 from ca.server.serving_cert import ServingIdentity
 from ca.server.settings import KUBERNETES_ISSUER, ServeConfig
 
@@ -156,6 +158,7 @@ class CaServer:
     admin: LedgerAdminService | None = None
     push: PushCoordinator | None = None  # with a ledger: forced rotation's pushes, CRLs, revocations
     control: ControlService | None = None
+    rotation: RotationService | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _server: ApiServer | None = None
     _status_http: StatusServer | None = None
@@ -175,7 +178,7 @@ class CaServer:
         write_ports_file(self.cfg.ports_file, self.ports)
 
     def _start(self) -> None:
-        extra = tuple(s for s in (self.admin, self.control) if s is not None)
+        extra = tuple(s for s in (self.admin, self.rotation, self.control) if s is not None)
         streams = self.control.max_sessions if self.control is not None else 0
         server: ApiServer = (
             AsyncioServer(self.service, extra=extra, max_concurrent=UNARY_CALLS + streams)
@@ -321,6 +324,8 @@ class CaServer:
             self.admin.close()
         if self.push is not None:
             self.push.close()
+        if self.rotation is not None:
+            self.rotation.close()
         if self.ledger is not None:
             self.ledger.close()
         remove_ports_file(self.cfg.ports_file)
@@ -435,6 +440,15 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         pod_cache=pod_cache,
         ledger=ledger,
         admin=build_admin_service(cfg, clock, authenticators, ledger, api),
+        rotation=build_rotation_service(
+            authenticators=authenticators,
+            admin_identities=cfg.admin_identities,
+            clock=clock,
+            ledger=ledger,
+            api=api,
+            random_bytes=os.urandom,
+            **({"connected": push.pushable_serials} if push is not None else {}),
+        ),
         push=push,
         control=ControlService(
             coordinator=push,

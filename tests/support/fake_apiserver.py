@@ -204,7 +204,23 @@ PEER_AUTHENTICATIONS = Resource(
     custom=True,
     status_subresource=True,
 )
-RESOURCES: tuple[Resource, ...] = (PODS, SECRETS, CONFIGMAPS, LEASES, PEER_AUTHENTICATIONS)
+# The workload controllers a rotation restarts (and the ReplicaSets between Deployments and pods).
+# Stored and patched like any object: no controller acts on them.
+DEPLOYMENTS = Resource("apps", ("v1",), "deployments", "deployment", "Deployment")
+REPLICASETS = Resource("apps", ("v1",), "replicasets", "replicaset", "ReplicaSet")
+STATEFULSETS = Resource("apps", ("v1",), "statefulsets", "statefulset", "StatefulSet")
+DAEMONSETS = Resource("apps", ("v1",), "daemonsets", "daemonset", "DaemonSet")
+RESOURCES: tuple[Resource, ...] = (
+    PODS,
+    SECRETS,
+    CONFIGMAPS,
+    LEASES,
+    PEER_AUTHENTICATIONS,
+    DEPLOYMENTS,
+    REPLICASETS,
+    STATEFULSETS,
+    DAEMONSETS,
+)
 TOKENREVIEWS = "tokenreviews"
 
 
@@ -214,6 +230,19 @@ def _resource_named(name: str) -> Resource:
         if wanted in (rt.plural, rt.singular, rt.kind.lower(), rt.qualified):
             return rt
     raise KeyError(f"unknown resource kind {name!r}")
+
+
+def controller_reference(owner: JSON) -> JSON:
+    """The ownerReference by which `owner` (a rendered object) controls another object."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _utc(dt: datetime) -> datetime:
@@ -1624,12 +1653,16 @@ class FakeKubeApiServer:
         annotations: Mapping[str, str] | None = None,
         phase: str = "Running",
         pod_ip: str | None = None,
+        owner: JSON | None = None,
     ) -> JSON:
+        """`owner`: the stored object that controls the pod (its ownerReference is set)."""
         metadata: JSON = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4())}
         if labels:
             metadata["labels"] = dict(labels)
         if annotations:
             metadata["annotations"] = dict(annotations)
+        if owner is not None:
+            metadata["ownerReferences"] = [controller_reference(owner)]
         spec: JSON = {
             "containers": [
                 {
@@ -1661,6 +1694,36 @@ class FakeKubeApiServer:
         except ApiError as exc:
             raise ValueError(str(exc)) from None
         return render(PODS, stored)
+
+    def add_workload(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        *,
+        owner: JSON | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> JSON:
+        """A Deployment, ReplicaSet, StatefulSet or DaemonSet with the fields the API requires
+        (a selector and a pod template), optionally controlled by `owner`."""
+        rt = _resource_named(kind)
+        match = dict(labels or {"app": name})
+        metadata: JSON = {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}
+        if owner is not None:
+            metadata["ownerReferences"] = [controller_reference(owner)]
+        spec: JSON = {
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": match},
+                "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]},
+            },
+        }
+        if rt is STATEFULSETS:
+            spec["serviceName"] = name
+        stored = self.store.create(
+            rt, namespace, {"metadata": metadata, "spec": spec}, version="v1", system=True
+        )
+        return render(rt, stored)
 
     def delete_pod(self, namespace: str, name: str) -> JSON:
         return self.delete_object("pods", namespace, name)

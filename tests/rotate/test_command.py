@@ -1,0 +1,279 @@
+"""`meshca rotate`, `rotate status`, `rotate list` and `meshca revoke` on a state directory's
+ledger (no CA asked), through `ca.cli.main.main` as an operator runs them, against the real
+SQLite store. The ledger holds what a CA would have issued: two namespaces whose names share a
+prefix, meshca agents and another client, pods on two nodes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ca.ledger.rotation import OrderState, TargetState
+from tests.support.fake_apiserver import FakeKubeApiServer
+from tests.support.operator import SHOP_CART, State, operator_state, run
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[State]:
+    with operator_state(tmp_path / "state") as made:
+        yield made
+
+
+def _order_id(text: str) -> str:
+    found = re.search(r"\bro-[0-9a-f]{12}\b", text)
+    assert found, text
+    return found.group(0)
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_a_dry_run_groups_the_blast_radius_and_changes_nothing(
+    state: State, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "rotate", "--namespace", "shop", "--dry-run", *state.flags)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == "dry run: nothing was changed"
+    assert lines[1].startswith("3 live certificates match: 2 held by meshca agents, 1 not pushable")
+    assert "known only to the running CA" in lines[1]
+    assert "namespace shop" in lines and "namespace shop-canary" not in out
+    assert f"  {SHOP_CART}: 2 certificates (1 meshca agent, 1 not pushable)" in lines
+    cart_1 = next(line for line in lines if line.strip().startswith("cart-1 "))
+    assert cart_1.split()[:4] == ["cart-1", "node-a", state.serials["cart-1"], "meshca"]
+    # Only the other client's pod is certainly out of a push's reach.
+    heading = next(i for i, line in enumerate(lines) if line.startswith("workloads a push"))
+    unreachable = lines[heading + 2 :]
+    assert [line.split()[:3] for line in unreachable] == [["shop", "Pod", "cart-2"]]
+    with state.store() as store:
+        assert store.orders() == []
+    assert state.records("rotation_order") == []
+
+
+def test_a_dry_run_as_json(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "rotate", "--service-account", "cart", "--dry-run", "-o", "json", *state.flags)
+    result = json.loads(out)
+    assert code == 0 and result["dry_run"] and result["order"] is None
+    assert (result["matched"], result["not_pushable"], result["connections_known"]) == (3, 1, False)
+    assert sorted((t["namespace"], t["pod"], t["node"]) for t in result["targets"]) == [
+        ("shop", "cart-1", "node-a"),
+        ("shop", "cart-2", "node-b"),
+        ("shop-canary", "cart-c", "node-a"),
+    ]
+    assert [w["name"] for w in result["workloads"]] == ["cart-2"] and result["warnings"] == []
+
+
+def test_an_unknown_namespace_warns_that_nothing_matches(
+    state: State, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "rotate", "--namespace", "shopx", "--dry-run", *state.flags)
+    assert code == 0 and out.splitlines()[1].startswith("0 live certificates match")
+    assert "warning: no certificate was ever issued to namespace 'shopx', so nothing matches it" in err
+    code, out, err = run(capsys, "rotate", "--namespace", "shopx", "--reason", "typo", *state.flags)
+    assert code == 1 and out == ""
+    assert "namespace 'shopx'" in err and "no order was recorded" in err
+    assert state.records("rotation_order") == []
+
+
+# --------------------------------------------------------------------------- orders
+
+
+def test_an_order_is_recorded_with_its_terms(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "rotate",
+        "--namespace",
+        "shop",
+        "--node",
+        "node-a",
+        "--reason",
+        "key leaked from node-a",
+        "--grace",
+        "10m",
+        "--spread",
+        "30s",
+        *state.flags,
+    )
+    assert code == 0 and err == ""
+    order_id = _order_id(out)
+    assert out.splitlines()[0].startswith(f"order {order_id} placed by local:")
+    assert "selector: namespace=shop node=node-a; grace 10m, spread 30s" in out
+    assert f"follow it with: meshca rotate status {order_id}" in out
+    with state.store() as store:
+        order = store.order(order_id)
+        assert order is not None and order.reason == "key leaked from node-a"
+        assert (order.grace, order.spread, order.state) == (
+            timedelta(minutes=10),
+            timedelta(seconds=30),
+            OrderState.PUSHING,
+        )
+        assert abs(order.time - datetime.now(UTC)) < timedelta(minutes=1)
+        targets = sorted(t.certificate.pod or "" for t in store.targets(order_id, datetime.now(UTC)))
+    assert targets == ["cart-1", "checkout-1"]  # node-b's cart-2 and shop-canary's cart-c are not covered
+    [record] = state.records("rotation_order")
+    assert (record["order_id"], record["matched"], record["order_reason"]) == (
+        order_id,
+        2,
+        "key leaked from node-a",
+    )
+
+
+def test_status_shows_what_is_still_outstanding(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "rotate", "--namespace", "shop", "--reason", "leak", *state.flags)
+    order_id = _order_id(out)
+    now = datetime.now(UTC)
+    with state.store() as store:
+        assert store.mark_replaced(
+            order_id=order_id, old_serial=state.serials["cart-1"], new_serial="beef", at=now
+        )
+        store.revoke([state.serials["checkout-1"]], reason="keyCompromise", at=now)
+
+    code, out, err = run(capsys, "rotate", "status", order_id, *state.flags)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"order {order_id}: pushing: what is still outstanding at ")
+    assert lines[1].endswith(": leak") and lines[3] == (
+        "matched 3, replaced 1, outstanding 1, revoked 1, expired 0"
+    )
+    assert lines[5].split() == ["STATE", "SERIAL", "IDENTITY", "POD", "NODE", "HOLDER", "REPLACED", "BY"]
+    rows = [line.split() for line in lines[6:]]
+    assert rows[0][:5] == ["outstanding", state.serials["cart-2"], SHOP_CART, "cart-2", "node-b"]
+    assert rows[0][5:] == ["not", "pushable"]
+    assert rows[1][:2] == ["replaced", state.serials["cart-1"]] and rows[1][-1] == "beef"
+    assert rows[2][:2] == ["revoked", state.serials["checkout-1"]]
+    assert "known only to the running CA" in err  # outstanding, and no CA asked who is connected
+
+    code, out, _ = run(capsys, "rotate", *state.flags, "status", order_id.upper(), "-o", "json")
+    status = json.loads(out)
+    assert code == 0 and status["order"]["id"] == order_id and status["order"]["outstanding"] == 1
+    states = {t["pod"]: t["state"] for t in status["targets"]}
+    assert states == {"cart-1": "replaced", "cart-2": "outstanding", "checkout-1": "revoked"}
+
+
+def test_list_shows_the_newest_first(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "rotate", "list", *state.flags)
+    assert (code, out) == (0, "") and "no rotation orders yet" in err
+    first = _order_id(run(capsys, "rotate", "--pod", "cart-1", "--reason", "one", *state.flags)[1])
+    second = _order_id(run(capsys, "rotate", "--all", "--reason", "two", "--grace", "0s", *state.flags)[1])
+    code, out, _ = run(capsys, "rotate", "list", *state.flags)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["ORDER", "TIME", "STATE"]
+    assert [line.split()[0] for line in lines[1:]] == [second, first]
+    assert lines[1].split()[3] == "4" and lines[1].split()[-2:] == ["all", "two"]
+    code, out, _ = run(capsys, "rotate", "list", "--limit", "1", "-o", "json", *state.flags)
+    assert [o["id"] for o in json.loads(out)["orders"]] == [second]
+
+
+# --------------------------------------------------------------------------- revoke
+
+
+def test_revoke_at_once(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    serial = state.serials["cart-c"]
+    colons = ":".join(re.findall("..", serial.zfill(len(serial) + len(serial) % 2))).upper()
+    code, out, err = run(
+        capsys,
+        "revoke",
+        "--serial",
+        colons,
+        "--reason",
+        "keyCompromise",
+        "--note",
+        "laptop stolen",
+        *state.flags,
+    )
+    assert code == 0 and err == ""
+    assert out.startswith(f"revoked {serial} (spiffe://cluster.local/ns/shop-canary/sa/cart) at ")
+    assert ": keyCompromise; listed in the CRL until it expires at " in out
+    with state.store() as store:
+        assert store.is_revoked(serial)
+    [record] = state.records("revoked")
+    assert (record["serial"], record["reason"]) == (serial, "keyCompromise")
+    # A revoked certificate is no longer live: a dry run no longer counts it.
+    _, out, _ = run(capsys, "rotate", "--namespace", "shop-canary", "--dry-run", "-o", "json", *state.flags)
+    assert json.loads(out)["matched"] == 0
+
+
+def test_revoking_an_unknown_serial_is_refused(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "revoke", "--serial", "abcdef", *state.flags)
+    assert (code, out) == (1, "") and "abcdef" in err
+    assert state.records("revoked") == []
+
+
+def test_an_unknown_order(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "rotate", "status", "ro-000000000000", *state.flags)
+    assert code == 1 and "no rotation order ro-000000000000; 'meshca rotate list' shows" in err
+
+
+def test_a_state_directory_without_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "rotate", "list", "--state-dir", str(tmp_path))
+    assert code == 2 and f"there is no ledger at {tmp_path / 'ledger.db'}" in err
+    assert not (tmp_path / "ledger.db").exists()
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def test_restart_workloads_with_a_kubeconfig(
+    state: State, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeKubeApiServer() as apiserver:
+        deployment = apiserver.add_workload("deployment", "shop", "cart")
+        replica_set = apiserver.add_workload("replicaset", "shop", "cart-7f", owner=deployment)
+        apiserver.add_pod("shop", "cart-2", owner=replica_set)
+        kubeconfig = str(apiserver.write_kubeconfig(tmp_path / "kubeconfig"))
+
+        code, out, _ = run(
+            capsys, "rotate", "--namespace", "shop", "--dry-run", "--kubeconfig", kubeconfig, *state.flags
+        )
+        assert code == 0 and "  shop       Deployment  cart  cart-2" in out
+        assert apiserver.request_count("deployments", "patch") == 0
+
+        code, out, err = run(
+            capsys,
+            "rotate",
+            "--namespace",
+            "shop",
+            "--reason",
+            "leak",
+            "--restart-workloads",
+            "--kubeconfig",
+            kubeconfig,
+            *state.flags,
+        )
+        assert code == 0 and err == ""
+        assert "restarted with --restart-workloads" in out and "cart-2  restarted" in out
+        stored = apiserver.get_object("deployment", "shop", "cart")
+        assert stored is not None
+        stamp = stored["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+        assert abs(datetime.fromisoformat(stamp) - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_workloads_that_cannot_be_restarted_fail_the_command(
+    state: State, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakeKubeApiServer() as apiserver:
+        apiserver.add_pod("shop", "cart-2")  # a bare pod: nothing to restart
+        kubeconfig = str(apiserver.write_kubeconfig(tmp_path / "kubeconfig"))
+        code, out, err = run(
+            capsys,
+            "rotate",
+            "--pod",
+            "cart-2",
+            "--reason",
+            "r",
+            "--restart-workloads",
+            "--kubeconfig",
+            kubeconfig,
+            *state.flags,
+        )
+    assert code == 1
+    order_id = _order_id(out)
+    assert f"the order {order_id} was placed, but 1 workload(s) were not restarted" in err
+    assert "no Deployment, StatefulSet or DaemonSet owns this pod" in out
+    with state.store() as store:
+        assert [t.state for t in store.targets(order_id, datetime.now(UTC))] == [TargetState.OUTSTANDING]
