@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from cryptography import x509
 
 from ca.ledger.rotation import OrderState, TargetState
+from tests.support.ca_server import start_ca
+from tests.support.clock import FakeClock
 from tests.support.fake_apiserver import FakeKubeApiServer
 from tests.support.operator import SHOP_CART, State, operator_state, run
 
@@ -277,3 +283,49 @@ def test_workloads_that_cannot_be_restarted_fail_the_command(
     assert "no Deployment, StatefulSet or DaemonSet owns this pod" in out
     with state.store() as store:
         assert [t.state for t in store.targets(order_id, datetime.now(UTC))] == [TargetState.OUTSTANDING]
+
+
+# --------------------------------------------------------------------------- beside a running CA
+
+
+def test_a_ca_on_the_same_state_dir_picks_up_a_revocation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No CA address: the revocation goes into the ledger, the CA's change watcher notices it at its
+    next poll (each second of its clock), and its renewal port refuses the certificate from then on."""
+    clock = FakeClock(datetime.now(UTC) - timedelta(hours=3))  # what it issues is valid by real time too
+    ca = start_ca(tmp_path / "state", clock=clock)
+    try:
+        chain, key = ca.request(token=ca.token("shop", "cart", pod_name="cart-1", pod_uid="uid-1"))
+        serial = format(x509.load_pem_x509_certificate(chain[0].encode()).serial_number, "x")
+        renewal: dict[str, Any] = {
+            "port": ca.server.ports["renew"],
+            "client_key": key,
+            "client_chain": "".join(chain[:-1]).encode(),
+        }
+        ca.request(**renewal)  # renews with the certificate while it is good
+        assert ca.server.push is not None and not ca.server.push.is_revoked(serial)
+
+        code, out, _ = run(
+            capsys,
+            "revoke",
+            "--serial",
+            serial,
+            "--reason",
+            "keyCompromise",
+            "--state-dir",
+            str(ca.state_dir),
+        )
+        assert code == 0 and out.startswith(f"revoked {serial} ")
+
+        push = ca.server.push
+        deadline = time.monotonic() + 10
+        while not push.is_revoked(serial):
+            assert time.monotonic() < deadline, "the CA never noticed the revocation"
+            clock.advance_s(1)  # one poll of the watcher
+            time.sleep(0.05)
+        with pytest.raises(grpc.RpcError) as refused:
+            ca.request(**renewal)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        ca.stop()
