@@ -18,10 +18,13 @@ import pytest
 from cryptography import x509
 
 from ca.ledger.rotation import OrderState, TargetState
+from tests.support import ledger as ledger_support
 from tests.support.ca_server import start_ca
 from tests.support.clock import FakeClock
 from tests.support.fake_apiserver import FakeKubeApiServer
 from tests.support.operator import SHOP_CART, State, operator_state, run
+
+ledger_url = ledger_support.ledger_url  # fixture: SQLite and PostgreSQL
 
 
 @pytest.fixture
@@ -329,3 +332,24 @@ def test_a_ca_on_the_same_state_dir_picks_up_a_revocation(
         assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
     finally:
         ca.stop()
+
+
+# --------------------------------------------------------------------------- either database
+
+
+def test_the_commands_on_sqlite_and_postgresql(
+    ledger_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with operator_state(tmp_path / "state", ledger_url) as on:
+        code, out, _ = run(capsys, "rotate", "--namespace", "shop", "--dry-run", "-o", "json", *on.flags)
+        assert code == 0 and json.loads(out)["matched"] == 3
+        code, out, _ = run(capsys, "rotate", "--namespace", "shop", "--reason", "leak", *on.flags)
+        order_id = _order_id(out)
+        code, out, _ = run(capsys, "revoke", "--serial", on.serials["cart-2"], *on.flags)
+        assert code == 0
+        code, out, _ = run(capsys, "rotate", "status", order_id, "-o", "json", *on.flags)
+        status = json.loads(out)["order"]
+        assert (code, status["matched"], status["outstanding"], status["revoked"]) == (0, 3, 2, 1)
+        code, out, _ = run(capsys, "rotate", "list", "-o", "json", *on.flags)
+        assert [o["id"] for o in json.loads(out)["orders"]] == [order_id]
+        assert [r["order_id"] for r in on.records("rotation_order")] == [order_id]

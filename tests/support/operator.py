@@ -30,14 +30,17 @@ class State:
     directory: Path
     rig: LedgerRig
     serials: dict[str, str]  # pod -> serial
+    url: str  # the ledger's
 
     @property
     def flags(self) -> list[str]:
-        return ["--state-dir", str(self.directory)]
+        """--state-dir, and --ledger unless the ledger is the state directory's own."""
+        own = self.url == sqlite_url(self.directory / "ledger.db")
+        return ["--state-dir", str(self.directory), *([] if own else ["--ledger", self.url])]
 
     @contextlib.contextmanager
     def store(self) -> Iterator[SqlRotationStore]:
-        opened = SqlRotationStore.open(sqlite_url(self.directory / "ledger.db"))
+        opened = SqlRotationStore.open(self.url)
         try:
             yield opened
         finally:
@@ -71,17 +74,19 @@ def issue(rig: LedgerRig, namespace: str, account: str, pod: str, node: str, *, 
 
 
 @contextlib.contextmanager
-def operator_state(directory: Path) -> Iterator[State]:
+def operator_state(directory: Path, url: str | None = None) -> Iterator[State]:
     """shop: cart-1 (agent, node-a), cart-2 (other client, node-b), checkout-1 (agent, node-a);
-    shop-canary: cart-c (agent, node-a). Certificates live for an hour from now."""
-    with ledger_rig(sqlite_url(directory / "ledger.db"), directory) as rig:
+    shop-canary: cart-c (agent, node-a). Certificates live for an hour from now. The ledger is the
+    state directory's own SQLite file unless `url` names another."""
+    url = url or sqlite_url(directory / "ledger.db")
+    with ledger_rig(url, directory) as rig:
         serials = {
             "cart-1": issue(rig, "shop", "cart", "cart-1", "node-a", agent=True),
             "cart-2": issue(rig, "shop", "cart", "cart-2", "node-b", agent=False),
             "checkout-1": issue(rig, "shop", "checkout", "checkout-1", "node-a", agent=True),
             "cart-c": issue(rig, "shop-canary", "cart", "cart-c", "node-a", agent=True),
         }
-        yield State(directory=directory, rig=rig, serials=serials)
+        yield State(directory=directory, rig=rig, serials=serials, url=url)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
