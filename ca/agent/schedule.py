@@ -37,3 +37,13 @@ class RenewalPolicy:
         lifetime = max(not_after - received_at, timedelta(0))
         offset = self.ratio + self.jitter * (2 * random() - 1)
         return received_at + lifetime * offset
+
+
+def attempt_due(due_at: datetime, now: datetime) -> bool:
+    """Whether the attempt due at `due_at` runs at `now`, by the agent's clock."""
+    return now >= due_at
+
+
+def seconds_until(due_at: datetime, now: datetime) -> float:
+    """How long from `now` until `due_at`; 0 once it has come."""
+    return max((due_at - now).total_seconds(), 0.0)

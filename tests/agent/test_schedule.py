@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
+from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy, attempt_due, seconds_until
 from ca.errors import ConfigError
 
 RECEIVED = datetime(2026, 12, 7, tzinfo=UTC)
@@ -62,3 +62,15 @@ def test_settings_that_would_renew_too_late_or_too_wildly_are_refused(
 def test_the_agents_backoff_doubles_from_half_a_second_to_a_minute() -> None:
     assert [AGENT_BACKOFF.step_s(n) for n in range(9)] == [0.5, 1, 2, 4, 8, 16, 32, 60, 60]
     assert AGENT_BACKOFF.delay_s(0, lambda: 0.0) == 0.25
+
+
+def test_an_attempt_is_due_from_its_time_on_and_not_a_microsecond_sooner() -> None:
+    assert not attempt_due(RECEIVED, RECEIVED - timedelta(microseconds=1))
+    assert attempt_due(RECEIVED, RECEIVED)
+    assert attempt_due(RECEIVED, RECEIVED + timedelta(hours=1))
+
+
+def test_the_wait_for_an_attempt_is_what_is_left_of_it_and_never_negative() -> None:
+    assert seconds_until(RECEIVED + timedelta(seconds=1.5), RECEIVED) == 1.5
+    assert seconds_until(RECEIVED, RECEIVED) == 0.0
+    assert seconds_until(RECEIVED, RECEIVED + timedelta(hours=1)) == 0.0
