@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -239,14 +241,12 @@ def test_storage_failure_refuses_with_unavailable_and_recovers(
 
         # Storage is back: the same CA issues again without a restart, and catches up its head.
         returned += [leaf_serial(ca.request(token=t)[0]) for t in tokens[:2]]
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+
+        def head_caught_up() -> bool:
             head = HeadFile(state / HEAD_FILE).read()
-            if head is not None and head.head_seq == all_entries(ledger_url)[-1].seq:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the CA did not publish a checkpoint of its head after recovering")
+            return head is not None and head.head_seq == all_entries(ledger_url)[-1].seq
+
+        _wait_for(head_caught_up, 15, "the CA to publish a checkpoint of its head after recovering")
     finally:
         ca.stop()
     entries = all_entries(ledger_url)
@@ -289,8 +289,10 @@ def test_a_client_giving_up_while_its_record_waits_does_not_stop_the_ledger(
     ledger_url: str,
     tmp_path: Path,
     server: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A client whose deadline passes while the ledger is slow must not break later issuance."""
+    caplog.set_level(logging.ERROR, logger="meshca.ledger")
     state = tmp_path / "state"
     ca = start_ca(state, "--ledger", ledger_url, "--grpc-server", server)
     try:
@@ -302,7 +304,11 @@ def test_a_client_giving_up_while_its_record_waits_does_not_stop_the_ledger(
                     request, metadata=[("authorization", f"Bearer {ca.token()}")], timeout=0.5
                 )
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(2.5)  # the CA's write of that record fails on the lock meanwhile
+            _wait_for(
+                lambda: any(r.getMessage() == "ledger write failed" for r in caplog.records),
+                15,
+                "the CA's write of that record to fail on the lock",
+            )
         # Storage is back; the CA must issue again by itself.
         key = ec_key()
         started = time.monotonic()
@@ -323,6 +329,15 @@ def test_a_client_giving_up_while_its_record_waits_does_not_stop_the_ledger(
     assert serial in issued_serials(all_entries(ledger_url))
     report = verify_state(ledger_url, state)
     assert report.ok, report.summary()
+
+
+def _wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Polls the running CA (or its ledger) until `check()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
 
 
 def _serve_once(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
