@@ -29,8 +29,25 @@ log = logging.getLogger("meshca.agent")
 MIN_INTERVAL = timedelta(seconds=1)
 
 
+Metadata = Sequence[tuple[str, str]]
+
+
 class CertificateSource(Protocol):
-    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]: ...
+    def create_certificate(self, csr_pem: str, ttl_seconds: int, *, metadata: Metadata = ()) -> list[str]:
+        """The chain the CA issued; `metadata` goes with the request (a rotation order's)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replacement:
+    """A rotation order the agent follows: replace the certificate with serial `serial`."""
+
+    order_id: str
+    serial: str  # lower-case hex
+
+    def metadata(self) -> Metadata:
+        """What the request for the new certificate says, so the CA's ledger links the two."""
+        return (("meshca-order", self.order_id), ("meshca-replaces", self.serial))
 
 
 class SvidSink(Protocol):
@@ -84,6 +101,7 @@ class Agent:
         self._generate_key = generate_key
         self._observer = observer
         self._retrying = Retrying(settings.backoff, random)
+        self._replacing: Replacement | None = None
         self.current: Svid | None = None
         self.last_error: MeshcaError | None = None
 
@@ -91,15 +109,22 @@ class Agent:
     def consecutive_failures(self) -> int:
         return self._retrying.attempt
 
+    def replace_for(self, replacement: Replacement) -> None:
+        """Follow a rotation order: the next attempts (until one succeeds) ask for the new
+        certificate with the order's metadata. The caller schedules the attempt."""
+        self._replacing = replacement
+
     def attempt(self) -> datetime:
         """Try once to get a new SVID; return when to try next."""
         started = time.perf_counter()
+        replacing = self._replacing
         try:
-            svid = self._fetch()
+            svid = self._fetch(replacing)
         except MeshcaError as err:
             return self._after_failure(err, time.perf_counter() - started)
         self._retrying.reset()
         self.last_error = None
+        self._replacing = None  # whatever an order asked, the certificate it named is replaced now
         for sink in self._sinks:
             sink.publish(svid)
         replaced, self.current = self.current, svid
@@ -109,11 +134,13 @@ class Agent:
         _log_new_certificate(svid, replaced, renew_at)
         return max(renew_at, now + MIN_INTERVAL)
 
-    def _fetch(self) -> Svid:
+    def _fetch(self, replacing: Replacement | None) -> Svid:
         expected = self._settings.expected_identity()
         key = self._generate_key(self._settings.key_type)
         pems = self._source.create_certificate(
-            build_csr(key, expected), int(self._settings.ttl.total_seconds())
+            build_csr(key, expected),
+            int(self._settings.ttl.total_seconds()),
+            metadata=replacing.metadata() if replacing is not None else (),
         )
         return accept_response(
             pems, key, trust_domain=self._settings.trust_domain, expected=expected, now=self._clock.now()

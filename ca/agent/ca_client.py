@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from ca import __version__
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
 from ca.agent.ca_tls import points_at_tls, verification_failure
 from ca.errors import MeshcaError, UnavailableError
+
+# Every request says it comes from a meshca agent, so the CA's ledger knows which holders a
+# rotation order can reach over the control stream.
+AGENT_HEADER = "meshca-agent"
 
 
 class TokenUnavailableError(MeshcaError):
@@ -82,15 +88,18 @@ class CaClient:
         self._channel: grpc.Channel | None = None
         self._stub: istio_ca_pb2_grpc.IstioCertificateServiceStub | None = None
 
-    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
+    def create_certificate(
+        self, csr_pem: str, ttl_seconds: int, *, metadata: Sequence[tuple[str, str]] = ()
+    ) -> list[str]:
+        """Ask with the token; `metadata` is added to the request's (a rotation order's)."""
         token = read_token(self._token_file)
         stub, root = self._current_stub()
-        metadata = [("authorization", f"Bearer {token}")]
+        headers = [("authorization", f"Bearer {token}"), (AGENT_HEADER, f"meshca/{__version__}"), *metadata]
         if self._endpoint.cluster_id:
-            metadata.append(("clusterid", self._endpoint.cluster_id))
+            headers.append(("clusterid", self._endpoint.cluster_id))
         request = istio_ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds)
         try:
-            response = stub.CreateCertificate(request, metadata=metadata, timeout=self._endpoint.timeout_s)
+            response = stub.CreateCertificate(request, metadata=headers, timeout=self._endpoint.timeout_s)
         except grpc.RpcError as err:
             raise self._call_failed(err, root) from err
         return list(response.cert_chain)

@@ -15,10 +15,11 @@ import grpc
 from apscheduler.schedulers.background import BackgroundScheduler
 from envoy.service.secret.v3 import sds_pb2_grpc
 
-from ca.agent.agent import Agent, AgentSettings
+from ca.agent.agent import Agent, AgentSettings, Replacement, SvidSink
 from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
-from ca.agent.identity import token_identity
+from ca.agent.control import ControlEndpoint, ControlStream
+from ca.agent.identity import token_identity, token_placement
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.sds import SdsService
 from ca.agent.settings import AgentConfig
@@ -69,6 +70,7 @@ class AgentProcess:
     clock: Clock
     servers: list[grpc.Server] = field(default_factory=list)
     telemetry: StatusServer | None = None
+    control: ControlStream | None = None
     _scheduler: BackgroundScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -81,6 +83,8 @@ class AgentProcess:
         self._scheduler = BackgroundScheduler(timezone="UTC")
         self._scheduler.start()
         self._schedule(self.clock.now())
+        if self.control is not None:
+            self.control.start()
 
     @property
     def ports(self) -> dict[str, int]:
@@ -105,10 +109,19 @@ class AgentProcess:
 
     def retry_now(self) -> None:
         """Ask the CA again at once (an operator forcing rotation)."""
-        self._schedule(self.clock.now())
+        if self._scheduler is not None and not self._stopped.is_set():
+            self._schedule(self.clock.now())
+
+    def renew_now(self, replacing: Replacement | None) -> None:
+        """The control stream's request: a new certificate at once, for an order when `replacing`."""
+        if replacing is not None:
+            self.agent.replace_for(replacing)
+        self.retry_now()
 
     def stop(self) -> None:
         self._stopped.set()
+        if self.control is not None:
+            self.control.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         for server in self.servers:
@@ -120,6 +133,33 @@ class AgentProcess:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+@dataclass
+class _Renewals:
+    """The control stream's way to the agent's renewals, bound once the process is built."""
+
+    process: AgentProcess | None = None
+
+    def renew_now(self, replacing: Replacement | None) -> None:
+        if self.process is not None:
+            self.process.renew_now(replacing)
+
+
+def _control_stream(
+    cfg: AgentConfig, clock: Clock, broadcast: SvidBroadcast, renewals: _Renewals
+) -> ControlStream:
+    assert cfg.ca_control_address is not None
+    return ControlStream(
+        endpoint=ControlEndpoint(
+            address=cfg.ca_control_address, root_file=cfg.ca_root, server_name=cfg.ca_server_name
+        ),
+        renewer=renewals,
+        crls=broadcast.publish_crl,
+        clock=clock,
+        random=random.SystemRandom().random,
+        placement=lambda: token_placement(cfg.token_file),
+    )
 
 
 def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
@@ -144,18 +184,33 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         backoff=AGENT_BACKOFF,
         expected_identity=lambda: token_identity(cfg.token_file, cfg.trust_domain),
     )
+    renewals = _Renewals()
+    control = (
+        _control_stream(cfg, clock, broadcast, renewals)
+        if cfg.ca_control_address is not None and not cfg.once
+        else None
+    )
+    # The control stream last: it reconnects with a new certificate once the others serve it.
+    sinks: list[SvidSink] = [files, _BroadcastSink(broadcast), *([control] if control else [])]
     agent = Agent(
         settings=settings,
         source=client,
-        sinks=[files, _BroadcastSink(broadcast)],
+        sinks=sinks,
         clock=clock,
         random=random.SystemRandom().random,
         generate_key=generate_private_key,
         observer=metrics,
     )
     process = AgentProcess(
-        cfg=cfg, agent=agent, broadcast=broadcast, metrics=metrics, client=client, clock=clock
+        cfg=cfg,
+        agent=agent,
+        broadcast=broadcast,
+        metrics=metrics,
+        client=client,
+        clock=clock,
+        control=control,
     )
+    renewals.process = process
     if cfg.once:
         return process
     # The port first: an agent that cannot have it stops before replacing any socket file.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ca.common.durations import parse_duration
 from ca.common.flags import PORTS_FILE_HELP, EnvDefaults, Subcommands, fraction, listen_address, path_or_off
+from ca.errors import ConfigError
 from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.spiffe_id import trust_domain_flag
 
@@ -34,12 +35,21 @@ class AgentConfig:
     log_level: str
     ports_file: Path | None = None
     once_timeout: timedelta = timedelta(seconds=60)
+    # The CA's renewal port, for the control stream (None: no control stream).
+    ca_control_address: str | None = None
 
 
 def add_agent_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     agent = commands.add_parser("agent", help="run the workload agent beside a sidecar")
     a = EnvDefaults(agent, environ)
     a.add("--ca-addr", "localhost:15012", "address of the meshca CA service")
+    a.add(
+        "--ca-control-addr",
+        "auto",
+        "the CA's mutual-TLS renewal port, for the control stream that pushes rotation orders and "
+        "revocation lists; 'auto': the --ca-addr host on port 15013 when --ca-addr uses port 15012 "
+        "(meshca serve's defaults), else off; 'off' to disable",
+    )
     a.add("--ca-root", "./meshca-state/root-cert.pem", "root certificate(s) to trust the CA's TLS with")
     a.add("--ca-server-name", None, "TLS server name to expect from the CA, if not the address's host")
     a.add("--cluster-id", None, "cluster id sent to the CA")
@@ -99,4 +109,25 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         once_timeout=parse_duration(args.once_timeout),
         log_level=args.log_level,
         ports_file=path_or_off(args.ports_file),
+        ca_control_address=control_address(args.ca_control_addr, args.ca_addr),
     )
+
+
+CA_PORT = 15012
+RENEWAL_PORT = 15013
+
+
+def control_address(text: str, ca_address: str) -> str | None:
+    """--ca-control-addr as an address, or None for no control stream."""
+    text = text.strip()
+    if text in ("", "off", "none"):
+        return None
+    if text != "auto":
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ConfigError(f"--ca-control-addr {text!r} is not an address; write it as HOST:PORT (or off)")
+        return text
+    host, sep, port = ca_address.rpartition(":")
+    if sep and host and port == str(CA_PORT):
+        return f"{host}:{RENEWAL_PORT}"
+    return None

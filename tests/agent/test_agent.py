@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings
+from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings, Replacement
 from ca.agent.output import write_svid
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.svid import BadResponseError, Svid, accept_response
@@ -214,3 +214,18 @@ def test_the_first_certificate_is_logged_as_issued_and_later_ones_as_rotated(
     assert issued["serial"] == format(first, "x") and "replaced_serial" not in issued
     assert rotated["serial"] == format(second, "x")
     assert rotated["replaced_serial"] == format(first, "x")
+
+
+def test_an_order_to_replace_goes_with_the_next_request_until_one_succeeds() -> None:
+    clock = FakeClock()
+    ca, sink = FakeCa(clock), RecordingSink()
+    agent = _agent(clock, ca, sink)
+    agent.attempt()
+    agent.replace_for(Replacement(order_id="ro-0123456789ab", serial="a1"))
+    ca.fail_with = UnavailableError("down", reason="unavailable")
+    agent.attempt()
+    ca.fail_with = None
+    agent.attempt()
+    agent.attempt()
+    ordered = {"meshca-order": "ro-0123456789ab", "meshca-replaces": "a1"}
+    assert ca.metadata == [{}, ordered, ordered, {}]

@@ -4,6 +4,7 @@ fake sleep: no test here waits for time to pass."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
@@ -38,7 +39,9 @@ class ScriptedCa:
         self.called_at: list[float] = []
         self._start = clock.now()
 
-    def create_certificate(self, csr_pem: str, ttl_seconds: int) -> list[str]:
+    def create_certificate(
+        self, csr_pem: str, ttl_seconds: int, *, metadata: Sequence[tuple[str, str]] = ()
+    ) -> list[str]:
         self.called_at.append((self._clock.now() - self._start).total_seconds())
         if self._failures:
             raise self._failures.pop(0)

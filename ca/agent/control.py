@@ -1,0 +1,363 @@
+"""The agent's end of the control stream: one long-lived stream to the CA's renewal port.
+
+The agent opens it with the certificate it holds (mutual TLS), says Hello, and follows
+what the CA sends:
+
+- RevocationList: handed to the agent's CRL delivery (`SvidBroadcast.publish_crl`: crl.pem,
+  the ROOTCA SDS secret, the Workload API);
+- RotateOrder: after the order's delay, ask for a new certificate at once, with the order's
+  metadata so the CA's ledger links the new certificate to the order and the old one;
+- Reissue: the certificate is revoked: ask for a new one at once (with the token, as every
+  request of the agent is).
+
+Whenever the agent's certificate changes (an order, a Reissue, or its ordinary renewal) it
+reports Replaced for each order the old certificate had (on the old stream, the one the CA
+knows as that certificate's), ends that stream and opens one with the new certificate, at
+once. When the stream fails or the CA goes away it reconnects after a jittered wait that
+grows with each failure (CONTROL_BACKOFF): agents that lose a restarted CA together come back
+spread over seconds, not in the same one.
+
+One thread reads the stream; an order with a delay waits on a short-lived thread of its own.
+Every wait is on the injected clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+
+from ca import __version__
+from ca._proto import meshca_control_pb2 as pb
+from ca._proto import meshca_control_pb2_grpc as pb_grpc
+from ca.agent.agent import Replacement
+from ca.agent.svid import Svid
+from ca.common.backoff import Backoff, Retrying, UniformRandom
+from ca.common.clock import Clock
+from ca.errors import MeshcaError
+
+log = logging.getLogger("meshca.agent")
+
+CONTROL_BACKOFF = Backoff(initial_s=5.0, maximum_s=60.0, jitter=0.9)
+"""After the stream fails: 0.5-5 s, doubling to 6-60 s. The first wait spans a factor of ten so
+that many agents losing one CA together do not all come back within the same second."""
+
+CLOSE_WAIT_S = 10.0  # after asking the CA to end a stream, cancel it if it has not ended by then
+KEEPALIVE_MS = 60_000  # a ping on the open stream, so a CA that vanished is noticed
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+CrlSink = Callable[[Sequence[bytes]], object]
+"""Serves the CA's CRLs (DER); raises MeshcaError for lists it will not use."""
+
+Placement = Callable[[], tuple[str | None, str | None]]
+"""The pod and node this agent serves, when it knows them."""
+
+
+class Renewer(Protocol):
+    def renew_now(self, replacing: Replacement | None) -> None:
+        """Ask the CA for a new certificate at once, with the order's metadata when replacing;
+        returns at once (the renewal runs on the agent's own schedule)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlEndpoint:
+    address: str
+    root_file: Path
+    server_name: str | None = None
+
+
+class StreamEnd(enum.Enum):
+    FAILED = "failed"  # the CA ended it, or the connection did
+    REISSUE = "reissue"  # the certificate is revoked
+    STOPPED = "stopped"
+
+
+def serial_of(svid: Svid) -> str:
+    return format(svid.leaf.serial_number, "x")
+
+
+def hello_message(svid: Svid, pod: str | None, node: str | None) -> pb.AgentMessage:
+    roots = [hashlib.sha256(r.public_bytes(serialization.Encoding.DER)).hexdigest() for r in svid.roots]
+    return pb.AgentMessage(
+        hello=pb.Hello(
+            agent_version=__version__, bundle_sha256=roots, pod_name=pod or "", node_name=node or ""
+        )
+    )
+
+
+def replaced_message(order_id: str, old_serial: str, new_serial: str) -> pb.AgentMessage:
+    return pb.AgentMessage(
+        replaced=pb.Replaced(order_id=order_id, old_serial=old_serial, new_serial=new_serial)
+    )
+
+
+def _outgoing(messages: queue.SimpleQueue[pb.AgentMessage | None]) -> Iterator[pb.AgentMessage]:
+    """What the agent sends on one stream, until None ends its side of it."""
+    while True:
+        message = messages.get()
+        if message is None:
+            return
+        yield message
+
+
+@dataclass
+class _Stream:
+    """The open stream: its certificate's serial, its call, and what it still has to send."""
+
+    serial: str
+    call: Any
+    outgoing: queue.SimpleQueue[pb.AgentMessage | None]
+    ending: bool = False
+
+
+class ControlStream:
+    """The agent's control stream; also an SvidSink (`publish`), to learn of each new certificate."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: ControlEndpoint,
+        renewer: Renewer,
+        crls: CrlSink,
+        clock: Clock,
+        random: UniformRandom,
+        placement: Placement = lambda: (None, None),
+        backoff: Backoff = CONTROL_BACKOFF,
+    ) -> None:
+        self._endpoint = endpoint
+        self._renewer = renewer
+        self._crls = crls
+        self._clock = clock
+        self._placement = placement
+        self._retrying = Retrying(backoff, random)
+        self._lock = threading.Lock()
+        self._changed = threading.Event()  # a new certificate, or stop
+        self._stopped = threading.Event()
+        self._svid: Svid | None = None
+        self._revoked: str | None = None  # a serial the CA said is revoked: never connect with it
+        self._orders: dict[str, pb.RotateOrder] = {}  # orders for the current certificate
+        self._stream: _Stream | None = None
+        self._thread: threading.Thread | None = None
+        self.connects = 0  # streams opened (each with its certificate)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="meshca-control", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopped.set()
+        self._changed.set()
+        with self._lock:
+            stream = self._stream
+        if stream is not None:
+            stream.call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def connected_serial(self) -> str | None:
+        """The serial the open stream was opened with (None between streams)."""
+        with self._lock:
+            return self._stream.serial if self._stream is not None else None
+
+    # ------------------------------------------------------------------ a new certificate
+
+    def publish(self, svid: Svid) -> None:
+        """The agent holds `svid` now: report the orders the old certificate had as followed,
+        then end the old stream so that the next one opens with `svid`."""
+        with self._lock:
+            old, self._svid = self._svid, svid
+            orders, self._orders = self._orders, {}
+            stream = self._stream
+        new_serial = serial_of(svid)
+        if stream is not None and old is not None and stream.serial == serial_of(old) != new_serial:
+            for order_id in orders:
+                stream.outgoing.put(replaced_message(order_id, stream.serial, new_serial))
+                log.info(
+                    "rotation order followed",
+                    extra={"order_id": order_id, "old_serial": stream.serial, "new_serial": new_serial},
+                )
+            self._end(stream)
+        self._changed.set()
+
+    def _end(self, stream: _Stream) -> None:
+        """Close our side of the stream (the CA then ends it); cancel it if the CA does not."""
+        if stream.ending:
+            return
+        stream.ending = True
+        stream.outgoing.put(None)
+
+        def cancel_late() -> None:
+            if not self._clock.wait(self._stopped, CLOSE_WAIT_S):
+                stream.call.cancel()
+
+        threading.Thread(target=cancel_late, name="meshca-control-close", daemon=True).start()
+
+    # ------------------------------------------------------------------ the stream loop
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            svid = self._usable_svid()
+            if svid is None:
+                return
+            healthy, end = self._serve(svid)
+            if end is StreamEnd.STOPPED or self._stopped.is_set():
+                return
+            if end is StreamEnd.REISSUE:
+                continue  # the next stream waits for the new certificate
+            if self._current_serial() != serial_of(svid):
+                self._retrying.reset()
+                continue  # a new certificate: reconnect with it at once
+            if healthy:
+                self._retrying.reset()
+            self._wait_before_reconnect()
+
+    def _current_serial(self) -> str | None:
+        with self._lock:
+            return serial_of(self._svid) if self._svid is not None else None
+
+    def _usable_svid(self) -> Svid | None:
+        """The certificate to connect with: held, and not one the CA said is revoked."""
+        while not self._stopped.is_set():
+            self._changed.clear()
+            with self._lock:
+                svid, revoked = self._svid, self._revoked
+            if svid is not None and serial_of(svid) != revoked:
+                return svid
+            self._clock.wait(self._changed, 3600)
+        return None
+
+    def _wait_before_reconnect(self) -> None:
+        delay = self._retrying.next_delay_s()
+        log.info(
+            "control stream to the CA ended; reconnecting",
+            extra={"address": self._endpoint.address, "retry_in_s": round(delay, 3)},
+        )
+        self._changed.clear()
+        self._clock.wait(self._changed, delay)
+
+    def _serve(self, svid: Svid) -> tuple[bool, StreamEnd]:
+        """One stream, opened with `svid`, until it ends: whether the CA answered on it, and why
+        it ended."""
+        serial = serial_of(svid)
+        outgoing: queue.SimpleQueue[pb.AgentMessage | None] = queue.SimpleQueue()
+        outgoing.put(hello_message(svid, *self._placement()))
+        channel = self._channel(svid)
+        healthy, end = False, StreamEnd.FAILED
+        try:
+            call = pb_grpc.ControlStub(channel).Connect(_outgoing(outgoing))  # type: ignore[no-untyped-call]
+            stream = _Stream(serial=serial, call=call, outgoing=outgoing)
+            with self._lock:
+                self._stream = stream
+                changed = self._svid is not svid
+            self.connects += 1
+            if changed:  # a new certificate arrived while this one was connecting
+                self._end(stream)
+            for message in call:
+                healthy = True
+                if self._handle(message, serial) is StreamEnd.REISSUE:
+                    end = StreamEnd.REISSUE
+        except grpc.RpcError as err:
+            if (
+                end is not StreamEnd.REISSUE
+                and not self._stopped.is_set()
+                and self._current_serial() == serial
+            ):
+                log.warning(
+                    "control stream to the CA failed",
+                    extra={
+                        "address": self._endpoint.address,
+                        "code": err.code().name,
+                        "detail": err.details(),
+                    },
+                )
+        finally:
+            outgoing.put(None)  # lets gRPC's sending thread finish
+            with self._lock:
+                self._stream = None
+            channel.close()
+        return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end
+
+    def _channel(self, svid: Svid) -> grpc.Channel:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self._endpoint.root_file.read_bytes(),
+            private_key=svid.key_pem(),
+            certificate_chain=svid.chain_pem(),
+        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.max_pings_without_data", 0),  # the stream is idle for hours: keep pinging
+        ]
+        if self._endpoint.server_name:
+            options.append(("grpc.ssl_target_name_override", self._endpoint.server_name))
+        return grpc.secure_channel(self._endpoint.address, credentials, options=options)
+
+    # ------------------------------------------------------------------ what the CA says
+
+    def _handle(self, message: pb.ControlMessage, serial: str) -> StreamEnd | None:
+        kind = message.WhichOneof("kind")
+        if kind == "revocations":
+            self._deliver_crls(message.revocations)
+        elif kind == "rotate":
+            self._follow(message.rotate, serial)
+        elif kind == "reissue":
+            log.warning(
+                "the CA says this agent's certificate is revoked; asking for a new one",
+                extra={"serial": serial, "reason": message.reissue.reason},
+            )
+            with self._lock:
+                self._revoked = serial
+            self._renewer.renew_now(None)
+            return StreamEnd.REISSUE
+        return None
+
+    def _deliver_crls(self, revocations: pb.RevocationList) -> None:
+        try:
+            self._crls(list(revocations.crl_der))
+        except MeshcaError as err:
+            log.warning("the CA's revocation lists were not used", extra={"detail": err.message})
+
+    def _follow(self, order: pb.RotateOrder, serial: str) -> None:
+        if order.serial != serial:
+            return  # for a certificate this agent no longer holds
+        with self._lock:
+            if order.order_id in self._orders or self._current_serial_locked() != serial:
+                return
+            self._orders[order.order_id] = order
+        log.info(
+            "rotation order received",
+            extra={
+                "order_id": order.order_id,
+                "serial": serial,
+                "delay_ms": order.delay_ms,
+                "reason": order.reason,
+            },
+        )
+        replacement = Replacement(order_id=order.order_id, serial=serial)
+        if order.delay_ms == 0:
+            self._renewer.renew_now(replacement)
+            return
+
+        def after_delay() -> None:
+            if self._clock.wait(self._stopped, order.delay_ms / 1000):
+                return
+            if self._current_serial() == serial:  # not replaced meanwhile
+                self._renewer.renew_now(replacement)
+
+        threading.Thread(target=after_delay, name="meshca-control-order", daemon=True).start()
+
+    def _current_serial_locked(self) -> str | None:
+        return serial_of(self._svid) if self._svid is not None else None

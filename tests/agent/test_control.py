@@ -1,0 +1,424 @@
+"""The agent's control stream: against a scripted Control server over real mutual TLS with a fake
+clock (what it sends, when it renews, when it reconnects), then end to end against a real
+`meshca serve` with an in-process agent."""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca import __version__
+from ca._proto import meshca_control_pb2 as pb
+from ca.agent.agent import Replacement
+from ca.agent.control import CONTROL_BACKOFF, ControlEndpoint, ControlStream, serial_of
+from ca.agent.settings import control_address
+from ca.agent.svid import Svid
+from ca.errors import ConfigError
+from ca.issuance.crl import load_pem_crls
+from ca.issuance.spiffe_id import SpiffeId
+from ca.ledger.rotation import Selector, TargetState
+from ca.server.serving_cert import ServingIdentity
+from tests.support.agent import RunningAgent, agent_args, start_agent, wait_until
+from tests.support.clock import FakeClock
+from tests.support.control import CaProcess, ca_process
+from tests.support.svids import FakeCa, make_svid
+
+END = object()  # what a scripted stream is told to end with (as the CA does on the agent's EOF)
+
+
+@dataclass
+class ScriptedStream:
+    """One stream the agent opened: what it sent, and what the test has the server send."""
+
+    serial: str
+    received: queue.Queue[pb.AgentMessage | None] = field(default_factory=queue.Queue)
+    outbox: queue.Queue[object] = field(default_factory=queue.Queue)
+
+    def next_received(self, timeout: float = 5.0) -> pb.AgentMessage | None:
+        return self.received.get(timeout=timeout)
+
+    def send(self, message: pb.ControlMessage) -> None:
+        self.outbox.put(message)
+
+
+class ScriptedControl:
+    """meshca.control.v1.Control over mutual TLS, each stream scripted by the test."""
+
+    def __init__(self, ca: FakeCa, clock: FakeClock) -> None:
+        self.streams: queue.Queue[ScriptedStream] = queue.Queue()
+        identity = ServingIdentity(
+            authority=ca.issuer.authority,
+            hosts=("localhost",),
+            spiffe_id=SpiffeId.for_workload("cluster.local", "istio-system", "meshca"),
+            clock=clock,
+        )
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=8))
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._connect,
+            request_deserializer=pb.AgentMessage.FromString,
+            response_serializer=pb.ControlMessage.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("meshca.control.v1.Control", {"Connect": handler}),)
+        )
+        self.port = self._server.add_secure_port(
+            "127.0.0.1:0", identity.server_credentials(require_client_cert=True)
+        )
+        self._server.start()
+
+    def _connect(
+        self, requests: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[object]:
+        pem = bytes(context.auth_context()["x509_pem_cert"][0])
+        stream = ScriptedStream(serial=format(x509.load_pem_x509_certificate(pem).serial_number, "x"))
+        self.streams.put(stream)
+
+        def read() -> None:
+            try:
+                for message in requests:
+                    stream.received.put(message)
+            except grpc.RpcError:
+                pass
+            stream.received.put(None)
+            stream.outbox.put(END)
+
+        threading.Thread(target=read, daemon=True).start()
+        while (item := stream.outbox.get()) is not END:
+            if isinstance(item, grpc.StatusCode):
+                context.abort(item, "scripted end")
+            yield item
+
+    def next_stream(self, timeout: float = 5.0) -> ScriptedStream:
+        return self.streams.get(timeout=timeout)
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+
+class RecordingRenewer:
+    def __init__(self) -> None:
+        self.calls: list[Replacement | None] = []
+        self.called = threading.Event()
+
+    def renew_now(self, replacing: Replacement | None) -> None:
+        self.calls.append(replacing)
+        self.called.set()
+
+
+@dataclass
+class Rig:
+    clock: FakeClock
+    ca: FakeCa
+    server: ScriptedControl
+    renewer: RecordingRenewer
+    crls: list[list[bytes]]
+    control: ControlStream
+    root_file: Path
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    server = ScriptedControl(ca, clock)
+    root_file = tmp_path / "root-cert.pem"
+    root_file.write_bytes(ca.issuer.authority.trust_bundle_pem().encode())
+    renewer = RecordingRenewer()
+    crls: list[list[bytes]] = []
+    control = ControlStream(
+        endpoint=ControlEndpoint(
+            address=f"127.0.0.1:{server.port}", root_file=root_file, server_name="localhost"
+        ),
+        renewer=renewer,
+        crls=lambda ders: crls.append(list(ders)),
+        clock=clock,
+        random=lambda: 0.25,
+        placement=lambda: ("cart-0", "node-1"),
+    )
+    control.start()
+    try:
+        yield Rig(clock, ca, server, renewer, crls, control, root_file)
+    finally:
+        control.stop()
+        server.stop()
+
+
+def connected(rig: Rig, svid: Svid) -> ScriptedStream:
+    """Publish `svid` and return the stream the agent opens with it, its Hello read."""
+    rig.control.publish(svid)
+    stream = rig.server.next_stream()
+    assert stream.serial == serial_of(svid)
+    hello = stream.next_received()
+    assert hello is not None and hello.WhichOneof("kind") == "hello"
+    return stream
+
+
+def test_the_stream_opens_with_the_certificate_held_and_says_hello(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    rig.control.publish(svid)
+    stream = rig.server.next_stream()
+    assert stream.serial == serial_of(svid)
+    hello = stream.next_received()
+    assert hello is not None
+    root_sha = hashlib.sha256(svid.roots[0].public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert hello.hello == pb.Hello(
+        agent_version=__version__, bundle_sha256=[root_sha], pod_name="cart-0", node_name="node-1"
+    )
+
+
+def test_revocation_lists_go_to_the_crl_delivery(rig: Rig) -> None:
+    stream = connected(rig, make_svid(rig.clock, rig.ca))
+    stream.send(pb.ControlMessage(revocations=pb.RevocationList(crl_der=[b"one", b"two"], number=7)))
+    wait_until(lambda: rig.crls, 5, "the CRLs delivered")
+    assert rig.crls == [[b"one", b"two"]]
+
+
+def test_an_order_waits_its_delay_on_the_clock_then_renews_with_the_orders_metadata(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    before = len(rig.clock.waits(0))
+    order = pb.RotateOrder(order_id="ro-0123456789ab", serial=serial_of(svid), delay_ms=5000, reason="leak")
+    stream.send(pb.ControlMessage(rotate=order))
+    assert 5.0 in rig.clock.waits(before + 1)[before:]
+    rig.clock.advance(timedelta(seconds=4.9))
+    assert not rig.renewer.called.wait(0.2)
+    rig.clock.advance(timedelta(seconds=0.1))
+    assert rig.renewer.called.wait(5)
+    assert rig.renewer.calls == [Replacement(order_id="ro-0123456789ab", serial=serial_of(svid))]
+    assert Replacement(order_id="ro-0123456789ab", serial=serial_of(svid)).metadata() == (
+        ("meshca-order", "ro-0123456789ab"),
+        ("meshca-replaces", serial_of(svid)),
+    )
+
+
+def test_orders_for_another_certificate_or_twice_the_same_are_ignored(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    stream.send(pb.ControlMessage(rotate=pb.RotateOrder(order_id="ro-000000000001", serial="ff")))
+    mine = pb.RotateOrder(order_id="ro-000000000002", serial=serial_of(svid))
+    stream.send(pb.ControlMessage(rotate=mine))
+    stream.send(pb.ControlMessage(rotate=mine))
+    stream.send(pb.ControlMessage(revocations=pb.RevocationList()))  # a marker: the rest was read
+    wait_until(lambda: rig.crls, 5, "the messages read")
+    assert rig.renewer.calls == [Replacement(order_id="ro-000000000002", serial=serial_of(svid))]
+
+
+def test_a_new_certificate_reports_the_orders_followed_on_the_old_stream_then_reconnects_with_it(
+    rig: Rig,
+) -> None:
+    old = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, old)
+    stream.send(pb.ControlMessage(rotate=pb.RotateOrder(order_id="ro-0123456789ab", serial=serial_of(old))))
+    assert rig.renewer.called.wait(5)
+    new = make_svid(rig.clock, rig.ca)
+    rig.control.publish(new)
+    report = stream.next_received()
+    assert report is not None and report.replaced == pb.Replaced(
+        order_id="ro-0123456789ab", old_serial=serial_of(old), new_serial=serial_of(new)
+    )
+    assert stream.next_received() is None  # the agent ended its side; the CA then ends the stream
+    again = rig.server.next_stream()
+    assert again.serial == serial_of(new)
+    wait_until(lambda: rig.control.connected_serial == serial_of(new), 5, "the new stream")
+
+
+def test_reissue_renews_with_the_token_and_waits_for_the_new_certificate_to_reconnect(rig: Rig) -> None:
+    revoked = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, revoked)
+    stream.send(pb.ControlMessage(reissue=pb.Reissue(serial=serial_of(revoked), reason="revoked")))
+    stream.outbox.put(grpc.StatusCode.UNAUTHENTICATED)
+    assert rig.renewer.called.wait(5)
+    assert rig.renewer.calls == [None]
+    with pytest.raises(queue.Empty):
+        rig.server.next_stream(timeout=0.5)  # never again with the revoked certificate
+    rig.clock.advance_s(CONTROL_BACKOFF.maximum_s * 2)
+    with pytest.raises(queue.Empty):
+        rig.server.next_stream(timeout=0.3)
+    fresh = make_svid(rig.clock, rig.ca)
+    rig.control.publish(fresh)
+    assert rig.server.next_stream().serial == serial_of(fresh)
+
+
+def test_reconnects_after_a_failure_wait_a_jittered_step_that_grows(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    root_file = tmp_path / "root-cert.pem"
+    root_file.write_bytes(ca.issuer.authority.trust_bundle_pem().encode())
+    draws = iter([0.25, 0.75, 0.0, 1.0])
+    attempts: list[float] = []
+
+    def crls(_ders: object) -> None:
+        raise AssertionError("no CA answers")
+
+    # Nothing listens on port 9 of the loopback: each stream fails at once.
+    control = ControlStream(
+        endpoint=ControlEndpoint(address="127.0.0.1:9", root_file=root_file),
+        renewer=RecordingRenewer(),
+        crls=crls,
+        clock=clock,
+        random=lambda: next(draws),
+    )
+    control.publish(make_svid(clock, ca))
+    control.start()
+    try:
+        for attempt, draw in enumerate([0.25, 0.75, 0.0]):
+            waits = clock.waits(attempt + 1, timeout_s=10)
+            attempts.append(waits[-1])
+            assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(attempt, _fixed(draw)))
+            clock.advance(timedelta(seconds=waits[-1]))
+    finally:
+        control.stop()
+    assert attempts == pytest.approx([5 * (0.1 + 0.9 * 0.25), 10 * (0.1 + 0.9 * 0.75), 20 * 0.1])
+    assert control.connects == 3
+
+
+def _fixed(value: float) -> Callable[[], float]:
+    return lambda: value
+
+
+def test_the_first_reconnect_of_many_agents_spreads_over_seconds() -> None:
+    # What CONTROL_BACKOFF gives agents that lose the same CA at once: their first waits span
+    # 0.5 s to 5 s, so a restarted CA sees them return over seconds, not in the same one.
+    draws = [i / 1000 for i in range(1000)]
+    waits = sorted(CONTROL_BACKOFF.delay_s(0, _fixed(d)) for d in draws)
+    per_second = [sum(1 for w in waits if s <= w < s + 1) for s in range(6)]
+    assert waits[0] == pytest.approx(0.5) and waits[-1] == pytest.approx(5.0, abs=0.01)
+    assert max(per_second) <= 250  # at most a quarter of them in any one second
+
+
+def test_after_a_healthy_stream_ends_the_wait_starts_again_from_the_first_step(rig: Rig) -> None:
+    first = connected(rig, make_svid(rig.clock, rig.ca))
+    count = len(rig.clock.waits(0))
+    first.outbox.put(grpc.StatusCode.UNAVAILABLE)  # ends before the CA said anything: a failure
+    waits = rig.clock.waits(count + 1)
+    assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(0, lambda: 0.25))
+    rig.clock.advance_s(waits[-1])
+    second = rig.server.next_stream()
+    second.send(pb.ControlMessage(revocations=pb.RevocationList()))
+    wait_until(lambda: rig.crls, 5, "the list")
+    second.outbox.put(grpc.StatusCode.UNAVAILABLE)  # the CA went away after serving the stream
+    waits = rig.clock.waits(count + 2)
+    assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(0, lambda: 0.25))  # not the second step
+    rig.clock.advance_s(waits[-1])
+    assert rig.server.next_stream().serial == first.serial
+
+
+# ---------------------------------------------------------------------- end to end, real CA
+
+
+@pytest.fixture
+def ca() -> Iterator[CaProcess]:
+    with ca_process() as running:
+        yield running
+
+
+def _agent(ca: CaProcess, tmp_path: Path, namespace: str = "shop") -> RunningAgent:
+    token = tmp_path / f"token-{namespace}"
+    token.write_text(ca.token(namespace, "cart"))
+    return start_agent(
+        agent_args(
+            ca_port=ca.ports["grpc"],
+            ca_root=ca.root_file,
+            token_file=token,
+            output_dir=tmp_path / f"certs-{namespace}",
+            health=False,
+            extra=["--ca-control-addr", f"127.0.0.1:{ca.ports['renew']}"],
+        )
+    )
+
+
+def _stream_serial(agent: RunningAgent) -> str | None:
+    control = agent.process.control
+    assert control is not None
+    return control.connected_serial
+
+
+def _connected(agent: RunningAgent) -> str:
+    serial = serial_of(agent.wait_for_svid())
+    wait_until(lambda: _stream_serial(agent) == serial, 10, "the control stream")
+    return serial
+
+
+def test_an_order_in_the_ledger_replaces_the_agents_certificate_within_seconds(
+    ca: CaProcess, tmp_path: Path
+) -> None:
+    agent, other = _agent(ca, tmp_path), _agent(ca, tmp_path, "shop-canary")
+    try:
+        old, untouched = _connected(agent), _connected(other)
+        started = time.monotonic()
+        ca.order("ro-00000000e2e0", Selector(namespace="shop"))
+        new_svid = agent.wait_for_svid(timeout=10, not_serial=int(old, 16))
+        took = time.monotonic() - started
+        new = serial_of(new_svid)
+        wait_until(lambda: _stream_serial(agent) == new, 10, "the stream with the new certificate")
+        assert took < 5, f"replaced in {took:.2f}s"
+        record = next(r for r in ca.records(new) if r["kind"] == "issued")
+        assert (record["order_id"], record["replaces"], record["agent"]) == ("ro-00000000e2e0", old, "meshca")
+
+        def replaced() -> bool:
+            with ca.store() as store:
+                target = store.target("ro-00000000e2e0", old, new_svid.not_before)
+            return target is not None and target.state is TargetState.REPLACED
+
+        wait_until(replaced, 5, "the target marked replaced")
+        assert other.current is not None and serial_of(other.current) == untouched
+    finally:
+        agent.stop()
+        other.stop()
+
+
+def test_a_revoked_agent_is_told_to_reissue_renews_with_its_token_and_serves_the_crl(
+    ca: CaProcess, tmp_path: Path
+) -> None:
+    agent = _agent(ca, tmp_path)
+    try:
+        old = _connected(agent)
+        ca.revoke(old)
+        fresh = serial_of(agent.wait_for_svid(timeout=10, not_serial=int(old, 16)))
+        wait_until(lambda: _stream_serial(agent) == fresh, 10, "the stream with the new certificate")
+        record = next(r for r in ca.records(fresh) if r["kind"] == "issued")
+        assert record["auth_method"] == "jwt" and "order_id" not in record  # by token, not by an order
+
+        def listed() -> list[int]:
+            path = tmp_path / "certs-shop" / "crl.pem"
+            if not path.exists():
+                return []
+            return [
+                entry.serial_number for crl in load_pem_crls(path.read_bytes(), "crl.pem") for entry in crl
+            ]
+
+        assert wait_until(listed, 10, "crl.pem listing the revoked certificate") == [int(old, 16)]
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize(
+    ("flag", "ca_address", "expected"),
+    [
+        ("auto", "meshca.istio-system.svc:15012", "meshca.istio-system.svc:15013"),
+        ("auto", "127.0.0.1:40000", None),  # not meshca serve's default ports: no guess
+        ("off", "meshca:15012", None),
+        ("10.0.0.7:9443", "meshca:15012", "10.0.0.7:9443"),
+    ],
+)
+def test_the_control_address_flag(flag: str, ca_address: str, expected: str | None) -> None:
+    assert control_address(flag, ca_address) == expected
+
+
+@pytest.mark.parametrize("flag", ["meshca", ":15013", "meshca:port", "meshca:0"])
+def test_a_control_address_without_host_and_port_is_refused(flag: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        control_address(flag, "meshca:15012")
+    assert "--ca-control-addr" in caught.value.message
