@@ -225,8 +225,9 @@ class YamlPolicySource:
                     settled[file] = stamps[file]
             self._stamps = settled
             policies = merge(self._good)
-        self._policy_set.replace(policies)
+        changed = self._policy_set.replace(policies)  # subscribers have acted on it when it returns
         POLICIES_LOADED.labels(SOURCE_LABEL).set(len(policies))
+        log.info("policy files read", extra={"policies": len(policies), "changed": changed})
 
     def _reload(self, file: Path, stamp: FileStamp) -> bool:
         """Re-reads one changed file; False if it changed again while being read (retry next poll)."""

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -484,9 +483,15 @@ def test_watch_replaces_the_listener_file_when_a_decision_changes(tmp_path: Path
         }
         inode = lds.stat().st_ino
 
-        # A change that decides nothing new (a label on the policy) leaves the file alone.
-        (policies / "policy.yaml").write_text(POLICY.replace("MODE", "PERMISSIVE") + "  # comment\n")
-        time.sleep(0.8)
+        # A change that decides nothing new (a comment in the policy) leaves the file alone.
+        reads = len(policy_reads(tmp_path / "watch.log"))
+        edited = policies / ".policy.yaml.new"  # renamed into place: the watcher reads it once, whole
+        edited.write_text(POLICY.replace("MODE", "PERMISSIVE") + "  # comment\n")
+        edited.rename(policies / "policy.yaml")
+        read = wait_until(
+            lambda: policy_reads(tmp_path / "watch.log")[reads:], 15, "the changed policy file to be read"
+        )
+        assert [r["changed"] for r in read] == [False], read
         assert lds.stat().st_ino == inode
 
         write_policies(policies, "STRICT")
@@ -503,6 +508,17 @@ def test_watch_replaces_the_listener_file_when_a_decision_changes(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0, (tmp_path / "watch.log").read_text()
+
+
+def policy_reads(log: Path) -> list[dict[str, Any]]:
+    """What the watcher logged each time it read the policy files (its listener file is updated,
+    or left alone, before it logs)."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [
+        {"policies": line["policies"], "changed": line["changed"]}
+        for line in lines
+        if line.get("msg") == "policy files read"
+    ]
 
 
 def document_if_mode(lds: Path, app_port: int, mode: str) -> dict[str, Any] | None:
