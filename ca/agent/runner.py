@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from apscheduler.schedulers.background import BackgroundScheduler
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from ca.agent.agent import Agent, AgentSettings, Replacement, SvidSink
+from ca.agent.attempts import AttemptScheduler
 from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
 from ca.agent.control import ControlEndpoint, ControlStream
@@ -34,7 +34,6 @@ from ca.net.listening import remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
 
 log = logging.getLogger("meshca.agent")
-ATTEMPT_JOB = "certificate-attempt"
 
 
 class _BroadcastSink:
@@ -71,7 +70,7 @@ class AgentProcess:
     servers: list[grpc.Server] = field(default_factory=list)
     telemetry: StatusServer | None = None
     control: ControlStream | None = None
-    _scheduler: BackgroundScheduler | None = None
+    _attempts: AttemptScheduler | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -80,9 +79,8 @@ class AgentProcess:
         if self.telemetry is not None:
             self.telemetry.start()
         write_ports_file(self.cfg.ports_file, self.ports)
-        self._scheduler = BackgroundScheduler(timezone="UTC")
-        self._scheduler.start()
-        self._schedule(self.clock.now())
+        self._attempts = AttemptScheduler(self.agent.attempt, self.clock)
+        self._attempts.start()
         if self.control is not None:
             self.control.start()
 
@@ -91,26 +89,10 @@ class AgentProcess:
         """The TCP ports this agent listens on, by name (as its --ports-file gives them)."""
         return {"health": self.telemetry.port} if self.telemetry is not None else {}
 
-    def _schedule(self, when: object) -> None:
-        assert self._scheduler is not None
-        self._scheduler.add_job(
-            self._attempt,
-            "date",
-            run_date=when,
-            id=ATTEMPT_JOB,
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
-
-    def _attempt(self) -> None:
-        next_at = self.agent.attempt()
-        if not self._stopped.is_set():
-            self._schedule(next_at)
-
     def retry_now(self) -> None:
         """Ask the CA again at once (an operator forcing rotation)."""
-        if self._scheduler is not None and not self._stopped.is_set():
-            self._schedule(self.clock.now())
+        if self._attempts is not None:
+            self._attempts.retry_now()
 
     def renew_now(self, replacing: Replacement | None) -> None:
         """The control stream's request: a new certificate at once, for an order when `replacing`."""
@@ -122,8 +104,8 @@ class AgentProcess:
         self._stopped.set()
         if self.control is not None:
             self.control.stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
+        if self._attempts is not None:
+            self._attempts.stop()
         for server in self.servers:
             server.stop(0.5).wait()
         if self.telemetry is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import logging
 import socket
@@ -586,16 +587,28 @@ def _failed(agent: RunningAgent) -> float:
     return agent.metrics().get('istio_agent_num_failed_outgoing_requests{request_type="csr"}', 0.0)
 
 
-def test_agent_started_before_the_ca_backs_off_then_gets_a_certificate(rig: FaultRig) -> None:
+def _three_failed_attempts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord] | None:
+    failed = [r for r in caplog.records if r.getMessage() == "certificate request failed"]
+    return failed[:3] if len(failed) >= 3 else None
+
+
+def test_agent_started_before_the_ca_backs_off_then_gets_a_certificate(
+    rig: FaultRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="meshca.agent")
     agent = start_agent(rig.args(write_token(rig.base / "token", rig.token())))
     try:
-        wait_until(lambda: agent.process.agent.consecutive_failures >= 2, 5, "two failed attempts")
-        time.sleep(1.5)
+        # Backing off, not a hot loop: each attempt comes no sooner than the one before said it
+        # would retry, and those waits grow (the steps themselves: tests/agent/test_attempts.py).
+        failures = wait_until(lambda: _three_failed_attempts(caplog), 10, "three failed attempts")
+        waits = [float(r.__dict__["retry_in_s"]) for r in failures]
+        gaps = [later.created - earlier.created for earlier, later in itertools.pairwise(failures)]
+        assert all(gap >= wait - 0.01 for gap, wait in zip(gaps, waits, strict=False)), (gaps, waits)
+        assert waits == sorted(waits) and waits[2] > waits[0], waits
         assert agent.current is None
-        assert agent.process.agent.consecutive_failures <= 6, "retrying in a hot loop, not backing off"
         assert agent.http_get("/healthz/ready")[0] == 503
         assert not (rig.base / "certs" / CERT_CHAIN).exists()
-        assert _failed(agent) >= 2
+        assert _failed(agent) >= 3
 
         rig.start_ca()
         started = time.monotonic()
@@ -645,25 +658,17 @@ def test_ca_outage_keeps_the_last_good_certificate_then_catches_up(rig: FaultRig
 
 def test_readiness_turns_off_when_the_held_certificate_expires(rig: FaultRig) -> None:
     rig.start_ca()
-    agent = start_agent(rig.args(write_token(rig.base / "token", rig.token()), ttl="6s"))
+    clock = ShiftedClock()
+    agent = start_agent(rig.args(write_token(rig.base / "token", rig.token()), ttl="1h"), clock)
     try:
         svid = agent.wait_for_svid()
         rig.stop_ca()
-
-        def left() -> float:
-            return (svid.not_after - datetime.now(UTC)).total_seconds()
-
-        assert left() > 3, "the certificate is already nearly expired"
-        while left() > 0.5:  # valid: ready, although the CA is gone
-            assert agent.http_get("/healthz/ready")[0] == 200
-            time.sleep(0.1)
-        wait_until(lambda: left() < -0.2, 5, "the certificate to expire")
-        statuses = []
-        until = time.monotonic() + 1
-        while time.monotonic() < until:
-            statuses.append(agent.http_get("/healthz/ready")[0])
-            time.sleep(0.05)
-        assert set(statuses) == {503}, f"/healthz/ready after the certificate expired: {statuses}"
+        # The agent's clock ten seconds before the certificate expires: ready, although the CA is gone.
+        clock.shift = svid.not_after - timedelta(seconds=10) - SystemClock().now()
+        assert agent.http_get("/healthz/ready")[0] == 200
+        # And a second after.
+        clock.shift = svid.not_after + timedelta(seconds=1) - SystemClock().now()
+        assert agent.http_get("/healthz/ready") == (503, "no valid certificate yet\n")
     finally:
         agent.stop()
 
