@@ -168,6 +168,7 @@ class KubePolicySource:
         self._policy_set = policy_set
         self._lock = threading.Lock()  # the watch serialises its callbacks; readers take this too
         self._objects = ObjectMap(self._invalid)
+        self._applied_through: int | None = None
         self._watch = CustomResourceWatch(
             api,
             peer_authentications(versions),
@@ -184,6 +185,12 @@ class KubePolicySource:
     @property
     def synced(self) -> bool:
         return self._watch.synced
+
+    @property
+    def applied_through(self) -> int | None:
+        """A resourceVersion up to which every served version's events are in the policy set
+        (None until one is known)."""
+        return self._applied_through
 
     def invalid_policies(self) -> tuple[InvalidPolicy, ...]:
         with self._lock:
@@ -214,11 +221,13 @@ class KubePolicySource:
             self._publish(changed)
 
     def _publish(self, changed: bool) -> None:
-        self._objects.prune_tombstones(self._watch.oldest_resource_version)
+        oldest = self._watch.oldest_resource_version
+        self._objects.prune_tombstones(oldest)
         if changed:
             policies = self._objects.policies()
             self._policy_set.replace(policies)
             POLICIES_LOADED.labels(SOURCE_LABEL).set(len(policies))
+        self._applied_through = oldest
 
     def _failed(self, failure: WatchFailure) -> None:
         WATCH_RESTARTS.labels(failure.version, failure.cause).inc()

@@ -4,7 +4,6 @@ the source against the API stand-in."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -147,7 +146,7 @@ def test_kube_initial_list(
 def test_kube_add_modify_delete_within_a_second(
     kube_source: tuple[KubePolicySource, PolicySet], apiserver: FakeKubeApiServer
 ) -> None:
-    _, policies = kube_source
+    source, policies = kube_source
     decider = WorkloadPolicy(policies, WEB)
     apiserver.apply_peer_authentication("shop", "default", {"mtls": {"mode": "PERMISSIVE"}})
     assert eventually(lambda: mode_of(policies, "shop/default") is MtlsMode.PERMISSIVE)
@@ -156,9 +155,11 @@ def test_kube_add_modify_delete_within_a_second(
     )
     assert eventually(lambda: decider.decide(80).mode is MtlsMode.STRICT)
     apiserver.delete_peer_authentication("shop", "web")
+    deleted_at = int(apiserver.resource_version)
     assert eventually(lambda: decider.decide(80).level == "namespace")
     assert decider.decide(80).mode is MtlsMode.PERMISSIVE
-    time.sleep(0.3)  # both versions' DELETED events have arrived; nothing brings it back
+    # Once both versions' streams are past the deletion, nothing brings it back.
+    assert eventually(lambda: (source.applied_through or 0) >= deleted_at)
     assert "shop/web" not in refs(policies)
 
 
