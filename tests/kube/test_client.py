@@ -104,9 +104,16 @@ def test_token_of_a_deleted_pod_is_refused_even_when_cached(
         assert err is not None and err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "no longer exists" in err.details()
         apiserver.add_pod("shop", "cart-1", service_account="cart")
-        time.sleep(0.2)
-        err = _refused(ca, token)
-        assert err is not None and "no longer exists" in err.details()
+
+        def refused_by_the_pod_cache() -> bool:
+            """A pod of that name again, with a new uid: refused, and once the CA's pod cache has
+            seen it, without a read of the pod."""
+            reads = apiserver.request_count("pods", "get")
+            err = _refused(ca, token)
+            assert err is not None and "no longer exists" in err.details()
+            return apiserver.request_count("pods", "get") == reads
+
+        assert _eventually(refused_by_the_pod_cache)
     finally:
         ca.stop()
 
