@@ -345,6 +345,8 @@ def test_backend_envoy_refuses_clients_without_a_mesh_certificate(mesh: Mesh, tm
 
 
 def test_rotation_under_running_envoys_drops_no_request(mesh: Mesh, tmp_path: Path) -> None:
+    """Both agents rotate while requests flow. Rotation is asked for once traffic runs, as an
+    operator would; when it falls due by itself is tested on a fake clock (test_attempts.py)."""
     start_frontend, start_backend = mesh.frontend.serial, mesh.backend.serial
     deadline = time.monotonic() + 35
     sent = 0
@@ -362,6 +364,9 @@ def test_rotation_under_running_envoys_drops_no_request(mesh: Mesh, tmp_path: Pa
             elif serial := headers.get("x-inbound-peer-serial"):
                 client_serials_seen_by_backend.add(int(serial, 16))
         sent += 1
+        if sent == 10:
+            mesh.frontend.process.retry_now()
+            mesh.backend.process.retry_now()
         if rotated_at is None:
             fe, be = mesh.frontend.serial, mesh.backend.serial
             if (
