@@ -109,8 +109,8 @@ def test_token_of_a_deleted_pod_is_refused_even_when_cached(
             """A pod of that name again, with a new uid: refused, and once the CA's pod cache has
             seen it, without a read of the pod."""
             reads = apiserver.request_count("pods", "get")
-            err = _refused(ca, token)
-            assert err is not None and "no longer exists" in err.details()
+            refused = _refused(ca, token)
+            assert refused is not None and "no longer exists" in (refused.details() or "")
             return apiserver.request_count("pods", "get") == reads
 
         assert _eventually(refused_by_the_pod_cache)
