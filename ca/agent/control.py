@@ -212,7 +212,17 @@ class ControlStream:
             svid = self._usable_svid()
             if svid is None:
                 return
-            healthy, end = self._serve(svid)
+            try:
+                healthy, end = self._serve(svid)
+            except OSError as err:  # the --ca-root file, read for each stream
+                log.warning(
+                    "cannot open the control stream to the CA; retrying",
+                    extra={"root_file": str(self._endpoint.root_file), "detail": str(err)},
+                )
+                healthy, end = False, StreamEnd.FAILED
+            except Exception:  # a bug must not end the stream's thread for good
+                log.exception("the control stream failed unexpectedly; reconnecting")
+                healthy, end = False, StreamEnd.FAILED
             if end is StreamEnd.STOPPED or self._stopped.is_set():
                 return
             if end is StreamEnd.REISSUE:

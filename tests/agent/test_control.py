@@ -422,3 +422,31 @@ def test_a_control_address_without_host_and_port_is_refused(flag: str) -> None:
     with pytest.raises(ConfigError) as caught:
         control_address(flag, "meshca:15012")
     assert "--ca-control-addr" in caught.value.message
+
+
+def test_an_unreadable_ca_root_is_retried_on_the_backoff_not_the_end_of_the_stream(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    server = ScriptedControl(ca, clock)
+    root_file = tmp_path / "root-cert.pem"  # not there yet
+    control = ControlStream(
+        endpoint=ControlEndpoint(
+            address=f"127.0.0.1:{server.port}", root_file=root_file, server_name="localhost"
+        ),
+        renewer=RecordingRenewer(),
+        crls=lambda _ders: None,
+        clock=clock,
+        random=lambda: 0.25,
+    )
+    svid = make_svid(clock, ca)
+    control.publish(svid)
+    control.start()
+    try:
+        waits = clock.waits(1)
+        assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(0, _fixed(0.25)))
+        root_file.write_bytes(ca.issuer.authority.trust_bundle_pem().encode())
+        clock.advance_s(waits[-1])
+        assert server.next_stream().serial == serial_of(svid)
+    finally:
+        control.stop()
+        server.stop()
