@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.auth.base import Authenticator, Credentials
+from ca.common.clock import Clock
 from ca.errors import AuthenticationError, InvalidRequestError, MeshcaError
 from ca.ledger.rotation import normalize_serial
 from ca.server.certificate_api import STATUS_BY_KIND
@@ -35,6 +36,16 @@ log = logging.getLogger("meshca.control")
 CONTROL_SERVICE_NAME = "meshca.control.v1.Control"
 CONNECT_METHOD = "Connect"
 MAX_SESSIONS = 50_000
+# Messages being written at once across all streams: a CRL listing ten thousand certificates is
+# about half a megabyte, and gRPC holds a copy of each message until it is on the wire.
+MAX_WRITES = 256
+# An agent that takes no message in for this long (its flow-control window full) is dropped, so
+# that it cannot hold one of those writes for good; it reconnects.
+WRITE_TIMEOUT_S = 30.0
+TOO_SLOW = (
+    f"this control stream took no message in for {WRITE_TIMEOUT_S:g} s; the CA closed it; "
+    "reconnect to get what it holds"
+)
 _MAX_NAME = 253
 NOT_ON_THIS_PORT = (
     "the control stream is served on the CA's renewal port (--renew-listen) and needs the "
@@ -48,12 +59,33 @@ THREADED_SERVER = (
 
 class StreamSession:
     """One agent's stream: what the coordinator sends is queued and written in order by a
-    writer task that exists only while the queue is not empty."""
+    writer task that exists only while the queue is not empty; `writes` bounds the writes in
+    flight across every stream."""
 
-    __slots__ = ("_closing", "_context", "_outbox", "_writer", "node", "pod", "serial", "spiffe_id")
+    __slots__ = (
+        "_clock",
+        "_closing",
+        "_context",
+        "_outbox",
+        "_queued_crl",
+        "_writer",
+        "_writes",
+        "node",
+        "pod",
+        "serial",
+        "spiffe_id",
+    )
 
     def __init__(
-        self, *, serial: str, spiffe_id: str, pod: str | None, node: str | None, context: Any
+        self,
+        *,
+        serial: str,
+        spiffe_id: str,
+        pod: str | None,
+        node: str | None,
+        context: Any,
+        writes: asyncio.Semaphore,
+        clock: Clock,
     ) -> None:
         self.serial = serial
         self.spiffe_id = spiffe_id
@@ -63,6 +95,9 @@ class StreamSession:
         self._outbox: collections.deque[bytes] = collections.deque()
         self._writer: asyncio.Task[None] | None = None
         self._closing: tuple[grpc.StatusCode, str] | None = None
+        self._queued_crl: bytes | None = None  # the revocation list in the outbox, not yet sent
+        self._writes = writes
+        self._clock = clock
 
     def send(self, message: bytes) -> None:
         if self._closing is not None:
@@ -70,10 +105,42 @@ class StreamSession:
         self._outbox.append(message)
         self._wake_writer()
 
+    def send_revocations(self, message: bytes) -> None:
+        if self._closing is not None:
+            return
+        if self._queued_crl is not None:
+            for index, queued in enumerate(self._outbox):
+                if queued is self._queued_crl:
+                    self._outbox[index] = self._queued_crl = message
+                    return
+        self._queued_crl = message
+        self.send(message)
+
     def close(self, code: grpc.StatusCode, details: str) -> None:
         if self._closing is None:
             self._closing = (code, details)
             self._wake_writer()
+
+    async def _write(self, message: bytes) -> bool:
+        """Write one message; False if the agent took none in for WRITE_TIMEOUT_S."""
+        write = asyncio.ensure_future(self._context.write(message))
+        timed_out = False
+
+        def give_up() -> None:
+            nonlocal timed_out
+            timed_out = True
+            write.cancel()
+
+        timer = self._clock.call_later(asyncio.get_running_loop(), WRITE_TIMEOUT_S, give_up)
+        try:
+            await write
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise
+            return False
+        finally:
+            timer.cancel()
+        return True
 
     def _wake_writer(self) -> None:
         if self._writer is None:
@@ -82,7 +149,20 @@ class StreamSession:
     async def _drain(self) -> None:
         try:
             while self._outbox:
-                await self._context.write(self._outbox.popleft())
+                async with self._writes:
+                    if not self._outbox:
+                        break
+                    message = self._outbox.popleft()
+                    if message is self._queued_crl:
+                        self._queued_crl = None
+                    if not await self._write(message):
+                        self._outbox.clear()
+                        self._closing = (grpc.StatusCode.UNAVAILABLE, TOO_SLOW)
+                        log.warning(
+                            "closed a control stream too slow to take a message",
+                            extra={"serial": self.serial},
+                        )
+                        break
             if self._closing is not None:
                 # Ends the RPC; the handler's pending read then raises and it returns.
                 await self._context.abort(*self._closing)
@@ -109,11 +189,14 @@ class ControlService:
         *,
         coordinator: PushCoordinator,
         authenticator: Authenticator,
+        clock: Clock,
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self._coordinator = coordinator
         self._authenticator = authenticator
         self.max_sessions = max_sessions
+        self._writes = asyncio.Semaphore(MAX_WRITES)
+        self._clock = clock
         self._warned_threaded = False
 
     def identify(self, context: Any) -> tuple[str, str]:
@@ -155,6 +238,8 @@ class ControlService:
             pod=_name(hello.pod_name),
             node=_name(hello.node_name),
             context=context,
+            writes=self._writes,
+            clock=self._clock,
         )
         log.debug(
             "control stream opened",

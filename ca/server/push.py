@@ -85,6 +85,11 @@ class Session(Protocol):
         """Queue a serialized ControlMessage; never blocks. On the loop."""
         ...
 
+    def send_revocations(self, message: bytes) -> None:
+        """Queue a serialized RevocationList message in place of one still queued (only the
+        newest list matters, and with thousands revoked it is large); never blocks. On the loop."""
+        ...
+
     def close(self, code: grpc.StatusCode, details: str) -> None:
         """End the stream with this status once what was queued has been sent. On the loop."""
         ...
@@ -352,7 +357,7 @@ class PushCoordinator:
                 state.session_count += 1
             crl_message = state.crl_message
             plans = [state.plans[i] for i in sorted(state.by_serial.get(session.serial, ()))]
-        session.send(crl_message)
+        session.send_revocations(crl_message)
         if revoked:
             log.info("told an agent its certificate is revoked", extra={"serial": session.serial})
             session.send(reissue_message(session.serial, "revoked"))
@@ -520,7 +525,7 @@ class PushCoordinator:
             reissues = [s for serial in newly_revoked for s in state.sessions.get(serial, ())]
             crl_message = state.crl_message
         for session in everyone:
-            session.send(crl_message)
+            session.send_revocations(crl_message)
         for session, plan in pushes:
             session.send(rotate_message(plan, session.serial, now))
         for session in reissues:

@@ -453,6 +453,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         control=ControlService(
             coordinator=push,
             authenticator=ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock),
+            clock=clock,
         )
         if push is not None
         else None,

@@ -4,6 +4,7 @@ by the renewal port, and the issued record that links a replacement to its order
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -15,6 +16,8 @@ from cryptography import x509
 from ca._proto import meshca_control_pb2 as pb
 from ca.common.clock import SystemClock
 from ca.ledger.rotation import Selector, TargetState
+from ca.server.control_api import MAX_WRITES, WRITE_TIMEOUT_S, StreamSession
+from tests.support.clock import FakeClock
 from tests.support.control import AGENT_METADATA, CaProcess, Issued, ca_process
 
 T = TypeVar("T")
@@ -190,3 +193,93 @@ def test_without_a_ledger_there_is_no_control_service() -> None:
         with pytest.raises(grpc.RpcError) as refused:
             stream.next()
         assert refused.value.code() is grpc.StatusCode.UNIMPLEMENTED
+
+
+# ---------------------------------------------------------------------- a session's writes
+
+
+class StalledContext:
+    """A stream whose writes complete only when the test says (the agent reading them)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.pending: list[asyncio.Future[None]] = []
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def write(self, message: bytes) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(done)
+        await done
+        self.written.append(message)
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise grpc.aio.AbortError()
+
+    def release(self) -> None:
+        for done in self.pending:
+            if not done.done():
+                done.set_result(None)
+
+
+def _session(context: StalledContext, clock: FakeClock, writes: asyncio.Semaphore) -> StreamSession:
+    return StreamSession(
+        serial="a1",
+        spiffe_id="spiffe://cluster.local/ns/shop/sa/cart",
+        pod=None,
+        node=None,
+        context=context,
+        writes=writes,
+        clock=clock,
+    )
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_a_newer_revocation_list_takes_the_place_of_one_not_yet_sent() -> None:
+    async def body() -> None:
+        context = StalledContext()
+        session = _session(context, FakeClock(), asyncio.Semaphore(MAX_WRITES))
+        session.send(b"first")
+        await _settle()  # "first" is being written; the rest queue behind it
+        session.send_revocations(b"crl-1")
+        session.send(b"order")
+        session.send_revocations(b"crl-2")
+        while context.pending and not all(f.done() for f in context.pending):
+            context.release()
+            await _settle()
+        assert context.written == [b"first", b"crl-2", b"order"]
+        session.send_revocations(b"crl-3")  # nothing queued now: it goes after the others
+        await _settle()
+        context.release()
+        await _settle()
+        assert context.written[-1] == b"crl-3"
+
+    asyncio.run(body())
+
+
+def test_an_agent_that_takes_nothing_in_is_dropped_and_frees_its_write() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        writes = asyncio.Semaphore(1)
+        stuck, other = StalledContext(), StalledContext()
+        _session(stuck, clock, writes).send_revocations(b"crl")
+        waiting = _session(other, clock, writes)
+        waiting.send_revocations(b"crl")
+        await _settle()
+        assert len(stuck.pending) == 1 and other.pending == []  # the only write slot is taken
+        clock.advance_s(WRITE_TIMEOUT_S - 1)
+        await _settle()
+        assert stuck.aborted is None
+        clock.advance_s(1)
+        await _settle()
+        assert stuck.aborted is not None and stuck.aborted[0] is grpc.StatusCode.UNAVAILABLE
+        assert len(other.pending) == 1  # the slot went to the next stream
+        other.release()
+        await _settle()
+        assert other.written == [b"crl"] and other.aborted is None
+
+    asyncio.run(body())

@@ -34,6 +34,9 @@ class FakeSession:
     def send(self, message: bytes) -> None:
         self.messages.append(pb.ControlMessage.FromString(message))
 
+    def send_revocations(self, message: bytes) -> None:
+        self.send(message)
+
     def close(self, code: grpc.StatusCode, details: str) -> None:
         self.closed = (code, details)
 
