@@ -149,6 +149,15 @@ def test_a_connected_certificate_revoked_gets_the_new_crl_and_reissue(ca: CaProc
 
 
 def test_the_renewal_port_refuses_a_revoked_certificate(ca: CaProcess) -> None:
+    _refuses_a_revoked_certificate(ca)
+
+
+def test_the_threaded_servers_renewal_port_refuses_a_revoked_certificate_too() -> None:
+    with ca_process("--grpc-server", "threaded") as ca:
+        _refuses_a_revoked_certificate(ca)
+
+
+def _refuses_a_revoked_certificate(ca: CaProcess) -> None:
     cart = ca.issue()
     renewed = ca.renew(cart)
     assert renewed.leaf.subject == cart.leaf.subject
