@@ -217,6 +217,8 @@ class PodCache:
                 self._clock.wait(self._stopping, self._retrying.next_delay_s())
 
     def _wait_after_failure(self, failure: str) -> None:
+        if self._stopping.is_set():
+            return  # stop() closed the watch: that is not a failure to report or retry
         delay_s = self._retrying.next_delay_s()
         log.warning("pod watch failed: %s; retrying in %.2fs", failure, delay_s)
         self._clock.wait(self._stopping, delay_s)

@@ -351,3 +351,16 @@ def test_pod_cache_retries_a_failed_list_on_a_jittered_backoff(
         f"pod watch failed: HTTP 500 Internal Server Error; retrying in {wait}s"
         for wait in ("0.25", "0.50", "1.00")
     ]
+
+
+def test_stopping_the_pod_cache_is_not_reported_as_a_failed_watch(
+    apiserver: FakeKubeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    with caplog.at_level("WARNING", logger="ca.kube.client"):
+        for _ in range(5):  # stop() lands at a different point of the watch each time
+            cache = kube.PodCache(apiserver.api_client(), random=lambda: 0.0, clock=clock)
+            cache.start(wait_s=0)
+            assert _eventually(lambda: cache.synced)
+            cache.stop()
+    assert [r.getMessage() for r in caplog.records if "pod watch failed" in r.getMessage()] == []
