@@ -238,7 +238,7 @@ def json_line(value: Mapping[str, Any]) -> str:
 def csv_lines(fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     """CSV text, header first, one string per row (None becomes an empty field)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\r\n")
     writer.writeheader()
     yield buffer.getvalue()
     for row in rows:
