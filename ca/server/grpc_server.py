@@ -20,6 +20,7 @@ from ca.net.listening import listen_error
 from ca.server.certificate_api import SERVICE_NAME, CertificateService
 
 MAX_MESSAGE_BYTES = 256 * 1024
+MAX_PENDING_CALLS = 100_000  # more than the control streams and calls the CA ever runs at once
 # gRPC would set SO_REUSEPORT: a second CA on the same port would then start without a word
 # and the kernel would split the clients between two unrelated roots.
 OPTIONS = [
@@ -30,6 +31,12 @@ OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.keepalive_timeout_ms", 20_000),
+    # Calls that arrive while the server is busy wait in gRPC core until it picks them up; past
+    # about a thousand waiting, core drops them (the caller sees CANCELLED). A rotation order or
+    # a CA restart brings thousands of agents' streams and requests at once: let them wait (the
+    # server's maximum_concurrent_rpcs still bounds what runs).
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

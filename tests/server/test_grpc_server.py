@@ -1,0 +1,82 @@
+"""The gRPC servers' options, against grpc itself: a burst of calls that arrives while the
+server's event loop is busy waits for the loop instead of being dropped by gRPC core."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from ca.server.grpc_server import OPTIONS
+
+METHOD = "/meshca.test.Echo/Echo"
+BURST = 4000  # a rotation or a CA restart brings thousands of agents' calls at once
+CHANNELS = 8
+BUSY_S = 1.5
+
+
+class BusyLoopServer:
+    """A grpc.aio server with OPTIONS on a loop of its own, whose loop can be kept busy."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server, self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> tuple[grpc.aio.Server, int]:
+        async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            return request
+
+        server = grpc.aio.server(options=OPTIONS, maximum_concurrent_rpcs=2 * BURST)
+        handler = grpc.unary_unary_rpc_method_handler(echo)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("meshca.test.Echo", {"Echo": handler}),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        return server, port
+
+    def block_loop(self, seconds: float) -> None:
+        """Keep the loop from picking up calls, as a CA busy signing and writing does."""
+        self.loop.call_soon_threadsafe(time.sleep, seconds)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def busy_server() -> Iterator[BusyLoopServer]:
+    server = BusyLoopServer()
+    yield server
+    server.stop()
+
+
+def test_calls_arriving_while_the_loop_is_busy_wait_for_it_instead_of_being_dropped(
+    busy_server: BusyLoopServer,
+) -> None:
+    channels = [
+        grpc.insecure_channel(
+            f"127.0.0.1:{busy_server.port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(CHANNELS)
+    ]
+    try:
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        calls = [c.unary_unary(METHOD, request_serializer=None, response_deserializer=None) for c in channels]
+        busy_server.block_loop(BUSY_S)
+        futures = [calls[i % CHANNELS].future(b"x", timeout=30) for i in range(BURST)]
+        codes = Counter(f.code() for f in futures)
+    finally:
+        for channel in channels:
+            channel.close()
+
+    assert codes == Counter({grpc.StatusCode.OK: BURST})
