@@ -70,8 +70,10 @@ class RotationService:
         recorder: IssuanceRecorder | None = None,
         workloads: WorkloadFinders | None = None,
         on_close: Callable[[], None] = lambda: None,
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self._clock = clock
+        self._changed = changed
         self._store = store
         self._on_close = on_close
         self._random_bytes = random_bytes
@@ -124,6 +126,7 @@ class RotationService:
             workloads=self._workloads(now) if self._workloads is not None else _pods_only,
         )
         if result.order is not None:
+            self._changed()  # this replica pushes at once, without waiting for its change watcher
             log.info(
                 "rotation order placed",
                 extra={
@@ -156,6 +159,7 @@ class RotationService:
             note=request.note,
             now=self._clock.now(),
         )
+        self._changed()
         log.info(
             "certificates revoked",
             extra={"serials": [r.serial for r in revoked], "by": caller.spiffe_id.uri},
@@ -200,6 +204,7 @@ def build_rotation_service(
     api: Any | None,
     random_bytes: Callable[[int], bytes],
     connected: ConnectedSerials = _no_connections,
+    changed: Callable[[], None] = lambda: None,
 ) -> RotationService:
     """The Rotation service for this CA, on its ledger's database (refusals recorded there too);
     with cluster access it finds and restarts workloads."""
@@ -222,4 +227,5 @@ def build_rotation_service(
         recorder=ledger,
         workloads=workloads,
         on_close=store.dispose if store is not None else lambda: None,
+        changed=changed,
     )

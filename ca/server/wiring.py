@@ -373,6 +373,14 @@ def build_push(
     return push
 
 
+def _no_connections() -> frozenset[str]:
+    return frozenset()
+
+
+def _nothing_changed() -> None:
+    return None
+
+
 def check_ports_free(cfg: ServeConfig) -> None:
     """Stop before anything is written when another process holds one of our ports."""
     check_free("--listen", cfg.listen)
@@ -447,7 +455,8 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
             ledger=ledger,
             api=api,
             random_bytes=os.urandom,
-            **({"connected": push.pushable_serials} if push is not None else {}),
+            connected=push.pushable_serials if push is not None else _no_connections,
+            changed=push.notify_changed if push is not None else _nothing_changed,
         ),
         push=push,
         control=ControlService(

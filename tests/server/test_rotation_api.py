@@ -18,13 +18,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ca._proto import meshca_admin_pb2 as pb
 from ca._proto import meshca_admin_pb2_grpc as pb_grpc
+from ca.auth.base import AuthenticatorChain, Caller
 from ca.issuance.keys import PrivateKey
+from ca.issuance.spiffe_id import SpiffeId
 from ca.kube import workloads
 from ca.ledger.entries import REFUSED
 from ca.server.devtoken import DevTokenIssuer
+from ca.server.rotation_api import RotationService
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
 from tests.support.fake_apiserver import FakeKubeApiServer
+from tests.support.rotation import MemoryRotationStore, certificate
 
 ADMIN = "spiffe://cluster.local/ns/istio-system/sa/admin"
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -328,3 +332,36 @@ def test_with_cluster_access_the_ca_restarts_the_owners(tmp_path: Path) -> None:
             assert workloads.RESTARTED_AT in stored["spec"]["template"]["metadata"]["annotations"]
         finally:
             ca.stop()
+
+
+def test_an_order_or_revocation_through_this_ca_is_pushed_at_once() -> None:
+    """Without waiting for the change watcher (up to a second on SQLite), this replica reloads
+    and pushes as soon as it has written; a dry run changes nothing and pushes nothing."""
+    store = MemoryRotationStore()
+    clock = FakeClock()
+    store.add_issued(certificate("a1", issued=clock.now() - timedelta(minutes=1)))
+    pushes: list[str] = []
+    service = RotationService(
+        authenticators=AuthenticatorChain([]),
+        admin_identities=(),
+        clock=clock,
+        store=store,
+        random_bytes=lambda n: b"\x01" * n,
+        changed=lambda: pushes.append("changed"),
+    )
+    admin = Caller(
+        spiffe_id=SpiffeId.parse("spiffe://cluster.local/ns/ops/sa/admin"),
+        namespace="ops",
+        service_account="admin",
+        method="test",
+    )
+    try:
+        selector = pb.Selector(namespace="shop")
+        service.rotate(pb.RotateRequest(selector=selector, reason="drill", dry_run=True), admin)
+        assert pushes == []
+        service.rotate(pb.RotateRequest(selector=selector, reason="drill"), admin)
+        assert pushes == ["changed"]
+        service.revoke(pb.RevokeRequest(serials=["a1"], reason="keyCompromise"), admin)
+        assert pushes == ["changed", "changed"]
+    finally:
+        service.close()
