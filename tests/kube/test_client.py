@@ -361,6 +361,6 @@ def test_stopping_the_pod_cache_is_not_reported_as_a_failed_watch(
         for _ in range(5):  # stop() lands at a different point of the watch each time
             cache = kube.PodCache(apiserver.api_client(), random=lambda: 0.0, clock=clock)
             cache.start(wait_s=0)
-            assert _eventually(lambda: cache.synced)
+            assert _eventually(functools.partial(getattr, cache, "synced"))
             cache.stop()
     assert [r.getMessage() for r in caplog.records if "pod watch failed" in r.getMessage()] == []
