@@ -413,7 +413,8 @@ class Violation:
 @dataclass(frozen=True, kw_only=True)
 class OrderSummary:
     """A rotation order and what had become of its targets at the report's time: replaced by
-    their holders, revoked, still outstanding (live, neither), and expired (the rest)."""
+    their holders, revoked (replaced ones included: an order revokes the old certificates when
+    it completes), still outstanding (live, neither), and expired (neither, no longer live)."""
 
     order_id: str
     time: str
@@ -582,8 +583,10 @@ def _orders(conn: Connection, f: AuditFilter, at: str, limit: int) -> tuple[list
     o, t = schema.rotation_orders.c, schema.rotation_targets.c
     targets = _target_terms(f)
     replaced = and_(t.state == TargetState.REPLACED.value, t.replaced_at <= at)
-    revoked = and_(t.state == TargetState.REVOKED.value, t.revoked_at <= at)
+    # A replaced target's old certificate is revoked too when its order completes.
+    revoked = and_(t.revoked_at.is_not(None), t.revoked_at <= at)
     outstanding = and_(~replaced, ~revoked, t.not_after > at)
+    expired = and_(~replaced, ~revoked, t.not_after <= at)
 
     def tally(condition: ColumnElement[bool]) -> ColumnElement[Any]:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
@@ -605,6 +608,7 @@ def _orders(conn: Connection, f: AuditFilter, at: str, limit: int) -> tuple[list
             tally(replaced).label("replaced"),
             tally(revoked).label("revoked"),
             tally(outstanding).label("outstanding"),
+            tally(expired).label("expired"),
         )
         .select_from(joined)
         .where(*_order_terms(f, at))
@@ -645,12 +649,6 @@ def _check_order_records(conn: Connection, rows: Sequence[Any]) -> None:
 
 def _order_summary(row: Any, at: str) -> OrderSummary:
     completed = row.completed_at is not None and row.completed_at <= at
-    matched, replaced, revoked, outstanding = (
-        int(row.targets),
-        int(row.replaced),
-        int(row.revoked),
-        int(row.outstanding),
-    )
     return OrderSummary(
         order_id=row.id,
         time=row.time,
@@ -659,11 +657,11 @@ def _order_summary(row: Any, at: str) -> OrderSummary:
         reason=row.reason,
         state=(OrderState.COMPLETED if completed else OrderState.PUSHING).value,
         grace_ends=row.grace_ends,
-        matched=matched,
-        replaced=replaced,
-        revoked=revoked,
-        outstanding=outstanding,
-        expired=matched - replaced - revoked - outstanding,
+        matched=int(row.targets),
+        replaced=int(row.replaced),
+        revoked=int(row.revoked),
+        outstanding=int(row.outstanding),
+        expired=int(row.expired),
     )
 
 

@@ -227,6 +227,11 @@ class Order:
 
 @dataclass(frozen=True, kw_only=True)
 class OrderCounts:
+    """An order's targets by what became of them. `revoked` counts every target whose
+    certificate was revoked, replaced ones included (an order that completes revokes the old
+    certificates its holders replaced, and those still outstanding); `outstanding` are live and
+    neither replaced nor revoked; `expired` expired that way."""
+
     matched: int = 0
     replaced: int = 0
     outstanding: int = 0

@@ -372,17 +372,24 @@ class SqlRotationStore:
     def counts(self, order_id: str, now: datetime) -> OrderCounts:
         t = schema.rotation_targets.c
         live = case((t.not_after > timestamp(now), 1), else_=0)
-        query = select(t.state, live, func.count()).where(t.order_id == order_id).group_by(t.state, live)
+        revoked = case((t.revoked_at.is_not(None), 1), else_=0)
+        query = (
+            select(t.state, live, revoked, func.count())
+            .where(t.order_id == order_id)
+            .group_by(t.state, live, revoked)
+        )
         tally = {state: 0 for state in TargetState}
+        revoked_count = 0
         with self._reading() as conn:
-            for state, is_live, count in conn.execute(query):
+            for state, is_live, is_revoked, count in conn.execute(query):
                 expired = state == TargetState.OUTSTANDING.value and not is_live
                 tally[TargetState.EXPIRED if expired else TargetState(state)] += int(count)
+                revoked_count += int(count) if is_revoked else 0
         return OrderCounts(
             matched=sum(tally.values()),
             replaced=tally[TargetState.REPLACED],
             outstanding=tally[TargetState.OUTSTANDING],
-            revoked=tally[TargetState.REVOKED],
+            revoked=revoked_count,
             expired=tally[TargetState.EXPIRED],
         )
 
@@ -466,14 +473,16 @@ class SqlRotationStore:
             if not won:
                 return None  # another replica completed it
             # The targets hold what a revocation records of each certificate: no need to look
-            # up its issuance (by far the slowest part of revoking ten thousand at once).
+            # up its issuance (by far the slowest part of revoking ten thousand at once). A
+            # replaced target's old certificate is revoked too: its holder has a new one, and the
+            # old key is what the order was made against.
             live = {
                 row.serial: row
                 for row in conn.execute(
                     select(t.serial, t.spiffe_id, t.namespace, t.service_account, t.pod_name, t.not_after)
                     .where(
                         t.order_id == order_id,
-                        t.state == TargetState.OUTSTANDING.value,
+                        t.state.in_([TargetState.OUTSTANDING.value, TargetState.REPLACED.value]),
                         t.not_after > timestamp(now),
                     )
                     .order_by(t.target_index)
@@ -610,13 +619,20 @@ class SqlRotationStore:
 
 
 def _mark_targets_revoked(conn: Connection, serials: Sequence[str], at: datetime) -> None:
-    """Every order's outstanding targets with these serials are now revoked (since `at`)."""
+    """Every order's targets with these serials are now revoked (since `at`): outstanding ones
+    become revoked; replaced ones stay replaced (their holders moved on) and note when their
+    old certificate was revoked."""
     t = schema.rotation_targets.c
     for chunk in _chunks(serials):
         conn.execute(
             schema.rotation_targets.update()
             .where(t.serial.in_(chunk), t.state == TargetState.OUTSTANDING.value)
             .values(state=TargetState.REVOKED.value, revoked_at=timestamp(at))
+        )
+        conn.execute(
+            schema.rotation_targets.update()
+            .where(t.serial.in_(chunk), t.state == TargetState.REPLACED.value, t.revoked_at.is_(None))
+            .values(revoked_at=timestamp(at))
         )
 
 

@@ -119,9 +119,9 @@ def rotated(ledger_url: str, tmp_path: Path) -> Iterator[Rotated]:
         store.revoke([serials["pay"]], reason="keyCompromise", at=clock.now(), note="key on a laptop")  # 7
         clock.advance(3 * MINUTE)
         times["completed"] = clock.now()
-        ((_, made),) = store.complete_due_orders(clock.now())  # 8: checkout
-        assert [r.serial for r in made] == [serials["checkout"]]
-        store.record_crl(  # 9
+        ((_, made),) = store.complete_due_orders(clock.now())  # 8, 9: cart's old one, checkout
+        assert [r.serial for r in made] == [serials["cart"], serials["checkout"]]
+        store.record_crl(  # 10
             PublishedCrl(
                 number=1,
                 this_update=clock.now(),
@@ -132,7 +132,7 @@ def rotated(ledger_url: str, tmp_path: Path) -> Iterator[Rotated]:
             ),
             clock.now(),
         )
-        assert rig.checkpoint().head_seq == 9
+        assert rig.checkpoint().head_seq == 10
         store.dispose()
         yield Rotated(state=state, url=ledger_url, serials=serials, times=times)
 
@@ -150,12 +150,12 @@ def _jsonl(text: str) -> list[dict[str, Any]]:
 def test_verify_accepts_the_new_kinds(rotated: Rotated, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = audit(capsys, rotated, "verify")
     assert code == 0, out
-    assert "ledger OK: 9 entries" in out
+    assert "ledger OK: 10 entries" in out
 
 
 @pytest.mark.parametrize(
     ("status", "seqs"),
-    [("rotation_order", [5]), ("revoked", [8, 7]), ("crl_published", [9]), ("issued", [6, 4, 3, 2, 1])],
+    [("rotation_order", [5]), ("revoked", [9, 8, 7]), ("crl_published", [10]), ("issued", [6, 4, 3, 2, 1])],
 )
 def test_list_by_the_new_kinds(
     rotated: Rotated, capsys: pytest.CaptureFixture[str], status: str, seqs: list[int]
@@ -182,12 +182,12 @@ def test_each_record_says_what_it_is(rotated: Rotated, capsys: pytest.CaptureFix
     assert details[5] == f"{ORDER_ID} by {ADMIN}: namespace=shop, 3 matched, grace 5m: node-1 compromised"
     assert details[6].endswith(f", replaces {rotated.serials['cart']} for {ORDER_ID}")
     assert details[7] == "keyCompromise: key on a laptop"
-    assert details[8] == f"superseded by {ORDER_ID}"
-    assert details[9].startswith("CRL 1: 2 entries, next update ")
+    assert details[8] == details[9] == f"superseded by {ORDER_ID}"
+    assert details[10].startswith("CRL 1: 2 entries, next update ")
     code, out, _ = audit(capsys, rotated, "list")
     assert code == 0
     kinds = [line.split()[3] for line in out.splitlines()[1:]]
-    assert kinds == ["crl_published", "revoked", "revoked", "issued", "rotation_order", *["issued"] * 4]
+    assert kinds == ["crl_published", *["revoked"] * 3, "issued", "rotation_order", *["issued"] * 4]
 
 
 def test_show_follows_a_certificate_from_issue_to_revocation(
@@ -196,7 +196,7 @@ def test_show_follows_a_certificate_from_issue_to_revocation(
     code, out, _ = audit(capsys, rotated, "show", rotated.serials["checkout"], "-o", "json")
     assert code == 0
     entries = _jsonl(out)
-    assert [(e["seq"], e["kind"]) for e in entries] == [(2, "issued"), (8, "revoked")]
+    assert [(e["seq"], e["kind"]) for e in entries] == [(2, "issued"), (9, "revoked")]
     assert entries[1]["order_id"] == ORDER_ID and entries[1]["reason"] == "superseded"
     code, out, _ = audit(capsys, rotated, "show", rotated.serials["cart-new"])
     assert code == 0
@@ -211,7 +211,7 @@ def test_export_carries_the_new_fields(rotated: Rotated, capsys: pytest.CaptureF
     assert rows["5"]["order_reason"] == "node-1 compromised" and rows["5"]["matched"] == "3"
     assert rows["6"]["replaces"] == rotated.serials["cart"] and rows["6"]["order_id"] == ORDER_ID
     assert rows["7"]["note"] == "key on a laptop"
-    assert rows["9"]["crl_sha256"] == "ab" * 32 and rows["9"]["crl_number"] == "1"
+    assert rows["10"]["crl_sha256"] == "ab" * 32 and rows["10"]["crl_number"] == "1"
     assert rows["1"]["order_id"] == rows["1"]["replaces"] == ""  # an ordinary issuance has none
 
 
@@ -241,7 +241,7 @@ def _counts(order: dict[str, Any]) -> tuple[str, int, int, int, int, int]:
         ("ordered", ("pushing", 3, 0, 0, 3, 0)),
         ("replaced", ("pushing", 3, 1, 0, 2, 0)),
         ("revoked", ("pushing", 3, 1, 1, 1, 0)),
-        ("completed", ("completed", 3, 1, 2, 0, 0)),
+        ("completed", ("completed", 3, 1, 3, 0, 0)),  # the replaced one's old certificate too
     ],
 )
 def test_the_report_counts_an_order_as_it_stood(
@@ -260,11 +260,11 @@ def test_the_report_counts_an_order_as_it_stood(
     assert order["reason"] == "node-1 compromised" and order["ordered_by"] == ADMIN
 
 
-def test_targets_that_expired_unreplaced_are_counted_apart(
+def test_an_orders_counts_hold_after_its_certificates_expire(
     rotated: Rotated, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (order,) = _orders(rotated, capsys, "--at", rotated.at("ordered", timedelta(hours=2)))
-    assert _counts(order) == ("completed", 3, 1, 2, 0, 0)  # revoked ones stay counted as revoked
+    assert _counts(order) == ("completed", 3, 1, 3, 0, 0)  # revoked ones stay counted as revoked
     (order,) = _orders(rotated, capsys, "--at", rotated.at("ordered", 30 * timedelta(seconds=1)))
     assert _counts(order) == ("pushing", 3, 0, 0, 3, 0)
 

@@ -403,16 +403,46 @@ def test_orders_complete_when_their_grace_ends(rig: Rig) -> None:
     ((completed, made),) = rig.store.complete_due_orders(order.grace_ends)
     assert completed.id == order.id and completed.state is OrderState.COMPLETED
     assert [(r.serial, r.reason, r.order_id, r.revoked_at) for r in made] == [
-        ("a2", "superseded", order.id, order.grace_ends)
+        ("a1", "superseded", order.id, order.grace_ends),  # replaced: the old certificate goes too
+        ("a2", "superseded", order.id, order.grace_ends),
     ]
     assert rig.store.complete_due_orders(order.grace_ends + HOUR) == []
     stored = rig.store.order(order.id)
     assert stored is not None and stored.state is OrderState.COMPLETED
     assert rig.store.orders(state=OrderState.PUSHING) == []
-    assert rig.store.counts(order.id, order.grace_ends) == OrderCounts(matched=3, replaced=1, revoked=2)
+    assert rig.store.counts(order.id, order.grace_ends) == OrderCounts(matched=3, replaced=1, revoked=3)
     assert rig.store.outstanding_for("a2") == []
-    assert [r["serial"] for r in rig.records(REVOKED)] == ["a3", "a2"]
-    assert rig.records(REVOKED)[1]["order_id"] == order.id
+    assert [r["serial"] for r in rig.records(REVOKED)] == ["a3", "a1", "a2"]
+    assert {r["order_id"] for r in rig.records(REVOKED)[1:]} == {order.id}
+
+
+def test_a_completed_order_revokes_the_old_certificates_its_holders_replaced(rig: Rig) -> None:
+    order = _placed(rig)
+    rig.store.mark_replaced(order_id=order.id, old_serial="a1", new_serial="d1", at=NOW)
+    assert rig.store.counts(order.id, NOW) == OrderCounts(matched=3, replaced=1, outstanding=2)
+    rig.store.complete_due_orders(order.grace_ends)
+    assert rig.store.is_revoked("a1") and not rig.store.is_revoked("d1")
+    assert "a1" in {r.serial for r in rig.store.revocations(order.grace_ends)}  # so the CRL lists it
+    target = rig.store.target(order.id, "a1", order.grace_ends)
+    assert target is not None
+    assert (target.state, target.replaced_by, target.revoked_at) == (
+        TargetState.REPLACED,
+        "d1",
+        order.grace_ends,
+    )
+    assert rig.store.counts(order.id, order.grace_ends) == OrderCounts(matched=3, replaced=1, revoked=3)
+
+
+def test_revoking_a_replaced_targets_old_certificate_counts_it_revoked_and_still_replaced(rig: Rig) -> None:
+    order = _placed(rig)
+    rig.store.mark_replaced(order_id=order.id, old_serial="a1", new_serial="d1", at=NOW)
+    rig.store.revoke(["a1"], reason="keyCompromise", at=NOW + timedelta(seconds=1))
+    target = rig.store.target(order.id, "a1", NOW)
+    assert target is not None and (target.state, target.revoked_at) == (
+        TargetState.REPLACED,
+        NOW + timedelta(seconds=1),
+    )
+    assert rig.store.counts(order.id, NOW) == OrderCounts(matched=3, replaced=1, outstanding=2, revoked=1)
 
 
 def test_a_completed_order_leaves_expired_targets_unrevoked(rig: Rig) -> None:

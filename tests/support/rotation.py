@@ -130,12 +130,13 @@ class MemoryRotationStore:
         return None
 
     def counts(self, order_id: str, now: datetime) -> OrderCounts:
-        states = [t.state for t in self.targets(order_id, now)]
+        targets = self.targets(order_id, now)
+        states = [t.state for t in targets]
         return OrderCounts(
             matched=len(states),
             replaced=states.count(TargetState.REPLACED),
             outstanding=states.count(TargetState.OUTSTANDING),
-            revoked=states.count(TargetState.REVOKED),
+            revoked=sum(1 for t in targets if t.revoked_at is not None),
             expired=states.count(TargetState.EXPIRED),
         )
 
@@ -224,9 +225,13 @@ class MemoryRotationStore:
         for targets in self._targets.values():
             for i, t in enumerate(targets):
                 serial = t.certificate.serial
-                if serial in serials and t.state is TargetState.OUTSTANDING:
-                    revoked_at = self._revocations[serial].revoked_at
+                if serial not in serials:
+                    continue
+                revoked_at = self._revocations[serial].revoked_at
+                if t.state is TargetState.OUTSTANDING:
                     targets[i] = dataclasses.replace(t, state=TargetState.REVOKED, revoked_at=revoked_at)
+                elif t.state is TargetState.REPLACED and t.revoked_at is None:
+                    targets[i] = dataclasses.replace(t, revoked_at=revoked_at)
         return [self._revocations[s] for s in serials], made
 
     def complete_due_orders(self, now: datetime) -> list[tuple[Order, list[Revocation]]]:
@@ -240,7 +245,8 @@ class MemoryRotationStore:
                 live = [
                     t.certificate.serial
                     for t in self._targets[order.id]
-                    if t.state is TargetState.OUTSTANDING and t.certificate.not_after > now
+                    if t.state in (TargetState.OUTSTANDING, TargetState.REPLACED)
+                    and t.certificate.not_after > now
                 ]
                 _, made = self._revoke(
                     live, reason=ORDER_REVOCATION_REASON, at=now, order_id=order.id, note=None
