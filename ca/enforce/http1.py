@@ -174,6 +174,10 @@ def request_framing(fields: list[Field], *, http10: bool) -> Framing:
             raise _bad("Transfer-Encoding is not allowed in HTTP/1.0")
         if length is not None:
             raise _bad("a request may not have both Transfer-Encoding and Content-Length")
+        if any(f.name == b"transfer-encoding" and not f.value.strip(b" \t,") for f in fields):
+            # Empty list elements are ignored by the RFC, but a server that takes the last field
+            # as the whole value would read no body, and the chunks as the next request.
+            raise _bad("a Transfer-Encoding field is empty; send one Transfer-Encoding: chunked")
         if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
             raise _bad("Transfer-Encoding must end in chunked (once)")
         return Framing(chunked=True, length=0)

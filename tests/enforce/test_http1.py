@@ -475,3 +475,23 @@ def test_an_unparsable_response_is_lost_and_ends_the_connection() -> None:
     session = HttpSession(None)
     session_run(session, [b"GET / HTTP/1.1\r\n\r\n"], [b"SSH-2.0-OpenSSH\r\n\r\n"])
     assert session.responses.lost and session.finishing
+
+
+def test_an_empty_transfer_encoding_field_beside_chunked_is_refused() -> None:
+    """Chunked by the RFC (empty list elements are ignored), but bodiless to a server that takes
+    the last field as the value, which would read the chunks as a smuggled request."""
+    smuggled = b"x-forwarded-client-cert: mallory\r\n\r\n"
+    chunk = b"\r\n\r\n" + smuggled
+    data = (
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\ntransfer-encoding: \r\n\r\n"
+        + format(len(chunk), "x").encode()
+        + b"\r\n"
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
+    rewriter = RequestStream(Exchanges(), None)
+    forwarded = feed_all(rewriter, [data])
+    assert b"mallory" not in forwarded
+    assert rewriter.error is not None
+    assert (rewriter.error.status, rewriter.error.reason) == (400, "bad_request")
+    assert "Transfer-Encoding field is empty" in rewriter.error.detail
