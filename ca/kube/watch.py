@@ -1,4 +1,4 @@
-"""List + watch of a custom resource cluster-wide, through each of the API versions it may be served at.
+"""List + watch of a resource cluster-wide, through each of the API versions it may be served at.
 
 One stream per version: it lists (in pages), then watches from the list's
 resourceVersion, resumes from the last resourceVersion seen after a disconnect,
@@ -7,6 +7,10 @@ slowly without affecting the others. Any other failure is retried with backoff,
 reset once a watch has been established. What the streams deliver goes to the
 caller's callbacks, one call at a time across all streams; what the caller built
 from it stays as it was while the API is unreachable.
+
+Custom resources are listed through the custom-object API; a core resource (a
+Namespace, ConfigMaps of one name) through its typed CoreV1Api list method made
+into a `ListCall` by `core_call`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ class CustomResource:
     @property
     def name(self) -> str:
         """As RBAC rules and `kubectl` name it, e.g. `peerauthentications.security.istio.io`."""
-        return f"{self.plural}.{self.group}"
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def api_version(self, version: str) -> str:
+        return f"{self.group}/{version}" if self.group else version
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,35 @@ ListCallback = Callable[[list[KubeObject], str | None], None]
 """A full list of one version: its items and the list's resourceVersion."""
 EventCallback = Callable[[str, KubeObject], None]
 """A watch event: its type (ADDED, MODIFIED, DELETED, BOOKMARK) and object."""
+ListCall = Callable[..., Any]
+"""One list or watch request of one API version, as `call(version, **arguments)` with a list call's
+keyword arguments: a list returns its page as parsed JSON; a watch (`watch=True`,
+`_preload_content=False`) returns the open response."""
+
+
+def custom_object_call(api: ApiClient, resource: CustomResource) -> ListCall:
+    custom = client.CustomObjectsApi(api)
+
+    def call(version: str, **arguments: Any) -> Any:
+        return custom.list_cluster_custom_object(resource.group, version, resource.plural, **arguments)
+
+    return call
+
+
+def core_call(list_method: Callable[..., Any], **fixed: Any) -> ListCall:
+    """A typed list method of the core API (e.g. `CoreV1Api.list_namespace`) as a ListCall whose pages
+    are parsed JSON, as custom objects' are. `fixed` arguments (e.g. `field_selector`) go with every
+    request. The core API has the one version, v1."""
+
+    def call(version: str, **arguments: Any) -> Any:
+        if arguments.get("watch"):
+            return list_method(**fixed, **arguments)
+        response = list_method(**fixed, **arguments, _preload_content=False)
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason)
+        return json.loads(response.data)
+
+    return call
 
 
 class _Stream:
@@ -80,7 +116,8 @@ class _Stream:
 
 
 class CustomResourceWatch:
-    """Follows one custom resource through all its versions, each on a thread of its own.
+    """Follows one resource through all its versions, each on a thread of its own: a custom resource,
+    or a core one when `call` is given (see `core_call`).
 
     `on_list` and `on_event` are called with the stream's resume point already
     advanced past what they deliver, never two at a time, so they may read
@@ -102,8 +139,9 @@ class CustomResourceWatch:
         backoff: Backoff = RETRY_BACKOFF,
         random: UniformRandom = _random.random,
         clock: Clock | None = None,
+        call: ListCall | None = None,
     ) -> None:
-        self._custom = client.CustomObjectsApi(api)
+        self._call = call or custom_object_call(api, resource)
         self._clock = clock or SystemClock()
         self.resource = resource
         self._on_list = on_list
@@ -201,7 +239,7 @@ class CustomResourceWatch:
                 extra={"resource": self.resource.name, "version": stream.version},
             )
             cause, detail = "error", f"{type(err).__name__}: {err}"
-        self._last_error = f"{self.resource.group}/{stream.version}: {detail}"
+        self._last_error = f"{self.resource.api_version(stream.version)}: {detail}"
         self._report(stream, cause, detail)
         return retrying.next_delay_s()
 
@@ -213,7 +251,7 @@ class CustomResourceWatch:
         if not stream.unserved:
             log.info(
                 "the API server does not serve this version of a custom resource; using the others",
-                extra={"resource": self.resource.name, "version": f"{self.resource.group}/{stream.version}"},
+                extra={"resource": self.resource.name, "version": self.resource.api_version(stream.version)},
             )
         stream.unserved, stream.cursor = True, None
         with self._lock:
@@ -223,17 +261,15 @@ class CustomResourceWatch:
                 self._synced.set()
 
     def _relist(self, stream: _Stream) -> None:
-        items, list_rv = list_all(self._custom, self.resource, stream.version, self._request_timeout_s)
+        items, list_rv = list_all(self._call, stream.version, self._request_timeout_s)
         with self._lock:
             stream.cursor, stream.unserved = list_rv, False
             self._on_list(items, list_rv)
             self._synced.set()
 
     def _watch(self, stream: _Stream) -> None:
-        response: Any = self._custom.list_cluster_custom_object(
-            self.resource.group,
+        response: Any = self._call(
             stream.version,
-            self.resource.plural,
             watch=True,
             resource_version=stream.cursor,
             allow_watch_bookmarks=True,
@@ -265,9 +301,7 @@ class CustomResourceWatch:
             self._on_event(str(kind), obj)
 
 
-def list_all(
-    custom: client.CustomObjectsApi, resource: CustomResource, version: str, timeout_s: float
-) -> tuple[list[KubeObject], str | None]:
+def list_all(call: ListCall, version: str, timeout_s: float) -> tuple[list[KubeObject], str | None]:
     """Every object of one version, page by page; and the list's resourceVersion."""
     items: list[KubeObject] = []
     token: str | None = None
@@ -275,7 +309,7 @@ def list_all(
         kwargs: dict[str, Any] = {"limit": PAGE_SIZE, "_request_timeout": timeout_s}
         if token:
             kwargs["_continue"] = token
-        page: Any = custom.list_cluster_custom_object(resource.group, version, resource.plural, **kwargs)
+        page: Any = call(version, **kwargs)
         items.extend(page.get("items") or [])
         metadata = page.get("metadata") or {}
         token = metadata.get("continue")
@@ -287,11 +321,11 @@ def list_once(
     api: ApiClient, resource: CustomResource, *, timeout_s: float = 10.0
 ) -> list[KubeObject] | None:
     """A one-off read: the objects of the first version served; None if no version is served."""
-    custom = client.CustomObjectsApi(api)
+    call = custom_object_call(api, resource)
     failures: list[ApiException] = []
     for version in resource.versions:
         try:
-            items, _ = list_all(custom, resource, version, timeout_s)
+            items, _ = list_all(call, version, timeout_s)
         except ApiException as err:
             failures.append(err)
             continue
@@ -305,7 +339,7 @@ def list_once(
     if all(err.status == 404 for err in failures):
         return None
     reasons = "; ".join(
-        f"{resource.group}/{version}: HTTP {err.status} {err.reason}"
+        f"{resource.api_version(version)}: HTTP {err.status} {err.reason}"
         for version, err in zip(resource.versions, failures, strict=True)
     )
     raise UnavailableError(

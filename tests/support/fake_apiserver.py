@@ -128,6 +128,7 @@ class Resource:
     status_subresource: bool = False
     return_deleted_object: bool = False
     field_labels: tuple[str, ...] = ("metadata.name", "metadata.namespace")
+    cluster_scoped: bool = False  # stored under the namespace "" and served without one
 
     @property
     def qualified(self) -> str:
@@ -194,6 +195,18 @@ SECRETS = Resource(
     "", ("v1",), "secrets", "secret", "Secret", field_labels=("metadata.name", "metadata.namespace", "type")
 )
 CONFIGMAPS = Resource("", ("v1",), "configmaps", "configmap", "ConfigMap")
+# Deleting one marks it Terminating, as without a namespace controller; objects may still be put in
+# namespaces that were never created (most tests do), but not in a Terminating one.
+NAMESPACES = Resource(
+    "",
+    ("v1",),
+    "namespaces",
+    "namespace",
+    "Namespace",
+    return_deleted_object=True,
+    field_labels=("metadata.name", "status.phase"),
+    cluster_scoped=True,
+)
 LEASES = Resource("coordination.k8s.io", ("v1",), "leases", "lease", "Lease", create_on_update=True)
 PEER_AUTHENTICATIONS = Resource(
     "security.istio.io",
@@ -214,6 +227,7 @@ RESOURCES: tuple[Resource, ...] = (
     PODS,
     SECRETS,
     CONFIGMAPS,
+    NAMESPACES,
     LEASES,
     PEER_AUTHENTICATIONS,
     DEPLOYMENTS,
@@ -286,7 +300,14 @@ def _key(namespace: str, name: str) -> str:
 
 def _object_key(obj: JSON) -> str:
     meta = obj["metadata"]
-    return _key(meta["namespace"], meta["name"])
+    return _key(meta.get("namespace", ""), meta["name"])
+
+
+def _set_namespace(rt: Resource, meta: JSON, namespace: str) -> None:
+    if rt.cluster_scoped:
+        meta.pop("namespace", None)
+    else:
+        meta["namespace"] = namespace
 
 
 def render(rt: Resource, obj: JSON, version: str | None = None, *, typed: bool = True) -> JSON:
@@ -597,9 +618,9 @@ class Store:
             self.cond.notify_all()
             return stored
 
-    def compact(self) -> None:
+    def compact(self, only: Resource | None = None) -> None:
         with self.cond:
-            for rt in RESOURCES:
+            for rt in RESOURCES if only is None else (only,):
                 self.history[rt.plural].clear()
                 self.floor[rt.plural] = self.rv
             self.cond.notify_all()
@@ -682,8 +703,9 @@ class Store:
             raise _bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
-        meta["namespace"] = namespace
+        _set_namespace(rt, meta, namespace)
         with self.cond:
+            self._check_namespace_open(rt, namespace, meta.get("name") or "")
             name = meta.get("name") or ""
             if not name:
                 prefix = meta.get("generateName") or ""
@@ -715,6 +737,8 @@ class Store:
                     obj.pop("status", None)
                 if rt is PODS:
                     _prepare_new_pod(rt, obj)
+                if rt is NAMESPACES:
+                    _prepare_new_namespace(obj)
             if rt.custom:
                 meta.setdefault("generation", 1)
             self._prepare(rt, obj)
@@ -747,7 +771,7 @@ class Store:
             raise _bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
-        meta["namespace"] = namespace
+        _set_namespace(rt, meta, namespace)
         given_rv = str(meta.get("resourceVersion") or "")
         with self.cond:
             old = self.get(rt, namespace, name)
@@ -860,7 +884,33 @@ class Store:
                     f"Precondition failed: ResourceVersion in precondition: {expected_rv}, "
                     f"ResourceVersion in object meta: {meta['resourceVersion']}",
                 )
+            if rt is NAMESPACES:
+                return self._terminate_namespace(old)
             return self.commit(rt, "DELETED", None, old)
+
+    def _terminate_namespace(self, old: JSON) -> JSON:
+        if old["metadata"].get("deletionTimestamp"):
+            return old
+        terminating = copy.deepcopy(old)
+        terminating["metadata"]["deletionTimestamp"] = format_time(self.now())
+        terminating["status"] = {"phase": "Terminating"}
+        return self.commit(NAMESPACES, "MODIFIED", terminating, old)
+
+    def _check_namespace_open(self, rt: Resource, namespace: str, name: str) -> None:
+        """As the API server's NamespaceLifecycle admission: nothing new in a Terminating namespace."""
+        found = None if rt.cluster_scoped else self.get(NAMESPACES, "", namespace)
+        if found is None or (found.get("status") or {}).get("phase") != "Terminating":
+            return
+        message = (
+            f'{rt.plural} "{name}" is forbidden: unable to create new content in namespace {namespace} '
+            "because it is being terminated"
+        )
+        cause = {
+            "reason": "NamespaceTerminating",
+            "message": f"namespace {namespace} is being terminated",
+            "field": "metadata.namespace",
+        }
+        raise _error(403, message, details=rt.details(name, causes=[cause]))
 
     def list(
         self,
@@ -983,6 +1033,11 @@ def _prepare_lease(obj: JSON) -> None:
                 '"2006-01-02T15:04:05.000000Z07:00": cannot parse "" as "Z07:00"'
             )
         spec[name] = format_micro_time(parsed)
+
+
+def _prepare_new_namespace(obj: JSON) -> None:
+    obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+    obj["status"] = {"phase": "Active"}
 
 
 def _prepare_new_pod(rt: Resource, obj: JSON) -> None:
@@ -1328,7 +1383,9 @@ def _parse_route(path: str) -> _Route:
         return _Route(None, version, None, None, None)
     for rt in RESOURCES:
         if rt.group == group and rt.plural == plural and version in rt.versions:
-            if name is not None and namespace is None:
+            if rt.cluster_scoped and namespace is not None:
+                raise _route_not_found()
+            if name is not None and namespace is None and not rt.cluster_scoped:
                 raise _route_not_found()
             if subresource is not None and not (subresource == "status" and rt.status_subresource):
                 raise _route_not_found()
@@ -1354,7 +1411,7 @@ def _verb_for(method: str, route: _Route, query: Mapping[str, str]) -> str:
         if not collection:
             return "get"
         return "watch" if _parse_bool(query.get("watch")) else "list"
-    if method == "POST" and collection and route.namespace is not None:
+    if method == "POST" and collection and (route.namespace is not None or route.rt.cluster_scoped):
         return "create"
     if method == "PUT" and not collection:
         return "update"
@@ -1536,8 +1593,10 @@ class FakeKubeApiServer:
                 self.store.cond.wait(min(remaining, 0.05))
             return True
 
-    def compact_history(self) -> None:
-        self.store.compact()
+    def compact_history(self, kind: str | None = None) -> None:
+        """Forgets the event history (of one kind of object, if given): a watch resuming from before
+        now gets 410 Gone."""
+        self.store.compact(None if kind is None else _resource_named(kind))
 
     def disconnect_watches(self, graceful: bool = False) -> int:
         with self.store.cond:
@@ -1629,7 +1688,7 @@ class FakeKubeApiServer:
         name = meta.get("name")
         if not name:
             raise ValueError("put_object needs metadata.name")
-        meta["namespace"] = namespace
+        _set_namespace(rt, meta, namespace)
         meta.pop("resourceVersion", None)
         stored, _ = self.store.update(rt, namespace, name, body, version=rt.storage_version, system=True)
         return render(rt, stored)
@@ -1924,7 +1983,9 @@ class FakeKubeApiServer:
                 "metadata": metadata,
                 "items": [render(rt, obj, version, typed=rt.custom) for obj in items],
             }
-        assert namespace is not None
+        if namespace is None:
+            assert rt.cluster_scoped
+            namespace = ""
         if verb == "create":
             return 201, render(rt, store.create(rt, namespace, _decode_body(raw), version=version), version)
         name = route.name

@@ -770,3 +770,30 @@ def test_injected_failures_and_request_log(server: FakeKubeApiServer, core: clie
     assert len(core.list_namespaced_pod("apps").items) == 1
     assert server.request_count("pods", "list") == 2
     assert server.request_count("pods", "get") == 1
+
+
+def test_namespaces_are_cluster_scoped_and_terminate_on_delete(
+    server: FakeKubeApiServer, core: client.CoreV1Api
+) -> None:
+    created = core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="shop")))
+    assert created.metadata.namespace is None
+    assert (created.status.phase, created.spec.finalizers) == ("Active", ["kubernetes"])
+    assert [n.metadata.name for n in core.list_namespace().items] == ["shop"]
+    core.create_namespaced_config_map("shop", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="a")))
+
+    # As without a namespace controller: the namespace stays, Terminating, and takes nothing new.
+    core.delete_namespace("shop")
+    gone = core.read_namespace("shop")
+    assert gone.status.phase == "Terminating" and gone.metadata.deletion_timestamp is not None
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_config_map("shop", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="b")))
+    assert refused.value.status == 403
+    causes = json.loads(refused.value.body)["details"]["causes"]
+    assert causes == [
+        {
+            "reason": "NamespaceTerminating",
+            "message": "namespace shop is being terminated",
+            "field": "metadata.namespace",
+        }
+    ]
+    assert [n.metadata.name for n in core.list_namespace(field_selector="status.phase=Active").items] == []
