@@ -1,0 +1,243 @@
+"""The SPIFFE bundle endpoint: this trust domain's bundle over HTTPS, so that other trust domains can
+federate with it.
+
+A GET of the endpoint's path answers the bundle (`ca.issuance.spiffe_bundle`) as
+`application/json`. The roots are asked of `roots()` on every request, so a root a rotation
+publishes or withdraws is served from the next request on, under a higher `spiffe_sequence`.
+The server's certificate and key come from `certificate()`, asked again on every connection: a
+renewed certificate serves from the next handshake on. No client certificate is asked for, as
+the bundle is public; the consumer authenticates the endpoint, by Web PKI or by the SPIFFE ID in
+the endpoint's certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from ca.common.clock import Clock
+from ca.common.files import SECRET_MODE
+from ca.errors import ConfigError, MeshcaError
+from ca.issuance.spiffe_bundle import DEFAULT_REFRESH_HINT, SpiffeBundle, next_sequence
+from ca.net.listening import listen_error
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/json"
+HANDSHAKE_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 30.0
+
+
+class ServingMaterial(Protocol):
+    """A certificate chain (the server's first) and its private key, both PEM."""
+
+    @property
+    def chain_pem(self) -> bytes: ...
+
+    @property
+    def key_pem(self) -> bytes: ...
+
+
+RootsSource = Callable[[], Sequence[x509.Certificate]]
+CertificateSource = Callable[[], ServingMaterial]
+
+
+def server_context(material: ServingMaterial) -> ssl.SSLContext:
+    """A TLS server context on `material`; TLS 1.2 at least, no client certificate asked for.
+
+    `load_cert_chain` reads only files: the key is written to a private directory (0700, the key
+    0600) for the moment of loading and removed at once.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    directory = Path(tempfile.mkdtemp(prefix="meshca-bundle-endpoint-"))
+    try:
+        chain, key = directory / "chain.pem", directory / "key.pem"
+        chain.write_bytes(material.chain_pem)
+        key.touch(mode=SECRET_MODE)
+        key.write_bytes(material.key_pem)
+        context.load_cert_chain(chain, key)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(
+            f"the SPIFFE bundle endpoint's certificate or key cannot be loaded ({err}); give it a PEM "
+            "certificate chain and the private key of its first certificate"
+        ) from err
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return context
+
+
+class _Contexts:
+    """The TLS context of the current serving material, rebuilt when the material changes."""
+
+    def __init__(self, certificate: CertificateSource) -> None:
+        self._certificate = certificate
+        self._lock = threading.Lock()
+        self._loaded: tuple[bytes, bytes] | None = None
+        self._context: ssl.SSLContext | None = None
+
+    def current(self) -> ssl.SSLContext:
+        material = self._certificate()
+        wanted = (material.chain_pem, material.key_pem)
+        with self._lock:
+            if self._context is None or wanted != self._loaded:
+                self._context = server_context(material)
+                self._loaded = wanted
+            return self._context
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """Accepts on the listening thread; the TLS handshake runs on the connection's own thread, so a
+    slow or silent client holds up only itself."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], endpoint: BundleEndpoint, contexts: _Contexts) -> None:
+        self.endpoint = endpoint
+        self.contexts = contexts
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            context = self.contexts.current()
+        except MeshcaError as err:
+            log.error("SPIFFE bundle endpoint: no usable certificate", extra={"detail": str(err)})
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            connection = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            log.debug("SPIFFE bundle endpoint: TLS handshake failed", extra={"detail": str(err)})
+            return
+        try:
+            _Handler(connection, client_address, self)
+        finally:
+            connection.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _TlsServer
+    timeout = REQUEST_TIMEOUT_S
+
+    def do_GET(self) -> None:
+        endpoint = self.server.endpoint
+        if urlsplit(self.path).path != endpoint.path:
+            self._send(404, f"not found; the SPIFFE bundle is at {endpoint.path}\n".encode(), "text/plain")
+            return
+        try:
+            body = endpoint.bundle_json()
+        except MeshcaError as err:
+            log.error("SPIFFE bundle endpoint: cannot build the bundle", extra={"detail": str(err)})
+            self._send(503, b"the trust bundle is not available; see the CA's log\n", "text/plain")
+            return
+        self._send(200, body, CONTENT_TYPE)
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class BundleEndpoint:
+    """Serves the SPIFFE bundle of `roots()` at `https://host:port/path`.
+
+    Port 0 picks a free port; `port` is the one bound. `start()` checks that the roots make a
+    bundle and serves on a thread of its own; `stop()` ends it. An address that cannot be
+    listened on is a ConfigError naming `flag`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        roots: RootsSource,
+        certificate: CertificateSource,
+        clock: Clock,
+        refresh_hint: timedelta = DEFAULT_REFRESH_HINT,
+        path: str = "/",
+        flag: str = "--bundle-endpoint-listen",
+        thread_name: str = "bundle-endpoint",
+    ) -> None:
+        self.path = path
+        self._host = host
+        self._roots = roots
+        self._clock = clock
+        self._refresh_hint = refresh_hint
+        self._lock = threading.Lock()
+        self._bundle: SpiffeBundle | None = None
+        self._json = b""
+        contexts = _Contexts(certificate)
+        contexts.current()  # a certificate that cannot be loaded fails here, not at the first client
+        try:
+            self._server = _TlsServer((host, port), self, contexts)
+        except OSError as err:
+            raise listen_error(flag, f"{host}:{port}", err) from err
+        self.port: int = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=thread_name, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        shown = f"[{self._host}]" if ":" in self._host else self._host
+        return f"https://{shown}:{self.port}{self.path}"
+
+    def start(self) -> None:
+        bundle = self.bundle()
+        self._thread.start()
+        log.info(
+            "SPIFFE bundle endpoint serving",
+            extra={"url": self.url, "roots": len(bundle.roots), "sequence": bundle.sequence},
+        )
+
+    def stop(self) -> None:
+        """Stops listening at once; the serving thread ends within its poll interval (0.5 s)."""
+        if self._thread.is_alive():
+            threading.Thread(
+                target=self._server.shutdown, name=f"{self._thread.name}-stop", daemon=True
+            ).start()
+        self._server.server_close()
+
+    def bundle(self) -> SpiffeBundle:
+        """The bundle served now: a new sequence number whenever the roots differ from the last ones."""
+        roots = tuple(self._roots())
+        with self._lock:
+            if self._bundle is not None and self._bundle.same_keys(roots):
+                return self._bundle
+            previous = None if self._bundle is None else self._bundle.sequence
+            bundle = SpiffeBundle.of(
+                roots, sequence=next_sequence(previous, self._clock.now()), refresh_hint=self._refresh_hint
+            )
+            self._bundle, self._json = bundle, bundle.to_json()
+        if previous is not None:
+            log.info(
+                "SPIFFE bundle endpoint: the roots changed",
+                extra={"roots": len(roots), "sequence": bundle.sequence, "previous_sequence": previous},
+            )
+        return bundle
+
+    def bundle_json(self) -> bytes:
+        bundle = self.bundle()
+        with self._lock:
+            return self._json if self._bundle is bundle else bundle.to_json()
