@@ -70,7 +70,7 @@ from ca.ledger.rotation import (
 )
 from ca.ledger.store import IN_LIST_CHUNK, LedgerStore, append_in, lock_head, open_migrated, storage_error
 
-CHANGE_CHANNEL = "meshca_rotation"
+CHANGE_CHANNEL = schema.CHANGE_CHANNEL
 BUSY_TIMEOUT_S = 5.0
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -3,6 +3,12 @@
 Appends take the head row's lock (SELECT ... FOR UPDATE on PostgreSQL, BEGIN
 IMMEDIATE on SQLite), so CA processes sharing one database extend a single
 chain one batch at a time.
+
+An issued record that names a rotation order and the serial it replaces marks
+that order's target replaced in the transaction that appends it (and grows the
+rotation change marker once for the batch): the record and the mark are one
+write, so a replacement whose issuance is in the ledger is never missing from
+its order.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ca.ledger import schema
 from ca.ledger.chain import Entry, canonical, chain_hash
 from ca.ledger.checkpoint import COMPACTION, Checkpoint
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Record, content_of
+from ca.ledger.rotation import TargetState
 
 READ_BATCH = 5000
 IN_LIST_CHUNK = 500
@@ -117,6 +124,16 @@ class _Appender:
         lock = "" if is_sqlite else " FOR UPDATE"
         self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
         self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
+        targets = schema.rotation_targets.name
+        self._mark_replaced = (
+            f"UPDATE {targets} SET state = '{TargetState.REPLACED.value}', replaced_by = {mark}, "
+            f"replaced_at = {mark} WHERE order_id = {mark} AND serial = {mark} "
+            f"AND state = '{TargetState.OUTSTANDING.value}'"
+        )
+        changes = schema.rotation_changes.name
+        self._grow_marker = f"UPDATE {changes} SET marker = marker + 1 WHERE id = 1"
+        notify = f"SELECT pg_notify('{schema.CHANGE_CHANNEL}', CAST(marker AS TEXT)) FROM {changes}"
+        self._notify = None if is_sqlite else f"{notify} WHERE id = 1"
 
     def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
         """Write `contents` after the head in one transaction that holds the write lock, and commit."""
@@ -131,6 +148,7 @@ class _Appender:
             written, rows = _chain(int(seq), str(previous), contents)
             cursor.executemany(self._insert, rows)
             cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
+            self._mark_targets(cursor, contents)
         finally:
             cursor.close()
         if self._is_sqlite:
@@ -138,6 +156,18 @@ class _Appender:
         else:
             self._dbapi.commit()
         return written
+
+    def _mark_targets(self, cursor: Any, contents: Sequence[Mapping[str, Any]]) -> None:
+        """Mark the rotation targets that these issued records replace (outstanding ones only), and
+        grow the change marker once if any was (on PostgreSQL, notify its listeners at commit)."""
+        marked = 0
+        for order_id, old_serial, new_serial, at in replacements(contents):
+            cursor.execute(self._mark_replaced, (new_serial, at, order_id, old_serial))
+            marked += max(0, cursor.rowcount)
+        if marked:
+            cursor.execute(self._grow_marker)
+            if self._notify is not None:
+                cursor.execute(self._notify)
 
     def discard(self) -> None:
         """Roll back whatever is open and drop the connection; the next append opens a new one."""
@@ -149,6 +179,17 @@ class _Appender:
                 self._dbapi.rollback()
         with contextlib.suppress(Exception):
             self._raw.invalidate()
+
+
+def replacements(contents: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(order id, serial replaced, new serial, record time) of each issued record that a rotation
+    order caused; the certificate API put the link there only after checking that the serial
+    replaced is a target of that order for the caller's own identity."""
+    return [
+        (content["order_id"], content["replaces"], content["serial"], content["time"])
+        for content in contents
+        if content.get("kind") == ISSUED and content.get("order_id") and content.get("replaces")
+    ]
 
 
 def _chain(

@@ -21,8 +21,14 @@ rebuilt before its nextUpdate.
 Other parts of the CA ask it:
 - `is_revoked(serial)`: the renewal port's client-certificate check (refuses a revoked one);
 - `verified_replacement(...)` / `replaced(...)`: the certificate API's check of a request's
-  "meshca-replaces" claim before the issued record links it, and the mark once recorded;
+  "meshca-replaces" claim before the issued record links it, and word that it was recorded;
 - `connected_serials()`, `pushable_serials()`, `holders(targets)`: who a dry run can reach.
+
+A replacement is marked in the ledger by the issued record that carries the link, in the
+same transaction (ca.ledger.store), not here: the coordinator only stops pushing that order
+to that serial. So thousands of replacements in a few seconds cost the CA no write of its
+own, and none can be lost to a busy database after its certificate was recorded. An agent's
+Replaced report on its stream is only logged.
 
 All public methods are safe to call from any thread unless they say "on the loop".
 """
@@ -35,7 +41,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -53,7 +59,6 @@ from ca.ledger.rotation import (
     PublishedCrl,
     Revocation,
     RotationStore,
-    Selector,
     Target,
     TargetCertificate,
     TargetState,
@@ -240,15 +245,12 @@ class PushCoordinator:
         clock: Clock,
         crl: CrlMaker | None = None,
         reader: Executor | None = None,
-        writer: Executor | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._make_crl = crl
-        # Store calls never run on the event loop: reloads on one thread (one at a time),
-        # replacement marks on others, so a burst of marks does not hold back the next push.
+        # Reloads never run on the event loop: one thread, one reload at a time.
         self._reader = reader or ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-reload")
-        self._writer = writer or ThreadPoolExecutor(max_workers=2, thread_name_prefix="push-mark")
         self._lock = threading.Lock()
         self._state = _State()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,7 +280,6 @@ class PushCoordinator:
     def close(self) -> None:
         self._closed = True
         self._reader.shutdown(wait=False, cancel_futures=True)
-        self._writer.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ what others ask
 
@@ -330,12 +331,13 @@ class PushCoordinator:
         return target is not None and target.certificate.spiffe_id == spiffe_id
 
     def replaced(self, *, order_id: str, old_serial: str, new_serial: str) -> None:
-        """A certificate issued for an order, its link verified and recorded: mark the target."""
+        """A certificate issued for an order, its link verified and recorded: its record marked
+        the target replaced in the ledger as it was written (and the certificate API logged
+        it); stop pushing the order to it."""
         with self._lock:
             if (order_id, old_serial) in self._state.replaced:
                 return
             self._state.mark_replaced(order_id, old_serial)
-        self._submit_mark(order_id, old_serial, new_serial, verify=False)
 
     # ------------------------------------------------------------------ sessions (on the loop)
 
@@ -384,19 +386,20 @@ class PushCoordinator:
             self._state.session_count -= 1
 
     def report_replaced(self, session: Session, *, order_id: str, old_serial: str, new_serial: str) -> None:
-        """An agent reports it followed an order. Only the holder of `old_serial` may report it,
-        and the new certificate must be a live one of the same SPIFFE ID (checked in the
-        store before the target is marked). On the loop."""
+        """An agent reports it followed an order: logged only. The target was marked by the new
+        certificate's issued record, if the request named the order (the agent's always does);
+        a report cannot mark it, as it proves nothing the ledger does not hold. On the loop."""
         if old_serial != session.serial:
             log.warning(
                 "ignored a replacement report for another certificate",
                 extra={"serial": session.serial, "reported_old_serial": old_serial, "order_id": order_id},
             )
             return
-        with self._lock:
-            if (order_id, old_serial) in self._state.replaced or order_id not in self._state.plans:
-                return
-        self._submit_mark(order_id, old_serial, new_serial, verify=True, spiffe_id=session.spiffe_id)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "an agent reports it replaced its certificate",
+                extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
+            )
 
     # ------------------------------------------------------------------ changes
 
@@ -545,44 +548,3 @@ class PushCoordinator:
             self._loaded.set()
             if self._ready is not None:
                 self._ready.set()
-
-    # ------------------------------------------------------------------ store writes
-
-    def _submit_mark(
-        self, order_id: str, old_serial: str, new_serial: str, *, verify: bool, spiffe_id: str | None = None
-    ) -> None:
-        def mark() -> None:
-            if verify and not self._is_live(new_serial, spiffe_id):
-                log.warning(
-                    "ignored a replacement report naming a certificate not issued to the reporter",
-                    extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
-                )
-                return
-            at = self._clock.now()
-            if self._store.mark_replaced(
-                order_id=order_id, old_serial=old_serial, new_serial=new_serial, at=at
-            ):
-                log.info(
-                    "rotation target replaced",
-                    extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
-                )
-            with self._lock:
-                if order_id in self._state.plans:
-                    self._state.mark_replaced(order_id, old_serial)
-
-        future = self._writer.submit(mark)
-        future.add_done_callback(_log_failure)
-
-    def _is_live(self, serial: str, spiffe_id: str | None) -> bool:
-        found = self._store.live_certificates(
-            Selector(serials=(serial,), spiffe_id=spiffe_id), self._clock.now()
-        )
-        return bool(found)
-
-
-def _log_failure(future: Future[None]) -> None:
-    if future.cancelled():
-        return
-    err = future.exception()
-    if err is not None:
-        log.warning("could not mark a rotation target replaced", extra={"detail": str(err)})

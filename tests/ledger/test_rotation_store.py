@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ca.auth.base import Caller
 from ca.errors import InvalidRequestError, UnavailableError
+from ca.issuance.csr import parse_csr
+from ca.issuance.issuer import IssuancePolicy, Issuer
+from ca.issuance.keys import KeyAlgorithm
+from ca.issuance.selfsigned import RootFactory
+from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger.entries import (
     CRL_PUBLISHED,
     MESHCA_AGENT,
@@ -44,6 +50,7 @@ from ca.ledger.store import LedgerStore
 from ca.ledger.verify import verify_ledger
 from tests.support import ledger as ledger_support
 from tests.support.clock import FakeClock
+from tests.support.pki import ec_key, make_csr
 from tests.support.rotation import MemoryRotationStore, certificate
 
 HOUR = timedelta(hours=1)
@@ -76,7 +83,10 @@ class Rig:
         return [e.content for e in self.ledger.entries() if e.content["kind"] == kind]
 
 
-def _issued_record(made: TargetCertificate) -> dict[str, Any]:
+def _issued_record(
+    made: TargetCertificate, *, order_id: str | None = None, replaces: str | None = None
+) -> dict[str, Any]:
+    """`order_id` and `replaces` for a certificate issued to follow an order."""
     return issued_content(
         time=made.issued,
         serial=int(made.serial, 16),
@@ -99,6 +109,8 @@ def _issued_record(made: TargetCertificate) -> dict[str, Any]:
         ca_key_id="k1",
         ca_fingerprint="22" * 32,
         agent=MESHCA_AGENT if made.from_meshca_agent else None,
+        order_id=order_id,
+        replaces=replaces,
     )
 
 
@@ -617,6 +629,101 @@ def test_a_ledger_locked_by_another_writer_is_unavailable(ledger_url: str) -> No
     finally:
         store.dispose()
         ledger.dispose()
+
+
+def _replacing(serial: str, order_id: str, replaces: str) -> dict[str, Any]:
+    return _issued_record(certificate(serial, issued=NOW), order_id=order_id, replaces=replaces)
+
+
+def test_an_issued_record_naming_its_order_marks_the_target_in_the_same_write(sql: Rig) -> None:
+    assert sql.ledger is not None
+    order = _placed(sql)  # targets a1 a2 a3
+    other = _order("ro-000000000002", selector=Selector(serials=("b1",)))
+    sql.store.create_order(other, sql.store.live_certificates(other.selector, NOW))
+    marker = sql.store.change_marker()
+    sql.ledger.append(
+        [
+            _replacing("d1", order.id, "a1"),
+            _issued_record(certificate("e1", issued=NOW)),  # an ordinary renewal
+            _replacing("d2", order.id, "a2"),
+            _replacing("d9", order.id, "b1"),  # b1 is not a target of that order
+            _replacing("d8", "ro-00000000000f", "a3"),  # no such order
+        ]
+    )
+    targets = {t.certificate.serial: t for t in sql.store.targets(order.id, NOW)}
+    assert {s: (t.state, t.replaced_by, t.replaced_at) for s, t in targets.items()} == {
+        "a1": (TargetState.REPLACED, "d1", NOW),
+        "a2": (TargetState.REPLACED, "d2", NOW),
+        "a3": (TargetState.OUTSTANDING, None, None),
+    }
+    assert sql.store.counts(other.id, NOW) == OrderCounts(matched=1, outstanding=1)
+    assert sql.store.change_marker() == marker + 1  # once for the batch
+    sql.ledger.append([_replacing("d3", order.id, "a1")])  # a1 again: already replaced
+    assert sql.store.change_marker() == marker + 1
+    target = sql.store.target(order.id, "a1", NOW)
+    assert target is not None and target.replaced_by == "d1"
+
+
+def test_a_recorded_replacement_is_never_missing_from_its_order(ledger_url: str, tmp_path: Path) -> None:
+    """The CA records an agent's new certificate with its link, and another writer takes the
+    ledger right after that commit, or holds it while the CA writes: the target is marked
+    exactly when the certificate is recorded, whatever the other writer does."""
+    store = LedgerStore(ledger_url, lock_timeout_s=0.3)
+    store.migrate()
+    clock = FakeClock(NOW)
+    ledger = Ledger(store, key=ed25519.Ed25519PrivateKey.generate(), clock=clock, publishers=[])
+    rotation = SqlRotationStore(store)
+    rig = Rig(store=rotation, ledger=store)
+    try:
+        order = _placed(rig)
+        caller = Caller(
+            spiffe_id=SpiffeId.for_workload("cluster.local", "shop", "cart"),
+            namespace="shop",
+            service_account="cart",
+            method="client_cert",
+        )
+        authority = RootFactory(
+            trust_domain="cluster.local", key_algorithm=KeyAlgorithm.EC_P256, clock=clock
+        ).create(source=str(tmp_path))
+        issuer = Issuer(authority=authority, policy=IssuancePolicy(), clock=clock)
+
+        def record(old_serial: str) -> tuple[str, Any]:
+            csr = parse_csr(make_csr(ec_key()), issuer.policy.key_policy)
+            issued = issuer.issue(spiffe_id=caller.spiffe_id, csr=csr, requested_ttl_seconds=3600)
+            recorded = ledger.record_issued(
+                issued,
+                caller,
+                client_address="ipv4:127.0.0.1:1",
+                cluster_id=None,
+                order_id=order.id,
+                replaces=old_serial,
+            )
+            return format(issued.serial, "x"), recorded
+
+        def state(serial: str) -> tuple[TargetState, str | None]:
+            target = rotation.target(order.id, serial, NOW)
+            assert target is not None
+            return target.state, target.replaced_by
+
+        for old_serial in ("a1", "a2"):
+            new_serial, recorded = record(old_serial)
+            recorded.result(timeout=10)
+            with ledger_support.ledger_locked(ledger_url):
+                assert state(old_serial) == (TargetState.REPLACED, new_serial)
+        with ledger_support.ledger_locked(ledger_url):
+            _, refused = record("a3")
+            with pytest.raises(UnavailableError):
+                refused.result(timeout=10)
+            assert state("a3") == (TargetState.OUTSTANDING, None)  # no certificate, no mark
+        new_serial, recorded = record("a3")  # the agent retries
+        recorded.result(timeout=10)
+        assert state("a3") == (TargetState.REPLACED, new_serial)
+        assert rotation.counts(order.id, NOW) == OrderCounts(matched=3, replaced=3)
+        linked = [r for r in rig.records("issued") if r.get("order_id") == order.id]
+        assert sorted(r["replaces"] for r in linked) == ["a1", "a2", "a3"]
+    finally:
+        ledger.close()
+        rotation.dispose()
 
 
 def test_concurrent_replacements_each_count_once(rig: Rig) -> None:
