@@ -205,10 +205,14 @@ def build_rotation_service(
     random_bytes: Callable[[int], bytes],
     connected: ConnectedSerials = _no_connections,
     changed: Callable[[], None] = lambda: None,
+    store: SqlRotationStore | None = None,
 ) -> RotationService:
     """The Rotation service for this CA, on its ledger's database (refusals recorded there too);
-    with cluster access it finds and restarts workloads."""
-    store = SqlRotationStore(ledger.store) if ledger is not None else None
+    with cluster access it finds and restarts workloads. `store`: the rotation store the CA's
+    other parts use too (its owner disposes of it); without it, one of the service's own."""
+    owned = store is None and ledger is not None
+    if owned and ledger is not None:
+        store = SqlRotationStore(ledger.store)
     workloads: WorkloadFinders | None = None
     if api is not None:
         from ca.kube import workloads as kube_workloads
@@ -226,6 +230,6 @@ def build_rotation_service(
         connected=connected,
         recorder=ledger,
         workloads=workloads,
-        on_close=store.dispose if store is not None else lambda: None,
+        on_close=store.dispose if owned and store is not None else lambda: None,
         changed=changed,
     )

@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -42,6 +42,7 @@ from ca.ledger.ledger import (
     load_or_create_ledger_key,
     new_ledger_key_pem,
 )
+from ca.ledger.rotation import RotationStore
 from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
@@ -157,6 +158,7 @@ class CaServer:
     ledger: Ledger | None = None
     admin: LedgerAdminService | None = None
     push: PushCoordinator | None = None  # with a ledger: forced rotation's pushes, CRLs, revocations
+    rotation_store: SqlRotationStore | None = None  # with a ledger: shared by push and rotation
     control: ControlService | None = None
     rotation: RotationService | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -214,18 +216,13 @@ class CaServer:
     def _start_push(self, server: ApiServer) -> None:
         """Load the rotation tables before serving (the renewal port checks revocations against
         them) and follow their changes."""
-        if self.push is None or self.cfg.ledger_url is None:
+        if self.push is None or self.rotation_store is None or self.cfg.ledger_url is None:
             return
         if isinstance(server, AsyncioServer):
             self.push.attach(server.loop)
-        self.push.start()
-        if not self.push.wait_loaded(PUSH_LOAD_TIMEOUT_S):
-            log.warning("rotation orders and revocations not loaded yet; serving meanwhile")
-        push = self.push
-        self._watcher = ChangeWatcher(
-            self.cfg.ledger_url, lambda _marker: push.notify_changed(), clock=self.clock
+        self._watcher = follow_rotation_changes(
+            self.rotation_store, self.push, self.cfg.ledger_url, self.clock
         )
-        self._watcher.start()
 
     def _bind(self, server: ApiServer, flag: str, address: str, *, require_client_cert: bool) -> int:
         credentials = self.serving.server_credentials(require_client_cert=require_client_cert)
@@ -326,6 +323,8 @@ class CaServer:
             self.push.close()
         if self.rotation is not None:
             self.rotation.close()
+        if self.rotation_store is not None:
+            self.rotation_store.dispose()
         if self.ledger is not None:
             self.ledger.close()
         remove_ports_file(self.cfg.ports_file)
@@ -333,6 +332,32 @@ class CaServer:
 
     def wait(self) -> None:
         self._stopped.wait()
+
+
+class ChangeFollower(Protocol):
+    """What follows the rotation tables (the push coordinator)."""
+
+    def start(self) -> None:
+        """Begin the first load of the tables."""
+        ...
+
+    def wait_loaded(self, timeout_s: float) -> bool: ...
+
+    def notify_changed(self) -> None: ...
+
+
+def follow_rotation_changes(
+    store: RotationStore, follower: ChangeFollower, url: str, clock: Clock
+) -> ChangeWatcher:
+    """Load the rotation tables into `follower`, then watch the ledger for changes from the
+    marker read before that load: a change made while it loaded calls back too."""
+    since = store.change_marker()
+    follower.start()
+    if not follower.wait_loaded(PUSH_LOAD_TIMEOUT_S):
+        log.warning("rotation orders and revocations not loaded yet; serving meanwhile")
+    watcher = ChangeWatcher(url, lambda _marker: follower.notify_changed(), clock=clock)
+    watcher.start(since=since)
+    return watcher
 
 
 def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
@@ -363,12 +388,12 @@ def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) ->
 
 
 def build_push(
-    cfg: ServeConfig, clock: Clock, ledger: Ledger | None, authority: SigningAuthority, metrics: CaMetrics
+    clock: Clock, store: SqlRotationStore | None, authority: SigningAuthority, metrics: CaMetrics
 ) -> PushCoordinator | None:
     """Forced rotation needs the ledger's database (orders and revocations live there)."""
-    if ledger is None:
+    if store is None:
         return None
-    push = PushCoordinator(store=SqlRotationStore(ledger.store), clock=clock, crl=crl_maker(authority))
+    push = PushCoordinator(store=store, clock=clock, crl=crl_maker(authority))
     metrics.control_streams.set_function(push.session_count)
     return push
 
@@ -419,7 +444,8 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     metrics = CaMetrics()
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
-    push = build_push(cfg, clock, ledger, authority, metrics)
+    rotation_store = SqlRotationStore(ledger.store) if ledger is not None else None
+    push = build_push(clock, rotation_store, authority, metrics)
     authenticators = build_authenticators(
         cfg, clock, api, pod_cache, is_revoked=push.is_revoked if push is not None else None
     )
@@ -457,8 +483,10 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
             random_bytes=os.urandom,
             connected=push.pushable_serials if push is not None else _no_connections,
             changed=push.notify_changed if push is not None else _nothing_changed,
+            store=rotation_store,
         ),
         push=push,
+        rotation_store=rotation_store,
         control=ControlService(
             coordinator=push,
             authenticator=ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock),
