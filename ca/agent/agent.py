@@ -24,6 +24,7 @@ from ca.common.clock import Clock
 from ca.errors import MeshcaError
 from ca.issuance.keys import KeyAlgorithm, PrivateKey
 from ca.issuance.spiffe_id import SpiffeId
+from ca.issuance.svid_id import svid_spiffe_id
 
 log = logging.getLogger("meshca.agent")
 MIN_INTERVAL = timedelta(seconds=1)
@@ -40,14 +41,31 @@ class CertificateSource(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Replacement:
-    """A rotation order the agent follows: replace the certificate with serial `serial`."""
+    """The certificate the agent's next one replaces: one a rotation order named (`order_id`), or
+    the one it held before it restarted (no order: the CA links the new certificate to the oldest
+    order still pushing to that one, if any)."""
 
-    order_id: str
     serial: str  # lower-case hex
+    order_id: str | None = None
 
     def metadata(self) -> Metadata:
         """What the request for the new certificate says, so the CA's ledger links the two."""
-        return (("meshca-order", self.order_id), ("meshca-replaces", self.serial))
+        replaces = ("meshca-replaces", self.serial)
+        return (replaces,) if self.order_id is None else (("meshca-order", self.order_id), replaces)
+
+
+def held_before_restart(leaf: x509.Certificate | None, expected: SpiffeId | None) -> Replacement | None:
+    """What a restarted agent's first certificate replaces: `leaf`, the certificate it last wrote,
+    if it is one of the agent's own identity (`expected`, from its token)."""
+    if leaf is None or expected is None:
+        return None
+    try:
+        spiffe_id = svid_spiffe_id(leaf)
+    except MeshcaError:
+        return None
+    if spiffe_id != expected:
+        return None
+    return Replacement(serial=format(leaf.serial_number, "x"))
 
 
 class SvidSink(Protocol):
@@ -113,6 +131,18 @@ class Agent:
         """Follow a rotation order: the next attempts (until one succeeds) ask for the new
         certificate with the order's metadata. The caller schedules the attempt."""
         self._replacing = replacement
+
+    def resume(self, leaf: x509.Certificate | None) -> None:
+        """Before the first attempt: `leaf` is the certificate a previous run of this agent wrote
+        (None if none). If it is of this agent's identity, the first certificate is asked for
+        as its replacement, so an order made while the agent was down counts it replaced."""
+        held = held_before_restart(leaf, self._settings.expected_identity())
+        if held is None:
+            return
+        log.info(
+            "the first certificate replaces the one held before this start", extra={"serial": held.serial}
+        )
+        self._replacing = held
 
     def attempt(self) -> datetime:
         """Try once to get a new SVID; return when to try next."""

@@ -15,7 +15,9 @@ reports Replaced for each order the old certificate had (on the old stream, the 
 knows as that certificate's), ends that stream and opens one with the new certificate, at
 once. When the stream fails or the CA goes away it reconnects after a jittered wait that
 grows with each failure (CONTROL_BACKOFF): agents that lose a restarted CA together come back
-spread over seconds, not in the same one.
+spread over seconds, not in the same one. A CA that answers UNIMPLEMENTED does not serve the
+stream at all (no ledger, or its threaded gRPC server): the agent says so once, as a warning,
+and asks again only within a minute each time (UNSERVED_BACKOFF: 6-60 s).
 
 One thread reads the stream; an order with a delay waits on a short-lived thread of its own.
 Every wait is on the injected clock.
@@ -51,6 +53,18 @@ CONTROL_BACKOFF = Backoff(initial_s=5.0, maximum_s=60.0, jitter=0.9)
 """After the stream fails: 0.5-5 s, doubling to 6-60 s. The first wait spans a factor of ten so
 that many agents losing one CA together do not all come back within the same second."""
 
+UNSERVED_BACKOFF = Backoff(
+    initial_s=CONTROL_BACKOFF.maximum_s, maximum_s=CONTROL_BACKOFF.maximum_s, jitter=CONTROL_BACKOFF.jitter
+)
+"""After the CA answered UNIMPLEMENTED (it runs without the control service): 6-60 s each time, as
+the last step of CONTROL_BACKOFF; asking sooner would get the same answer."""
+UNSERVED = (
+    "the CA does not serve the control stream (it answered UNIMPLEMENTED): rotation orders and "
+    "revocation lists cannot reach this agent, while an order can still revoke its certificate; "
+    "a meshca CA serves the stream when it has a ledger and runs its default asyncio gRPC server "
+    "(meshca serve --grpc-server asyncio); asking again within a minute each time"
+)
+
 CLOSE_WAIT_S = 10.0  # after asking the CA to end a stream, cancel it if it has not ended by then
 KEEPALIVE_MS = 60_000  # a ping on the open stream, so a CA that vanished is noticed
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -79,6 +93,7 @@ class ControlEndpoint:
 class StreamEnd(enum.Enum):
     FAILED = "failed"  # the CA ended it, or the connection did
     REISSUE = "reissue"  # the certificate is revoked
+    UNSERVED = "unserved"  # the CA does not serve the control stream (UNIMPLEMENTED)
     STOPPED = "stopped"
 
 
@@ -140,6 +155,8 @@ class ControlStream:
         self._clock = clock
         self._placement = placement
         self._retrying = Retrying(backoff, random)
+        self._random = random
+        self._told_unserved = False  # the UNIMPLEMENTED warning is logged once, not every minute
         self._lock = threading.Lock()
         self._changed = threading.Event()  # a new certificate, or stop
         self._stopped = threading.Event()
@@ -227,6 +244,10 @@ class ControlStream:
                 return
             if end is StreamEnd.REISSUE:
                 continue  # the next stream waits for the new certificate
+            if end is StreamEnd.UNSERVED:
+                self._changed.clear()
+                self._clock.wait(self._changed, UNSERVED_BACKOFF.delay_s(0, self._random))
+                continue
             if self._current_serial() != serial_of(svid):
                 self._retrying.reset()
                 continue  # a new certificate: reconnect with it at once
@@ -276,11 +297,14 @@ class ControlStream:
             if changed:  # a new certificate arrived while this one was connecting
                 self._end(stream)
             for message in call:
-                healthy = True
+                healthy, self._told_unserved = True, False
                 if self._handle(message, serial) is StreamEnd.REISSUE:
                     end = StreamEnd.REISSUE
         except grpc.RpcError as err:
-            if (
+            if err.code() is grpc.StatusCode.UNIMPLEMENTED and not healthy:
+                end = StreamEnd.UNSERVED
+                self._unserved(err)
+            elif (
                 end is not StreamEnd.REISSUE
                 and not self._stopped.is_set()
                 and self._current_serial() == serial
@@ -299,6 +323,15 @@ class ControlStream:
                 self._stream = None
             channel.close()
         return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end
+
+    def _unserved(self, err: grpc.RpcError) -> None:
+        """Say once, clearly, that this CA will not push anything; later refusals only at debug."""
+        extra = {"address": self._endpoint.address, "detail": err.details()}
+        if self._told_unserved:
+            log.debug("the CA still does not serve the control stream", extra=extra)
+            return
+        self._told_unserved = True
+        log.warning(UNSERVED, extra=extra)
 
     def _channel(self, svid: Svid) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(

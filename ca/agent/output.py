@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cryptography import x509
+
 from ca.agent.svid import Svid
 from ca.common.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
 from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
@@ -62,6 +64,15 @@ def write_svid(directory: Path, svid: Svid, *, crl_pem: bytes | None = None) -> 
     if previous is not None and previous != version:
         shutil.rmtree(previous, ignore_errors=True)
     return version
+
+
+def read_leaf(directory: Path) -> x509.Certificate | None:
+    """The leaf of the chain last written in `directory`: None when there is none, or when what
+    is there does not parse as PEM certificates."""
+    try:
+        return x509.load_pem_x509_certificates((directory / CERT_CHAIN).read_bytes())[0]
+    except (OSError, ValueError):
+        return None
 
 
 def _current_version(directory: Path) -> Path | None:

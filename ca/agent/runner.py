@@ -20,6 +20,7 @@ from ca.agent.broadcast import SvidBroadcast
 from ca.agent.ca_client import CaClient, CaEndpoint
 from ca.agent.control import ControlEndpoint, ControlStream
 from ca.agent.identity import token_identity, token_placement
+from ca.agent.output import read_leaf
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.sds import SdsService
 from ca.agent.settings import AgentConfig
@@ -183,6 +184,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         generate_key=generate_private_key,
         observer=metrics,
     )
+    agent.resume(read_leaf(cfg.output_dir))  # a restart: what it held before
     process = AgentProcess(
         cfg=cfg,
         agent=agent,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -120,6 +120,18 @@ class ReplacementLink:
     replaces: str
 
 
+@dataclass(frozen=True)
+class ReplacementClaim:
+    """What a request says its certificate replaces: the serial, and the order that asked for it.
+
+    An agent following an order names both; an agent that restarted names only the certificate
+    it held before (it never heard of the orders made while it was down).
+    """
+
+    replaces: str
+    order_id: str | None = None
+
+
 class ReplacementLinks(Protocol):
     """Checks a request's rotation claim before the issued record links it (the push
     coordinator, ca.server.push)."""
@@ -131,15 +143,46 @@ class ReplacementLinks(Protocol):
         ...
 
 
-def replacement_claim(metadata: Mapping[str, list[str]]) -> ReplacementLink | None:
-    """What "meshca-order" and "meshca-replaces" claim, if both are given and well formed."""
+OutstandingOrders = Callable[[str], Sequence[str]]
+"""Ids of the pushing orders that have this serial as a target not yet replaced, oldest first
+(the ledger's rotation tables: `RotationStore.outstanding_for`)."""
+
+
+def replacement_claim(metadata: Mapping[str, list[str]]) -> ReplacementClaim | None:
+    """What "meshca-replaces" (and "meshca-order", if given) claim, when well formed."""
     order_id, replaces = _single(metadata, ORDER_HEADER), _single(metadata, REPLACES_HEADER)
-    if not order_id or not replaces:
+    if not replaces or order_id == "":
         return None
     try:
-        return ReplacementLink(order_id=order_id.strip(), replaces=normalize_serial(replaces))
+        serial = normalize_serial(replaces)
     except InvalidRequestError:
         return None
+    return ReplacementClaim(replaces=serial, order_id=order_id.strip() if order_id is not None else None)
+
+
+def link_for(
+    claim: ReplacementClaim,
+    spiffe_id: str,
+    links: ReplacementLinks,
+    outstanding: OutstandingOrders | None,
+) -> ReplacementLink | None:
+    """The link an issued record carries for `claim`, made by `spiffe_id`: the order the claim
+    names, if the serial is a target of that order for this identity; for a claim without an
+    order, the oldest order still pushing to that serial for this identity. None: no link.
+
+    A record links one order: a serial that several pushing orders target counts as replaced
+    in the oldest of them only, as it counts in the one order an agent followed.
+    """
+    if claim.order_id is not None:
+        candidates: Sequence[str] = (claim.order_id,)
+    elif outstanding is not None:
+        candidates = outstanding(claim.replaces)
+    else:
+        candidates = ()
+    for order_id in candidates:
+        if links.verified_replacement(order_id=order_id, replaces=claim.replaces, spiffe_id=spiffe_id):
+            return ReplacementLink(order_id=order_id, replaces=claim.replaces)
+    return None
 
 
 class Refusal(NamedTuple):
@@ -211,6 +254,7 @@ class CertificateService:
         recorder: IssuanceRecorder | None = None,
         record_timeout_s: float = 10.0,
         links: ReplacementLinks | None = None,
+        outstanding: OutstandingOrders | None = None,
     ) -> None:
         self._issuer = issuer
         self._authenticators = authenticators
@@ -219,6 +263,7 @@ class CertificateService:
         self._recorder = recorder
         self.record_timeout_s = record_timeout_s
         self._links = links
+        self._outstanding = outstanding
 
     def respond(self, request_bytes: bytes, context: grpc.ServicerContext) -> Pending | Refusal:
         """A signed certificate pending its record, or the status to refuse with.
@@ -267,27 +312,49 @@ class CertificateService:
     def _verified_link(
         self, metadata: Mapping[str, list[str]], caller: Caller, issued: IssuedCertificate
     ) -> ReplacementLink | None:
-        """The request's rotation claim, if the certificate it names is a target of that order
-        for the caller's own identity; otherwise the certificate is recorded without it."""
+        """The request's rotation claim as the issued record links it (`link_for`); without a
+        verified link the certificate is recorded without one."""
         claim = replacement_claim(metadata)
         if claim is None or self._links is None:
             return None
         spiffe_id = caller.spiffe_id.uri
-        if self._links.verified_replacement(
-            order_id=claim.order_id, replaces=claim.replaces, spiffe_id=spiffe_id
-        ):
-            return claim
-        log.warning(
-            "issued without the rotation link the request claimed: that serial is not a target "
-            "of that order for this identity",
-            extra={
-                "order_id": claim.order_id,
-                "replaces": claim.replaces,
-                "spiffe_id": spiffe_id,
-                "serial": format(issued.serial, "x"),
-            },
-        )
-        return None
+        serial = format(issued.serial, "x")
+        if claim.order_id is None:
+            return self._restart_link(claim, spiffe_id, serial, self._links)
+        link = link_for(claim, spiffe_id, self._links, None)
+        if link is None:
+            log.warning(
+                "issued without the rotation link the request claimed: that serial is not a target "
+                "of that order for this identity",
+                extra={
+                    "order_id": claim.order_id,
+                    "replaces": claim.replaces,
+                    "spiffe_id": spiffe_id,
+                    "serial": serial,
+                },
+            )
+        return link
+
+    def _restart_link(
+        self, claim: ReplacementClaim, spiffe_id: str, serial: str, links: ReplacementLinks
+    ) -> ReplacementLink | None:
+        """An agent that restarted names the certificate it held: linked to an order still pushing
+        to it, if any (most restarts find none). A failed lookup costs the link, not the
+        certificate: the agent has none until this request succeeds."""
+        try:
+            link = link_for(claim, spiffe_id, links, self._outstanding)
+        except MeshcaError as err:
+            log.warning(
+                "issued without looking for rotation orders the replaced certificate had",
+                extra={"replaces": claim.replaces, "serial": serial, "detail": err.message},
+            )
+            return None
+        if link is not None:
+            log.info(
+                "a restarted agent's certificate replaces one a rotation order targets",
+                extra={"order_id": link.order_id, "replaces": link.replaces, "serial": serial},
+            )
+        return link
 
     def finish(self, pending: Pending, record_error: BaseException | None) -> bytes | Refusal:
         """The response once the record is committed; UNAVAILABLE if it could not be."""

@@ -55,6 +55,12 @@ THREADED_SERVER = (
     "this CA runs the threaded gRPC server, which cannot hold the agents' control streams; "
     "start it with --grpc-server asyncio (the default)"
 )
+THREADED_SERVER_AT_START = (
+    "--grpc-server threaded cannot hold the agents' control streams: rotation orders and "
+    "revocation lists will never reach the agents, while an order still revokes their "
+    "certificates when its grace period ends; run the default asyncio server "
+    "(--grpc-server asyncio)"
+)
 
 
 class StreamSession:

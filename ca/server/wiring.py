@@ -50,8 +50,8 @@ from ca.net.listening import check_free, remove_ports_file, split_address, write
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
-from ca.server.certificate_api import CertificateService
-from ca.server.control_api import ControlService
+from ca.server.certificate_api import CertificateService, OutstandingOrders
+from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.metrics import CaMetrics
@@ -188,6 +188,8 @@ class CaServer:
             else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
         )
         self._server = server
+        if self.control is not None and not isinstance(server, AsyncioServer):
+            log.warning(THREADED_SERVER_AT_START)
         self._start_push(server)
         if self.ledger is not None and isinstance(server, AsyncioServer):
             # Batches on the loop, written by the ledger process (the threaded server keeps the
@@ -398,6 +400,12 @@ def build_push(
     return push
 
 
+def outstanding_orders(store: SqlRotationStore) -> OutstandingOrders:
+    """What a restarted agent's request is linked by: the orders still pushing to the serial it
+    held (one indexed read, on the request's thread)."""
+    return lambda serial: [order.id for order in store.outstanding_for(serial)]
+
+
 def _no_connections() -> frozenset[str]:
     return frozenset()
 
@@ -456,6 +464,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         metrics=metrics,
         cluster_id=cfg.cluster_id,
         links=push,
+        outstanding=outstanding_orders(rotation_store) if rotation_store is not None else None,
     )
     serving = ServingIdentity(
         authority=authority,

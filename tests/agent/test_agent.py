@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings, Replacement
-from ca.agent.output import write_svid
+from ca.agent.agent import MIN_INTERVAL, Agent, AgentSettings, Replacement, held_before_restart
+from ca.agent.output import read_leaf, write_svid
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
 from ca.agent.svid import BadResponseError, Svid, accept_response
 from ca.errors import ConfigError, UnavailableError
@@ -229,3 +229,53 @@ def test_an_order_to_replace_goes_with_the_next_request_until_one_succeeds() -> 
     agent.attempt()
     ordered = {"meshca-order": "ro-0123456789ab", "meshca-replaces": "a1"}
     assert ca.metadata == [{}, ordered, ordered, {}]
+
+
+def test_a_restarted_agent_asks_for_its_first_certificate_as_the_replacement_of_the_one_it_wrote(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    ca, sink = FakeCa(clock), RecordingSink()
+    before = make_svid(clock, ca)
+    write_svid(tmp_path, before)
+    agent = _agent(clock, ca, sink)
+    agent.resume(read_leaf(tmp_path))
+    ca.fail_with = UnavailableError("down", reason="unavailable")
+    agent.attempt()
+    ca.fail_with = None
+    agent.attempt()
+    agent.attempt()
+    held = {"meshca-replaces": format(before.leaf.serial_number, "x")}  # no order: none was heard of
+    assert ca.metadata == [held, held, {}]
+
+
+def test_a_restart_names_only_a_certificate_of_the_agents_own_identity(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    mine = make_svid(clock, ca).leaf
+    web = SpiffeId.for_workload("cluster.local", "shop", "web")
+    theirs = x509.load_pem_x509_certificate(
+        ca.issuer.issue(
+            spiffe_id=web, csr=parse_csr(make_csr(ec_key()), KeyPolicy()), requested_ttl_seconds=0
+        )
+        .chain[0]
+        .encode()
+    )
+    assert held_before_restart(mine, CART) == Replacement(serial=format(mine.serial_number, "x"))
+    assert held_before_restart(theirs, CART) is None
+    assert held_before_restart(mine, None) is None  # no token to say whose it should be
+    assert held_before_restart(None, CART) is None
+
+
+def test_the_certificate_last_written_is_read_back_and_anything_else_is_none(tmp_path: Path) -> None:
+    assert read_leaf(tmp_path / "missing") is None
+    svid = make_svid(FakeClock())
+    write_svid(tmp_path, svid)
+    assert read_leaf(tmp_path) == svid.leaf
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / CERT_CHAIN).write_text("not a certificate")
+    assert read_leaf(tmp_path / "plain") is None
+
+
+def test_a_replacement_without_an_order_says_only_what_it_replaces() -> None:
+    assert Replacement(serial="a1").metadata() == (("meshca-replaces", "a1"),)

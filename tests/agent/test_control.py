@@ -5,6 +5,7 @@ clock (what it sends, when it renews, when it reconnects), then end to end again
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 import time
@@ -22,7 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from ca import __version__
 from ca._proto import meshca_control_pb2 as pb
 from ca.agent.agent import Replacement
-from ca.agent.control import CONTROL_BACKOFF, ControlEndpoint, ControlStream, serial_of
+from ca.agent.control import (
+    CONTROL_BACKOFF,
+    UNSERVED,
+    UNSERVED_BACKOFF,
+    ControlEndpoint,
+    ControlStream,
+    serial_of,
+)
 from ca.agent.settings import control_address
 from ca.agent.svid import Svid
 from ca.errors import ConfigError
@@ -313,6 +321,29 @@ def test_after_a_healthy_stream_ends_the_wait_starts_again_from_the_first_step(r
     assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(0, lambda: 0.25))  # not the second step
     rig.clock.advance_s(waits[-1])
     assert rig.server.next_stream().serial == first.serial
+
+
+def test_a_ca_that_does_not_serve_the_stream_is_reported_once_and_asked_again_within_a_minute(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="meshca.agent")
+    svid = make_svid(rig.clock, rig.ca)
+    first = connected(rig, svid)
+    count = len(rig.clock.waits(0))
+    for attempt in range(3):
+        stream = first if attempt == 0 else rig.server.next_stream()
+        assert stream.serial == serial_of(svid)
+        stream.outbox.put(grpc.StatusCode.UNIMPLEMENTED)
+        waits = rig.clock.waits(count + attempt + 1)
+        assert waits[-1] == pytest.approx(UNSERVED_BACKOFF.delay_s(0, _fixed(0.25)))
+        assert waits[-1] >= CONTROL_BACKOFF.maximum_s * 0.3  # not the 0.5-5 s of a first failure
+        rig.clock.advance_s(waits[-1])
+    rig.server.next_stream()
+    agent_lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "meshca.agent"]
+    warnings = [message for level, message in agent_lines if level >= logging.WARNING]
+    assert warnings == [UNSERVED]
+    assert "UNIMPLEMENTED" in UNSERVED and "--grpc-server asyncio" in UNSERVED
+    assert "control stream to the CA ended; reconnecting" not in [message for _, message in agent_lines]
 
 
 # ---------------------------------------------------------------------- end to end, real CA

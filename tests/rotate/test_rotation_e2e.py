@@ -9,6 +9,8 @@ with traffic between them, `meshca enforce` in front of another shop workload, a
   enforcer and by the CA's renewal port. `meshca rotate status` tells what the test saw.
 - An agent stopped (SIGSTOP) whose stream is cut meanwhile misses the push; when it goes on it
   reconnects and gets the order from a CA restarted during the order, which also completes it.
+- An agent killed (SIGKILL) before an order and started again afterwards: its first certificate
+  names the one it held, so the order counts that target replaced, not outstanding.
 - Two CA replicas on one PostgreSQL ledger: an order placed through one replica's admin API reaches
   the agents connected to either, and both refuse the old certificates once it completes.
 """
@@ -43,6 +45,7 @@ from tests.support.rotation_mesh import (
     meshca_json,
     ok_app,
     renewal_status,
+    restart_agent,
     serial_hex,
     start_agent,
     stop_agents,
@@ -376,6 +379,52 @@ def test_an_agent_stopped_and_cut_off_during_an_order_gets_it_on_reconnect_from_
         assert _by_serial(status) == {
             serial_hex(old[w.pod]): ("replaced", w.pod, serial_hex(new[w.pod])) for w in shop
         }
+        assert agents[CANARY_CART].serial() == old[CANARY_CART.pod]
+
+
+def test_an_agent_killed_before_an_order_and_started_again_counts_its_target_replaced() -> None:
+    shop = [CART, CHECKOUT]
+    with short_dir("mca-rot-kill-") as base, contextlib.ExitStack() as stack:
+        ca = CaServer("ca", base, base / "state").start()
+        stack.callback(ca.stop)
+        agents = stack.enter_context(_agents(ca, [*shop, CANARY_CART], base))
+        old = {w.pod: agents[w].wait_connected() for w in agents}
+
+        agents[CART].kill()  # no goodbye: its stream and its files are left as they were
+        placed = meshca_json(
+            "rotate",
+            "--state-dir",
+            ca.state_dir,
+            "--namespace",
+            "shop",
+            "--reason",
+            "e2e killed agent",
+            "--grace",
+            "5m",
+        )
+        order: dict[str, Any] = placed["order"]
+        assert placed["matched"] == len(shop)
+        new = _wait_replaced([agents[CHECKOUT]], old, REPLACED_WITHIN_S)
+        assert agents[CART].serial() == old[CART.pod]  # the dead agent's files still hold the old one
+
+        agents[CART] = restart_agent(ca, agents[CART])  # the same directory and token
+        new |= _wait_replaced([agents[CART]], old, 15)
+        agents[CART].wait_connected()
+        expected = {serial_hex(old[w.pod]): ("replaced", w.pod, serial_hex(new[w.pod])) for w in shop}
+
+        def replaced_in_status() -> dict[str, Any] | None:
+            status = meshca_json("rotate", "status", order["id"], "--state-dir", ca.state_dir)
+            return status if _by_serial(status) == expected else None
+
+        try:
+            status = wait_until(replaced_in_status, 10, "both shop targets replaced in `rotate status`")
+        except AssertionError as err:
+            last = meshca_json("rotate", "status", order["id"], "--state-dir", ca.state_dir)
+            raise AssertionError(f"{err}: {_by_serial(last)}{agents[CART].log_tail()}") from None
+        assert _counts(status) == ("pushing", 2, 2, 0, 0, 0)
+        assert serial_hex(old[CART.pod]) in _log_lines(
+            agents[CART].log, "the first certificate replaces the one held before this start"
+        )
         assert agents[CANARY_CART].serial() == old[CANARY_CART.pod]
 
 

@@ -3,7 +3,8 @@
 - `CaServer`: `meshca serve` with a renewal port, which can be stopped and started again on the
   same ports (hold them with `reserved_port`) and state directory.
 - `AgentRun`: a `meshca agent` process; the test reads what it holds from its output directory
-  (the Istio layout it writes, crl.pem included), and can pause it (SIGSTOP) and let it go on.
+  (the Istio layout it writes, crl.pem included), and can pause it (SIGSTOP) and let it go on, or
+  kill it (SIGKILL) and start it again on the same directory and token (`restart_agent`).
 - `meshca_json`: a meshca command run as an operator runs it, its JSON output.
 - `Traffic`: requests one after another through a client Envoy, each counted as answered or failed,
   with the client certificate serial the server Envoy saw.
@@ -156,6 +157,7 @@ class AgentRun:
     workload: Workload
     directory: Path
     process: subprocess.Popen[bytes]
+    start: int = 1  # which start of an agent on this directory this process is
 
     @property
     def output_dir(self) -> Path:
@@ -167,7 +169,7 @@ class AgentRun:
 
     @property
     def log(self) -> Path:
-        return self.directory / "agent.log"
+        return agent_log(self.directory, self.start)
 
     def credentials(self) -> ClientCert | None:
         """The chain and key it serves now, from one version of its files (None before the first)."""
@@ -209,6 +211,11 @@ class AgentRun:
     def pause(self) -> None:
         self.process.send_signal(signal.SIGSTOP)
 
+    def kill(self) -> None:
+        """SIGKILL: it ends at once, its files left as they were and nothing said to the CA."""
+        self.process.kill()
+        self.process.wait(timeout=5)
+
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
 
@@ -242,16 +249,37 @@ def start_agent(
     directory.mkdir(parents=True)
     token = directory / "token"
     token.write_text(ca.token(workload.namespace, workload.service_account, workload.pod) + "\n")
+    process = _agent_process(ca, directory, agent_log(directory, 1), sds=sds, control_port=control_port)
+    return AgentRun(workload, directory, process)
+
+
+def restart_agent(ca: CaServer, stopped: AgentRun) -> AgentRun:
+    """`meshca agent` started again for a stopped agent's workload, on its directory and token
+    (what it wrote before is still there), logging to a file of its own."""
+    assert stopped.process.poll() is not None, "stop the agent first"
+    start, directory = stopped.start + 1, stopped.directory
+    process = _agent_process(ca, directory, agent_log(directory, start), sds=False, control_port=None)
+    return AgentRun(stopped.workload, directory, process, start=start)
+
+
+def agent_log(directory: Path, start: int) -> Path:
+    """The log of the `start`th agent process on `directory`."""
+    return directory / ("agent.log" if start == 1 else f"agent-{start}.log")
+
+
+def _agent_process(
+    ca: CaServer, directory: Path, log: Path, *, sds: bool, control_port: int | None
+) -> subprocess.Popen[bytes]:
     args = agent_args(
         ca_port=ca.grpc_port,
         ca_root=ca.root_file,
-        token_file=token,
+        token_file=directory / "token",
         output_dir=directory / "certs",
         sds_socket=directory / "sds.sock" if sds else None,
         health=False,
         extra=["--ca-control-addr", f"127.0.0.1:{control_port or ca.renew_port}"],
     )
-    return AgentRun(workload, directory, meshca_process(["agent", *args], directory / "agent.log"))
+    return meshca_process(["agent", *args], log)
 
 
 # --------------------------------------------------------------------------- the operator
