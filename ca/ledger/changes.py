@@ -11,6 +11,8 @@ Every such change grows the change marker in its own transaction (ca.ledger.rota
 
 Several changes between two looks give one callback, with the latest marker. The callback
 runs on the watcher's thread: hand the work to your own loop or thread from there.
+
+psycopg is imported only to watch a PostgreSQL ledger: a CA on SQLite does without its 9 MiB.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import random
 import select
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 from sqlalchemy import Engine
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import make_url
@@ -36,6 +37,9 @@ from ca.errors import UnavailableError
 from ca.ledger import schema
 from ca.ledger.rotation_store import CHANGE_CHANNEL, sqlite_read_engine
 from ca.ledger.store import redact_url, storage_error
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("meshca.ledger")
 
@@ -135,6 +139,8 @@ class ChangeWatcher:
     def _read_once(self) -> int:
         if self._engine is not None:
             return self._read_sqlite()
+        import psycopg
+
         try:
             with psycopg.connect(
                 libpq_url(self._url), connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
@@ -181,6 +187,8 @@ class ChangeWatcher:
     # ----------------------------------------------------------------------- PostgreSQL
 
     def _listen_forever(self) -> None:
+        import psycopg
+
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
@@ -215,6 +223,8 @@ class ChangeWatcher:
 
 
 def _marker(conn: psycopg.Connection[Any]) -> int:
+    import psycopg
+
     row = conn.execute(_MARKER_SQL).fetchone()
     if row is None:
         raise psycopg.DataError("the rotation change marker row is missing; is the ledger schema current?")

@@ -37,6 +37,10 @@ OPTIONS = [
     # server's maximum_concurrent_rpcs still bounds what runs).
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
+    # Every TLS connection keeps a buffer the size of its largest outgoing record: 4 KiB in
+    # place of 16 KiB saves about 5 KiB per agent's control stream (50 MiB for 10,000); a
+    # large message (a CRL) only takes more records.
+    ("grpc.tsi.max_frame_size", 4096),
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -4,6 +4,8 @@ by NOTIFY, and a lost PostgreSQL connection replaced without losing what changed
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -165,3 +167,15 @@ def test_a_lost_connection_is_replaced_and_what_changed_meanwhile_reported(
         assert heard.next() == 2
     finally:
         watcher.stop()
+
+
+def test_a_ca_on_a_sqlite_ledger_does_not_load_psycopg() -> None:
+    """psycopg (about 9 MiB) is imported only when a PostgreSQL ledger is watched."""
+    code = (
+        "import sys, ca.server.wiring, ca.ledger.changes\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'psycopg'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

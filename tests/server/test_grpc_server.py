@@ -1,5 +1,6 @@
 """The gRPC servers' options, against grpc itself: a burst of calls that arrives while the
-server's event loop is busy waits for the loop instead of being dropped by gRPC core."""
+server's event loop is busy waits for the loop instead of being dropped by gRPC core, and
+messages far larger than the small TLS records the server writes go through whole."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from ca.server.grpc_server import OPTIONS
+from ca.issuance.spiffe_id import SpiffeId
+from ca.server.grpc_server import MAX_MESSAGE_BYTES, OPTIONS
+from ca.server.serving_cert import ServingIdentity
+from tests.support.clock import FakeClock
+from tests.support.issuing import make_root
 
 METHOD = "/meshca.test.Echo/Echo"
 BURST = 4000  # a rotation or a CA restart brings thousands of agents' calls at once
@@ -23,7 +28,8 @@ BUSY_S = 1.5
 class BusyLoopServer:
     """A grpc.aio server with OPTIONS on a loop of its own, whose loop can be kept busy."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
+        self._credentials = credentials
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -38,7 +44,10 @@ class BusyLoopServer:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("meshca.test.Echo", {"Echo": handler}),)
         )
-        port = server.add_insecure_port("127.0.0.1:0")
+        if self._credentials is None:
+            port = server.add_insecure_port("127.0.0.1:0")
+        else:
+            port = server.add_secure_port("127.0.0.1:0", self._credentials)
         await server.start()
         return server, port
 
@@ -80,3 +89,26 @@ def test_calls_arriving_while_the_loop_is_busy_wait_for_it_instead_of_being_drop
             channel.close()
 
     assert codes == Counter({grpc.StatusCode.OK: BURST})
+
+
+def test_messages_larger_than_a_tls_record_go_through_whole() -> None:
+    clock = FakeClock()
+    authority = make_root(clock)
+    serving = ServingIdentity(
+        authority=authority,
+        hosts=("localhost",),
+        spiffe_id=SpiffeId.for_workload("cluster.local", "istio-system", "meshca"),
+        clock=clock,
+    )
+    server = BusyLoopServer(serving.server_credentials(require_client_cert=False))
+    credentials = grpc.ssl_channel_credentials(root_certificates=authority.trust_bundle_pem().encode())
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{server.port}", credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+    try:
+        echo = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        large = bytes(range(256)) * ((MAX_MESSAGE_BYTES - 1024) // 256)
+        assert echo(large, timeout=10) == large
+    finally:
+        channel.close()
+        server.stop()
