@@ -21,6 +21,7 @@ from ca.errors import ConfigError, UnavailableError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.issuer import IssuedCertificate
 from ca.ledger import checkpoint as cp
+from ca.ledger.appender import LedgerAppender
 from ca.ledger.chain import Entry
 from ca.ledger.entries import IssuedRecord, ca_event_content, leeway_fields, refused_content, timestamp
 from ca.ledger.process_writer import LedgerProcess
@@ -118,7 +119,7 @@ class Ledger:
     ) -> None:
         """From now on, batch on `loop` and write in a ledger process (see ca.ledger.writer);
         entries already submitted are committed first."""
-        process = LedgerProcess(functools.partial(LedgerStore, self.store.url))
+        process = LedgerProcess(functools.partial(LedgerAppender, self.store.url))
         process.start()
         try:
             process.wait_ready(_PROCESS_START_S)

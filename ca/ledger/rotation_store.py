@@ -43,7 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
 from ca.errors import InvalidRequestError
-from ca.ledger import schema
+from ca.ledger import appender, schema
 from ca.ledger.entries import (
     ISSUED,
     MESHCA_AGENT,
@@ -70,7 +70,7 @@ from ca.ledger.rotation import (
 )
 from ca.ledger.store import IN_LIST_CHUNK, LedgerStore, append_in, lock_head, open_migrated, storage_error
 
-CHANGE_CHANNEL = schema.CHANGE_CHANNEL
+CHANGE_CHANNEL = appender.CHANGE_CHANNEL
 BUSY_TIMEOUT_S = 5.0
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -129,9 +129,7 @@ revocations = Table(
 Index("ix_revocations_not_after", revocations.c.not_after)
 
 # One row (id 1) whose marker grows with every change to the three tables above, in the
-# change's own transaction: what replicas watch (ca.ledger.changes). On PostgreSQL the change
-# also NOTIFYs CHANGE_CHANNEL, heard when it commits.
-CHANGE_CHANNEL = "meshca_rotation"
+# change's own transaction: what replicas watch (ca.ledger.changes).
 rotation_changes = Table(
     "rotation_changes",
     metadata,

@@ -2,19 +2,13 @@
 
 Appends take the head row's lock (SELECT ... FOR UPDATE on PostgreSQL, BEGIN
 IMMEDIATE on SQLite), so CA processes sharing one database extend a single
-chain one batch at a time.
-
-An issued record that names a rotation order and the serial it replaces marks
-that order's target replaced in the transaction that appends it (and grows the
-rotation change marker once for the batch): the record and the mark are one
-write, so a replacement whose issuance is in the ledger is never missing from
-its order.
+chain one batch at a time. The hot path, `LedgerStore.append`, runs through the
+driver directly (ca.ledger.appender, which also marks the rotation targets that
+issued records replace); the rest goes through SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,18 +17,26 @@ from sqlalchemy import Engine, and_, create_engine, event, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from ca.errors import ConfigError, UnavailableError
-from ca.ledger import schema
-from ca.ledger.chain import Entry, canonical, chain_hash
+from ca.errors import ConfigError
+from ca.ledger import appender, schema
+from ca.ledger.appender import LedgerAppender, chain_rows
+from ca.ledger.appender import storage_error as storage_error  # the ledger's error for a failed database
+from ca.ledger.chain import Entry
 from ca.ledger.checkpoint import COMPACTION, Checkpoint
-from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Record, content_of
-from ca.ledger.rotation import TargetState
+from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Record
 
 READ_BATCH = 5000
 IN_LIST_CHUNK = 500
 _ENTRY_COLUMNS = tuple(column.name for column in schema.entries.columns)
-# `_chain` builds rows in this order.
-assert ("seq", *INDEXED_FIELDS, "content", "prev_hash", "entry_hash") == _ENTRY_COLUMNS, _ENTRY_COLUMNS
+# The appender, which does not import SQLAlchemy, names the tables and builds rows in this order.
+assert appender.ENTRY_COLUMNS == _ENTRY_COLUMNS, _ENTRY_COLUMNS
+_TABLES = (schema.entries, schema.head, schema.rotation_targets, schema.rotation_changes)
+assert tuple(t.name for t in _TABLES) == (
+    appender.ENTRIES_TABLE,
+    appender.HEAD_TABLE,
+    appender.TARGETS_TABLE,
+    appender.CHANGES_TABLE,
+)
 
 
 def sqlite_url(path: Path) -> str:
@@ -92,124 +94,6 @@ def redact_url(url: str) -> str:
     return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
-def storage_error(action: str, err: Exception) -> UnavailableError:
-    detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return UnavailableError(
-        f"the issuance ledger could not be {action} ({detail}); no certificate is returned until it "
-        "can be, and the CA retries by itself; check the ledger database",
-        reason="ledger_unavailable",
-    )
-
-
-class _Appender:
-    """The append path on one dedicated connection, through the driver directly.
-
-    Appends are the ledger's hot path: one per certificate. Going through
-    SQLAlchemy's execution layer and a pool checkout with pre-ping cost about
-    0.3 ms of CPU per commit; the same statements on a held DBAPI connection
-    cost about 0.04 ms on SQLite, which is what keeps the ledger from capping
-    issuance. Queries, migrations and maintenance still use SQLAlchemy Core.
-    """
-
-    def __init__(self, engine: Engine, *, is_sqlite: bool) -> None:
-        self._raw = engine.raw_connection()
-        self._dbapi: Any = self._raw.driver_connection
-        assert self._dbapi is not None
-        self._is_sqlite = is_sqlite
-        mark = "?" if is_sqlite else "%s"
-        self._insert = (
-            f"INSERT INTO {schema.entries.name} ({', '.join(_ENTRY_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * len(_ENTRY_COLUMNS))})"
-        )
-        lock = "" if is_sqlite else " FOR UPDATE"
-        self._select_head = f"SELECT seq, hash FROM {schema.head.name} WHERE id = 1{lock}"
-        self._update_head = f"UPDATE {schema.head.name} SET seq = {mark}, hash = {mark} WHERE id = 1"
-        targets = schema.rotation_targets.name
-        self._mark_replaced = (
-            f"UPDATE {targets} SET state = '{TargetState.REPLACED.value}', replaced_by = {mark}, "
-            f"replaced_at = {mark} WHERE order_id = {mark} AND serial = {mark} "
-            f"AND state = '{TargetState.OUTSTANDING.value}'"
-        )
-        changes = schema.rotation_changes.name
-        self._grow_marker = f"UPDATE {changes} SET marker = marker + 1 WHERE id = 1"
-        notify = f"SELECT pg_notify('{schema.CHANGE_CHANNEL}', CAST(marker AS TEXT)) FROM {changes}"
-        self._notify = None if is_sqlite else f"{notify} WHERE id = 1"
-
-    def append(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
-        """Write `contents` after the head in one transaction that holds the write lock, and commit."""
-        cursor = self._dbapi.cursor()
-        try:
-            if self._is_sqlite:
-                # Autocommit mode (see _sqlite_pragmas): take the write lock now, waiting for
-                # another connection's up to the busy timeout.
-                cursor.execute("BEGIN IMMEDIATE")
-            cursor.execute(self._select_head)
-            seq, previous = cursor.fetchone()
-            written, rows = _chain(int(seq), str(previous), contents)
-            cursor.executemany(self._insert, rows)
-            cursor.execute(self._update_head, (written[-1].seq, written[-1].entry_hash))
-            self._mark_targets(cursor, contents)
-        finally:
-            cursor.close()
-        if self._is_sqlite:
-            self._dbapi.execute("COMMIT")
-        else:
-            self._dbapi.commit()
-        return written
-
-    def _mark_targets(self, cursor: Any, contents: Sequence[Mapping[str, Any]]) -> None:
-        """Mark the rotation targets that these issued records replace (outstanding ones only), and
-        grow the change marker once if any was (on PostgreSQL, notify its listeners at commit)."""
-        marked = 0
-        for order_id, old_serial, new_serial, at in replacements(contents):
-            cursor.execute(self._mark_replaced, (new_serial, at, order_id, old_serial))
-            marked += max(0, cursor.rowcount)
-        if marked:
-            cursor.execute(self._grow_marker)
-            if self._notify is not None:
-                cursor.execute(self._notify)
-
-    def discard(self) -> None:
-        """Roll back whatever is open and drop the connection; the next append opens a new one."""
-        with contextlib.suppress(Exception):
-            if self._is_sqlite:
-                if self._dbapi.in_transaction:
-                    self._dbapi.execute("ROLLBACK")
-            else:
-                self._dbapi.rollback()
-        with contextlib.suppress(Exception):
-            self._raw.invalidate()
-
-
-def replacements(contents: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
-    """(order id, serial replaced, new serial, record time) of each issued record that a rotation
-    order caused; the certificate API put the link there only after checking that the serial
-    replaced is a target of that order for the caller's own identity."""
-    return [
-        (content["order_id"], content["replaces"], content["serial"], content["time"])
-        for content in contents
-        if content.get("kind") == ISSUED and content.get("order_id") and content.get("replaces")
-    ]
-
-
-def _chain(
-    seq: int, previous: str, contents: Sequence[Mapping[str, Any]]
-) -> tuple[list[Entry], list[tuple[Any, ...]]]:
-    """Entries for `contents` chained after (seq, previous), and their rows in column order."""
-    written: list[Entry] = []
-    rows: list[tuple[Any, ...]] = []
-    for content in contents:
-        seq += 1
-        content_json = canonical(content)
-        entry_hash = chain_hash(previous, content_json)
-        written.append(Entry(seq=seq, content_json=content_json, prev_hash=previous, entry_hash=entry_hash))
-        rows.append(
-            (seq, *[content.get(name) for name in INDEXED_FIELDS], content_json, previous, entry_hash)
-        )
-        previous = entry_hash
-    return written, rows
-
-
 def lock_head(conn: Connection) -> tuple[int, str]:
     """Take the lock every append holds, in the caller's transaction, and return the head (seq,
     hash): FOR UPDATE on the head row on PostgreSQL; on SQLite, LedgerStore's transactions begin
@@ -227,7 +111,7 @@ def append_in(conn: Connection, contents: Sequence[Mapping[str, Any]]) -> list[E
     that they commit, or not, with whatever else it writes; it takes the head lock (lock_head)."""
     head = schema.head
     seq, previous = lock_head(conn)
-    written, rows = _chain(seq, previous, contents)
+    written, rows = chain_rows(seq, previous, contents)
     if written:
         conn.execute(schema.entries.insert(), [dict(zip(_ENTRY_COLUMNS, row, strict=True)) for row in rows])
         conn.execute(
@@ -287,8 +171,7 @@ class LedgerStore:
         self.url = url
         self.engine = make_engine(url, lock_timeout_s=lock_timeout_s)
         self.is_sqlite = url.startswith("sqlite")
-        self._append_lock = threading.Lock()
-        self._appender: _Appender | None = None
+        self._appender = LedgerAppender(url, lock_timeout_s=lock_timeout_s)
 
     def migrate(self, target: int = schema.CURRENT_VERSION) -> int:
         """Bring the schema up to `target`; returns the version found before."""
@@ -307,22 +190,7 @@ class LedgerStore:
 
     def append(self, records: Sequence[Record]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
-        contents = [content_of(record) for record in records]  # before taking the write lock
-        with self._append_lock:
-            try:
-                if self._appender is None:
-                    self._appender = _Appender(self.engine, is_sqlite=self.is_sqlite)
-                written = self._appender.append(contents)
-            except Exception as err:
-                self._abandon()
-                raise storage_error("written", err) from err
-        return written
-
-    def _abandon(self) -> None:
-        """Roll back and drop the append connection; the next append opens a new one."""
-        if self._appender is not None:
-            self._appender.discard()
-            self._appender = None
+        return self._appender.append(records)
 
     def head(self) -> tuple[int, str, int, str]:
         """(head seq, head hash, anchor seq, anchor hash); the anchor is where compaction left off."""
@@ -422,10 +290,7 @@ class LedgerStore:
         return int(removed)
 
     def dispose(self) -> None:
-        with self._append_lock:
-            if self._appender is not None:
-                self._appender.discard()
-                self._appender = None
+        self._appender.dispose()
         self.engine.dispose()
 
 
