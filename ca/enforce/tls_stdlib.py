@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 import socket
 import ssl
-import tempfile
-from pathlib import Path
 
-from ca.common.files import SECRET_MODE
 from ca.enforce.tls import (
     HANDSHAKE_DONE,
     TLS12_CIPHERS,
@@ -25,6 +21,7 @@ from ca.enforce.tls import (
     TlsFailure,
 )
 from ca.errors import ConfigError
+from ca.net.tls_keys import load_chain_and_key
 
 
 def _context(protocol: int, material: Material) -> ssl.SSLContext:
@@ -34,18 +31,11 @@ def _context(protocol: int, material: Material) -> ssl.SSLContext:
     context.set_ciphers(TLS12_CIPHERS)
     context.check_hostname = False  # peers are checked by SPIFFE ID, not host name
     context.verify_mode = ssl.CERT_REQUIRED
-    directory = Path(tempfile.mkdtemp(prefix="meshca-enforce-"))
     try:
-        chain, key = directory / "chain.pem", directory / "key.pem"
-        chain.write_bytes(material.chain_pem)
-        key.touch(mode=SECRET_MODE)
-        key.write_bytes(material.key_pem)
-        context.load_cert_chain(chain, key)
+        load_chain_and_key(context, material.chain_pem, material.key_pem, prefix="meshca-enforce-")
         context.load_verify_locations(cadata=material.roots_pem.decode("ascii"))
     except (ssl.SSLError, ValueError, OSError) as err:
         raise ConfigError(f"the workload certificate, key or roots cannot be loaded: {err}") from err
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     return context
 
 

@@ -13,25 +13,22 @@ the endpoint's certificate.
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import ssl
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from ca.common.clock import Clock
-from ca.common.files import SECRET_MODE
 from ca.errors import ConfigError, MeshcaError
 from ca.issuance.spiffe_bundle import DEFAULT_REFRESH_HINT, SpiffeBundle, next_sequence
 from ca.net.listening import listen_error
+from ca.net.tls_keys import load_chain_and_key
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +54,18 @@ CertificateSource = Callable[[], ServingMaterial]
 def server_context(material: ServingMaterial) -> ssl.SSLContext:
     """A TLS server context on `material`; TLS 1.2 at least, no client certificate asked for.
 
-    `load_cert_chain` reads only files: the key is written to a private directory (0700, the key
-    0600) for the moment of loading and removed at once.
+    The key touches the disk only for the moment of loading (ca.net.tls_keys).
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    directory = Path(tempfile.mkdtemp(prefix="meshca-bundle-endpoint-"))
     try:
-        chain, key = directory / "chain.pem", directory / "key.pem"
-        chain.write_bytes(material.chain_pem)
-        key.touch(mode=SECRET_MODE)
-        key.write_bytes(material.key_pem)
-        context.load_cert_chain(chain, key)
-    except (ssl.SSLError, OSError) as err:
+        load_chain_and_key(context, material.chain_pem, material.key_pem, prefix="meshca-bundle-endpoint-")
+    except (ssl.SSLError, ValueError, OSError) as err:
         raise ConfigError(
             f"the SPIFFE bundle endpoint's certificate or key cannot be loaded ({err}); give it a PEM "
             "certificate chain and the private key of its first certificate"
         ) from err
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     return context
 
 
