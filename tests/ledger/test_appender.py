@@ -72,14 +72,13 @@ def test_a_failed_append_writes_nothing_and_the_next_one_reconnects(ledger_url: 
         store.dispose()
 
 
-def test_a_postgresql_url_naming_its_driver_is_taken_too(ledger_url: str) -> None:
-    if ledger_support.is_sqlite(ledger_url):
-        pytest.skip("a PostgreSQL URL form")
-    store = LedgerStore(ledger_url)
-    store.migrate()
-    appender = LedgerAppender(ledger_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        assert [e.seq for e in appender.append([_event(1)])] == [1]
-    finally:
-        appender.dispose()
-        store.dispose()
+def test_a_postgresql_url_naming_its_driver_is_taken_too() -> None:
+    with ledger_support.postgres_database() as url:
+        store = LedgerStore(url)
+        store.migrate()
+        appender = LedgerAppender(url.replace("postgresql://", "postgresql+psycopg://", 1))
+        try:
+            assert [e.seq for e in appender.append([_event(1)])] == [1]
+        finally:
+            appender.dispose()
+            store.dispose()
