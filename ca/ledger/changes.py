@@ -35,8 +35,8 @@ from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock
 from ca.errors import UnavailableError
 from ca.ledger import schema
-from ca.ledger.rotation_store import CHANGE_CHANNEL, sqlite_read_engine
-from ca.ledger.store import redact_url, storage_error
+from ca.ledger.rotation_store import CHANGE_CHANNEL
+from ca.ledger.store import redact_url, sqlite_read_engine, storage_error
 
 if TYPE_CHECKING:
     import psycopg

@@ -14,16 +14,14 @@ while a CA appends. The chain checks rely on that.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import ConfigError
 from ca.ledger import schema
-from ca.ledger.store import make_engine, redact_url
+from ca.ledger.store import make_engine, redact_url, sqlite_read_engine
 
-BUSY_TIMEOUT_S = 5.0
 # A reader's statements may scan a large ledger (a report, an export batch); PostgreSQL's
 # statement timeout is five times this.
 POSTGRES_LOCK_TIMEOUT_S = 12.0
@@ -49,25 +47,6 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
-def _read_only_sqlite(url: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # The driver would begin no transaction for reads, leaving each statement its own
-        # snapshot; transactions are begun below instead.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")  # deferred: a read transaction on one snapshot, no lock
-
-    return engine
-
-
 def open_reader(url: str) -> LedgerReader:
     """A reader for the ledger at `url`, which must exist and have this meshca's schema."""
     shown = redact_url(url)
@@ -79,7 +58,7 @@ def open_reader(url: str) -> LedgerReader:
                 f"there is no ledger at {path}{missing}; give --state-dir the state directory of an "
                 "existing CA, or --ledger its ledger (a sqlite:/// or postgresql:// URL)"
             )
-        engine = _read_only_sqlite(url)
+        engine = sqlite_read_engine(url)
     else:
         engine = make_engine(url, lock_timeout_s=POSTGRES_LOCK_TIMEOUT_S, snapshot_reads=True)
     try:

@@ -27,12 +27,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
-    Engine,
     Row,
     case,
     cast,
-    create_engine,
-    event,
     exists,
     func,
     literal,
@@ -68,31 +65,18 @@ from ca.ledger.rotation import (
     selector_from_json,
     selector_to_json,
 )
-from ca.ledger.store import IN_LIST_CHUNK, LedgerStore, append_in, lock_head, open_migrated, storage_error
+from ca.ledger.store import (
+    IN_LIST_CHUNK,
+    LedgerStore,
+    append_in,
+    lock_head,
+    open_migrated,
+    sqlite_read_engine,
+    storage_error,
+)
 
 CHANGE_CHANNEL = appender.CHANGE_CHANNEL
-BUSY_TIMEOUT_S = 5.0
 _MICROSECOND = timedelta(microseconds=1)
-
-
-def sqlite_read_engine(url: str) -> Engine:
-    """Reads that take no write lock: LedgerStore's SQLite transactions begin IMMEDIATE (right
-    for appends), but the change poll and the revocation checks must not queue behind the CA's
-    ledger writer or hold it up."""
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA query_only=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")  # deferred: one snapshot, no lock
-
-    return engine
 
 
 def _when(text: str) -> datetime:

@@ -58,6 +58,31 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_s: float) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+READ_BUSY_TIMEOUT_S = 5.0
+
+
+def sqlite_read_engine(url: str) -> Engine:
+    """A SQLite engine for reads that take no write lock: this store's transactions begin
+    IMMEDIATE (right for appends), but audits, the change poll and revocation checks must neither
+    queue behind a CA's ledger writer nor hold it up. Each transaction is one snapshot."""
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": READ_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver would begin no transaction for reads, leaving each statement its own
+        # snapshot; transactions are begun below instead.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read transaction on one snapshot, no lock
+
+    return engine
+
+
 def make_engine(url: str, *, lock_timeout_s: float = 2.0, snapshot_reads: bool = False) -> Engine:
     """An engine for the ledger at `url`; with `snapshot_reads` (PostgreSQL) every transaction
     sees the database as of its first statement (REPEATABLE READ)."""
