@@ -18,7 +18,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ from ca.common.clock import Clock
 from ca.errors import ConfigError, MeshcaError
 from ca.issuance.spiffe_bundle import DEFAULT_REFRESH_HINT, SpiffeBundle, next_sequence
 from ca.net.listening import listen_error
+from ca.net.status_http import QuietHandler
 from ca.net.tls_keys import load_chain_and_key
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class _TlsServer(ThreadingHTTPServer):
             connection.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     server: _TlsServer
     timeout = REQUEST_TIMEOUT_S
 
@@ -135,16 +136,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(503, b"the trust bundle is not available; see the CA's log\n", "text/plain")
             return
         self._send(200, body, CONTENT_TYPE)
-
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 class BundleEndpoint:

@@ -12,6 +12,20 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ca.net.listening import listen_error
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that answers with a whole body and leaves logging to its server."""
+
+    def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class StatusServer:
     """`/metrics` serves `exposition()`; `/healthz/ready` answers 200 `ready` while `ready()` holds,
     else 503 with `not_ready`. Its threads are named after `thread_name`. An address that cannot be
@@ -30,7 +44,7 @@ class StatusServer:
     ) -> None:
         not_ready_body = f"{not_ready}\n".encode()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     self._send(200, exposition(), CONTENT_TYPE_LATEST)
@@ -39,16 +53,6 @@ class StatusServer:
                     self._send(200 if ok else 503, b"ready\n" if ok else not_ready_body)
                 else:
                     self._send(404, b"not found; try /metrics or /healthz/ready\n")
-
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
         try:
             self._server = ThreadingHTTPServer((host, port), Handler)
