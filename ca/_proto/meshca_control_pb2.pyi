@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "replaced")
+    __slots__ = ("hello", "replaced", "bundle_held")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_HELD_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     replaced: Replaced
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., replaced: _Optional[_Union[Replaced, _Mapping]] = ...) -> None: ...
+    bundle_held: BundleHeld
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., replaced: _Optional[_Union[Replaced, _Mapping]] = ..., bundle_held: _Optional[_Union[BundleHeld, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_version", "bundle_sha256", "pod_name", "node_name")
@@ -36,15 +38,25 @@ class Replaced(_message.Message):
     new_serial: str
     def __init__(self, order_id: _Optional[str] = ..., old_serial: _Optional[str] = ..., new_serial: _Optional[str] = ...) -> None: ...
 
+class BundleHeld(_message.Message):
+    __slots__ = ("bundle_sha256", "sequence")
+    BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    bundle_sha256: _containers.RepeatedScalarFieldContainer[str]
+    sequence: int
+    def __init__(self, bundle_sha256: _Optional[_Iterable[str]] = ..., sequence: _Optional[int] = ...) -> None: ...
+
 class ControlMessage(_message.Message):
-    __slots__ = ("rotate", "revocations", "reissue")
+    __slots__ = ("rotate", "revocations", "reissue", "bundle")
     ROTATE_FIELD_NUMBER: _ClassVar[int]
     REVOCATIONS_FIELD_NUMBER: _ClassVar[int]
     REISSUE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
     rotate: RotateOrder
     revocations: RevocationList
     reissue: Reissue
-    def __init__(self, rotate: _Optional[_Union[RotateOrder, _Mapping]] = ..., revocations: _Optional[_Union[RevocationList, _Mapping]] = ..., reissue: _Optional[_Union[Reissue, _Mapping]] = ...) -> None: ...
+    bundle: TrustBundle
+    def __init__(self, rotate: _Optional[_Union[RotateOrder, _Mapping]] = ..., revocations: _Optional[_Union[RevocationList, _Mapping]] = ..., reissue: _Optional[_Union[Reissue, _Mapping]] = ..., bundle: _Optional[_Union[TrustBundle, _Mapping]] = ...) -> None: ...
 
 class RotateOrder(_message.Message):
     __slots__ = ("order_id", "serial", "delay_ms", "reason")
@@ -73,3 +85,11 @@ class Reissue(_message.Message):
     serial: str
     reason: str
     def __init__(self, serial: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TrustBundle(_message.Message):
+    __slots__ = ("root_der", "sequence")
+    ROOT_DER_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    root_der: _containers.RepeatedScalarFieldContainer[bytes]
+    sequence: int
+    def __init__(self, root_der: _Optional[_Iterable[bytes]] = ..., sequence: _Optional[int] = ...) -> None: ...
