@@ -5,7 +5,8 @@ chain, and here it must be a workload SVID of our trust domain, valid now. The C
 agent's Hello, waits for the push coordinator's first load, and hands the stream to it as a
 `StreamSession`: the revocation list goes first, then any rotation order covering the
 certificate (or, for a revoked certificate, a Reissue and the end of the stream). The
-stream then stays open, reading the agent's Replaced reports, until either side ends it.
+Hello's roots are the agent's first report of the trust bundle it holds. The stream then stays
+open, reading the agent's Replaced and BundleHeld reports, until either side ends it.
 
 A session is this handler's coroutine, blocked reading, plus a writer task only while there
 is something to send: thousands of idle agents cost no thread and no timer each. The
@@ -251,7 +252,7 @@ class ControlService:
             "control stream opened",
             extra={"serial": serial, "spiffe_id": spiffe_id, "pod": session.pod, "node": session.node},
         )
-        if not self._coordinator.register(session):
+        if not self._coordinator.register(session, held=hello.bundle_sha256):
             await self._read_until_closed(context)
             return
         try:
@@ -277,8 +278,14 @@ class ControlService:
             if not isinstance(raw, bytes):  # the agent closed its side
                 return
             message = _agent_message(raw)
-            if message is not None and message.WhichOneof("kind") == "replaced":
+            if message is None:
+                continue
+            kind = message.WhichOneof("kind")
+            if kind == "replaced":
                 self._replaced(session, message.replaced)
+            elif kind == "bundle_held":
+                held = message.bundle_held
+                self._coordinator.report_bundle(session, held.bundle_sha256, sequence=held.sequence)
 
     @staticmethod
     async def _read_until_closed(context: grpc.aio.ServicerContext[bytes, bytes]) -> None:

@@ -11,7 +11,10 @@ loop, pushes what is new to the sessions it concerns:
 - a new order: a RotateOrder to each connected holder of one of its targets, with the delay
   `push_delay` gives the target's slot, so an order with --spread does not become a storm;
 - a changed revocation list: a fresh CRL to every session, and a Reissue (then the end of
-  the stream) to each session whose own certificate was just revoked.
+  the stream) to each session whose own certificate was just revoked;
+- a new trust bundle (`publish_bundle`, from the CA's signing slots): a TrustBundle to every
+  session at once, and to each new one right after its first revocation list. Before the first
+  `publish_bundle` no TrustBundle is sent at all.
 
 Nothing here waits per stream: a session costs one coroutine (its reader, in control_api)
 and no timer. The only periodic work is `tick()`, once a second on the CA's scheduler:
@@ -22,7 +25,10 @@ Other parts of the CA ask it:
 - `is_revoked(serial)`: the renewal port's client-certificate check (refuses a revoked one);
 - `verified_replacement(...)` / `replaced(...)`: the certificate API's check of a request's
   "meshca-replaces" claim before the issued record links it, and word that it was recorded;
-- `connected_serials()`, `pushable_serials()`, `holders(targets)`: who a dry run can reach.
+- `connected_serials()`, `pushable_serials()`, `holders(targets)`: who a dry run can reach;
+- `bundle_holders(root_sha256)`: how many open streams hold a root, by the agent's latest
+  report (its Hello, or the BundleHeld it sends once it serves a pushed bundle), before the
+  CA signs under that root.
 
 A replacement is marked in the ledger by the issued record that carries the link, in the
 same transaction (ca.ledger.store), not here: the coordinator only stops pushing that order
@@ -36,6 +42,7 @@ All public methods are safe to call from any thread unless they say "on the loop
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import re
@@ -47,9 +54,12 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.common.clock import Clock
+from ca.errors import CaMaterialError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.crl import build_crl, crl_der, crl_number
 from ca.ledger.rotation import (
@@ -200,6 +210,71 @@ def reissue_message(serial: str, reason: str) -> bytes:
     return pb.ControlMessage(reissue=pb.Reissue(serial=serial, reason=reason)).SerializeToString()
 
 
+def bundle_message(root_ders: Sequence[bytes], sequence: int) -> bytes:
+    return pb.ControlMessage(
+        bundle=pb.TrustBundle(root_der=list(root_ders), sequence=sequence)
+    ).SerializeToString()
+
+
+def next_bundle_sequence(previous: int, now: datetime) -> int:
+    """The sequence number of the next bundle: the time in milliseconds, so that it grows across
+    restarts and replicas too, or one more than `previous` when that is not larger."""
+    return max(previous + 1, int(now.timestamp() * 1000))
+
+
+MAX_REPORTED_ROOTS = 64  # roots taken from one report; a real bundle holds two or three
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def reported_roots(sha256s: Iterable[str]) -> frozenset[str]:
+    """The roots an agent's report names: hex SHA-256 values (lower-cased), at most
+    MAX_REPORTED_ROOTS of them; anything else is not a root and is left out."""
+    roots: set[str] = set()
+    for value in sha256s:
+        value = value.lower()
+        if _SHA256_HEX.match(value):
+            roots.add(value)
+            if len(roots) == MAX_REPORTED_ROOTS:
+                break
+    return frozenset(roots)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleAck:
+    """Of the `connected` open control streams, `holding` report holding a given root."""
+
+    holding: int
+    connected: int
+
+
+class BundleReports:
+    """The roots each open session last reported holding, and how many sessions hold each root.
+
+    Pure bookkeeping (the coordinator's lock guards it): a report replaces the session's previous
+    one, and a session that ends takes its report with it."""
+
+    def __init__(self) -> None:
+        self._by_session: dict[object, frozenset[str]] = {}
+        self._holding: collections.Counter[str] = collections.Counter()
+
+    def report(self, session: object, roots: frozenset[str]) -> None:
+        self.forget(session)
+        self._by_session[session] = roots
+        self._holding.update(roots)
+
+    def forget(self, session: object) -> None:
+        roots = self._by_session.pop(session, None)
+        if roots is None:
+            return
+        self._holding.subtract(roots)
+        for root in roots:
+            if self._holding[root] <= 0:
+                del self._holding[root]
+
+    def holding(self, root_sha256: str) -> int:
+        return self._holding[root_sha256.lower()]
+
+
 @dataclass
 class _State:
     """What the coordinator knows; changed only under the coordinator's lock."""
@@ -212,6 +287,9 @@ class _State:
     crl_message: bytes = field(default_factory=lambda: revocation_message(None))
     sessions: dict[str, set[Session]] = field(default_factory=dict)  # by serial
     session_count: int = 0
+    reports: BundleReports = field(default_factory=BundleReports)  # the roots each session holds
+    bundle_message: bytes | None = None  # the TrustBundle every session gets; None: none published
+    bundle_sequence: int = 0
 
     def add_plan(self, plan: OrderPlan) -> None:
         self.plans[plan.order.id] = plan
@@ -314,6 +392,56 @@ class PushCoordinator:
     def session_count(self) -> int:
         return self._state.session_count
 
+    def bundle_holders(self, root_sha256: str) -> BundleAck:
+        """How many open control streams hold the root whose DER has this SHA-256 (hex), by their
+        agent's latest report, of how many are open now."""
+        with self._lock:
+            return BundleAck(
+                holding=self._state.reports.holding(root_sha256), connected=self._state.session_count
+            )
+
+    # ------------------------------------------------------------------ the trust bundle
+
+    def publish_bundle(self, roots: Sequence[x509.Certificate]) -> None:
+        """Make `roots` the trust bundle every agent serves: a TrustBundle goes to every open
+        session at once (on the loop), and to each new session after its first revocation
+        list. Any thread; CaMaterialError for an empty bundle, which would leave every workload
+        trusting nothing."""
+        ders = [root.public_bytes(serialization.Encoding.DER) for root in roots]
+        if not ders:
+            raise CaMaterialError(
+                "a trust bundle needs at least one root certificate; publish the roots of every "
+                "signing slot that is not retired",
+                reason="bundle_empty",
+            )
+        with self._lock:
+            state = self._state
+            state.bundle_sequence = next_bundle_sequence(state.bundle_sequence, self._clock.now())
+            message = state.bundle_message = bundle_message(ders, state.bundle_sequence)
+            sequence, connected = state.bundle_sequence, state.session_count
+        log.info(
+            "publishing the trust bundle",
+            extra={
+                "sequence": sequence,
+                "roots": [hashlib.sha256(der).hexdigest() for der in ders],
+                "connected": connected,
+            },
+        )
+        if self._loop is None:
+            self._push_bundle(message)
+        else:
+            self._loop.call_soon_threadsafe(self._push_bundle, message)
+
+    def _push_bundle(self, message: bytes) -> None:
+        """Send this bundle to every open session, unless a newer one replaced it meanwhile (that
+        one is on its way). On the loop when there is one."""
+        with self._lock:
+            if self._state.bundle_message is not message:
+                return
+            everyone = [s for held in self._state.sessions.values() for s in held]
+        for session in everyone:
+            session.send(message)
+
     def verified_replacement(self, *, order_id: str, replaces: str, spiffe_id: str) -> bool:
         """Whether `replaces` is a target of order `order_id` issued to `spiffe_id`: only then
         may a new certificate's issued record name the order and the serial it replaces.
@@ -345,19 +473,23 @@ class PushCoordinator:
         assert self._ready is not None, "attach() the coordinator to the server's loop first"
         await self._ready.wait()
 
-    def register(self, session: Session) -> bool:
-        """Start pushing to `session`: the revocation list first, then every order it is a
-        target of (late holders go at once once their slot has passed). A session opened with
-        a revoked certificate gets the list and a Reissue, its stream is closed, and it is not
-        registered (False). On the loop."""
+    def register(self, session: Session, held: Iterable[str] = ()) -> bool:
+        """Start pushing to `session`, whose agent holds the roots `held` (SHA-256 hex, from its
+        Hello): the revocation list first, then the trust bundle if one was published, then
+        every order it is a target of (late holders go at once once their slot has passed). A
+        session opened with a revoked certificate gets the list and a Reissue, its stream is
+        closed, and it is not registered (False). On the loop."""
         now = self._clock.now()
+        roots = reported_roots(held)
         with self._lock:
             state = self._state
             revoked = session.serial in state.revoked
             if not revoked:
                 state.sessions.setdefault(session.serial, set()).add(session)
                 state.session_count += 1
+                state.reports.report(session, roots)
             crl_message = state.crl_message
+            bundle = state.bundle_message
             plans = [state.plans[i] for i in sorted(state.by_serial.get(session.serial, ()))]
         session.send_revocations(crl_message)
         if revoked:
@@ -365,6 +497,8 @@ class PushCoordinator:
             session.send(reissue_message(session.serial, "revoked"))
             session.close(grpc.StatusCode.UNAUTHENTICATED, REISSUE_DETAILS)
             return False
+        if bundle is not None:
+            session.send(bundle)
         for plan in plans:
             session.send(rotate_message(plan, session.serial, now))
         if plans:
@@ -384,6 +518,21 @@ class PushCoordinator:
             if not held:
                 del self._state.sessions[session.serial]
             self._state.session_count -= 1
+            self._state.reports.forget(session)
+
+    def report_bundle(self, session: Session, held: Iterable[str], *, sequence: int = 0) -> None:
+        """The agent of `session` now serves these roots (SHA-256 hex), after a pushed bundle
+        (`sequence`, for the log). On the loop."""
+        roots = reported_roots(held)
+        with self._lock:
+            if session not in self._state.sessions.get(session.serial, ()):
+                return
+            self._state.reports.report(session, roots)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "an agent holds the trust bundle",
+                extra={"serial": session.serial, "sequence": sequence, "roots": sorted(roots)},
+            )
 
     def report_replaced(self, session: Session, *, order_id: str, old_serial: str, new_serial: str) -> None:
         """An agent reports it followed an order: logged only. The target was marked by the new

@@ -4,6 +4,7 @@ agent is sent, in what order, with what delay, and what the rest of the CA is to
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +12,21 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca._proto import meshca_control_pb2 as pb
+from ca.errors import CaMaterialError
 from ca.ledger.rotation import Holder, Order, Selector, TargetState
-from ca.server.push import CRL_VALIDITY, PushCoordinator, crl_maker
+from ca.server.push import (
+    CRL_VALIDITY,
+    MAX_REPORTED_ROOTS,
+    BundleAck,
+    BundleReports,
+    PushCoordinator,
+    crl_maker,
+    next_bundle_sequence,
+    reported_roots,
+)
 from tests.support.clock import FakeClock
 from tests.support.issuing import make_root
 from tests.support.rotation import MemoryRotationStore, certificate
@@ -399,3 +411,127 @@ def test_crls_are_recorded_while_they_list_something_and_once_when_they_stop() -
         assert recorded() == [1, 0]
 
     run(body)
+
+
+# --------------------------------------------------------------------------- the trust bundle
+
+
+def _sha256(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _bundles(session: FakeSession) -> list[pb.TrustBundle]:
+    return [m.bundle for m in session.messages if m.WhichOneof("kind") == "bundle"]
+
+
+def test_no_trust_bundle_is_sent_before_one_is_published() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        session = rig.connect("a1")
+        assert session.kinds() == ["revocations"]
+
+    run(body)
+
+
+def test_a_published_bundle_reaches_every_open_session_and_each_new_one_right_after_its_crl() -> None:
+    async def body(rig: Rig) -> None:
+        for serial in ("a1", "a2", "a3"):
+            rig.issue(serial)
+        rig.order("ro-000000000006", Selector(serials=("a3",)))
+        await rig.start()
+        a1 = rig.connect("a1")
+        new_root = make_root(rig.clock).signing_cert
+        rig.coordinator.publish_bundle([rig.authority.signing_cert, new_root])
+        await until(lambda: _bundles(a1), "the bundle on the open session")
+        assert a1.kinds() == ["revocations", "bundle"]
+        sent = _bundles(a1)[0]
+        assert list(sent.root_der) == [
+            c.public_bytes(serialization.Encoding.DER) for c in (rig.authority.signing_cert, new_root)
+        ]
+        assert sent.sequence == int(T0.timestamp() * 1000)
+        a2, a3 = rig.connect("a2"), rig.connect("a3")
+        assert a2.kinds() == ["revocations", "bundle"]
+        assert a3.kinds() == ["revocations", "bundle", "rotate"]
+        assert _bundles(a2)[0] == sent
+
+        rig.coordinator.publish_bundle([new_root])  # at the same instant: the number still grows
+        await until(lambda: len(_bundles(a2)) == 2, "the second bundle")
+        assert [b.sequence for b in _bundles(a1)] == [sent.sequence, sent.sequence + 1]
+        rig.clock.advance(timedelta(seconds=3))
+        rig.coordinator.publish_bundle([new_root])
+        await until(lambda: len(_bundles(a1)) == 3, "the third bundle")
+        assert _bundles(a1)[2].sequence == int(T0.timestamp() * 1000) + 3000
+
+    run(body)
+
+
+def test_a_bundle_published_from_another_thread_is_sent_on_the_loop() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        a1 = rig.connect("a1")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, rig.coordinator.publish_bundle, [rig.authority.signing_cert])
+        await until(lambda: _bundles(a1), "the bundle")
+        assert len(_bundles(a1)) == 1
+
+    run(body)
+
+
+def test_an_empty_bundle_is_refused() -> None:
+    rig = Rig()
+    try:
+        with pytest.raises(CaMaterialError) as caught:
+            rig.coordinator.publish_bundle([])
+        assert "at least one root" in caught.value.message
+    finally:
+        rig.coordinator.close()
+
+
+def test_bundle_holders_counts_open_sessions_by_their_latest_report() -> None:
+    async def body(rig: Rig) -> None:
+        for serial in ("a1", "a2", "a3"):
+            rig.issue(serial)
+        await rig.start()
+        old, new = _sha256(rig.authority.signing_cert), _sha256(make_root(rig.clock).signing_cert)
+        holders = rig.coordinator.bundle_holders
+        assert holders(new) == BundleAck(holding=0, connected=0)
+        a1, a2, a3 = FakeSession("a1"), FakeSession("a2"), FakeSession("a3")
+        rig.coordinator.register(a1, held=[old])
+        rig.coordinator.register(a2, held=[old, new.upper()])  # hex in either case
+        rig.coordinator.register(a3, held=["not-a-digest", new[:10]])
+        assert holders(new) == BundleAck(holding=1, connected=3)
+        assert holders(old) == BundleAck(holding=2, connected=3)
+
+        rig.coordinator.report_bundle(a1, [old, new], sequence=7)
+        rig.coordinator.report_bundle(a2, [new])  # the latest report replaces the one before
+        assert holders(new) == BundleAck(holding=2, connected=3)
+        assert holders(old.upper()) == BundleAck(holding=1, connected=3)
+
+        rig.coordinator.unregister(a1)
+        assert holders(new) == BundleAck(holding=1, connected=2)
+        assert holders(old) == BundleAck(holding=0, connected=2)
+        rig.coordinator.report_bundle(a1, [old])  # a report on a stream that ended counts for nothing
+        assert holders(old) == BundleAck(holding=0, connected=2)
+
+    run(body)
+
+
+def test_bundle_reports_drop_what_is_not_a_digest_and_cap_how_many_count() -> None:
+    digests = [f"{i:064x}" for i in range(MAX_REPORTED_ROOTS + 5)]
+    assert reported_roots(["x", "AB" * 32, *digests]) == frozenset(
+        ["ab" * 32, *digests[: MAX_REPORTED_ROOTS - 1]]
+    )
+    reports = BundleReports()
+    reports.report("s1", frozenset(["ab" * 32]))
+    reports.report("s2", frozenset(["ab" * 32]))
+    reports.forget("s1")
+    reports.forget("s1")  # twice: nothing more
+    assert reports.holding("ab" * 32) == 1 and reports.holding("cd" * 32) == 0
+
+
+def test_the_bundle_sequence_follows_the_clock_and_never_goes_back() -> None:
+    assert next_bundle_sequence(0, T0) == int(T0.timestamp() * 1000)
+    later = int(T0.timestamp() * 1000) + 10_000
+    assert next_bundle_sequence(later, T0) == later + 1  # a clock behind the last number
