@@ -38,6 +38,9 @@ DURATION_FLAGS = frozenset(
         "--once-timeout",
         "--grace",
         "--spread",
+        "--leader-lease-duration",
+        "--leader-renew-deadline",
+        "--leader-retry-period",
     }
 )
 _DASH_VALUE = re.compile(r"-[0-9.]")  # no flag starts so: a negative value such as -3h or -0.5

@@ -56,6 +56,12 @@ class CaMetrics:
             "Seconds until the signing certificate chain expires.",
             registry=r,
         )
+        self.leader = Gauge(
+            "meshca_leader",
+            "1 while this replica leads (does the singleton work: bundle publishing, ledger "
+            "checkpoints and compaction), else 0.",
+            registry=r,
+        )
         self.control_streams = Gauge(
             "meshca_control_streams",
             "Agents' control streams open on this CA (each a certificate it can push to).",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
 from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
+from ca.kube.election import ElectionTimings
 from ca.ledger.location import ledger_url
 
+DEFAULT_LEADER_LEASE = "meshca-leader"
 DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
 
 KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -68,6 +72,11 @@ class ServeConfig:
     admin_identities: tuple[str, ...]
     log_level: str
     ports_file: Path | None = None
+    bundle_listen: str | None = None  # the SPIFFE bundle endpoint (HTTPS); None: not served
+    leader_lease: str = DEFAULT_LEADER_LEASE  # the Lease in ca_namespace that elects the leader
+    leader_timings: ElectionTimings = field(default_factory=ElectionTimings)
+    replica: str = ""  # this replica's name in the election and the logs (hostname_pid)
+    ca_rotation: RotationPolicy = field(default_factory=RotationPolicy)
 
     @property
     def has_cluster_access(self) -> bool:
@@ -109,6 +118,14 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "where a self-signed root is kept: auto, dir or secret",
         choices=["auto", "dir", "secret"],
     )
+    s.add("--ca-signing-ttl", "60d", "lifetime of each self-signed mode signing CA (rotated at half its life)")
+    s.add("--ca-root-ttl", "3650d", "lifetime of each self-signed root (rotated at 80% of its life)")
+    s.add(
+        "--ca-ack-share",
+        "1.0",
+        "share of connected agents that must hold a new root before it signs (0 < share <= 1)",
+    )
+    s.add("--ca-ack-wait", "24h", "activate a prepared root after this long even without every agent")
     s.add("--ca-namespace", "istio-system", "namespace of the CA Secret")
     s.add("--ca-secret", "istio-ca-secret", "name of the Secret that keeps the self-signed root")
     s.add(
@@ -189,6 +206,21 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "(default none: the service refuses every caller)",
         action="append",
     )
+    s.add(
+        "--bundle-listen",
+        "off",
+        "HTTPS address of the SPIFFE bundle endpoint, this trust domain's roots for federation "
+        "(served by every replica); 'off' to disable",
+    )
+    s.add(
+        "--leader-lease",
+        DEFAULT_LEADER_LEASE,
+        "Lease in --ca-namespace that elects the one replica doing singleton work (bundle "
+        "publishing, ledger checkpoints and compaction); used with cluster access",
+    )
+    s.add("--leader-lease-duration", "15s", "how long a leader's lease lasts without renewal (whole seconds)")
+    s.add("--leader-renew-deadline", "10s", "a leader that cannot renew for this long stops leading")
+    s.add("--leader-retry-period", "2s", "how often each replica tries to acquire or renew the lease")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
     s.add("--ports-file", None, PORTS_FILE_HELP)
 
@@ -295,7 +327,73 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         admin_identities=_admin_identities(args, trust_domain_flag(args.trust_domain)),
         log_level=args.log_level,
         ports_file=path_or_off(args.ports_file),
+        bundle_listen=listen_address(args.bundle_listen),
+        leader_lease=_leader_lease(args.leader_lease),
+        leader_timings=_leader_timings(args),
+        replica=replica_identity(),
+        ca_rotation=_ca_rotation(args),
     )
+
+
+def _ca_rotation(args: argparse.Namespace) -> RotationPolicy:
+    try:
+        share = float(args.ca_ack_share)
+    except ValueError as err:
+        raise ConfigError(f"--ca-ack-share {args.ca_ack_share!r} is not a number; give e.g. 1.0 or 0.95") from err
+    max_ttl = parse_duration(args.max_ttl)
+    signing_ttl, root_ttl = parse_duration(args.ca_signing_ttl), parse_duration(args.ca_root_ttl)
+    if signing_ttl <= 2 * max_ttl:
+        raise ConfigError(
+            f"--ca-signing-ttl ({args.ca_signing_ttl}) must be more than twice --max-ttl ({args.max_ttl}): "
+            "the signing CA is replaced at half its life and must outlive every leaf it signed"
+        )
+    if root_ttl <= 2 * signing_ttl:
+        raise ConfigError(
+            f"--ca-root-ttl ({args.ca_root_ttl}) must be more than twice --ca-signing-ttl ({args.ca_signing_ttl})"
+        )
+    try:
+        return RotationPolicy(
+            signing_ttl=signing_ttl,
+            root_ttl=root_ttl,
+            ack_share=share,
+            max_ack_wait=parse_duration(args.ca_ack_wait),
+            max_leaf_ttl=max_ttl,
+        )
+    except CaMaterialError as err:
+        raise ConfigError(f"--ca-ack-share: {err}") from err
+
+
+def replica_identity() -> str:
+    """This replica's name: the host's (in a pod, the pod's name) and the process id, so that two
+    processes on one host, or a restarted one, are told apart."""
+    return f"{socket.gethostname()}_{os.getpid()}"
+
+
+def _leader_lease(name: str) -> str:
+    try:
+        return check_dns_subdomain(name, "--leader-lease")
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
+
+
+def _leader_timings(args: argparse.Namespace) -> ElectionTimings:
+    duration = parse_duration(args.leader_lease_duration)
+    seconds = duration.total_seconds()
+    if seconds != int(seconds) or seconds < 1:
+        raise ConfigError(
+            f"--leader-lease-duration {args.leader_lease_duration} must be a whole number of seconds "
+            "(the Lease stores seconds), such as 15s"
+        )
+    try:
+        return ElectionTimings(
+            lease_duration_s=int(seconds),
+            renew_deadline_s=parse_duration(args.leader_renew_deadline).total_seconds(),
+            retry_period_s=parse_duration(args.leader_retry_period).total_seconds(),
+        )
+    except ConfigError as err:
+        raise ConfigError(
+            f"--leader-lease-duration, --leader-renew-deadline, --leader-retry-period: {err.message}"
+        ) from err
 
 
 def _admin_identities(args: argparse.Namespace, trust_domain: str) -> tuple[str, ...]:

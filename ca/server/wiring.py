@@ -32,6 +32,8 @@ from ca.issuance.issuer import Issuer
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.spiffe_id import SpiffeId
 from ca.kube import client as kube
+from ca.kube.bundles import RootCertPublisher
+from ca.kube.leader import Elector, SoleElector, kube_lease_elector
 from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
     HEAD_FILE,
@@ -46,6 +48,7 @@ from ca.ledger.rotation import RotationStore
 from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
+from ca.net.bundle_endpoint import BundleEndpoint
 from ca.net.listening import check_free, remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
@@ -54,11 +57,12 @@ from ca.server.certificate_api import CertificateService, OutstandingOrders
 from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
+from ca.server.leadership import Callback, ElectorFactory, Leadership, PublisherFactory
 from ca.server.metrics import CaMetrics
 from ca.server.push import PushCoordinator, crl_maker
 from ca.server.rotation_api import RotationService, build_rotation_service
 from ca.server.serving_cert import ServingIdentity
-from ca.server.settings import KUBERNETES_ISSUER, ServeConfig
+from ca.server.settings import KUBERNETES_ISSUER, ServeConfig, replica_identity
 
 log = logging.getLogger("meshca")
 UNARY_CALLS = 1024  # certificate and admin calls in flight on the asyncio server, beside the streams
@@ -162,12 +166,69 @@ class CaServer:
     control: ControlService | None = None
     rotation: RotationService | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    api: Any | None = None  # cluster access: the Lease election and the trust bundle ConfigMaps
+    make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
+    _leadership: Leadership = field(init=False)
+    _bundle_endpoint: BundleEndpoint | None = None
     _server: ApiServer | None = None
     _status_http: StatusServer | None = None
     _serving: bool = False
     _scheduler: BackgroundScheduler | None = None
     _watcher: ChangeWatcher | None = None
     _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._leadership = Leadership(
+            identity=self.cfg.replica or replica_identity(),
+            make_elector=self.make_elector or self._default_elector(),
+            bundle_pem=self.authority.trust_bundle_pem(),
+            clock=self.clock,
+            make_publisher=self._root_cert_publisher(),
+        )
+        self.metrics.leader.set_function(lambda: 1.0 if self.is_leader else 0.0)
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica does the singleton work now (the Lease holder, or the only
+        process without a cluster)."""
+        return self._leadership.is_leader
+
+    @property
+    def replica(self) -> str:
+        return self._leadership.identity
+
+    def on_trust_bundle(self, bundle_pem: str) -> None:
+        """The CA's trust bundle changed (a root prepared or retired): the leader publishes it in
+        every namespace's ConfigMap, and every replica's SPIFFE bundle endpoint serves it."""
+        self._leadership.on_trust_bundle(bundle_pem)
+
+    def _default_elector(self) -> ElectorFactory:
+        identity = self.cfg.replica or replica_identity()
+        api = self.api
+        if api is None:
+            return lambda started, stopped: SoleElector(
+                identity, on_started_leading=started, on_stopped_leading=stopped
+            )
+
+        def lease(started: Callback, stopped: Callback) -> Elector:
+            return kube_lease_elector(
+                api,
+                namespace=self.cfg.ca_namespace,
+                name=self.cfg.leader_lease,
+                identity=identity,
+                timings=self.cfg.leader_timings,
+                clock=self.clock,
+                on_started_leading=started,
+                on_stopped_leading=stopped,
+            )
+
+        return lease
+
+    def _root_cert_publisher(self) -> PublisherFactory | None:
+        api = self.api
+        if api is None:
+            return None
+        return lambda bundle_pem: RootCertPublisher(api, bundle_pem, clock=self.clock)
 
     def start(self) -> None:
         """Bind every port and serve; on failure (a port in use) nothing is left running."""
@@ -202,9 +263,12 @@ class CaServer:
             )
         if self.cfg.metrics_listen is not None:
             self.ports["metrics"] = self._serve_metrics(self.cfg.metrics_listen)
+        if self.cfg.bundle_listen is not None:
+            self.ports["bundle"] = self._serve_bundle(self.cfg.bundle_listen)
         server.start()
         self._serving = True
         self._scheduler = self._schedule()
+        self._leadership.start()
         log.info(
             "meshca CA serving",
             extra={
@@ -244,20 +308,42 @@ class CaServer:
         self._status_http.start()
         return self._status_http.port
 
+    def _serve_bundle(self, address: str) -> int:
+        """The SPIFFE bundle endpoint, on every replica: the current trust bundle's roots, over TLS
+        with the CA server's own certificate."""
+        host, port = split_address(address)
+        self._bundle_endpoint = BundleEndpoint(
+            host,
+            port,
+            roots=self._leadership.roots,
+            certificate=lambda: self.serving.current,
+            clock=self.clock,
+            flag="--bundle-listen",
+        )
+        self._bundle_endpoint.start()
+        return self._bundle_endpoint.port
+
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(self.refresh_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
         self._schedule_serving_rotation(scheduler)
+        # Singleton jobs: on every replica's scheduler, run only where this replica leads.
+        singleton = self._leadership.singleton
         if self.ledger is not None:
             scheduler.add_job(
-                self._checkpoint_ledger,
+                singleton(self._checkpoint_ledger),
                 "interval",
                 seconds=self.cfg.ledger_checkpoint_interval.total_seconds() or 5,
                 id="ledger-checkpoint",
             )
             if self.cfg.ledger_retention is not None:
-                scheduler.add_job(self._compact_ledger, "interval", hours=1, id="ledger-retention")
+                scheduler.add_job(singleton(self._compact_ledger), "interval", hours=1, id="ledger-retention")
         if self.push is not None:
+            # Not a singleton: every replica pushes the CRL to the agents on its own control
+            # streams at once, so each signs it from the shared revocation table (the same key and
+            # entries; the number is thisUpdate in ms). Its writes are safe on every replica: an
+            # order completes once (the UPDATE ... WHERE state = 'pushing' that changed the row),
+            # and each replica's crl_published record describes the CRL that replica served.
             scheduler.add_job(self.push.tick, "interval", seconds=1, id="rotation-tick")
         scheduler.start()
         return scheduler
@@ -311,6 +397,7 @@ class CaServer:
         self._serving = False
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        self._leadership.stop()  # releases the lease: another replica leads at its next try
         if self._watcher is not None:
             self._watcher.stop()
         if self.pod_cache is not None:
@@ -319,6 +406,8 @@ class CaServer:
             self._server.stop(grace_s)
         if self._status_http is not None:
             self._status_http.stop()
+        if self._bundle_endpoint is not None:
+            self._bundle_endpoint.stop()
         if self.admin is not None:
             self.admin.close()
         if self.push is not None:
@@ -421,6 +510,8 @@ def check_ports_free(cfg: ServeConfig) -> None:
         check_free("--renew-listen", cfg.renew_listen)
     if cfg.metrics_listen is not None:
         check_free("--metrics-listen", cfg.metrics_listen)
+    if cfg.bundle_listen is not None:
+        check_free("--bundle-listen", cfg.bundle_listen)
 
 
 def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
@@ -496,6 +587,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         ),
         push=push,
         rotation_store=rotation_store,
+        api=api,
         control=ControlService(
             coordinator=push,
             authenticator=ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock),
