@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from ca.cli.main import build_parser
 from ca.errors import ConfigError
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
+from ca.kube.election import ElectionTimings
 from ca.server.settings import DEFAULT_DNS_NAMES, ServeConfig, TokenConfig, serve_config, token_config
 
 
@@ -339,3 +342,41 @@ def test_token_needs_a_namespace(capsys: pytest.CaptureFixture[str]) -> None:
 def test_token_bad_ttl_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         _token("--namespace", "a", "--service-account", "b", "--ttl", "12 hours")
+
+
+def test_leader_election_and_bundle_endpoint_defaults() -> None:
+    cfg = _serve()
+    assert cfg.bundle_listen is None
+    assert cfg.leader_lease == "meshca-leader"
+    assert cfg.leader_timings == ElectionTimings(
+        lease_duration_s=15, renew_deadline_s=10.0, retry_period_s=2.0
+    )
+    assert cfg.replica == f"{socket.gethostname()}_{os.getpid()}"
+
+
+def test_leader_election_and_bundle_endpoint_flags() -> None:
+    cfg = _serve(
+        "--bundle-listen", ":8443",
+        "--leader-lease", "ca-leader",
+        "--leader-lease-duration", "3s",
+        "--leader-renew-deadline", "2s",
+        "--leader-retry-period", "500ms",
+    )  # fmt: skip
+    assert cfg.bundle_listen == "0.0.0.0:8443"
+    assert cfg.leader_lease == "ca-leader"
+    assert cfg.leader_timings == ElectionTimings(lease_duration_s=3, renew_deadline_s=2.0, retry_period_s=0.5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (("--leader-lease-duration", "2500ms"), "whole number of seconds"),
+        (("--leader-lease-duration", "10s"), "must be longer than the renew deadline"),
+        (("--leader-retry-period", "9s"), "retry periods"),
+        (("--leader-lease", "Not_A_Name"), "--leader-lease 'Not_A_Name' is not a valid Kubernetes name"),
+        (("--bundle-listen", "8443"), "not a listen address"),
+    ],
+)
+def test_bad_leader_election_flags_are_config_errors(flags: tuple[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        _serve(*flags)
