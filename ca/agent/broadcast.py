@@ -1,13 +1,15 @@
 """What the agent serves, handed to every open stream and to the file sink when it changes.
 
-Two things change: the SVID (at each issuance) and the CA's revocation lists (when
-the control stream brings new ones). Each change bumps one version, and each open
+Three things change: the SVID (at each issuance), the CA's revocation lists and its trust
+bundle (when the control stream brings new ones; a bundle replaces the roots the SVID came
+with, until the next SVID brings its own). Each change bumps one version, and each open
 stream (SDS, Workload API) re-reads the snapshot. Streams register a queue and
 block on it, so an idle agent wakes for nothing: no polling.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -15,6 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cryptography import x509
+
+from ca.agent.bundle import BundleNotServedError
 from ca.agent.svid import Svid
 from ca.common.clock import Clock, SystemClock
 from ca.issuance.crl import (
@@ -46,16 +51,29 @@ class CrlSink(Protocol):
         ...
 
 
+class BundleSink(Protocol):
+    def publish_bundle(self, roots: Sequence[x509.Certificate]) -> None:
+        """Serve these roots from now on (already checked); BundleNotServedError if it cannot."""
+        ...
+
+
 class SvidBroadcast:
-    def __init__(self, crl_sinks: Sequence[CrlSink] = (), clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        crl_sinks: Sequence[CrlSink] = (),
+        clock: Clock | None = None,
+        bundle_sinks: Sequence[BundleSink] = (),
+    ) -> None:
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
-        self._crl_lock = threading.Lock()  # one CRL delivery at a time, in order, to the sinks
+        # One CRL or bundle delivery at a time, in order, to the sinks.
+        self._crl_lock = threading.Lock()
         self._svid: Svid | None = None
         self._revocations = NO_REVOCATIONS
         self._version = 0
         self._listeners: set[queue.SimpleQueue[Event]] = set()
         self._crl_sinks = tuple(crl_sinks)
+        self._bundle_sinks = tuple(bundle_sinks)
 
     @property
     def current(self) -> tuple[int, Svid | None]:
@@ -117,6 +135,28 @@ class SvidBroadcast:
             extra={"crl_number": revocations.number, "crls": len(crls), "revoked": revocations.entry_count},
         )
         return True
+
+    def publish_bundle(self, roots: Sequence[x509.Certificate]) -> None:
+        """Serve `roots` (a checked bundle the CA pushed) in place of the current SVID's roots:
+        in the ROOTCA SDS secret (pushed on every open SDS stream), in the Workload API's X.509
+        responses, and as root-cert.pem (switched with the other files). The next SVID's roots
+        replace them. Raises BundleNotServedError, once the sockets serve them, when there is no
+        SVID yet or a sink could not take them. Thread-safe."""
+        with self._crl_lock:
+            with self._lock:
+                svid = self._svid
+                if svid is None:
+                    raise BundleNotServedError(
+                        "a trust bundle arrived before the agent holds a certificate; it is served "
+                        "with the first one",
+                        reason="bundle_before_svid",
+                    )
+                self._svid = dataclasses.replace(svid, roots=tuple(roots))
+                self._version += 1
+                version = self._version
+            self._notify("bundle", version)
+            for sink in self._bundle_sinks:
+                sink.publish_bundle(roots)
 
     def _notify(self, kind: str, version: int) -> None:
         with self._lock:

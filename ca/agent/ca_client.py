@@ -11,6 +11,7 @@ import grpc
 
 from ca import __version__
 from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
+from ca.agent.bundle import HeldBundle
 from ca.agent.ca_tls import points_at_tls, verification_failure
 from ca.errors import MeshcaError, UnavailableError
 
@@ -78,11 +79,13 @@ class CaEndpoint:
 
 
 class CaClient:
-    """Calls CreateCertificate; reconnects when the CA's root file changes."""
+    """Calls CreateCertificate; reconnects when the roots it trusts the CA with change: the
+    --ca-root file, and the trust bundle the agent holds (`bundle`), taken together."""
 
-    def __init__(self, endpoint: CaEndpoint, token_file: Path) -> None:
+    def __init__(self, endpoint: CaEndpoint, token_file: Path, bundle: HeldBundle | None = None) -> None:
         self._endpoint = endpoint
         self._token_file = token_file
+        self._bundle = bundle
         self._lock = threading.Lock()
         self._root: bytes | None = None
         self._channel: grpc.Channel | None = None
@@ -129,8 +132,9 @@ class CaClient:
         return CaRefusedError(message, reason=code.name.lower())
 
     def _current_stub(self) -> tuple[istio_ca_pb2_grpc.IstioCertificateServiceStub, bytes]:
-        """The stub of a channel that trusts the root file as it is now: a changed file means a new
-        channel, so a CA whose root was rotated (and the file updated) is reached again."""
+        """The stub of a channel that trusts the root file as it is now and the bundle held: a
+        changed file or bundle means a new channel, so a CA whose serving certificate moved to a
+        new root is reached again."""
         try:
             root = self._endpoint.root_file.read_bytes()
         except OSError as err:
@@ -139,6 +143,8 @@ class CaClient:
                 "set --ca-root to the CA's root-cert.pem",
                 reason="ca_root_missing",
             ) from err
+        if self._bundle is not None:
+            root = self._bundle.trust_pem(root)
         with self._lock:
             if self._stub is None or root != self._root:
                 if self._channel is not None:

@@ -5,6 +5,11 @@ what the CA sends:
 
 - RevocationList: handed to the agent's CRL delivery (`SvidBroadcast.publish_crl`: crl.pem,
   the ROOTCA SDS secret, the Workload API);
+- TrustBundle: checked (every root parses and is a CA; the sequence is newer than the one
+  held, else it is ignored), served everywhere (`SvidBroadcast.publish_bundle`: root-cert.pem,
+  the ROOTCA SDS secret, Workload API bundles), held, and reported with BundleHeld. If the
+  certificate the agent holds no longer chains to any of the new roots, it asks for a new one
+  at once (as for an order, without its id);
 - RotateOrder: after the order's delay, ask for a new certificate at once, with the order's
   metadata so the CA's ledger links the new certificate to the order and the old one;
 - Reissue: the certificate is revoked: ask for a new one at once (with the token, as every
@@ -19,6 +24,10 @@ spread over seconds, not in the same one. A CA that answers UNIMPLEMENTED does n
 stream at all (no ledger, or its threaded gRPC server): the agent says so once, as a warning,
 and asks again only within a minute each time (UNSERVED_BACKOFF: 6-60 s).
 
+The Hello names the roots the agent holds, and each stream trusts the CA's TLS certificate
+with the --ca-root file and those roots together, read again for each stream: once the CA's
+serving certificate moves to a new root, an agent whose --ca-root file is stale still connects.
+
 One thread reads the stream; an order with a delay waits on a short-lived thread of its own.
 Every wait is on the injected clock.
 """
@@ -26,7 +35,6 @@ Every wait is on the injected clock.
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import queue
 import threading
@@ -36,13 +44,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 
 from ca import __version__
 from ca._proto import meshca_control_pb2 as pb
 from ca._proto import meshca_control_pb2_grpc as pb_grpc
 from ca.agent.agent import Replacement
-from ca.agent.svid import Svid
+from ca.agent.bundle import HeldBundle, check_bundle, root_sha256
+from ca.agent.svid import Svid, chains_to
 from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock
 from ca.errors import MeshcaError
@@ -71,6 +80,10 @@ KEEPALIVE_TIMEOUT_MS = 20_000
 
 CrlSink = Callable[[Sequence[bytes]], object]
 """Serves the CA's CRLs (DER); raises MeshcaError for lists it will not use."""
+
+BundleServer = Callable[[Sequence[x509.Certificate]], object]
+"""Serves a checked trust bundle everywhere the agent serves roots; raises MeshcaError when it
+could not (the bundle is then neither held nor reported)."""
 
 Placement = Callable[[], tuple[str | None, str | None]]
 """The pod and node this agent serves, when it knows them."""
@@ -101,12 +114,21 @@ def serial_of(svid: Svid) -> str:
     return format(svid.leaf.serial_number, "x")
 
 
-def hello_message(svid: Svid, pod: str | None, node: str | None) -> pb.AgentMessage:
-    roots = [hashlib.sha256(r.public_bytes(serialization.Encoding.DER)).hexdigest() for r in svid.roots]
+def hello_message(
+    svid: Svid, pod: str | None, node: str | None, roots: Sequence[x509.Certificate] = ()
+) -> pb.AgentMessage:
+    """The Hello: the roots held (`roots`, else the certificate's) and where the agent runs."""
+    held = [root_sha256(r) for r in (roots or svid.roots)]
     return pb.AgentMessage(
         hello=pb.Hello(
-            agent_version=__version__, bundle_sha256=roots, pod_name=pod or "", node_name=node or ""
+            agent_version=__version__, bundle_sha256=held, pod_name=pod or "", node_name=node or ""
         )
+    )
+
+
+def bundle_held_message(roots: Sequence[x509.Certificate], sequence: int) -> pb.AgentMessage:
+    return pb.AgentMessage(
+        bundle_held=pb.BundleHeld(bundle_sha256=[root_sha256(r) for r in roots], sequence=sequence)
     )
 
 
@@ -148,10 +170,14 @@ class ControlStream:
         random: UniformRandom,
         placement: Placement = lambda: (None, None),
         backoff: Backoff = CONTROL_BACKOFF,
+        bundle: HeldBundle | None = None,
+        serve_bundle: BundleServer = lambda roots: None,
     ) -> None:
         self._endpoint = endpoint
         self._renewer = renewer
         self._crls = crls
+        self._bundle = bundle or HeldBundle()
+        self._serve_bundle = serve_bundle
         self._clock = clock
         self._placement = placement
         self._retrying = Retrying(backoff, random)
@@ -284,7 +310,7 @@ class ControlStream:
         it ended."""
         serial = serial_of(svid)
         outgoing: queue.SimpleQueue[pb.AgentMessage | None] = queue.SimpleQueue()
-        outgoing.put(hello_message(svid, *self._placement()))
+        outgoing.put(hello_message(svid, *self._placement(), roots=self._bundle.roots))
         channel = self._channel(svid)
         healthy, end = False, StreamEnd.FAILED
         try:
@@ -335,7 +361,7 @@ class ControlStream:
 
     def _channel(self, svid: Svid) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=self._endpoint.root_file.read_bytes(),
+            root_certificates=self._bundle.trust_pem(self._endpoint.root_file.read_bytes()),
             private_key=svid.key_pem(),
             certificate_chain=svid.chain_pem(),
         )
@@ -356,6 +382,8 @@ class ControlStream:
             self._deliver_crls(message.revocations)
         elif kind == "rotate":
             self._follow(message.rotate, serial)
+        elif kind == "bundle":
+            self._take_bundle(message.bundle, serial)
         elif kind == "reissue":
             log.warning(
                 "the CA says this agent's certificate is revoked; asking for a new one",
@@ -372,6 +400,47 @@ class ControlStream:
             self._crls(list(revocations.crl_der))
         except MeshcaError as err:
             log.warning("the CA's revocation lists were not used", extra={"detail": err.message})
+
+    def _take_bundle(self, bundle: pb.TrustBundle, serial: str) -> None:
+        """Check a pushed bundle, serve it, hold it, say so; renew if the leaf no longer chains."""
+        try:
+            roots = check_bundle(list(bundle.root_der))
+        except MeshcaError as err:
+            log.warning(
+                "refused the CA's trust bundle",
+                extra={"reason": err.reason, "detail": err.message, "sequence": bundle.sequence},
+            )
+            return
+        if not self._bundle.newer(bundle.sequence):
+            log.debug(
+                "ignored a trust bundle no newer than the one held",
+                extra={"sequence": bundle.sequence, "held": self._bundle.sequence},
+            )
+            return
+        try:
+            self._serve_bundle(roots)
+        except MeshcaError as err:
+            log.warning(
+                "the CA's trust bundle could not be served everywhere; not reporting it held",
+                extra={"reason": err.reason, "detail": err.message, "sequence": bundle.sequence},
+            )
+            return
+        self._bundle.take(bundle.sequence, roots)
+        with self._lock:
+            stream, svid = self._stream, self._svid
+        if stream is not None and stream.serial == serial and not stream.ending:
+            stream.outgoing.put(bundle_held_message(roots, bundle.sequence))
+        log.info(
+            "trust bundle received and served",
+            extra={"sequence": bundle.sequence, "roots": [root_sha256(r) for r in roots]},
+        )
+        if svid is not None and not chains_to(svid, roots, self._clock.now()):
+            held = serial_of(svid)
+            log.warning(
+                "the certificate held does not chain to the CA's new trust bundle; asking for a new one",
+                extra={"serial": held},
+            )
+            self._renewer.renew_now(Replacement(serial=held))
 
     def _follow(self, order: pb.RotateOrder, serial: str) -> None:
         if order.serial != serial:

@@ -17,6 +17,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from ca.agent.agent import Agent, AgentSettings, Replacement, SvidSink
 from ca.agent.attempts import AttemptScheduler
 from ca.agent.broadcast import SvidBroadcast
+from ca.agent.bundle import HeldBundle
 from ca.agent.ca_client import CaClient, CaEndpoint
 from ca.agent.control import ControlEndpoint, ControlStream
 from ca.agent.identity import token_identity, token_placement
@@ -130,7 +131,7 @@ class _Renewals:
 
 
 def _control_stream(
-    cfg: AgentConfig, clock: Clock, broadcast: SvidBroadcast, renewals: _Renewals
+    cfg: AgentConfig, clock: Clock, broadcast: SvidBroadcast, renewals: _Renewals, bundle: HeldBundle
 ) -> ControlStream:
     assert cfg.ca_control_address is not None
     return ControlStream(
@@ -142,14 +143,18 @@ def _control_stream(
         clock=clock,
         random=random.SystemRandom().random,
         placement=lambda: token_placement(cfg.token_file),
+        bundle=bundle,
+        serve_bundle=broadcast.publish_bundle,
     )
 
 
 def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     clock = clock or SystemClock()
     files = FileSink(cfg.output_dir)
-    broadcast = SvidBroadcast(crl_sinks=[files])  # broadcast.publish_crl: the CA's CRLs everywhere
-    metrics = AgentMetrics(clock)
+    # broadcast.publish_crl and publish_bundle: the CA's CRLs and trust bundle everywhere
+    broadcast = SvidBroadcast(crl_sinks=[files], bundle_sinks=[files])
+    bundle = HeldBundle()  # the roots held: served, and trusted (with --ca-root) to reach the CA
+    metrics = AgentMetrics(clock, bundle=bundle)
     client = CaClient(
         CaEndpoint(
             address=cfg.ca_address,
@@ -158,6 +163,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
             cluster_id=cfg.cluster_id,
         ),
         cfg.token_file,
+        bundle,
     )
     settings = AgentSettings(
         trust_domain=cfg.trust_domain,
@@ -169,12 +175,12 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     )
     renewals = _Renewals()
     control = (
-        _control_stream(cfg, clock, broadcast, renewals)
+        _control_stream(cfg, clock, broadcast, renewals, bundle)
         if cfg.ca_control_address is not None and not cfg.once
         else None
     )
     # The control stream last: it reconnects with a new certificate once the others serve it.
-    sinks: list[SvidSink] = [files, _BroadcastSink(broadcast), *([control] if control else [])]
+    sinks: list[SvidSink] = [files, _BroadcastSink(broadcast), bundle, *([control] if control else [])]
     agent = Agent(
         settings=settings,
         source=client,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+
+from ca.agent.bundle import BundleNotServedError
 from ca.agent.output import write_svid
 from ca.agent.svid import Svid
 from ca.issuance.crl import NO_REVOCATIONS, RevocationLists
@@ -16,8 +21,9 @@ log = logging.getLogger("meshca.agent")
 class FileSink:
     """The output directory: the SVID's files and, once there are any, the CA's CRLs as crl.pem.
 
-    Either change writes a new set (ca.agent.output), so crl.pem switches with the others.
-    Called from the renewal thread (SVIDs) and the control stream (CRLs): one write at a time.
+    Each change writes a new set (ca.agent.output), so crl.pem and a pushed trust bundle's
+    root-cert.pem switch with the others. Called from the renewal thread (SVIDs) and the
+    control stream (CRLs, bundles): one write at a time.
     """
 
     def __init__(self, directory: Path) -> None:
@@ -44,6 +50,21 @@ class FileSink:
                     "cannot write crl.pem; the files keep the previous revocation lists",
                     extra={"output_dir": str(self.directory), "error": str(err)},
                 )
+
+    def publish_bundle(self, roots: Sequence[x509.Certificate]) -> None:
+        """root-cert.pem holds `roots` from now on (until the next SVID brings its own)."""
+        with self._lock:
+            if self._svid is None:
+                return
+            self._svid = dataclasses.replace(self._svid, roots=tuple(roots))
+            try:
+                self._write()
+            except OSError as err:
+                raise BundleNotServedError(
+                    f"cannot write root-cert.pem in {self.directory} ({err}); the files keep the "
+                    "previous roots until the directory is writable and the next certificate",
+                    reason="bundle_write_failed",
+                ) from err
 
     def _write(self) -> None:
         assert self._svid is not None

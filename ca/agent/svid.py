@@ -116,3 +116,16 @@ def accept_response(
     except VerificationError as err:
         raise _bad(f"the chain does not validate to the returned roots ({err})") from err
     return Svid(spiffe_id=spiffe_id, chain=tuple(chain), roots=tuple(roots), key=key)
+
+
+def chains_to(svid: Svid, roots: Sequence[x509.Certificate], now: datetime) -> bool:
+    """Whether the SVID's chain validates, at `now`, to one of `roots` (a pushed trust bundle:
+    when it does not, the agent needs a certificate from the CA's current signing slot)."""
+    if not roots:
+        return False
+    try:
+        verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_client_verifier()
+        verifier.verify(svid.leaf, list(svid.chain[1:]))
+    except VerificationError:
+        return False
+    return True

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
+from ca.agent.bundle import HeldBundle
 from ca.agent.svid import Svid
 from ca.common.clock import Clock
 from ca.net.istio_metrics import IstioNamedCounters
@@ -17,7 +18,7 @@ class AgentMetrics:
     """Counts the agent's CA calls; expiry and readiness are read off the held certificate
     at scrape time, so they stay true between calls."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, bundle: HeldBundle | None = None) -> None:
         self._clock = clock
         self._held: Svid | None = None
         self.registry = CollectorRegistry()
@@ -48,6 +49,19 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.cert_expiry.labels(resource_name="default").set_function(self._seconds_left)
+        if bundle is not None:
+            self.bundle_roots = Gauge(
+                "meshca_agent_trust_bundle_roots",
+                "Root certificates in the trust bundle the agent serves.",
+                registry=self.registry,
+            )
+            self.bundle_roots.set_function(lambda: len(bundle.roots))
+            self.bundle_sequence = Gauge(
+                "meshca_agent_trust_bundle_sequence",
+                "Sequence number of the last trust bundle the CA pushed (0: none since the agent started).",
+                registry=self.registry,
+            )
+            self.bundle_sequence.set_function(lambda: bundle.sequence)
 
     def attempted(self, *, ok: bool, seconds: float) -> None:
         self.outgoing.labels(request_type=REQUEST_TYPE).inc()

@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
+from ca.agent.bundle import HeldBundle
 from ca.agent.ca_client import CaClient, CaEndpoint, CaRefusedError
 from ca.agent.ca_tls import CaNotTrustedError
 from ca.agent.once import NoCertificateError, fetch_once
@@ -152,6 +154,26 @@ def test_a_changed_ca_root_file_is_trusted_from_the_next_call(
         copy_root(other, root)  # and the other way: the working connection is not kept
         with pytest.raises(CaNotTrustedError):
             ca_client.create_certificate(make_csr(ec_key()), 3600)
+    finally:
+        ca_client.close()
+
+
+def test_the_ca_is_reached_through_the_held_bundle_when_the_ca_root_file_is_stale(
+    cas: tuple[RunningCa, RunningCa], tmp_path: Path
+) -> None:
+    """The CA's serving certificate moved to a root the CA pushed: an agent whose --ca-root file
+    names only the other root still reaches it, and a changed bundle means a new channel."""
+    called, other = cas
+    root = copy_root(other, tmp_path / "root-cert.pem")
+    bundle = HeldBundle()
+    endpoint = CaEndpoint(address=f"127.0.0.1:{called.port}", root_file=root, server_name="localhost")
+    ca_client = CaClient(endpoint, token_file(called, tmp_path), bundle)
+    try:
+        with pytest.raises(CaNotTrustedError):
+            ca_client.create_certificate(make_csr(ec_key()), 3600)
+        bundle.take(1, x509.load_pem_x509_certificates(called.bundle))
+        chain = ca_client.create_certificate(make_csr(ec_key()), 3600)
+        assert chain[-1].encode() == called.bundle
     finally:
         ca_client.close()
 

@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from ca import __version__
 from ca._proto import meshca_control_pb2 as pb
 from ca.agent.agent import Replacement
+from ca.agent.bundle import BundleNotServedError, HeldBundle
 from ca.agent.control import (
     CONTROL_BACKOFF,
     UNSERVED,
@@ -33,7 +34,7 @@ from ca.agent.control import (
 )
 from ca.agent.settings import control_address
 from ca.agent.svid import Svid
-from ca.errors import ConfigError
+from ca.errors import ConfigError, MeshcaError
 from ca.issuance.crl import load_pem_crls
 from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger.rotation import Selector, TargetState
@@ -134,6 +135,14 @@ class Rig:
     crls: list[list[bytes]]
     control: ControlStream
     root_file: Path
+    bundle: HeldBundle = field(default_factory=HeldBundle)
+    served: list[tuple[x509.Certificate, ...]] = field(default_factory=list)
+    serve_fails: MeshcaError | None = None
+
+    def serve_bundle(self, roots: Sequence[x509.Certificate]) -> None:
+        if self.serve_fails is not None:
+            raise self.serve_fails
+        self.served.append(tuple(roots))
 
 
 @pytest.fixture
@@ -145,6 +154,14 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     root_file.write_bytes(ca.issuer.authority.trust_bundle_pem().encode())
     renewer = RecordingRenewer()
     crls: list[list[bytes]] = []
+    bundle = HeldBundle()
+    served: list[tuple[x509.Certificate, ...]] = []
+    rig: Rig | None = None
+
+    def serve_bundle(roots: Sequence[x509.Certificate]) -> None:
+        assert rig is not None
+        rig.serve_bundle(roots)
+
     control = ControlStream(
         endpoint=ControlEndpoint(
             address=f"127.0.0.1:{server.port}", root_file=root_file, server_name="localhost"
@@ -154,10 +171,13 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         clock=clock,
         random=lambda: 0.25,
         placement=lambda: ("cart-0", "node-1"),
+        bundle=bundle,
+        serve_bundle=serve_bundle,
     )
+    rig = Rig(clock, ca, server, renewer, crls, control, root_file, bundle=bundle, served=served)
     control.start()
     try:
-        yield Rig(clock, ca, server, renewer, crls, control, root_file)
+        yield rig
     finally:
         control.stop()
         server.stop()
@@ -257,6 +277,109 @@ def test_reissue_renews_with_the_token_and_waits_for_the_new_certificate_to_reco
     fresh = make_svid(rig.clock, rig.ca)
     rig.control.publish(fresh)
     assert rig.server.next_stream().serial == serial_of(fresh)
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def _sha(cert: x509.Certificate) -> str:
+    return hashlib.sha256(_der(cert)).hexdigest()
+
+
+def _bundle(*roots: x509.Certificate, sequence: int, extra: Sequence[bytes] = ()) -> pb.ControlMessage:
+    return pb.ControlMessage(
+        bundle=pb.TrustBundle(root_der=[*(_der(r) for r in roots), *extra], sequence=sequence)
+    )
+
+
+def _held(stream: ScriptedStream) -> pb.BundleHeld:
+    report = stream.next_received()
+    assert report is not None and report.WhichOneof("kind") == "bundle_held", report
+    return report.bundle_held
+
+
+def test_a_pushed_bundle_is_served_held_and_reported(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    old, new = rig.ca.issuer.authority.roots[0], FakeCa(rig.clock).issuer.authority.roots[0]
+    stream.send(_bundle(old, new, sequence=1_000))
+    assert _held(stream) == pb.BundleHeld(bundle_sha256=[_sha(old), _sha(new)], sequence=1_000)
+    assert rig.served == [(old, new)]
+    assert rig.bundle.roots == (old, new) and rig.bundle.sequence == 1_000
+    assert rig.renewer.calls == []  # the certificate held still chains to the old root
+
+
+def test_a_bad_bundle_is_refused_with_its_reason_logged(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="meshca.agent")
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    root = rig.ca.issuer.authority.roots[0]
+    stream.send(_bundle(sequence=1))  # no root at all
+    stream.send(_bundle(root, sequence=2, extra=[b"not a certificate"]))
+    stream.send(_bundle(root, svid.leaf, sequence=3))  # a leaf is no root
+    stream.send(_bundle(root, sequence=4))  # a good one: the others were read before it
+    assert _held(stream).sequence == 4
+    assert rig.served == [(root,)]
+    refusals = [r for r in caplog.records if r.getMessage() == "refused the CA's trust bundle"]
+    assert [(r.reason, r.sequence) for r in refusals] == [  # type: ignore[attr-defined]
+        ("bundle_empty", 1),
+        ("bundle_unparsable", 2),
+        ("bundle_not_ca", 3),
+    ]
+    assert "root 2 does not parse" in refusals[1].detail  # type: ignore[attr-defined]
+    assert "root 2 (" in refusals[2].detail and "is not a CA certificate" in refusals[2].detail  # type: ignore[attr-defined]
+
+
+def test_a_bundle_no_newer_than_the_one_held_is_ignored(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    root, other = rig.ca.issuer.authority.roots[0], FakeCa(rig.clock).issuer.authority.roots[0]
+    stream.send(_bundle(root, other, sequence=50))
+    assert _held(stream).sequence == 50
+    stream.send(_bundle(root, sequence=50))  # the same again (as a new stream gets it)
+    stream.send(_bundle(root, sequence=49))  # an older one
+    stream.send(_bundle(root, sequence=51))
+    assert _held(stream).sequence == 51
+    assert rig.served == [(root, other), (root,)]
+
+
+def test_a_bundle_that_cannot_be_served_is_neither_held_nor_reported(rig: Rig) -> None:
+    stream = connected(rig, make_svid(rig.clock, rig.ca))
+    root = rig.ca.issuer.authority.roots[0]
+    rig.serve_fails = BundleNotServedError("cannot write root-cert.pem", reason="bundle_write_failed")
+    stream.send(_bundle(root, sequence=7))
+    rig.serve_fails = None
+    stream.send(_bundle(root, sequence=7))  # the same bundle again: taken this time
+    assert _held(stream).sequence == 7
+    assert rig.served == [(root,)]
+
+
+def test_a_leaf_that_no_longer_chains_to_the_bundle_is_replaced_at_once(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, svid)
+    new_root = FakeCa(rig.clock).issuer.authority.roots[0]
+    stream.send(_bundle(new_root, sequence=9))
+    assert _held(stream).bundle_sha256 == [_sha(new_root)]
+    assert rig.renewer.called.wait(5)
+    # The renewal a rotation order asks for, without an order: the CA links it to the held serial.
+    assert rig.renewer.calls == [Replacement(serial=serial_of(svid))]
+
+
+def test_the_ca_is_trusted_through_the_held_bundle_when_the_ca_root_file_is_stale(rig: Rig) -> None:
+    svid = make_svid(rig.clock, rig.ca)
+    first = connected(rig, svid)
+    ours, other = rig.ca.issuer.authority.roots[0], FakeCa(rig.clock).issuer.authority.roots[0]
+    first.send(_bundle(other, ours, sequence=3))
+    assert _held(first).sequence == 3
+    # The file now names another root only: the CA's certificate chains to one the bundle holds.
+    rig.root_file.write_bytes(other.public_bytes(serialization.Encoding.PEM))
+    count = len(rig.clock.waits(0))
+    first.outbox.put(grpc.StatusCode.UNAVAILABLE)
+    rig.clock.advance_s(rig.clock.waits(count + 1)[-1])
+    second = rig.server.next_stream()
+    hello = second.next_received()
+    assert hello is not None and list(hello.hello.bundle_sha256) == [_sha(other), _sha(ours)]
 
 
 def test_reconnects_after_a_failure_wait_a_jittered_step_that_grows(tmp_path: Path) -> None:
