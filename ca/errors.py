@@ -16,6 +16,7 @@ class ErrorKind(Enum):
     PERMISSION_DENIED = "permission_denied"
     INVALID_ARGUMENT = "invalid_argument"
     UNAVAILABLE = "unavailable"
+    FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
 
 
@@ -65,6 +66,13 @@ class InvalidRequestError(MeshcaError):
 
 class UnavailableError(MeshcaError):
     kind = ErrorKind.UNAVAILABLE
+
+
+class UnsafeTransitionError(MeshcaError):
+    """A change of the CA's own signing slots that would break consumers now; the message says
+    why and what makes it safe (or `--force`)."""
+
+    kind = ErrorKind.FAILED_PRECONDITION
 
 
 class SigningError(MeshcaError):

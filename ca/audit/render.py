@@ -18,6 +18,7 @@ from typing import Any
 from ca.common.durations import format_duration
 from ca.ledger.entries import (
     CA_EVENT,
+    CA_SLOT,
     CRL_PUBLISHED,
     ISSUED,
     REFUSED,
@@ -182,6 +183,14 @@ def detail(entry: Mapping[str, Any]) -> str:
         cause = f" by {entry['order_id']}" if entry.get("order_id") else ""
         note = f": {entry['note']}" if entry.get("note") else ""
         return f"{entry.get('reason')}{cause}{note}"
+    if kind == CA_SLOT:
+        moved = f"{entry.get('from_state')} -> {entry.get('reason')}" if entry.get("from_state") else "made"
+        forced = ", forced" if entry.get("forced") else ""
+        return (
+            f"CA slot {entry.get('slot')} {moved}{forced} by {entry.get('requested_by')} on "
+            f"{entry.get('replica')}: signing {str(entry.get('signing_fingerprint'))[:16]}, "
+            f"root {str(entry.get('root_fingerprints'))[:16]}"
+        )
     if kind == CRL_PUBLISHED:
         return (
             f"CRL {entry.get('crl_number')}: {entry.get('entries')} entries, next update "

@@ -41,6 +41,9 @@ DURATION_FLAGS = frozenset(
         "--leader-lease-duration",
         "--leader-renew-deadline",
         "--leader-retry-period",
+        "--ca-signing-ttl",
+        "--ca-root-ttl",
+        "--ca-ack-wait",
     }
 )
 _DASH_VALUE = re.compile(r"-[0-9.]")  # no flag starts so: a negative value such as -3h or -0.5

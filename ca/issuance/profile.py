@@ -197,6 +197,45 @@ def self_signed_root(
     return _with_key_ids(builder, public_key, None)
 
 
+def intermediate_ca(
+    *,
+    subject_key: PublicKey,
+    trust_domain: str,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """A signing CA under a root: cA=true with pathLen 0 (it signs leaves only), the trust
+    domain's SPIFFE ID, and a serial in its name so that two generations never share a subject
+    (a CRL is found by its issuer's name)."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"meshca signing CA {serial:032x}"[:64]),
+        ]
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject)
+        .public_key(subject_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            _key_usage(digital_signature=True, key_encipherment=False, cert_sign=True),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SpiffeId(trust_domain).uri)]),
+            critical=False,
+        )
+    )
+    return _with_key_ids(builder, subject_key, issuer)
+
+
 def sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:
     return builder.sign(key, signature_hash(key))
 

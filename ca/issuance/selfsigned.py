@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from cryptography import x509
 
@@ -13,6 +14,7 @@ from ca.issuance import profile
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.issuer import SerialSource, random_serial
 from ca.issuance.keys import KeyAlgorithm, PrivateKey, generate_private_key
+from ca.issuance.slots import Slot, SlotState
 from ca.issuance.spiffe_id import SpiffeId
 
 KeyGenerator = Callable[[KeyAlgorithm], PrivateKey]
@@ -37,6 +39,64 @@ class RootFactory:
             key,
         )
         return SigningAuthority(signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source=source)
+
+    def new_slot(
+        self,
+        slot_id: str,
+        *,
+        signing_ttl: timedelta,
+        root_ttl: timedelta,
+        under: Slot | None = None,
+    ) -> Slot:
+        """A prepared slot: a signing CA under `under`'s root (its key must be here), or under a
+        new root when `under` is None."""
+        now = self.clock.now()
+        if under is None:
+            root_key = self.generate_key(self.key_algorithm)
+            root = profile.sign(
+                profile.self_signed_root(
+                    key=root_key,
+                    trust_domain=self.trust_domain,
+                    serial=self.serials(),
+                    now=now,
+                    validity=root_ttl,
+                ),
+                root_key,
+            )
+        elif under.root_key is None:
+            raise CaMaterialError(
+                f"slot {under.id}'s root key is not held by meshca (plugged-in CA material); "
+                "put the next generation's files in place instead"
+            )
+        else:
+            root, root_key = under.root, under.root_key
+        return Slot(
+            id=slot_id,
+            state=SlotState.PREPARED,
+            authority=self._signing_ca(root, root_key, now, signing_ttl),
+            since=now,
+            root_key=root_key,
+        )
+
+    def _signing_ca(
+        self, root: x509.Certificate, root_key: PrivateKey, now: datetime, ttl: timedelta
+    ) -> SigningAuthority:
+        key = self.generate_key(self.key_algorithm)
+        not_before, not_after = profile.leaf_validity(now=now, ttl=ttl, issuer=root)
+        cert = profile.sign(
+            profile.intermediate_ca(
+                subject_key=key.public_key(),
+                trust_domain=self.trust_domain,
+                issuer=root,
+                serial=self.serials(),
+                not_before=not_before,
+                not_after=not_after,
+            ),
+            root_key,
+        )
+        return SigningAuthority(
+            signing_cert=cert, signing_key=key, chain=(cert,), roots=(root,), source="meshca signing CA"
+        )
 
 
 def root_trust_domain(cert: x509.Certificate) -> str | None:

@@ -22,7 +22,8 @@ CA_EVENT = "ca_event"
 ROTATION_ORDER = "rotation_order"
 REVOKED = "revoked"
 CRL_PUBLISHED = "crl_published"
-KINDS = (ISSUED, REFUSED, CA_EVENT, ROTATION_ORDER, REVOKED, CRL_PUBLISHED)
+CA_SLOT = "ca_slot"
+KINDS = (ISSUED, REFUSED, CA_EVENT, ROTATION_ORDER, REVOKED, CRL_PUBLISHED, CA_SLOT)
 # What `agent` says in an issuance requested by a meshca agent.
 MESHCA_AGENT = "meshca"
 
@@ -298,4 +299,36 @@ def crl_published_content(
         "entries": entries,
         "ca_key_id": ca_key_id,
         "crl_sha256": crl_sha256,
+    }
+
+
+def ca_slot_content(
+    *,
+    time: datetime,
+    slot_id: str,
+    from_state: str | None,
+    to_state: str,
+    signing_fingerprint: str,
+    root_fingerprints: tuple[str, ...],
+    not_after: datetime,
+    forced: bool,
+    replica: str,
+    requested_by: str,
+    why: str,
+) -> dict[str, Any]:
+    """A CA signing slot changing state (`from_state` None: made). `reason` is the new state;
+    `replica` did it, `requested_by` asked for it (`schedule` or an operator)."""
+    return {
+        "kind": CA_SLOT,
+        "time": timestamp(time),
+        "reason": to_state,
+        "slot": slot_id,
+        "from_state": from_state,
+        "signing_fingerprint": signing_fingerprint,
+        "root_fingerprints": ",".join(root_fingerprints),
+        "not_after": timestamp(not_after),
+        "forced": forced,
+        "replica": replica,
+        "requested_by": requested_by,
+        "why": why,
     }

@@ -20,10 +20,18 @@ from ca.common.files import SECRET_MODE, atomic_write, exclusive_lock
 from ca.errors import ConfigError, UnavailableError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.issuer import IssuedCertificate
+from ca.issuance.slots import Transition
 from ca.ledger import checkpoint as cp
 from ca.ledger.appender import LedgerAppender
 from ca.ledger.chain import Entry
-from ca.ledger.entries import IssuedRecord, ca_event_content, leeway_fields, refused_content, timestamp
+from ca.ledger.entries import (
+    IssuedRecord,
+    ca_event_content,
+    ca_slot_content,
+    leeway_fields,
+    refused_content,
+    timestamp,
+)
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
 from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
@@ -225,6 +233,29 @@ class Ledger:
         )
         if not isinstance(recorded, Future):
             raise RuntimeError("record_ca_event was called on the ledger's event loop")
+        return recorded
+
+    def record_ca_slot(
+        self, transition: Transition, *, not_after: datetime, replica: str, requested_by: str, why: str
+    ) -> Future[Entry]:
+        """Called from the CA's own threads, never from the server's loop."""
+        recorded = self._writer.submit(
+            ca_slot_content(
+                time=transition.at,
+                slot_id=transition.slot_id,
+                from_state=str(transition.from_state) if transition.from_state else None,
+                to_state=str(transition.to_state),
+                signing_fingerprint=transition.signing_fingerprint,
+                root_fingerprints=transition.root_fingerprints,
+                not_after=not_after,
+                forced=transition.forced,
+                replica=replica,
+                requested_by=requested_by,
+                why=why,
+            )
+        )
+        if not isinstance(recorded, Future):
+            raise RuntimeError("record_ca_slot was called on the ledger's event loop")
         return recorded
 
     def _signed(self, seq: int, entry_hash: str, *, count: int, purpose: str) -> cp.Checkpoint:

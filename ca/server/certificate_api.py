@@ -45,6 +45,7 @@ STATUS_BY_KIND: Mapping[ErrorKind, grpc.StatusCode] = {
     ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.CONFIG: grpc.StatusCode.INTERNAL,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }

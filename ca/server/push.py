@@ -130,22 +130,29 @@ CrlMaker = Callable[[Sequence[Revocation], datetime], CrlRelease]
 """Builds and signs the CRL listing these revocations, as of this time."""
 
 
-def crl_maker(authority: SigningAuthority, validity: timedelta = CRL_VALIDITY) -> CrlMaker:
-    """The CRL of `authority`'s signing certificate, valid for `validity`."""
+def crl_maker(
+    signers: SigningAuthority | Callable[[], Sequence[SigningAuthority]], validity: timedelta = CRL_VALIDITY
+) -> CrlMaker:
+    """One CRL per CA whose leaves may be live (every signing slot not retired, asked anew each
+    time), each listing every revocation: serials are random, so a CA's list naming another's
+    serial harms nothing, and Envoy needs a CRL from the issuer of whatever leaf a peer shows."""
+    current = signers if callable(signers) else (lambda: (signers,))
 
     def make(revocations: Sequence[Revocation], now: datetime) -> CrlRelease:
-        crl = build_crl(authority, revocations, now=now, validity=validity)
-        der = crl_der(crl)
-        assert crl.next_update_utc is not None
+        authorities = tuple(current())
+        crls = [build_crl(a, revocations, now=now, validity=validity) for a in authorities]
+        ders = tuple(crl_der(crl) for crl in crls)
+        first = crls[0]
+        assert first.next_update_utc is not None
         return CrlRelease(
-            ders=(der,),
+            ders=ders,
             published=PublishedCrl(
-                number=crl_number(crl),
-                this_update=crl.last_update_utc,
-                next_update=crl.next_update_utc,
-                entries=len(crl),
-                ca_key_id=authority.key_id,
-                sha256=hashlib.sha256(der).hexdigest(),
+                number=crl_number(first),
+                this_update=first.last_update_utc,
+                next_update=first.next_update_utc,
+                entries=len(first),
+                ca_key_id=authorities[0].key_id,
+                sha256=hashlib.sha256(b"".join(ders)).hexdigest(),
             ),
         )
 
@@ -561,6 +568,11 @@ class PushCoordinator:
             self._reader.submit(self._reload_now)
         else:
             self._loop.call_soon_threadsafe(self._request_reload)
+
+    def signers_changed(self) -> None:
+        """The CA's signing slots changed: sign and push a new set of CRLs now."""
+        self._crl_due = True
+        self.notify_changed()
 
     def tick(self) -> None:
         """Once a second (the CA's scheduler thread): complete the orders whose grace period

@@ -62,6 +62,15 @@ class ServingIdentity:
             self._current = self._issue()
             return self._current
 
+    def use_authority(self, authority: SigningAuthority) -> ServingCertificate:
+        """Sign with `authority` from now on, and trust client certificates under its bundle:
+        a new serving certificate is issued at once, and each listener picks both up at its
+        next handshake."""
+        with self._lock:
+            self._authority = authority
+            self._current = self._issue()
+            return self._current
+
     def _issue(self) -> ServingCertificate:
         key = generate_private_key(KeyAlgorithm.EC_P256)
         issuer_cert = self._authority.signing_cert
@@ -89,14 +98,15 @@ class ServingIdentity:
             not_after=not_after,
         )
 
-    def _configuration(self, client_roots: bytes | None) -> grpc.ServerCertificateConfiguration:
-        current = self._current
+    def _configuration(self, *, require_client_cert: bool) -> grpc.ServerCertificateConfiguration:
+        with self._lock:
+            current, authority = self._current, self._authority
+        roots = authority.trust_bundle_pem().encode() if require_client_cert else None
         return grpc.ssl_server_certificate_configuration(
-            [(current.key_pem, current.chain_pem)], root_certificates=client_roots
+            [(current.key_pem, current.chain_pem)], root_certificates=roots
         )
 
     def server_credentials(self, *, require_client_cert: bool) -> grpc.ServerCredentials:
-        roots = self._authority.trust_bundle_pem().encode() if require_client_cert else None
         seen = self._current
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
@@ -104,10 +114,10 @@ class ServingIdentity:
             if self._current is seen:
                 return None
             seen = self._current
-            return self._configuration(roots)
+            return self._configuration(require_client_cert=require_client_cert)
 
         return grpc.dynamic_ssl_server_credentials(
-            self._configuration(roots),
+            self._configuration(require_client_cert=require_client_cert),
             fetch,  # type: ignore[arg-type]
             require_client_authentication=require_client_cert,
         )

@@ -23,10 +23,11 @@ from ca.common.flags import (
     positive_int,
     split_list,
 )
-from ca.errors import ConfigError, InvalidRequestError, InvalidSpiffeIdError
+from ca.errors import CaMaterialError, ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
+from ca.issuance.slots import RotationPolicy
 from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
 from ca.kube.election import ElectionTimings
 from ca.ledger.location import ledger_url
@@ -118,7 +119,9 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "where a self-signed root is kept: auto, dir or secret",
         choices=["auto", "dir", "secret"],
     )
-    s.add("--ca-signing-ttl", "60d", "lifetime of each self-signed mode signing CA (rotated at half its life)")
+    s.add(
+        "--ca-signing-ttl", "60d", "lifetime of each self-signed mode signing CA (rotated at half its life)"
+    )
     s.add("--ca-root-ttl", "3650d", "lifetime of each self-signed root (rotated at 80% of its life)")
     s.add(
         "--ca-ack-share",
@@ -339,17 +342,15 @@ def _ca_rotation(args: argparse.Namespace) -> RotationPolicy:
     try:
         share = float(args.ca_ack_share)
     except ValueError as err:
-        raise ConfigError(f"--ca-ack-share {args.ca_ack_share!r} is not a number; give e.g. 1.0 or 0.95") from err
+        raise ConfigError(
+            f"--ca-ack-share {args.ca_ack_share!r} is not a number; give e.g. 1.0 or 0.95"
+        ) from err
     max_ttl = parse_duration(args.max_ttl)
     signing_ttl, root_ttl = parse_duration(args.ca_signing_ttl), parse_duration(args.ca_root_ttl)
-    if signing_ttl <= 2 * max_ttl:
-        raise ConfigError(
-            f"--ca-signing-ttl ({args.ca_signing_ttl}) must be more than twice --max-ttl ({args.max_ttl}): "
-            "the signing CA is replaced at half its life and must outlive every leaf it signed"
-        )
     if root_ttl <= 2 * signing_ttl:
         raise ConfigError(
-            f"--ca-root-ttl ({args.ca_root_ttl}) must be more than twice --ca-signing-ttl ({args.ca_signing_ttl})"
+            f"--ca-root-ttl ({args.ca_root_ttl}) must be more than twice "
+            f"--ca-signing-ttl ({args.ca_signing_ttl}): a root outlives several signing CAs"
         )
     try:
         return RotationPolicy(

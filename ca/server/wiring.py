@@ -30,9 +30,11 @@ from ca.issuance.authority import SigningAuthority
 from ca.issuance.cacerts import load_cacerts_dir
 from ca.issuance.issuer import Issuer
 from ca.issuance.selfsigned import RootFactory
+from ca.issuance.slots import Acknowledgement, AckSource, Keyring, Slot, Transition
 from ca.issuance.spiffe_id import SpiffeId
 from ca.kube import client as kube
 from ca.kube.bundles import RootCertPublisher
+from ca.kube.keyring_secret import KeyringSecret
 from ca.kube.leader import Elector, SoleElector, kube_lease_elector
 from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
@@ -53,10 +55,12 @@ from ca.net.listening import check_free, remove_ports_file, split_address, write
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
+from ca.server.ca_keys import CaKeys, TransitionRecorder
 from ca.server.certificate_api import CertificateService, OutstandingOrders
 from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
+from ca.server.keyring_store import KeyringDirectory
 from ca.server.leadership import Callback, ElectorFactory, Leadership, PublisherFactory
 from ca.server.metrics import CaMetrics
 from ca.server.push import PushCoordinator, crl_maker
@@ -65,25 +69,72 @@ from ca.server.serving_cert import ServingIdentity
 from ca.server.settings import KUBERNETES_ISSUER, ServeConfig, replica_identity
 
 log = logging.getLogger("meshca")
+CACERTS_POLL_S = 5  # how often the plugged-in CA directory is read for new material
 UNARY_CALLS = 1024  # certificate and admin calls in flight on the asyncio server, beside the streams
 PUSH_LOAD_TIMEOUT_S = 10.0
 
 
-def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
-    """The CA material for this configuration and what happened to it (loaded/created)."""
+def open_ca_keys(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[CaKeys, str]:
+    """The CA's signing slots for this configuration and what happened to them at start-up
+    (loaded, created, adopted from a root that signed leaves itself, or prepared from new
+    plugged-in material)."""
+    policy = cfg.ca_rotation
+    store: KeyringDirectory | KeyringSecret
     if cfg.cacerts is not None:
-        return load_cacerts_dir(cfg.cacerts), "loaded"
+        material = load_cacerts_dir(cfg.cacerts)
+        store = KeyringDirectory(cfg.state_dir)
+        stored, what = store.load_or_plug(material, clock)
+        keys = CaKeys(stored=stored, store=store, factory=None, policy=policy, clock=clock, acks=_nobody)
+        return keys, what
     factory = RootFactory(trust_domain=cfg.trust_domain, key_algorithm=cfg.ca_key_type, clock=clock)
     use_secret = cfg.ca_store == "secret" or (cfg.ca_store == "auto" and api is not None)
     if use_secret:
         if api is None:
             raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
-        authority, created = kube.load_or_create_root_secret(
-            api, namespace=cfg.ca_namespace, name=cfg.ca_secret, factory=factory
-        )
+        store = KeyringSecret(api, namespace=cfg.ca_namespace, name=cfg.ca_secret)
     else:
-        authority, created = state_dir.load_or_create_root(cfg.state_dir, factory)
-    return authority, "created" if created else "loaded"
+        store = KeyringDirectory(cfg.state_dir)
+    stored, what = store.load_or_create(factory, policy, clock)
+    return CaKeys(stored=stored, store=store, factory=factory, policy=policy, clock=clock, acks=_nobody), what
+
+
+def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
+    """The authority the CA signs with at start-up, and what happened to its material."""
+    keys, what = open_ca_keys(cfg, clock, api)
+    return keys.keyring.signing_authority(), what
+
+
+def agents_holding(push: PushCoordinator) -> AckSource:
+    """How many of the agents connected to this replica report holding a root."""
+
+    def acks(root_fingerprint: str) -> Acknowledgement:
+        held = push.bundle_holders(root_fingerprint)
+        return Acknowledgement(holding=held.holding, connected=held.connected)
+
+    return acks
+
+
+def _nobody(_root_fingerprint: str) -> Acknowledgement:
+    return Acknowledgement(holding=0, connected=0)
+
+
+def ledger_slot_recorder(ledger: Ledger, replica: str) -> TransitionRecorder:
+    def record(transition: Transition, slot: Slot, *, requested_by: str, why: str) -> None:
+        try:
+            ledger.record_ca_slot(
+                transition,
+                not_after=slot.authority.expiry(),
+                replica=replica,
+                requested_by=requested_by,
+                why=why,
+            ).result(timeout=10)
+        except Exception as err:
+            log.error(
+                "could not record the CA slot transition in the ledger",
+                extra={"slot": transition.slot_id, "detail": str(err)},
+            )
+
+    return record
 
 
 def _key_source(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[KeySource, tuple[str, ...]]:
@@ -168,6 +219,7 @@ class CaServer:
     ports: dict[str, int] = field(default_factory=dict)
     api: Any | None = None  # cluster access: the Lease election and the trust bundle ConfigMaps
     make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
+    keys: CaKeys | None = None  # the signing slots; None only in tests that build parts by hand
     _leadership: Leadership = field(init=False)
     _bundle_endpoint: BundleEndpoint | None = None
     _server: ApiServer | None = None
@@ -327,6 +379,7 @@ class CaServer:
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(self.refresh_expiry_gauges, "interval", seconds=60, next_run_time=self.clock.now())
         self._schedule_serving_rotation(scheduler)
+        self._schedule_ca_keys(scheduler)
         # Singleton jobs: on every replica's scheduler, run only where this replica leads.
         singleton = self._leadership.singleton
         if self.ledger is not None:
@@ -347,6 +400,49 @@ class CaServer:
             scheduler.add_job(self.push.tick, "interval", seconds=1, id="rotation-tick")
         scheduler.start()
         return scheduler
+
+    def _schedule_ca_keys(self, scheduler: BackgroundScheduler) -> None:
+        """The leader makes the transitions that are due; every other replica adopts them."""
+        if self.keys is None:
+            return
+        scheduler.add_job(self._ca_keys_turn, "interval", seconds=1, id="ca-keys", max_instances=1)
+        if self.cfg.cacerts is not None:
+            scheduler.add_job(self._watch_cacerts, "interval", seconds=CACERTS_POLL_S, id="cacerts-watch")
+
+    def _ca_keys_turn(self) -> None:
+        assert self.keys is not None
+        try:
+            if self.is_leader:
+                self.keys.tick()
+            else:
+                self.keys.refresh()
+        except Exception as err:
+            log.warning("CA slot schedule failed; will retry", extra={"detail": str(err)})
+
+    def _watch_cacerts(self) -> None:
+        assert self.keys is not None and self.cfg.cacerts is not None
+        if not self.is_leader:
+            return
+        try:
+            self.keys.offer(load_cacerts_dir(self.cfg.cacerts), requested_by=f"cacerts {self.cfg.cacerts}")
+        except Exception as err:
+            log.warning(
+                "the plugged-in CA material cannot be used yet; still signing with the current slot",
+                extra={"detail": str(err)},
+            )
+
+    def keyring_changed(self, keyring: Keyring) -> None:
+        """A transition here or on another replica: sign, serve and publish with the new keyring."""
+        authority = keyring.signing_authority()
+        self.authority = authority
+        self.issuer.use_authority(authority)
+        self.serving.use_authority(authority)
+        state_dir.write_trust_bundle(self.cfg.state_dir, authority)
+        if self.push is not None:
+            self.push.signers_changed()
+            self.push.publish_bundle(keyring.bundle())
+        self.on_trust_bundle(authority.trust_bundle_pem())
+        self.refresh_expiry_gauges()
 
     def _schedule_serving_rotation(self, scheduler: BackgroundScheduler) -> None:
         scheduler.add_job(
@@ -479,12 +575,12 @@ def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) ->
 
 
 def build_push(
-    clock: Clock, store: SqlRotationStore | None, authority: SigningAuthority, metrics: CaMetrics
+    clock: Clock, store: SqlRotationStore | None, keys: CaKeys, metrics: CaMetrics
 ) -> PushCoordinator | None:
     """Forced rotation needs the ledger's database (orders and revocations live there)."""
     if store is None:
         return None
-    push = PushCoordinator(store=store, clock=clock, crl=crl_maker(authority))
+    push = PushCoordinator(store=store, clock=clock, crl=crl_maker(lambda: keys.keyring.crl_signers()))
     metrics.control_streams.set_function(push.session_count)
     return push
 
@@ -522,7 +618,8 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     # creates a root whose "created" event would then never be recorded.
     state_dir.prepare(cfg.state_dir)
     ledger = open_ledger(cfg, clock, api) if cfg.ledger_url else None
-    authority, what = load_authority(cfg, clock, api)
+    keys, what = open_ca_keys(cfg, clock, api)
+    authority = keys.keyring.signing_authority()
     log.info(
         f"CA {what}",
         extra={
@@ -544,7 +641,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
     rotation_store = SqlRotationStore(ledger.store) if ledger is not None else None
-    push = build_push(clock, rotation_store, authority, metrics)
+    push = build_push(clock, rotation_store, keys, metrics)
     authenticators = build_authenticators(
         cfg, clock, api, pod_cache, is_revoked=push.is_revoked if push is not None else None
     )
@@ -563,7 +660,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         spiffe_id=SpiffeId.for_workload(cfg.trust_domain, cfg.ca_namespace, "meshca"),
         clock=clock,
     )
-    return CaServer(
+    server = CaServer(
         cfg=cfg,
         clock=clock,
         authority=authority,
@@ -595,4 +692,19 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         )
         if push is not None
         else None,
+        keys=keys,
     )
+    connect_keys(server, keys, ledger, push)
+    return server
+
+
+def connect_keys(server: CaServer, keys: CaKeys, ledger: Ledger | None, push: PushCoordinator | None) -> None:
+    """Transitions are recorded in the ledger (naming this replica), wait for the agents' copies of
+    a new root, and reach every part of the server."""
+    if ledger is not None:
+        keys.set_recorder(ledger_slot_recorder(ledger, server.replica))
+    if push is not None:
+        keys.set_acks(agents_holding(push))
+    keys.listen(server.keyring_changed)
+    if server.cfg.cacerts is not None:
+        keys.offer(load_cacerts_dir(server.cfg.cacerts), requested_by=f"cacerts {server.cfg.cacerts}")

@@ -54,7 +54,8 @@ def test_serve_on_defaults_issues_to_a_dev_token(served: tuple[subprocess.Popen[
         check=True,
     ).stdout.strip()
     bundle = (cwd / "meshca-state" / "root-cert.pem").read_bytes()
-    assert oct((cwd / "meshca-state" / "ca-key.pem").stat().st_mode & 0o777) == "0o600"
+    for key in ("slot-1.ca-key.pem", "slot-1.root-key.pem"):
+        assert oct((cwd / "meshca-state" / "ca-slots" / key).stat().st_mode & 0o777) == "0o600"
     channel = grpc.secure_channel(
         f"127.0.0.1:{port}",
         grpc.ssl_channel_credentials(bundle),

@@ -72,8 +72,8 @@ def test_the_stream_starts_with_the_crl_then_an_order_made_while_the_agent_was_a
     first = stream.next()
     assert kind(first) == "revocations"
     crl = x509.load_der_x509_crl(first.revocations.crl_der[0])
-    root = x509.load_pem_x509_certificate(ca.root_file.read_bytes())
-    assert crl.is_signature_valid(root.public_key()) and len(crl) == 0  # type: ignore[arg-type]
+    signing_ca = x509.load_pem_x509_certificate(cart.chain[1].encode())
+    assert crl.is_signature_valid(signing_ca.public_key()) and len(crl) == 0  # type: ignore[arg-type]
     assert first.revocations.number > 0
     assert stream.next().rotate == pb.RotateOrder(
         order_id=ORDER, serial=cart.serial, delay_ms=0, reason="test order"
