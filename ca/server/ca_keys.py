@@ -42,6 +42,7 @@ from ca.issuance.slots import (
 log = logging.getLogger("meshca")
 SCHEDULE = "schedule"
 
+KEYRING_CHANGED = "keyring_changed"  # the reason of a store's refused compare-and-swap
 
 class KeyringStore(Protocol):
     @property
@@ -170,7 +171,14 @@ class CaKeys:
             if step.kind is StepKind.PREPARE and self._factory is None:
                 return None
             keyring, transitions, _ = self._decide(str(step.kind), force=False, new_root=step.new_root)
-            self._commit(keyring, transitions, requested_by=SCHEDULE, why=step.why)
+            try:
+                self._commit(keyring, transitions, requested_by=SCHEDULE, why=step.why)
+            except ConfigError as err:
+                if err.reason != KEYRING_CHANGED:
+                    raise
+                # Another replica made a transition since the refresh above; _commit adopted it.
+                log.info("another replica changed the CA keyring first; adopted its keyring")
+                return None
             return Outcome(action=str(step.kind), transitions=tuple(transitions), dry_run=False, why=step.why)
 
     def refresh(self) -> bool:
@@ -224,8 +232,28 @@ class CaKeys:
         self, keyring: Keyring, transitions: Sequence[Transition], *, requested_by: str, why: str
     ) -> None:
         previous = self._stored
-        self._stored = self._store.save(keyring, previous.version)
-        slots = {s.id: s for s in (*previous.keyring.slots, *keyring.slots)}
+        try:
+            self._stored = self._store.save(keyring, previous.version)
+        except ConfigError as err:
+            if err.reason == KEYRING_CHANGED:
+                self.refresh()  # the other writer's keyring is the one to sign with now
+            raise
+        try:
+            self._record_all(previous.keyring, keyring, transitions, requested_by=requested_by, why=why)
+        finally:
+            # Stored is done: sign with it even when the ledger could not record it.
+            self._tell(keyring)
+
+    def _record_all(
+        self,
+        previous: Keyring,
+        keyring: Keyring,
+        transitions: Sequence[Transition],
+        *,
+        requested_by: str,
+        why: str,
+    ) -> None:
+        slots = {s.id: s for s in (*previous.slots, *keyring.slots)}
         for transition in transitions:
             slot = slots[transition.slot_id]
             log.info(
@@ -241,7 +269,6 @@ class CaKeys:
             )
             if self._record is not None:
                 self._record(transition, slot, requested_by=requested_by, why=why)
-        self._tell(keyring)
 
     def _tell(self, keyring: Keyring) -> None:
         for listener in self._listeners:
