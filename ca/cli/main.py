@@ -14,7 +14,7 @@ from ca.enforce.command import add_enforce_parser
 from ca.errors import ErrorKind, MeshcaError
 from ca.policy.command import add_policy_parser
 from ca.rotate.settings import add_revoke_parser, add_rotate_parser
-from ca.server.settings import add_serve_parser, add_token_parser
+from ca.server.settings import add_ca_parser, add_serve_parser, add_token_parser
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -72,6 +72,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_enforce_parser(commands, environ)
     add_rotate_parser(commands, environ)
     add_revoke_parser(commands, environ)
+    add_ca_parser(commands, environ)
     _remember_owners(parser)
     return parser
 
@@ -130,6 +131,12 @@ def _revoke(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return run(revoke_config(args))
 
 
+def _ca(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.server.ca_command import run_ca
+
+    return run_ca(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "serve": _serve,
     "agent": _agent,
@@ -139,6 +146,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "enforce": _enforce,
     "rotate": _rotate,
     "revoke": _revoke,
+    "ca": _ca,
 }
 
 

@@ -217,6 +217,10 @@ class RotationPolicy:
     root_rotate_at: float = 0.8
     ack_share: float = 1.0
     max_ack_wait: timedelta = timedelta(hours=24)
+    # A new root is in the bundle at least this long before it signs, whoever has acknowledged
+    # it: Istio sidecars do not acknowledge, and read it from a ConfigMap that the kubelet
+    # refreshes about once a minute.
+    min_root_publish: timedelta = timedelta(minutes=5)
     max_leaf_ttl: timedelta = timedelta(days=90)
 
     def __post_init__(self) -> None:
@@ -255,6 +259,13 @@ def activation_check(
             ready=True, why="the prepared slot chains to a root every consumer already has"
         )
     waited = now - prepared.since
+    if waited < policy.min_root_publish:
+        return ActivationCheck(
+            ready=False,
+            why=f"the new root has been published for {_seconds(waited)} of at least "
+            f"{_seconds(policy.min_root_publish)}; activation waits until "
+            f"{(prepared.since + policy.min_root_publish).isoformat()}",
+        )
     shares = {f: acks(f) for f in fresh}
     lowest = min(shares.values(), key=lambda a: a.share)
     if lowest.share >= policy.ack_share:
@@ -274,6 +285,10 @@ def activation_check(
         f"(needed: {policy.ack_share:.0%}); activation waits for them or until "
         f"{(prepared.since + policy.max_ack_wait).isoformat()}",
     )
+
+
+def _seconds(span: timedelta) -> str:
+    return f"{int(span.total_seconds())}s"
 
 
 def prepare(keyring: Keyring, slot: Slot) -> tuple[Keyring, list[Transition]]:

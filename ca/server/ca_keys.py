@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from ca.common.clock import Clock
-from ca.errors import ConfigError, UnsafeTransitionError
+from ca.errors import ConfigError, MeshcaError, UnsafeTransitionError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.slots import (
@@ -38,11 +38,12 @@ from ca.issuance.slots import (
     prepare,
     retire,
 )
+from ca.server.ca_requests import CaAnswer, CaRequest
 
 log = logging.getLogger("meshca")
 SCHEDULE = "schedule"
-
 KEYRING_CHANGED = "keyring_changed"  # the reason of a store's refused compare-and-swap
+
 
 class KeyringStore(Protocol):
     @property
@@ -109,6 +110,10 @@ class CaKeys:
 
     def listen(self, listener: KeyringListener) -> None:
         self._listeners.append(listener)
+
+    @property
+    def acks(self) -> AckSource:
+        return self._acks
 
     def set_acks(self, acks: AckSource) -> None:
         self._acks = acks
@@ -287,3 +292,71 @@ def slot_state_counts(keyring: Keyring) -> dict[SlotState, int]:
 
 def summary_time(moment: datetime | None) -> str:
     return moment.isoformat() if moment is not None else "-"
+
+
+Reissue = Callable[[datetime, str, str], str]
+"""Orders every leaf issued before a time to be replaced; returns what it did, in words."""
+
+
+def describe(transition: Transition) -> str:
+    before = str(transition.from_state) if transition.from_state else "new"
+    forced = " (forced)" if transition.forced else ""
+    return (
+        f"slot {transition.slot_id}: {before} -> {transition.to_state}{forced}; "
+        f"signing {transition.signing_fingerprint[:16]}, "
+        f"root {', '.join(f[:16] for f in transition.root_fingerprints)}"
+    )
+
+
+def answer_ca_request(keys: CaKeys, request: CaRequest, *, reissue: Reissue) -> CaAnswer:
+    """Make (or refuse) an operator's transition. `now` is prepare, then activate once the agents
+    hold the new root (answered not-done until then; the CLI asks again), then a re-issue order
+    for every leaf the old slot signed."""
+    try:
+        if request.action != "now":
+            outcome = keys.request(
+                request.action,
+                force=request.force,
+                dry_run=request.dry_run,
+                requested_by=request.requested_by,
+                new_root=request.new_root,
+            )
+            return CaAnswer(ok=True, done=True, lines=_lines(outcome))
+        return _now(keys, request, reissue)
+    except MeshcaError as err:
+        return CaAnswer(ok=False, done=True, lines=(f"refused: {err.message}",), reason=err.reason)
+
+
+def _lines(outcome: Outcome) -> tuple[str, ...]:
+    head = "would make" if outcome.dry_run else "made"
+    return (f"{head} {outcome.action}: {outcome.why}", *(describe(t) for t in outcome.transitions))
+
+
+def _now(keys: CaKeys, request: CaRequest, reissue: Reissue) -> CaAnswer:
+    lines: list[str] = []
+    if request.dry_run:
+        return CaAnswer(
+            ok=True,
+            done=True,
+            lines=(
+                "would prepare a new slot" + (" with a new root" if request.new_root else ""),
+                "would activate it once the connected agents hold its root"
+                + (" (at once: --force)" if request.force else ""),
+                "would order every certificate issued before the activation to be re-issued",
+            ),
+        )
+    if keys.keyring.prepared is None:
+        lines.extend(
+            _lines(keys.request("prepare", requested_by=request.requested_by, new_root=request.new_root))
+        )
+    check = keys.activation_why()
+    try:
+        activated = keys.request("activate", force=request.force, requested_by=request.requested_by)
+    except UnsafeTransitionError:
+        return CaAnswer(ok=True, done=False, lines=(*lines, f"waiting: {check}"))
+    lines.extend(_lines(activated))
+    at = activated.transitions[0].at
+    lines.append(
+        reissue(at, request.requested_by, f"CA rotation --now: slot {activated.transitions[0].slot_id}")
+    )
+    return CaAnswer(ok=True, done=True, lines=tuple(lines))

@@ -129,6 +129,7 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "share of connected agents that must hold a new root before it signs (0 < share <= 1)",
     )
     s.add("--ca-ack-wait", "24h", "activate a prepared root after this long even without every agent")
+    s.add("--ca-root-publish", "5m", "a new root is in the trust bundle at least this long before it signs")
     s.add("--ca-namespace", "istio-system", "namespace of the CA Secret")
     s.add("--ca-secret", "istio-ca-secret", "name of the Secret that keeps the self-signed root")
     s.add(
@@ -226,6 +227,41 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     s.add("--leader-retry-period", "2s", "how often each replica tries to acquire or renew the lease")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
     s.add("--ports-file", None, PORTS_FILE_HELP)
+
+
+CA_ACTIONS = ("prepare", "activate", "retire", "now")
+
+
+def add_ca_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    ca = commands.add_parser(
+        "ca",
+        help="the CA's own signing slots: status and rotation",
+        description="Show and move the CA's signing slots (prepared -> active -> retiring -> retired).",
+    )
+    actions = ca.add_subparsers(dest="ca_action", required=True)
+    status = actions.add_parser(
+        "status", help="slots, trust bundle, agents' acknowledgements, next transition"
+    )
+    EnvDefaults(status, environ).add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory")
+    status.add_argument("--format", choices=["text", "json"], default="text")
+    rotate = actions.add_parser(
+        "rotate",
+        help="a manual transition; refused with the reason when unsafe, unless --force",
+        description="--prepare makes the next slot (a signing CA under the current root, or with "
+        "--new-root a new root too) and publishes its root; --activate makes the prepared slot sign "
+        "(once agents hold its root); --retire removes a retiring slot whose leaves have expired; "
+        "--now does prepare and activate, then orders every workload to re-issue.",
+    )
+    EnvDefaults(rotate, environ).add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory")
+    which = rotate.add_mutually_exclusive_group(required=True)
+    for action in CA_ACTIONS:
+        which.add_argument(f"--{action}", dest="transition", action="store_const", const=action)
+    rotate.add_argument("--new-root", action="store_true", help="with --prepare or --now: a new root as well")
+    rotate.add_argument("--force", action="store_true", help="make the transition even when it is unsafe")
+    rotate.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    rotate.add_argument(
+        "--wait", default="60s", help="how long to wait for the CA (and, for --now, the agents)"
+    )
 
 
 def add_token_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
@@ -358,6 +394,7 @@ def _ca_rotation(args: argparse.Namespace) -> RotationPolicy:
             root_ttl=root_ttl,
             ack_share=share,
             max_ack_wait=parse_duration(args.ca_ack_wait),
+            min_root_publish=parse_duration(args.ca_root_publish),
             max_leaf_ttl=max_ttl,
         )
     except CaMaterialError as err:

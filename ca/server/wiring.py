@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +26,7 @@ from ca.auth.jwt_token import JwtAuthenticator, KeySource, PodChecker, TokenRule
 from ca.auth.token_cache import TokenCache
 from ca.auth.tokenreview import TokenReviewAuthenticator
 from ca.common.clock import Clock, SystemClock
-from ca.errors import ConfigError
+from ca.errors import ConfigError, InvalidRequestError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.cacerts import load_cacerts_dir
 from ca.issuance.issuer import Issuer
@@ -36,6 +37,7 @@ from ca.kube import client as kube
 from ca.kube.bundles import RootCertPublisher
 from ca.kube.keyring_secret import KeyringSecret
 from ca.kube.leader import Elector, SoleElector, kube_lease_elector
+from ca.ledger import rotation_operations as operations
 from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
     HEAD_FILE,
@@ -46,7 +48,8 @@ from ca.ledger.ledger import (
     load_or_create_ledger_key,
     new_ledger_key_pem,
 )
-from ca.ledger.rotation import RotationStore
+from ca.ledger.rotation import RotationStore, Selector
+from ca.ledger.rotation_operations import RotationRequest
 from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
@@ -55,7 +58,9 @@ from ca.net.listening import check_free, remove_ports_file, split_address, write
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
-from ca.server.ca_keys import CaKeys, TransitionRecorder
+from ca.server.ca_keys import CaKeys, TransitionRecorder, answer_ca_request
+from ca.server.ca_requests import CaInbox
+from ca.server.ca_status import status_document
 from ca.server.certificate_api import CertificateService, OutstandingOrders
 from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
@@ -414,10 +419,53 @@ class CaServer:
         try:
             if self.is_leader:
                 self.keys.tick()
+                self._answer_ca_requests()
+                self._inbox.write_status(
+                    status_document(
+                        self.keys.keyring,
+                        policy=self.keys.policy,
+                        now=self.clock.now(),
+                        acks=self.keys.acks,
+                        replica=self.replica,
+                    )
+                )
             else:
                 self.keys.refresh()
         except Exception as err:
             log.warning("CA slot schedule failed; will retry", extra={"detail": str(err)})
+
+    @property
+    def _inbox(self) -> CaInbox:
+        return CaInbox(self.cfg.state_dir)
+
+    def _answer_ca_requests(self) -> None:
+        assert self.keys is not None
+        for request in self._inbox.pending():
+            answer = answer_ca_request(self.keys, request, reissue=self._order_reissue)
+            self._inbox.answer(request.id, answer)
+
+    def _order_reissue(self, issued_before: datetime, requested_by: str, why: str) -> str:
+        """Order every leaf issued before `issued_before` (the old slot's) to be replaced."""
+        if self.rotation_store is None or self.push is None:
+            return "no ledger (--ledger off): restart the workloads to re-issue their certificates"
+        request = RotationRequest(selector=Selector(issued_before=issued_before), reason=why)
+        try:
+            result = operations.rotate(
+                self.rotation_store,
+                request,
+                now=self.clock.now(),
+                order_id=operations.new_order_id(os.urandom),
+                ordered_by=requested_by,
+                connected=frozenset(self.push.pushable_serials()),
+                workloads=lambda pods, _restart: operations.pods_as_workloads(list(pods)),
+            )
+        except InvalidRequestError as err:
+            if err.reason == "selector_matches_nothing":
+                return "no live certificate from the old slot to re-issue"
+            raise
+        self.push.notify_changed()
+        assert result.order is not None
+        return f"ordered {result.matched} certificates re-issued: rotation order {result.order.id}"
 
     def _watch_cacerts(self) -> None:
         assert self.keys is not None and self.cfg.cacerts is not None

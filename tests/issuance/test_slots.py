@@ -30,7 +30,7 @@ from ca.issuance.slots import (
 from tests.support.clock import FakeClock
 from tests.support.issuing import issue_leaf
 
-POLICY = RotationPolicy(max_leaf_ttl=timedelta(days=1))
+POLICY = RotationPolicy(max_leaf_ttl=timedelta(days=1), min_root_publish=timedelta(0))
 DAY = timedelta(days=1)
 
 
@@ -110,6 +110,21 @@ def test_a_prepared_root_is_in_the_bundle_before_it_signs_and_activation_waits_f
         ("1", SlotState.ACTIVE, SlotState.RETIRING),
     ]
     assert activated.active.id == "2" and activated.retiring[0].id == "1"
+
+
+def test_a_new_root_is_published_for_the_minimum_time_even_when_every_agent_holds_it() -> None:
+    clock = FakeClock()
+    policy = RotationPolicy(max_leaf_ttl=timedelta(days=1))  # the default: 5 minutes
+    keyring = fresh(clock)
+    keyring, _ = prepare(
+        keyring, factory(clock).new_slot("2", signing_ttl=POLICY.signing_ttl, root_ttl=POLICY.root_ttl)
+    )
+    check = activation_check(keyring, clock.now(), policy, everyone)
+    assert not check.ready and "published for 0s of at least 300s" in check.why
+    assert due_step(keyring, clock.now(), policy, everyone) is None
+    clock.advance(policy.min_root_publish)
+    assert activation_check(keyring, clock.now(), policy, everyone).ready
+    assert not activation_check(keyring, clock.now(), policy, nobody).ready
 
 
 def test_activation_with_force_is_recorded_as_forced_and_a_same_root_slot_needs_no_acknowledgement() -> None:

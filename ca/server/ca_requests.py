@@ -1,0 +1,122 @@
+"""How `meshca ca` reaches a CA on the same state directory: request and answer files.
+
+The CLI writes `<state-dir>/ca-requests/<id>.request.json`; the leading `meshca serve` takes it
+within a second, makes (or refuses) the transition, and writes `<id>.answer.json`, which the
+CLI reads and removes. The CA also writes `<state-dir>/ca-status.json` at each turn, which is
+what `meshca ca status` shows. Every file is written atomically, so neither side reads half
+of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ca.common.clock import Clock
+from ca.common.files import atomic_write
+from ca.errors import ConfigError, UnavailableError
+
+REQUESTS_DIR = "ca-requests"
+STATUS_FILE = "ca-status.json"
+REQUEST_SUFFIX = ".request.json"
+ANSWER_SUFFIX = ".answer.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaRequest:
+    id: str
+    action: str  # prepare, activate, retire, now
+    requested_by: str
+    force: bool = False
+    dry_run: bool = False
+    new_root: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaAnswer:
+    ok: bool
+    done: bool  # for `now`: False while the new root waits for the agents
+    lines: tuple[str, ...]
+    reason: str = ""
+
+
+class CaInbox:
+    def __init__(self, state_dir: Path) -> None:
+        self._dir = state_dir / REQUESTS_DIR
+        self._status = state_dir / STATUS_FILE
+
+    @property
+    def status_path(self) -> Path:
+        return self._status
+
+    # The CLI's side.
+
+    def submit(self, request: CaRequest) -> None:
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        atomic_write(self._dir / f"{request.id}{REQUEST_SUFFIX}", json.dumps(asdict(request)).encode())
+
+    def wait_answer(self, request_id: str, *, timeout_s: float, clock: Clock) -> CaAnswer:
+        path = self._dir / f"{request_id}{ANSWER_SUFFIX}"
+        deadline = clock.monotonic() + timeout_s
+        while True:
+            answer = _read_json(path)
+            if answer is not None:
+                path.unlink(missing_ok=True)
+                return CaAnswer(
+                    ok=bool(answer["ok"]),
+                    done=bool(answer["done"]),
+                    lines=tuple(answer["lines"]),
+                    reason=str(answer.get("reason", "")),
+                )
+            if clock.monotonic() >= deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._dir / f"{request_id}{REQUEST_SUFFIX}").unlink()
+                raise UnavailableError(
+                    f"no running CA answered within {timeout_s:g}s: start `meshca serve` on this "
+                    "--state-dir (the leader takes requests within a second)",
+                    reason="ca_not_running",
+                )
+            clock.sleep(0.1)
+
+    def read_status(self) -> Mapping[str, Any] | None:
+        return _read_json(self._status)
+
+    # The CA's side.
+
+    def pending(self) -> Iterator[CaRequest]:
+        if not self._dir.is_dir():
+            return
+        for path in sorted(self._dir.glob(f"*{REQUEST_SUFFIX}"), key=lambda p: p.stat().st_mtime):
+            data = _read_json(path)
+            path.unlink(missing_ok=True)
+            if data is None:
+                continue
+            try:
+                yield CaRequest(**data)
+            except TypeError:
+                continue  # not a request this version understands: the CLI times out and says so
+
+    def answer(self, request_id: str, answer: CaAnswer) -> None:
+        atomic_write(self._dir / f"{request_id}{ANSWER_SUFFIX}", json.dumps(asdict(answer)).encode())
+
+    def write_status(self, status: Mapping[str, Any]) -> None:
+        atomic_write(self._status, json.dumps(status, indent=2).encode())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} cannot be read ({err}); remove it and retry") from err
+    return data if isinstance(data, dict) else None
+
+
+def request_id() -> str:
+    return os.urandom(6).hex()
