@@ -45,6 +45,7 @@ DURATION_FLAGS = frozenset(
         "--ca-root-ttl",
         "--ca-ack-wait",
         "--ca-root-publish",
+        "--wait",
     }
 )
 _DASH_VALUE = re.compile(r"-[0-9.]")  # no flag starts so: a negative value such as -3h or -0.5
