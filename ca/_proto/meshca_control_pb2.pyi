@@ -71,12 +71,14 @@ class RotateOrder(_message.Message):
     def __init__(self, order_id: _Optional[str] = ..., serial: _Optional[str] = ..., delay_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RevocationList(_message.Message):
-    __slots__ = ("crl_der", "number")
+    __slots__ = ("crl_der", "number", "signer_der")
     CRL_DER_FIELD_NUMBER: _ClassVar[int]
     NUMBER_FIELD_NUMBER: _ClassVar[int]
+    SIGNER_DER_FIELD_NUMBER: _ClassVar[int]
     crl_der: _containers.RepeatedScalarFieldContainer[bytes]
     number: int
-    def __init__(self, crl_der: _Optional[_Iterable[bytes]] = ..., number: _Optional[int] = ...) -> None: ...
+    signer_der: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, crl_der: _Optional[_Iterable[bytes]] = ..., number: _Optional[int] = ..., signer_der: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Reissue(_message.Message):
     __slots__ = ("serial", "reason")

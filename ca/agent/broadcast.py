@@ -10,6 +10,7 @@ block on it, so an idle agent wakes for nothing: no polling.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import queue
 import threading
@@ -26,8 +27,11 @@ from ca.issuance.crl import (
     NO_REVOCATIONS,
     InvalidCrlError,
     RevocationLists,
+    SuppliedIssuers,
+    certificate_der,
     check_in_force,
     load_der_crls,
+    supplied_crl_issuers,
     trusted_crl_issuers,
 )
 
@@ -91,7 +95,7 @@ class SvidBroadcast:
             version = self._version
         self._notify("svid", version)
 
-    def publish_crl(self, crl_ders: Sequence[bytes]) -> bool:
+    def publish_crl(self, crl_ders: Sequence[bytes], signer_ders: Sequence[bytes] = ()) -> bool:
         """Serve the CA's revocation lists: the control stream's one call for them.
 
         `crl_ders` is every CRL the CA sent (RevocationList.crl_der: DER, one per
@@ -101,14 +105,22 @@ class SvidBroadcast:
         certificate files), in the ROOTCA SDS secret (`crl` + `only_verify_leaf_cert_crl`,
         pushed on every open SDS stream), and in the Workload API's X.509 responses.
 
+        `signer_ders` (RevocationList.signer_der) are the CA certificates that signed
+        them, with their chains: while the CA rotates, a CRL may come from a signing CA
+        that is not in this agent's chain. Those that chain to a root the agent holds are
+        trusted as CRL issuers too and written beside crl.pem as crl-signers.pem, so the
+        enforcer trusts them as well; the others are ignored, with a log line each.
+
         Returns True when they were delivered, False when they were ignored because
         they are no newer than what is served (the largest CRL number is not larger;
         an empty sequence has none). Raises InvalidCrlError, serving nothing new, when
         a CRL does not parse, is not signed by a CA of the current SVID's chain or
-        trust bundle, is not in force by this node's clock (Envoy would then refuse
-        every handshake), or when there is no SVID yet to check it against. Thread-safe.
+        trust bundle or by a supplied CA certificate chaining to that bundle, is not in
+        force by this node's clock (Envoy would then refuse every handshake), or when
+        there is no SVID yet to check it against. Thread-safe.
         """
         crls = load_der_crls(crl_ders)
+        supplied = _load_signers(signer_ders)
         now = self._clock.now()
         for crl in crls:
             check_in_force(crl, now)
@@ -120,7 +132,10 @@ class SvidBroadcast:
                     "revocation lists arrived before the agent holds a certificate; "
                     "they cannot be checked against a trust bundle yet"
                 )
-            revocations = RevocationLists.checked(crls, trusted_crl_issuers(svid.chain[1:], svid.roots))
+            trusted = trusted_crl_issuers(svid.chain[1:], svid.roots)
+            extra = supplied_crl_issuers(supplied, trusted)
+            _log_ignored(extra)
+            revocations = RevocationLists.checked(crls, trusted, extra_issuers=extra.trusted)
             if not revocations or revocations.number <= served.number:
                 return False
             with self._lock:
@@ -132,7 +147,12 @@ class SvidBroadcast:
                 sink.publish_crls(revocations)
         log.info(
             "revocation lists delivered",
-            extra={"crl_number": revocations.number, "crls": len(crls), "revoked": revocations.entry_count},
+            extra={
+                "crl_number": revocations.number,
+                "crls": len(crls),
+                "revoked": revocations.entry_count,
+                "extra_issuers": len(revocations.extra_issuers),
+            },
         )
         return True
 
@@ -178,3 +198,30 @@ class SvidBroadcast:
     def listener_count(self) -> int:
         with self._lock:
             return len(self._listeners)
+
+
+def _load_signers(ders: Sequence[bytes]) -> list[x509.Certificate]:
+    """The supplied CA certificates that parse; one that does not is logged and left out (a CRL
+    that only it could have vouched for is then refused as from an untrusted CA)."""
+    certs = []
+    for index, der in enumerate(ders):
+        try:
+            certs.append(x509.load_der_x509_certificate(der))
+        except ValueError as err:
+            log.warning(
+                "ignored a CA certificate sent with the revocation lists: it is not a DER certificate",
+                extra={"index": index + 1, "error": str(err)},
+            )
+    return certs
+
+
+def _log_ignored(extra: SuppliedIssuers) -> None:
+    for ignored in extra.ignored:
+        log.warning(
+            "ignored a CA certificate sent with the revocation lists; a CRL only it vouches for is refused",
+            extra={
+                "subject": ignored.cert.subject.rfc4514_string(),
+                "sha256": hashlib.sha256(certificate_der(ignored.cert)).hexdigest(),
+                "reason": ignored.reason,
+            },
+        )

@@ -78,8 +78,9 @@ CLOSE_WAIT_S = 10.0  # after asking the CA to end a stream, cancel it if it has 
 KEEPALIVE_MS = 60_000  # a ping on the open stream, so a CA that vanished is noticed
 KEEPALIVE_TIMEOUT_MS = 20_000
 
-CrlSink = Callable[[Sequence[bytes]], object]
-"""Serves the CA's CRLs (DER); raises MeshcaError for lists it will not use."""
+CrlSink = Callable[[Sequence[bytes], Sequence[bytes]], object]
+"""Serves the CA's CRLs (DER), given the CA certificates that signed them (DER, with their chains);
+raises MeshcaError for lists it will not use."""
 
 BundleServer = Callable[[Sequence[x509.Certificate]], object]
 """Serves a checked trust bundle everywhere the agent serves roots; raises MeshcaError when it
@@ -397,7 +398,7 @@ class ControlStream:
 
     def _deliver_crls(self, revocations: pb.RevocationList) -> None:
         try:
-            self._crls(list(revocations.crl_der))
+            self._crls(list(revocations.crl_der), list(revocations.signer_der))
         except MeshcaError as err:
             log.warning("the CA's revocation lists were not used", extra={"detail": err.message})
 

@@ -2,8 +2,8 @@
 
 The files live in a fresh hidden directory; a `..data` symlink names the
 current one and is replaced with one rename, and `cert-chain.pem`, `key.pem`,
-`root-cert.pem` and (once the CA has sent revocation lists) `crl.pem` point
-through it. A reader therefore never sees a key from
+`root-cert.pem` and (once the CA has sent revocation lists) `crl.pem` and
+`crl-signers.pem` point through it. A reader therefore never sees a key from
 one issuance beside a chain from another (the scheme the kubelet uses for
 projected volumes).
 """
@@ -19,7 +19,7 @@ from cryptography import x509
 
 from ca.agent.svid import Svid
 from ca.common.files import PUBLIC_MODE, SECRET_MODE, fsync_directory
-from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.cert_dir import CERT_CHAIN, CRL, CRL_SIGNERS, DATA_LINK, KEY, ROOT_CERT
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -38,18 +38,23 @@ def _replace_symlink(link: Path, target: str) -> None:
     os.replace(temporary, link)
 
 
-def write_svid(directory: Path, svid: Svid, *, crl_pem: bytes | None = None) -> Path:
-    """Write the SVID's chain, key and roots, and `crl_pem` as crl.pem when given (without it
-    the set has no crl.pem); returns the new versioned directory."""
+def write_svid(
+    directory: Path, svid: Svid, *, crl_pem: bytes | None = None, crl_signers_pem: bytes | None = None
+) -> Path:
+    """Write the SVID's chain, key and roots, `crl_pem` as crl.pem and `crl_signers_pem` as
+    crl-signers.pem when given (without one the set has no such file); returns the new
+    versioned directory."""
     directory.mkdir(parents=True, exist_ok=True)
     version = Path(tempfile.mkdtemp(prefix="..", dir=directory))
     _write(version / CERT_CHAIN, svid.chain_pem(), PUBLIC_MODE)
     _write(version / KEY, svid.key_pem(), SECRET_MODE)
     _write(version / ROOT_CERT, svid.roots_pem(), PUBLIC_MODE)
     names = [CERT_CHAIN, KEY, ROOT_CERT]
-    if crl_pem is not None:
-        _write(version / CRL, crl_pem, PUBLIC_MODE)
-        names.append(CRL)
+    optional = {CRL: crl_pem, CRL_SIGNERS: crl_signers_pem}
+    for name, data in optional.items():
+        if data is not None:
+            _write(version / name, data, PUBLIC_MODE)
+            names.append(name)
     os.chmod(version, 0o755)
     fsync_directory(version)
     previous = _current_version(directory)
@@ -58,8 +63,9 @@ def write_svid(directory: Path, svid: Svid, *, crl_pem: bytes | None = None) -> 
         link = directory / name
         if not (link.is_symlink() and os.readlink(link) == f"{DATA_LINK}/{name}"):
             _replace_symlink(link, f"{DATA_LINK}/{name}")
-    if crl_pem is None and (directory / CRL).is_symlink():
-        (directory / CRL).unlink()  # it would point at nothing in the new set
+    for name, data in optional.items():
+        if data is None and (directory / name).is_symlink():
+            (directory / name).unlink()  # it would point at nothing in the new set
     fsync_directory(directory)
     if previous is not None and previous != version:
         shutil.rmtree(previous, ignore_errors=True)

@@ -19,7 +19,8 @@ log = logging.getLogger("meshca.agent")
 
 
 class FileSink:
-    """The output directory: the SVID's files and, once there are any, the CA's CRLs as crl.pem.
+    """The output directory: the SVID's files and, once there are any, the CA's CRLs as crl.pem
+    (with crl-signers.pem, when CA certificates sent with them were trusted as their issuers).
 
     Each change writes a new set (ca.agent.output), so crl.pem and a pushed trust bundle's
     root-cert.pem switch with the others. Called from the renewal thread (SVIDs) and the
@@ -68,4 +69,12 @@ class FileSink:
 
     def _write(self) -> None:
         assert self._svid is not None
-        write_svid(self.directory, self._svid, crl_pem=self._revocations.pem() if self._revocations else None)
+        revocations = self._revocations
+        write_svid(
+            self.directory,
+            self._svid,
+            crl_pem=revocations.pem() if revocations else None,
+            crl_signers_pem=revocations.extra_issuers_pem()
+            if revocations and revocations.extra_issuers
+            else None,
+        )

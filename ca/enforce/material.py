@@ -13,9 +13,12 @@ the trust bundle or of the workload's own chain) is logged and counted, and the
 previous contexts stay in use; the next change is tried again.
 
 `crl.pem` is optional: the agent writes it in the same set once the CA has sent
-its revocation lists, and peers they list are refused from the next handshake on
-(`ca.enforce.peer.PeerCache`). Lists past their nextUpdate stay in use (a revoked
-certificate stays revoked) and are logged, since only the agent can fetch newer ones.
+its revocation lists (with `crl-signers.pem` when some of them come from a signing CA
+outside the workload's own chain, as while the CA rotates: those CA certificates are
+trusted as CRL issuers when they chain to root-cert.pem, and ignored with a log line if not),
+and peers they list are refused from the next handshake on (`ca.enforce.peer.PeerCache`).
+Lists past their nextUpdate stay in use (a revoked certificate stays revoked) and are logged,
+since only the agent can fetch newer ones.
 """
 
 from __future__ import annotations
@@ -34,18 +37,20 @@ from cryptography.hazmat.primitives import serialization
 from ca.common.clock import Clock
 from ca.enforce.tls import Material, TlsContexts, TlsEngine
 from ca.errors import ConfigError, InvalidSpiffeIdError
-from ca.issuance.cert_dir import CERT_CHAIN, CRL, DATA_LINK, KEY, ROOT_CERT
+from ca.issuance.cert_dir import CERT_CHAIN, CRL, CRL_SIGNERS, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.crl import (
     NO_REVOCATIONS,
     InvalidCrlError,
     RevocationLists,
     load_pem_crls,
+    supplied_crl_issuers,
     trusted_crl_issuers,
 )
 from ca.issuance.svid_id import svid_spiffe_id
 
 log = logging.getLogger(__name__)
 FILES = (CERT_CHAIN, KEY, ROOT_CERT)
+OPTIONAL_FILES = (CRL, CRL_SIGNERS)
 POLL_INTERVAL_S = 0.5
 
 
@@ -58,11 +63,11 @@ def version_of(directory: Path) -> str | None:
     except OSError:  # ..data exists but is not a link
         pass
     stamps = []
-    for name in (*FILES, CRL):
+    for name in (*FILES, *OPTIONAL_FILES):
         try:
             stat = os.stat(directory / name)
         except FileNotFoundError:
-            if name == CRL:
+            if name in OPTIONAL_FILES:
                 continue
             return None
         stamps.append(f"{stat.st_mtime_ns}:{stat.st_size}:{stat.st_ino}")
@@ -70,32 +75,56 @@ def version_of(directory: Path) -> str | None:
 
 
 def read_files(directory: Path) -> tuple[str, dict[str, bytes]]:
-    """The three files of one issuance (and crl.pem, when the set has one) and the version they
-    belong to."""
+    """The three files of one issuance (and crl.pem and crl-signers.pem, when the set has them)
+    and the version they belong to."""
     version = version_of(directory)
     if version is None:
         raise ConfigError(f"{directory} has no {', '.join(FILES)} yet; is the agent writing there?")
     base = directory / os.readlink(directory / DATA_LINK) if version.startswith("link:") else directory
     try:
         files = {name: (base / name).read_bytes() for name in FILES}
-        with contextlib.suppress(FileNotFoundError):
-            files[CRL] = (base / CRL).read_bytes()
+        for name in OPTIONAL_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                files[name] = (base / name).read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read the certificate files in {base}: {err}") from err
     return version, files
 
 
 def check_revocations(
-    crl_pem: bytes | None, chain: list[x509.Certificate], roots: list[x509.Certificate]
+    crl_pem: bytes | None,
+    chain: list[x509.Certificate],
+    roots: list[x509.Certificate],
+    signers_pem: bytes | None = None,
 ) -> RevocationLists:
-    """The CRLs of crl.pem if a CA of the trust bundle (or of our chain up to it) signed each."""
+    """The CRLs of crl.pem if a CA of the trust bundle (or of our chain up to it, or of
+    crl-signers.pem chaining to it) signed each."""
     if crl_pem is None:
         return NO_REVOCATIONS
+    trusted = trusted_crl_issuers(chain[1:], roots)
+    extra = supplied_crl_issuers(_load_signers(signers_pem), trusted)
+    for ignored in extra.ignored:
+        log.warning(
+            f"ignored a CA certificate of {CRL_SIGNERS}; a CRL only it vouches for is refused",
+            extra={"subject": ignored.cert.subject.rfc4514_string(), "reason": ignored.reason},
+        )
     try:
         crls = load_pem_crls(crl_pem, CRL)
-        return RevocationLists.checked(crls, trusted_crl_issuers(chain[1:], roots))
+        return RevocationLists.checked(crls, trusted, extra_issuers=extra.trusted)
     except InvalidCrlError as err:
         raise ConfigError(f"{CRL} cannot be used: {err}") from err
+
+
+def _load_signers(signers_pem: bytes | None) -> list[x509.Certificate]:
+    if signers_pem is None or not signers_pem.strip():
+        return []
+    try:
+        return x509.load_pem_x509_certificates(signers_pem)
+    except ValueError as err:
+        raise ConfigError(
+            f"{CRL_SIGNERS} does not hold PEM certificates ({err}); the agent writes it with "
+            f"{CRL}: is something else writing in the certificate directory?"
+        ) from err
 
 
 def check_material(files: dict[str, bytes], *, version: str, trust_domain: str, now: datetime) -> Material:
@@ -129,7 +158,7 @@ def check_material(files: dict[str, bytes], *, version: str, trust_domain: str, 
         serial=leaf.serial_number,
         not_after=leaf.not_valid_after_utc,
         version=version,
-        revocations=check_revocations(files.get(CRL), chain, roots),
+        revocations=check_revocations(files.get(CRL), chain, roots, files.get(CRL_SIGNERS)),
     )
 
 

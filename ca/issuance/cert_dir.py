@@ -11,4 +11,7 @@ KEY = "key.pem"
 ROOT_CERT = "root-cert.pem"
 # The CA's revocation lists (PEM, one after another), once the agent has received them.
 CRL = "crl.pem"
+# CA certificates (PEM) that signed some of those CRLs without being in the workload's own chain
+# (while the CA rotates, another signing CA's): trusted when they chain to root-cert.pem.
+CRL_SIGNERS = "crl-signers.pem"
 DATA_LINK = "..data"

@@ -13,7 +13,10 @@ revoked certificates that have not expired yet, so short lifetimes keep it small
   says to express by leaving the reason out.
 
 The agent and the enforcer accept a CRL only when a CA they trust signed it: a root
-of the trust bundle, or an intermediate of their own chain that leads to one.
+of the trust bundle, an intermediate of their own chain that leads to one, or a CA
+certificate the CA sent with its CRLs that leads to one (`supplied_crl_issuers`). The
+last is what a CA rotation needs: leaves of two signing CAs are live at once, a node's
+own chain names one of them, and Envoy wants a CRL from the issuer of every peer leaf.
 """
 
 from __future__ import annotations
@@ -206,6 +209,10 @@ def crls_pem(crls: Iterable[x509.CertificateRevocationList]) -> bytes:
     return b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)
 
 
+def certificates_pem(certs: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in certs)
+
+
 def _is_crl_signer(cert: x509.Certificate) -> bool:
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -231,6 +238,79 @@ def trusted_crl_issuers(
         if any(_signed_by(cert, parent) for parent in trusted):
             trusted.append(cert)
     return trusted
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    """A CA certificate that may sign certificates: basicConstraints cA, and keyCertSign when it
+    has a key usage at all."""
+    try:
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
+def certificate_der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IgnoredIssuer:
+    """A CA certificate sent with the CRLs that is not trusted, and why."""
+
+    cert: x509.Certificate
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuppliedIssuers:
+    """What became of the CA certificates sent with the CRLs."""
+
+    trusted: tuple[x509.Certificate, ...]  # each chains to a root; none already trusted before
+    ignored: tuple[IgnoredIssuer, ...]
+
+
+def supplied_crl_issuers(
+    supplied: Sequence[x509.Certificate], trusted: Sequence[x509.Certificate]
+) -> SuppliedIssuers:
+    """Which of the `supplied` certificates to trust as CRL issuers besides the `trusted` ones
+    (the roots and the node's own intermediates, `trusted_crl_issuers`): those that are CA
+    certificates and are signed by a trusted one or, in turn, by a supplied one so trusted, in
+    whatever order they come. The rest are ignored, with the reason. cRLSign is checked on the
+    certificate that signs a CRL, by `check_crl`."""
+    known = {certificate_der(cert) for cert in trusted}
+    anchors = list(trusted)
+    pending: list[x509.Certificate] = []
+    for cert in supplied:
+        der = certificate_der(cert)
+        if der not in known:
+            known.add(der)
+            pending.append(cert)
+    ignored = [
+        IgnoredIssuer(cert=cert, reason="it is not a CA certificate (basicConstraints cA, keyCertSign)")
+        for cert in pending
+        if not _is_ca(cert)
+    ]
+    pending = [cert for cert in pending if _is_ca(cert)]
+    accepted: list[x509.Certificate] = []
+    progress = True
+    while pending and progress:
+        progress = False
+        for cert in list(pending):
+            if any(_signed_by(cert, parent) for parent in anchors):
+                accepted.append(cert)
+                anchors.append(cert)
+                pending.remove(cert)
+                progress = True
+    ignored += [
+        IgnoredIssuer(cert=cert, reason="it does not chain to a root of the trust bundle this node holds")
+        for cert in pending
+    ]
+    return SuppliedIssuers(trusted=tuple(accepted), ignored=tuple(ignored))
 
 
 def check_crl(crl: x509.CertificateRevocationList, issuers: Sequence[x509.Certificate]) -> x509.Certificate:
@@ -309,15 +389,23 @@ class RevocationLists:
     for a lookup per handshake."""
 
     crls: tuple[x509.CertificateRevocationList, ...] = ()
+    # CA certificates sent with the CRLs and trusted as their issuers (not of the node's own
+    # chain or roots): written beside crl.pem so that the enforcer trusts them too.
+    extra_issuers: tuple[x509.Certificate, ...] = ()
     by_key: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
     by_name: Mapping[tuple[bytes, int], Listing] = field(default_factory=dict, repr=False)
 
     @classmethod
     def checked(
-        cls, crls: Sequence[x509.CertificateRevocationList], issuers: Sequence[x509.Certificate]
+        cls,
+        crls: Sequence[x509.CertificateRevocationList],
+        issuers: Sequence[x509.Certificate],
+        *,
+        extra_issuers: Sequence[x509.Certificate] = (),
     ) -> RevocationLists:
-        """The CRLs if a trusted issuer signed every one; InvalidCrlError if not."""
-        signers = [check_crl(crl, issuers) for crl in crls]
+        """The CRLs if a trusted issuer (of `issuers` or `extra_issuers`) signed every one;
+        InvalidCrlError if not. The extra issuers are kept with them."""
+        signers = [check_crl(crl, [*issuers, *extra_issuers]) for crl in crls]
         by_key: dict[tuple[bytes, int], Listing] = {}
         by_name: dict[tuple[bytes, int], Listing] = {}
         for crl, signer in zip(crls, signers, strict=True):
@@ -326,7 +414,7 @@ class RevocationLists:
                 listing = Listing(reason=_entry_reason(revoked), revoked_at=revoked.revocation_date_utc)
                 by_key[(key_id, revoked.serial_number)] = listing
                 by_name[(name, revoked.serial_number)] = listing
-        return cls(crls=tuple(crls), by_key=by_key, by_name=by_name)
+        return cls(crls=tuple(crls), extra_issuers=tuple(extra_issuers), by_key=by_key, by_name=by_name)
 
     def __bool__(self) -> bool:
         return bool(self.crls)
@@ -358,6 +446,9 @@ class RevocationLists:
 
     def pem(self) -> bytes:
         return crls_pem(self.crls)
+
+    def extra_issuers_pem(self) -> bytes:
+        return certificates_pem(self.extra_issuers)
 
 
 def _entry_reason(revoked: x509.RevokedCertificate) -> str:

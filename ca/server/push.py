@@ -115,10 +115,14 @@ CRL_VALIDITY = timedelta(hours=24)
 
 @dataclass(frozen=True, kw_only=True)
 class CrlRelease:
-    """A CRL as agents get it (one DER per issuing CA certificate) and as the ledger records it."""
+    """A CRL as agents get it (one DER per issuing CA certificate, with the CA certificates that
+    signed them) and as the ledger records it."""
 
     ders: tuple[bytes, ...]
     published: PublishedCrl
+    # DER of each signing CA and the chain above it up to its root (without the root): an agent
+    # whose own chain names another signing CA trusts these when they chain to its bundle.
+    signers: tuple[bytes, ...] = ()
 
     def refresh_at(self) -> datetime:
         """Halfway to nextUpdate: a new one is in every agent's hands long before this expires."""
@@ -135,7 +139,9 @@ def crl_maker(
 ) -> CrlMaker:
     """One CRL per CA whose leaves may be live (every signing slot not retired, asked anew each
     time), each listing every revocation: serials are random, so a CA's list naming another's
-    serial harms nothing, and Envoy needs a CRL from the issuer of whatever leaf a peer shows."""
+    serial harms nothing, and Envoy needs a CRL from the issuer of whatever leaf a peer shows.
+    The release carries those CAs' certificates and chains, so that an agent holding a leaf of
+    one signing CA can check the CRL of the other."""
     current = signers if callable(signers) else (lambda: (signers,))
 
     def make(revocations: Sequence[Revocation], now: datetime) -> CrlRelease:
@@ -146,6 +152,7 @@ def crl_maker(
         assert first.next_update_utc is not None
         return CrlRelease(
             ders=ders,
+            signers=signer_ders(authorities),
             published=PublishedCrl(
                 number=crl_number(first),
                 this_update=first.last_update_utc,
@@ -157,6 +164,16 @@ def crl_maker(
         )
 
     return make
+
+
+def signer_ders(authorities: Iterable[SigningAuthority]) -> tuple[bytes, ...]:
+    """The DER of each authority's signing certificate and the chain above it, up to but not
+    including its root (nothing for a root that signs itself), each certificate once."""
+    seen: dict[bytes, None] = {}
+    for authority in authorities:
+        for cert in authority.chain:
+            seen.setdefault(cert.public_bytes(serialization.Encoding.DER))
+    return tuple(seen)
 
 
 @dataclass(frozen=True)
@@ -208,7 +225,9 @@ def revocation_message(crl: CrlRelease | None) -> bytes:
     if crl is None:
         return pb.ControlMessage(revocations=pb.RevocationList()).SerializeToString()
     message = pb.ControlMessage(
-        revocations=pb.RevocationList(crl_der=list(crl.ders), number=crl.published.number)
+        revocations=pb.RevocationList(
+            crl_der=list(crl.ders), number=crl.published.number, signer_der=list(crl.signers)
+        )
     )
     return message.SerializeToString()
 

@@ -138,6 +138,7 @@ class Rig:
     bundle: HeldBundle = field(default_factory=HeldBundle)
     served: list[tuple[x509.Certificate, ...]] = field(default_factory=list)
     serve_fails: MeshcaError | None = None
+    crl_signers: list[list[bytes]] = field(default_factory=list)  # what came with each list
 
     def serve_bundle(self, roots: Sequence[x509.Certificate]) -> None:
         if self.serve_fails is not None:
@@ -154,6 +155,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     root_file.write_bytes(ca.issuer.authority.trust_bundle_pem().encode())
     renewer = RecordingRenewer()
     crls: list[list[bytes]] = []
+    crl_signers: list[list[bytes]] = []
     bundle = HeldBundle()
     served: list[tuple[x509.Certificate, ...]] = []
     rig: Rig | None = None
@@ -162,19 +164,34 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         assert rig is not None
         rig.serve_bundle(roots)
 
+    def deliver_crls(ders: Sequence[bytes], signers: Sequence[bytes]) -> None:
+        crl_signers.append(list(signers))
+        crls.append(list(ders))
+
     control = ControlStream(
         endpoint=ControlEndpoint(
             address=f"127.0.0.1:{server.port}", root_file=root_file, server_name="localhost"
         ),
         renewer=renewer,
-        crls=lambda ders: crls.append(list(ders)),
+        crls=deliver_crls,
         clock=clock,
         random=lambda: 0.25,
         placement=lambda: ("cart-0", "node-1"),
         bundle=bundle,
         serve_bundle=serve_bundle,
     )
-    rig = Rig(clock, ca, server, renewer, crls, control, root_file, bundle=bundle, served=served)
+    rig = Rig(
+        clock,
+        ca,
+        server,
+        renewer,
+        crls,
+        control,
+        root_file,
+        bundle=bundle,
+        served=served,
+        crl_signers=crl_signers,
+    )
     control.start()
     try:
         yield rig
@@ -208,9 +225,14 @@ def test_the_stream_opens_with_the_certificate_held_and_says_hello(rig: Rig) -> 
 
 def test_revocation_lists_go_to_the_crl_delivery(rig: Rig) -> None:
     stream = connected(rig, make_svid(rig.clock, rig.ca))
-    stream.send(pb.ControlMessage(revocations=pb.RevocationList(crl_der=[b"one", b"two"], number=7)))
+    stream.send(
+        pb.ControlMessage(
+            revocations=pb.RevocationList(crl_der=[b"one", b"two"], number=7, signer_der=[b"I1", b"I2"])
+        )
+    )
     wait_until(lambda: rig.crls, 5, "the CRLs delivered")
     assert rig.crls == [[b"one", b"two"]]
+    assert rig.crl_signers == [[b"I1", b"I2"]]  # the CA certificates that signed them, with them
 
 
 def test_an_order_waits_its_delay_on_the_clock_then_renews_with_the_orders_metadata(rig: Rig) -> None:
@@ -390,7 +412,7 @@ def test_reconnects_after_a_failure_wait_a_jittered_step_that_grows(tmp_path: Pa
     draws = iter([0.25, 0.75, 0.0, 1.0])
     attempts: list[float] = []
 
-    def crls(_ders: object) -> None:
+    def crls(_ders: object, _signers: object) -> None:
         raise AssertionError("no CA answers")
 
     # Nothing listens on port 9 of the loopback: each stream fails at once.
@@ -588,7 +610,7 @@ def test_an_unreadable_ca_root_is_retried_on_the_backoff_not_the_end_of_the_stre
             address=f"127.0.0.1:{server.port}", root_file=root_file, server_name="localhost"
         ),
         renewer=RecordingRenewer(),
-        crls=lambda _ders: None,
+        crls=lambda _ders, _signers: None,
         clock=clock,
         random=lambda: 0.25,
     )

@@ -130,5 +130,23 @@ def make_hierarchy(now: datetime | None = None, signing_key: PrivateKey | None =
     return Hierarchy(root_key, root, intermediate_key, intermediate, signing_key, signing)
 
 
+def make_signing_ca(
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    *,
+    subject: str,
+    now: datetime,
+    days: int = 180,
+    ca: bool = True,
+) -> tuple[PrivateKey, x509.Certificate]:
+    """A CA certificate (and its key) signed by `issuer`: another signing CA under one root, as
+    while the CA rotates its signing slot (`ca=False`: an end-entity certificate instead)."""
+    key = ec_key()
+    cert = _ca_cert(
+        subject=subject, key=key, issuer_cert=issuer, issuer_key=issuer_key, now=now, days=days, ca=ca
+    )
+    return key, cert
+
+
 def rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
