@@ -26,10 +26,13 @@ from ca.server.push import (
     crl_maker,
     next_bundle_sequence,
     reported_roots,
+    revocation_message,
 )
 from tests.support.clock import FakeClock
-from tests.support.issuing import make_root
+from tests.support.issuing import authority_from, make_root
+from tests.support.pki import make_hierarchy
 from tests.support.rotation import MemoryRotationStore, certificate
+from tests.support.signing_cas import two_signing_cas
 
 T0 = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 CART = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -388,6 +391,36 @@ def test_crl_maker_lists_the_revocations_and_describes_itself(hours: int) -> Non
     assert release.published.next_update - release.published.this_update == timedelta(hours=hours)
     assert release.published.ca_key_id == authority.key_id
     assert release.refresh_at() == release.published.this_update + timedelta(hours=hours) / 2
+
+
+def test_crl_maker_sends_each_signing_ca_and_its_chain_with_the_crls() -> None:
+    store = MemoryRotationStore()
+    store.add_issued(certificate("a1", issued=T0))
+    revocations = store.revoke(["a1"], reason="keyCompromise", at=T0)
+    cas = two_signing_cas(T0)  # a rotation: the retiring and the active signing CA, one root
+    deep = make_hierarchy(T0)  # root -> intermediate -> signing CA, as plugged-in cacerts
+    signers = (cas.first, cas.second, authority_from(deep), cas.second)
+    release = crl_maker(lambda: signers)(revocations, T0)
+
+    def der(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    assert [x509.load_der_x509_crl(d).issuer for d in release.ders] == [
+        a.signing_cert.subject for a in signers
+    ]
+    # Each CA certificate once, never a root (the agent holds those in its bundle).
+    assert release.signers == (
+        der(cas.first.signing_cert),
+        der(cas.second.signing_cert),
+        der(deep.signing),
+        der(deep.intermediate),
+    )
+    message = pb.ControlMessage.FromString(revocation_message(release)).revocations
+    assert list(message.signer_der) == list(release.signers)
+    assert list(message.crl_der) == list(release.ders)
+
+    # A self-signed root signing leaves itself has no certificate to send beyond the bundle's.
+    assert crl_maker(make_root(FakeClock(T0)))(revocations, T0).signers == ()
 
 
 def test_crls_are_recorded_while_they_list_something_and_once_when_they_stop() -> None:
