@@ -31,6 +31,7 @@ from ca.issuance.slots import (
 from ca.kube.client import CA_CERT_KEY, CA_KEY_KEY, CA_SECRET_TYPE, load_or_create_root_secret
 
 SLOT_PREFIX = "slot-"
+KEYRING_CHANGED = "keyring_changed"
 
 
 class KeyringSecret:
@@ -57,20 +58,34 @@ class KeyringSecret:
                 self._core.api_client, namespace=self._namespace, name=self._name, factory=factory
             )
             keyring = Keyring.single(legacy, since=clock.now(), root_key=legacy.signing_key)
-            return self._replace(found, keyring), "adopted"
+            return self._first_write(found, keyring, "adopted")
         slot = factory.new_slot("1", signing_ttl=policy.signing_ttl, root_ttl=policy.root_ttl, under=None)
         keyring = Keyring((slot.moved(SlotState.ACTIVE, slot.since),))
-        if found is None:
-            created = self._create(keyring)
-            if created is not None:
-                return created, "created"
-            again = self._get()
-            if again is not None:  # another replica created it first: use theirs
-                return self._stored(again), "loaded"
+        if found is not None:  # made beforehand without CA material (by a chart, say): fill it
+            return self._first_write(found, keyring, "created")
+        created = self._create(keyring)
+        if created is not None:
+            return created, "created"
+        again = self._get()
+        if again is not None and KEYRING_DOCUMENT in (again.data or {}):
+            return self._stored(again), "loaded"  # another replica created it first: use theirs
         raise UnavailableError(
             f"could not create or read {self.where}; check meshca's RBAC for Secrets there",
             reason="kubernetes_unavailable",
         )
+
+    def _first_write(self, found: client.V1Secret, keyring: Keyring, what: str) -> tuple[StoredKeyring, str]:
+        """Write the first keyring into an existing Secret; when another replica wrote one first
+        (both started at once), use theirs."""
+        try:
+            return self._replace(found, keyring), what
+        except ConfigError as err:
+            if err.reason != KEYRING_CHANGED:
+                raise
+            stored = self.read()
+            if stored is None:
+                raise
+            return stored, "loaded"
 
     def read(self) -> StoredKeyring | None:
         found = self._get()
@@ -86,7 +101,8 @@ class KeyringSecret:
 
     def save(self, keyring: Keyring, expected_version: str) -> StoredKeyring:
         found = self._get()
-        if found is None or document_version(_decoded(found.data or {})) != expected_version:
+        files = _decoded(found.data if found is not None else None)
+        if found is None or KEYRING_DOCUMENT not in files or document_version(files) != expected_version:
             raise _changed(self.where)
         return self._replace(found, keyring)
 
@@ -149,7 +165,7 @@ def _changed(where: str) -> ConfigError:
     return ConfigError(
         f"the CA keyring in {where} changed while this change was being made (another replica "
         "made a transition); read it again and retry",
-        reason="keyring_changed",
+        reason=KEYRING_CHANGED,
     )
 
 
