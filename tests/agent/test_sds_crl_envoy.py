@@ -6,11 +6,13 @@ the leaf's issuer (an empty CRL still counts)."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import socket
 import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,14 +28,17 @@ from ca.issuance.crl import build_crl, crl_der, load_pem_crls
 from ca.issuance.csr import parse_csr
 from ca.issuance.keys import KeyPolicy, private_key_pem
 from ca.issuance.spiffe_id import SpiffeId
+from ca.ledger.rotation import Revocation
+from ca.server.push import CrlRelease, crl_maker
 from tests.support.agent import LiveClock, agent_args, short_dir, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
 from tests.support.crls import CRL_VALIDITY, crl_revoking
 from tests.support.crls import revoked as revoked_entry
-from tests.support.envoy import RunningEnvoy, inbound_bootstrap, start_envoy
+from tests.support.envoy import RunningEnvoy, inbound_bootstrap, outbound_bootstrap, start_envoy
 from tests.support.issuing import authority_from
 from tests.support.pki import ec_key, make_csr, make_hierarchy
+from tests.support.signing_cas import two_signing_cas
 from tests.support.svids import FakeCa, make_svid
 
 pytestmark = pytest.mark.slow
@@ -210,3 +215,105 @@ def test_a_real_agent_delivers_the_crl_to_its_files_and_to_envoy() -> None:
             lambda: _get(listen, revoked_client) == REFUSED or None, 10, "Envoy refusing the revoked client"
         )
         assert _get(listen, good_client) == "HTTP/1.1 200 OK"
+
+
+# ----------------------------------------------------------------- two signing CAs (a CA rotation)
+
+
+def _revocation(svid: Svid, at: datetime) -> Revocation:
+    leaf = svid.leaf
+    return Revocation(
+        serial=format(leaf.serial_number, "x"),
+        spiffe_id=str(svid.spiffe_id),
+        revoked_at=at,
+        reason="keyCompromise",
+        not_after=leaf.not_valid_after_utc,
+    )
+
+
+def _through(port: int) -> tuple[int, str | None]:
+    """A plaintext request through the outbound Envoy: its status and the upstream's URI SAN."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/", headers={"host": "backend"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("x-outbound-peer")
+    finally:
+        connection.close()
+
+
+def _wait_rootca(envoy: RunningEnvoy, updates_before: int) -> None:
+    wait_until(
+        lambda: envoy.stats(ROOTCA_UPDATES).get(ROOTCA_UPDATES, 0) > updates_before or None,
+        10,
+        f"envoy {envoy.name} applying the new ROOTCA",
+    )
+
+
+def test_envoys_with_leaves_of_two_signing_cas_hold_both_crls_and_handshake() -> None:
+    """While the CA rotates its signing CA, the server's leaf comes from one signing CA and the
+    client's from the other, under one root. Each agent takes the CRLs of both (the CA sends the
+    signing CAs with them), so each Envoy holds a CRL for the issuer of the peer's leaf, which
+    `only_verify_leaf_cert_crl` requires: the handshake succeeds, and a CRL of the other signing
+    CA still revokes."""
+    clock = FakeClock()
+    cas = two_signing_cas(clock.now())
+    make_crls = crl_maker(lambda: (cas.first, cas.second), CRL_VALIDITY)  # the CA's, as wiring calls it
+    server = SvidBroadcast(clock=clock)
+    server_svid = make_svid(clock, FakeCa(clock, authority=cas.first))  # the retiring signing CA's
+    server.publish(server_svid)
+    client = SvidBroadcast(clock=clock)
+    client_svid = make_svid(clock, FakeCa(clock, authority=cas.second))  # the active one's
+    client.publish(client_svid)
+    app = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    with short_dir("mca-crl-two-") as base, contextlib.ExitStack() as stack:
+        stack.callback(app.shutdown)
+        for name, broadcast in (("server", server), ("client", client)):
+            sds = unix_server(base / f"{name}.sock", [SdsService(broadcast)])
+            sds.start()
+            stack.callback(sds.stop, 0)
+        inbound = start_envoy(
+            "server",
+            inbound_bootstrap(node="server", sds_socket=base / "server.sock", app_port=app.server_address[1]),
+            base / "envoy",
+        )
+        stack.callback(inbound.stop)
+        outbound = start_envoy(
+            "client",
+            outbound_bootstrap(
+                node="client",
+                sds_socket=base / "client.sock",
+                upstream_port=inbound.listener_port("inbound"),
+                upstream_sans={"/": str(server_svid.spiffe_id)},
+            ),
+            base / "envoy",
+        )
+        stack.callback(outbound.stop)
+        port = outbound.listener_port("outbound")
+        assert _through(port) == (200, str(server_svid.spiffe_id))  # no CRLs yet
+
+        def deliver(release: CrlRelease) -> None:
+            """What each agent's control stream does with the CA's RevocationList; then wait until
+            both Envoys have applied the new ROOTCA."""
+            before = [envoy.stats(ROOTCA_UPDATES).get(ROOTCA_UPDATES, 0) for envoy in (inbound, outbound)]
+            for broadcast in (server, client):
+                assert broadcast.publish_crl(release.ders, release.signers)
+            for envoy, count in zip((inbound, outbound), before, strict=True):
+                _wait_rootca(envoy, count)
+
+        deliver(make_crls([], clock.now()))
+        for broadcast in (server, client):
+            assert len(broadcast.snapshot().revocations.crls) == 2
+        assert _through(port) == (200, str(server_svid.spiffe_id))
+        assert _through(port) == (200, str(server_svid.spiffe_id))
+
+        # The server's Envoy checks the client's leaf against the other signing CA's CRL.
+        clock.advance(timedelta(seconds=1))
+        deliver(make_crls([_revocation(client_svid, clock.now())], clock.now()))
+        failures = "ssl.fail_verify_error"
+        wait_until(
+            lambda: _through(port)[0] == 503 or None, 10, "the server's Envoy refusing the revoked client"
+        )
+        assert any(k.endswith(failures) and v >= 1 for k, v in inbound.stats(failures).items())
