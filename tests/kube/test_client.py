@@ -219,7 +219,9 @@ def test_self_signed_root_lives_in_a_secret_and_survives_restarts(
         root = first.bundle
         secret = apiserver.get_object("Secret", "istio-system", "istio-ca-secret")
         assert secret is not None
-        assert base64.b64decode(secret["data"]["ca-cert.pem"]) == root
+        # The keyring: slot 1's root (which signs its signing CA) is the whole bundle.
+        assert base64.b64decode(secret["data"]["slot-1.root-cert.pem"]) == root
+        assert "slot-1.ca-key.pem" in secret["data"] and "slots.json" in secret["data"]
     finally:
         first.stop()
     second = _start(tmp_path / "two", apiserver)
