@@ -13,7 +13,7 @@ from cryptography import x509
 from ca.agent.bundle import BundleNotServedError
 from ca.agent.output import write_svid
 from ca.agent.svid import Svid
-from ca.issuance.crl import NO_REVOCATIONS, RevocationLists
+from ca.issuance.crl import NO_REVOCATIONS, RevocationLists, certificate_der, certificates_pem
 
 log = logging.getLogger("meshca.agent")
 
@@ -32,6 +32,9 @@ class FileSink:
         self._lock = threading.Lock()
         self._svid: Svid | None = None
         self._revocations = NO_REVOCATIONS
+        # The CAs the lists were checked against: those sent with them, and the signing CAs of
+        # the SVID held when they came (see `_crl_signers`).
+        self._vouched: tuple[x509.Certificate, ...] = ()
 
     def publish(self, svid: Svid) -> None:
         with self._lock:
@@ -41,6 +44,8 @@ class FileSink:
     def publish_crls(self, revocations: RevocationLists) -> None:
         with self._lock:
             self._revocations = revocations
+            held = self._svid.chain[1:] if self._svid is not None else ()
+            self._vouched = (*revocations.extra_issuers, *held)
             if self._svid is None:
                 return
             try:
@@ -70,11 +75,24 @@ class FileSink:
     def _write(self) -> None:
         assert self._svid is not None
         revocations = self._revocations
+        signers = self._crl_signers(self._svid) if revocations else ()
         write_svid(
             self.directory,
             self._svid,
             crl_pem=revocations.pem() if revocations else None,
-            crl_signers_pem=revocations.extra_issuers_pem()
-            if revocations and revocations.extra_issuers
-            else None,
+            crl_signers_pem=certificates_pem(signers) if signers else None,
         )
+
+    def _crl_signers(self, svid: Svid) -> tuple[x509.Certificate, ...]:
+        """What crl-signers.pem vouches for beside `svid`'s own chain and roots: every CA the lists
+        were checked against that this SVID does not bring. While the CA rotates, a new SVID
+        may come from another signing CA than the one held when the lists came; the CRL of that
+        earlier one then still needs vouching for, or the enforcer refuses the whole set."""
+        own = {certificate_der(cert) for cert in (*svid.chain[1:], *svid.roots)}
+        signers: list[x509.Certificate] = []
+        for cert in self._vouched:
+            der = certificate_der(cert)
+            if der not in own:
+                own.add(der)
+                signers.append(cert)
+        return tuple(signers)
