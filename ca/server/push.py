@@ -111,6 +111,7 @@ class Session(Protocol):
 
 
 CRL_VALIDITY = timedelta(hours=24)
+BUNDLE_AFTER_CRL_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -363,6 +364,7 @@ class PushCoordinator:
         self._dirty = False
         self._reloading = False
         self._crl_due = True
+        self._bundle_after_crl: tuple[tuple[x509.Certificate, ...], float] | None = None
         self._closed = False
         self.reloads = 0  # reloads taken in (each one a snapshot of the rotation tables)
         self._last_recorded: frozenset[str] = frozenset()  # what the last CRL recorded listed
@@ -588,10 +590,26 @@ class PushCoordinator:
         else:
             self._loop.call_soon_threadsafe(self._request_reload)
 
-    def signers_changed(self) -> None:
-        """The CA's signing slots changed: sign and push a new set of CRLs now."""
+    def signers_changed(self, bundle: Sequence[x509.Certificate] | None = None) -> None:
+        """The CA's signing slots changed: sign and push a new set of CRLs now, then `bundle`
+        (when given). In that order: when a root leaves the bundle, an agent that took the new
+        bundle first would hold CRLs from a signing CA that no longer chains to any root it
+        trusts, and its enforcer would refuse them all until the next list. If the CRLs cannot
+        be made, the bundle follows at the next tick after BUNDLE_AFTER_CRL_S anyway."""
+        with self._lock:
+            self._bundle_after_crl = (tuple(bundle), self._clock.monotonic()) if bundle is not None else None
         self._crl_due = True
         self.notify_changed()
+
+    def _release_bundle(self, *, overdue_only: bool) -> None:
+        with self._lock:
+            pending = self._bundle_after_crl
+            if pending is None or (
+                overdue_only and self._clock.monotonic() - pending[1] < BUNDLE_AFTER_CRL_S
+            ):
+                return
+            self._bundle_after_crl = None
+        self.publish_bundle(pending[0])
 
     def tick(self) -> None:
         """Once a second (the CA's scheduler thread): complete the orders whose grace period
@@ -612,6 +630,7 @@ class PushCoordinator:
             self._crl_due = True
         if completed or self._crl_due:
             self.notify_changed()
+        self._release_bundle(overdue_only=True)
 
     def _request_reload(self) -> None:
         self._dirty = True
@@ -709,6 +728,8 @@ class PushCoordinator:
             crl_message = state.crl_message
         for session in everyone:
             session.send_revocations(crl_message)
+        if snapshot.crl is not None:
+            self._release_bundle(overdue_only=False)
         for session, plan in pushes:
             session.send(rotate_message(plan, session.serial, now))
         for session in reissues:

@@ -487,8 +487,7 @@ class CaServer:
         self.serving.use_authority(authority)
         state_dir.write_trust_bundle(self.cfg.state_dir, authority)
         if self.push is not None:
-            self.push.signers_changed()
-            self.push.publish_bundle(keyring.bundle())
+            self.push.signers_changed(bundle=keyring.bundle())
         self.on_trust_bundle(authority.trust_bundle_pem())
         self.refresh_expiry_gauges()
 

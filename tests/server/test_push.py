@@ -18,6 +18,7 @@ from ca._proto import meshca_control_pb2 as pb
 from ca.errors import CaMaterialError
 from ca.ledger.rotation import Holder, Order, Selector, TargetState
 from ca.server.push import (
+    BUNDLE_AFTER_CRL_S,
     CRL_VALIDITY,
     MAX_REPORTED_ROOTS,
     BundleAck,
@@ -568,3 +569,41 @@ def test_the_bundle_sequence_follows_the_clock_and_never_goes_back() -> None:
     assert next_bundle_sequence(0, T0) == int(T0.timestamp() * 1000)
     later = int(T0.timestamp() * 1000) + 10_000
     assert next_bundle_sequence(later, T0) == later + 1  # a clock behind the last number
+
+
+def test_when_the_signers_change_the_new_crls_go_out_before_the_new_bundle() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        a1 = rig.connect("a1")
+        assert a1.kinds() == ["revocations"]
+        before = rig.coordinator.reloads
+        rig.coordinator.signers_changed(bundle=[rig.authority.signing_cert])
+        assert _bundles(a1) == []  # held back until the CRLs are out
+        await until(lambda: _bundles(a1), "the bundle after the CRLs")
+        assert rig.coordinator.reloads > before
+        assert a1.kinds() == ["revocations", "revocations", "bundle"]
+
+    run(body)
+
+
+def test_a_bundle_held_for_crls_that_cannot_be_made_goes_out_at_a_tick_after_the_wait() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        a1 = rig.connect("a1")
+
+        def broken(revocations: Any, now: datetime) -> Any:
+            raise RuntimeError("no signing key")
+
+        rig.coordinator._make_crl = broken
+        rig.coordinator.signers_changed(bundle=[rig.authority.signing_cert])
+        rig.coordinator.tick()
+        await asyncio.sleep(0)
+        assert _bundles(a1) == []
+        rig.clock.advance(timedelta(seconds=BUNDLE_AFTER_CRL_S))
+        rig.coordinator.tick()
+        await until(lambda: _bundles(a1), "the overdue bundle")
+        assert a1.kinds() == ["revocations", "bundle"]
+
+    run(body)
