@@ -77,6 +77,7 @@ def _rotate(args: argparse.Namespace, state_dir: Path, clock: Clock, out: TextIO
     inbox = CaInbox(state_dir)
     deadline = clock.monotonic() + wait_s
     by = f"{getpass.getuser()}@{socket.gethostname()}"
+    slot = ""
     while True:
         request = CaRequest(
             id=request_id(),
@@ -85,13 +86,17 @@ def _rotate(args: argparse.Namespace, state_dir: Path, clock: Clock, out: TextIO
             force=args.force,
             dry_run=args.dry_run,
             new_root=args.new_root,
+            slot=slot,
         )
         inbox.submit(request)
-        answer = inbox.wait_answer(
-            request.id, timeout_s=max(1.0, min(15.0, deadline - clock.monotonic())), clock=clock
-        )
+        timeout_s = max(1.0, min(15.0, deadline - clock.monotonic()))
+        answer = inbox.wait_answer(request.id, timeout_s=timeout_s, clock=clock)
         if answer.done or not answer.ok or clock.monotonic() >= deadline:
             return _report(answer, out, timed_out=not answer.done and answer.ok)
+        if not slot:
+            for line in answer.lines:
+                out.write(line + "\n")
+        slot = answer.slot
         clock.sleep(1.0)
 
 

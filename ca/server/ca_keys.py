@@ -333,7 +333,9 @@ def _lines(outcome: Outcome) -> tuple[str, ...]:
 
 
 def _now(keys: CaKeys, request: CaRequest, reissue: Reissue) -> CaAnswer:
-    lines: list[str] = []
+    """One step of `--now`. The first request prepares a slot (or takes the one already
+    prepared) and names it in its answer; each repeat names that slot, so whether the schedule
+    or this request activates it, the re-issue is ordered once, for that slot."""
     if request.dry_run:
         return CaAnswer(
             ok=True,
@@ -345,18 +347,32 @@ def _now(keys: CaKeys, request: CaRequest, reissue: Reissue) -> CaAnswer:
                 "would order every certificate issued before the activation to be re-issued",
             ),
         )
-    if keys.keyring.prepared is None:
-        lines.extend(
-            _lines(keys.request("prepare", requested_by=request.requested_by, new_root=request.new_root))
+    lines: list[str] = []
+    slot_id = request.slot
+    if not slot_id:
+        prepared = keys.keyring.prepared
+        if prepared is None:
+            made = keys.request("prepare", requested_by=request.requested_by, new_root=request.new_root)
+            lines.extend(_lines(made))
+            slot_id = made.transitions[0].slot_id
+        else:
+            lines.append(f"following slot {prepared.id}, already prepared")
+            slot_id = prepared.id
+    slot = keys.keyring.find(slot_id)
+    if slot.state is SlotState.PREPARED:
+        check = keys.activation_why()
+        try:
+            lines.extend(
+                _lines(keys.request("activate", force=request.force, requested_by=request.requested_by))
+            )
+        except UnsafeTransitionError:
+            return CaAnswer(ok=True, done=False, lines=(*lines, f"waiting: {check}"), slot=slot_id)
+        slot = keys.keyring.find(slot_id)
+    if slot.state is not SlotState.ACTIVE:
+        raise UnsafeTransitionError(
+            f"slot {slot_id} is {slot.state}, not active; `--now` cannot re-issue onto it",
+            reason="slot_not_active",
         )
-    check = keys.activation_why()
-    try:
-        activated = keys.request("activate", force=request.force, requested_by=request.requested_by)
-    except UnsafeTransitionError:
-        return CaAnswer(ok=True, done=False, lines=(*lines, f"waiting: {check}"))
-    lines.extend(_lines(activated))
-    at = activated.transitions[0].at
-    lines.append(
-        reissue(at, request.requested_by, f"CA rotation --now: slot {activated.transitions[0].slot_id}")
-    )
-    return CaAnswer(ok=True, done=True, lines=tuple(lines))
+    lines.append(f"slot {slot_id} is active since {slot.since.isoformat()}")
+    lines.append(reissue(slot.since, request.requested_by, f"CA rotation --now: slot {slot_id}"))
+    return CaAnswer(ok=True, done=True, lines=tuple(lines), slot=slot_id)

@@ -35,6 +35,7 @@ class CaRequest:
     force: bool = False
     dry_run: bool = False
     new_root: bool = False
+    slot: str = ""  # for `now` after its first answer: the slot it follows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,7 @@ class CaAnswer:
     done: bool  # for `now`: False while the new root waits for the agents
     lines: tuple[str, ...]
     reason: str = ""
+    slot: str = ""  # for `now`: the slot it prepared or follows
 
 
 class CaInbox:
@@ -72,6 +74,7 @@ class CaInbox:
                     done=bool(answer["done"]),
                     lines=tuple(answer["lines"]),
                     reason=str(answer.get("reason", "")),
+                    slot=str(answer.get("slot", "")),
                 )
             if clock.monotonic() >= deadline:
                 with contextlib.suppress(FileNotFoundError):

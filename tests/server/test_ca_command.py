@@ -148,3 +148,45 @@ def test_a_transition_with_no_ca_running_says_to_start_one(tmp_path: Path) -> No
     )
     with pytest.raises(UnavailableError, match="start `meshca serve` on this --state-dir"):
         run_ca(args, out=io.StringIO())
+
+
+def test_now_prepares_once_follows_its_slot_through_activation_and_orders_the_reissue(
+    running: RunningCa,
+) -> None:
+    ca = running
+    ca.request(token=ca.token("shop", "cart"))  # a leaf of slot 1, to be re-issued
+    args = build_parser({}).parse_args(
+        ["ca", "rotate", "--now", "--new-root", "--state-dir", str(ca.state_dir), "--wait", "30s"]
+    )
+    out = io.StringIO()
+    result: list[int] = []
+    done = threading.Event()
+
+    def command() -> None:
+        try:
+            result.append(run_ca(args, clock=SystemClock(), out=out))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=command)
+    thread.start()
+    assert ca.server.keys is not None
+    advanced = False
+    while not done.wait(0.05):
+        ca.server._ca_keys_turn()
+        if not advanced and ca.server.keys.keyring.prepared is not None:
+            # Several turns pass with the slot waiting; then its publishing time is over and the
+            # schedule activates it before the command asks again.
+            for _ in range(3):
+                ca.server._ca_keys_turn()
+            ca.clock.advance(timedelta(minutes=10))
+            advanced = True
+    thread.join()
+    text = out.getvalue()
+    assert result == [0], text
+    assert "slot 2: new -> prepared" in text and "waiting: the new root has been published" in text
+    assert "ordered 1 certificates re-issued: rotation order ro-" in text
+    assert [(s.id, str(s.state)) for s in ca.server.keys.keyring.slots] == [
+        ("1", "retiring"),
+        ("2", "active"),
+    ]
