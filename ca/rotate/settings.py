@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ca.common.flags import DEFAULT_STATE_DIR, EnvDefaults, Subcommands, path_or_off, positive_int
+from ca.common.admin_endpoint import ADMIN_FLAGS, AdminEndpoint, add_admin_flags, admin_endpoint
+from ca.common.flags import DEFAULT_STATE_DIR, EnvDefaults, Subcommands, positive_int
 from ca.common.moments import parse_moment
 from ca.errors import ConfigError, InvalidRequestError
 from ca.ledger.location import ledger_url
@@ -29,33 +30,21 @@ from ca.ledger.rotation_operations import (
 
 TIME_HELP = "2026-11-21T08:00:00Z, 2026-11-21, or an age such as 24h or 7d (that long ago)"
 OUTPUTS = ["table", "json"]
-CONNECTION_FLAGS = (
-    "--ca-addr",
-    "--cert",
-    "--key",
-    "--ca-root",
-    "--ca-server-name",
-    "--state-dir",
-    "--ledger",
-)
+CONNECTION_FLAGS = (*ADMIN_FLAGS, "--state-dir", "--ledger")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Connection:
     """Where the orders go: a CA's admin Rotation service, or (no --ca-addr) the ledger itself."""
 
-    ca_addr: str | None
-    cert: Path | None
-    key: Path | None
-    ca_root: Path
-    ca_server_name: str | None
+    admin: AdminEndpoint | None  # --ca-addr and the client certificate
     state_dir: Path
     ledger_url: str | None
     kubeconfig: Path | None
 
     @property
     def through_ca(self) -> bool:
-        return self.ca_addr is not None
+        return self.admin is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,23 +64,10 @@ class RotateConfig:
 
 
 def _connection_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    add_admin_flags(
+        parser, environ, without="without it the order is written into the ledger of --state-dir/--ledger"
+    )
     a = EnvDefaults(parser, environ)
-    a.add(
-        "--ca-addr",
-        None,
-        "the CA's renewal port (its --renew-listen, mutual TLS), to order through its admin API; "
-        "without it the order is written into the ledger of --state-dir/--ledger",
-    )
-    a.add("--cert", None, "with --ca-addr: client certificate chain (PEM) of an --admin-identity of the CA")
-    a.add("--key", None, "with --ca-addr: the client certificate's private key (PEM)")
-    a.add(
-        "--ca-root",
-        f"{DEFAULT_STATE_DIR}/root-cert.pem",
-        "with --ca-addr: root certificate(s) to trust the CA",
-    )
-    a.add(
-        "--ca-server-name", None, "with --ca-addr: TLS name to expect from the CA, if not the address's host"
-    )
     a.add(
         "--state-dir", DEFAULT_STATE_DIR, "without --ca-addr: the CA's state directory, whose ledger to use"
     )
@@ -175,17 +151,10 @@ def _usage(err: InvalidRequestError) -> ConfigError:
 
 
 def _connection(args: argparse.Namespace) -> Connection:
-    ca_addr = (args.ca_addr or "").strip() or None
-    cert, key = path_or_off(args.cert), path_or_off(args.key)
+    admin = admin_endpoint(args)
     state_dir = Path(args.state_dir)
     url: str | None = None
-    if ca_addr is not None:
-        if cert is None or key is None:
-            raise ConfigError(
-                "--ca-addr needs --cert and --key: a client certificate of the CA whose SPIFFE ID is "
-                "one of its --admin-identity values (an agent's cert-chain.pem and key.pem will do)"
-            )
-    else:
+    if admin is None:
         url = ledger_url(args.ledger, state_dir)
         if url is None:
             raise ConfigError(
@@ -194,11 +163,7 @@ def _connection(args: argparse.Namespace) -> Connection:
             )
     kubeconfig = getattr(args, "kubeconfig", None)
     return Connection(
-        ca_addr=ca_addr,
-        cert=cert,
-        key=key,
-        ca_root=Path(args.ca_root),
-        ca_server_name=(args.ca_server_name or "").strip() or None,
+        admin=admin,
         state_dir=state_dir,
         ledger_url=url,
         kubeconfig=Path(kubeconfig) if kubeconfig else None,

@@ -48,7 +48,7 @@ from ca.ledger.live_verify import UnreadableHead, read_head_file, verify_at_head
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.rotation_operations import OrderNotFoundError
 from ca.ledger.verify import VerifyReport
-from ca.server.certificate_api import STATUS_BY_KIND, credentials_from
+from ca.server.certificate_api import STATUS_BY_KIND, IssuanceRecorder, Recorded, credentials_from
 from ca.server.settings import ServeConfig
 
 log = logging.getLogger("meshca.admin")
@@ -192,6 +192,32 @@ def admin_status(err: MeshcaError) -> grpc.StatusCode:
 # What a refused admin call leaves behind besides the log line (a ledger record, say):
 # (method, error, status, peer, the caller if it authenticated).
 RefusalSink = Callable[[str, MeshcaError, grpc.StatusCode, str, Caller | None], None]
+
+
+def _retrieve(recorded: Recorded) -> None:
+    if not recorded.cancelled():
+        recorded.exception()
+
+
+def ledger_refusals(recorder: IssuanceRecorder | None, service: str) -> RefusalSink | None:
+    """Each refused call of `service` as a "refused" ledger record naming the method (None without
+    a ledger), so an attempt by someone who is not an admin is on the record."""
+    if recorder is None:
+        return None
+
+    def record(
+        method: str, err: MeshcaError, status: grpc.StatusCode, peer: str, caller: Caller | None
+    ) -> None:
+        recorded = recorder.record_refusal(
+            reason=err.reason,
+            status_code=status.name,
+            message=f"{service}/{method}: {err.message}",
+            client_address=peer,
+            caller=caller,
+        )
+        recorded.add_done_callback(_retrieve)
+
+    return record
 
 
 @dataclass(frozen=True, kw_only=True)

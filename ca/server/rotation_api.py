@@ -21,15 +21,15 @@ import grpc
 from ca._proto import meshca_admin_pb2 as pb
 from ca.auth.base import AuthenticatorChain, Caller
 from ca.common.clock import Clock
-from ca.errors import InvalidRequestError, MeshcaError
+from ca.errors import InvalidRequestError
 from ca.ledger import rotation_messages as messages
 from ca.ledger import rotation_operations as operations
 from ca.ledger.ledger import Ledger
 from ca.ledger.rotation import RotationStore
 from ca.ledger.rotation_operations import PodRef, Workload, WorkloadFinder
 from ca.ledger.rotation_store import SqlRotationStore
-from ca.server.admin_api import AdminCalls, AdminGate, LedgerOffError
-from ca.server.certificate_api import IssuanceRecorder, Recorded
+from ca.server.admin_api import AdminCalls, AdminGate, LedgerOffError, ledger_refusals
+from ca.server.certificate_api import IssuanceRecorder
 
 log = logging.getLogger("meshca.rotation")
 
@@ -48,11 +48,6 @@ def _no_connections() -> Collection[str]:
 
 def _pods_only(pods: Iterable[PodRef], restart: bool) -> list[Workload]:
     return operations.pods_as_workloads(list(pods), problem="the CA has no Kubernetes access to find owners")
-
-
-def _retrieve(recorded: Recorded) -> None:
-    if not recorded.cancelled():
-        recorded.exception()
 
 
 class RotationService:
@@ -92,7 +87,7 @@ class RotationService:
                 "Revoke": (pb.RevokeRequest, self.revoke),
             },
             internal_message=INTERNAL_MESSAGE,
-            on_refused=self._record_refusal,
+            on_refused=ledger_refusals(recorder, ROTATION_SERVICE_NAME),
         )
 
     def _rotation_store(self) -> RotationStore:
@@ -167,20 +162,6 @@ class RotationService:
         return pb.RevokeResponse(revoked=[messages.revocation_message(r) for r in revoked])
 
     # ------------------------------------------------------------------ plumbing
-
-    def _record_refusal(
-        self, method: str, err: MeshcaError, status: grpc.StatusCode, peer: str, caller: Caller | None
-    ) -> None:
-        if self._recorder is None:
-            return
-        recorded = self._recorder.record_refusal(
-            reason=err.reason,
-            status_code=status.name,
-            message=f"{ROTATION_SERVICE_NAME}/{method}: {err.message}",
-            client_address=peer,
-            caller=caller,
-        )
-        recorded.add_done_callback(_retrieve)
 
     def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
         return self._calls.handler(asynchronous=asynchronous)
