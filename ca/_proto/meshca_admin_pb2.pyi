@@ -6,6 +6,40 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CaStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CaStatusResponse(_message.Message):
+    __slots__ = ("status_json",)
+    STATUS_JSON_FIELD_NUMBER: _ClassVar[int]
+    status_json: str
+    def __init__(self, status_json: _Optional[str] = ...) -> None: ...
+
+class TransitionRequest(_message.Message):
+    __slots__ = ("action", "force", "dry_run", "new_root")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    NEW_ROOT_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    force: bool
+    dry_run: bool
+    new_root: bool
+    def __init__(self, action: _Optional[str] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., new_root: _Optional[bool] = ...) -> None: ...
+
+class TransitionResponse(_message.Message):
+    __slots__ = ("ok", "done", "lines", "reason")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    done: bool
+    lines: _containers.RepeatedScalarFieldContainer[str]
+    reason: str
+    def __init__(self, ok: _Optional[bool] = ..., done: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Selector(_message.Message):
     __slots__ = ("spiffe_id", "namespace", "service_account", "pod", "node", "serials", "issued_before", "all")
     SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -442,3 +442,134 @@ class Rotation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CaKeysStub:
+    """The CA's own signing slots (`meshca ca status`, `meshca ca rotate --ca-addr`), behind the same
+    admin-identity gate; a refused call is recorded as a refusal. Any replica answers: the keyring
+    is saved with compare-and-swap, so a transition made on one replica is adopted by the others
+    within seconds, and two replicas never make the same transition twice.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Status = channel.unary_unary(
+                '/meshca.admin.v1.CaKeys/Status',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.CaStatusRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.CaStatusResponse.FromString,
+                _registered_method=True)
+        self.Transition = channel.unary_unary(
+                '/meshca.admin.v1.CaKeys/Transition',
+                request_serializer=ca_dot___proto_dot_meshca__admin__pb2.TransitionRequest.SerializeToString,
+                response_deserializer=ca_dot___proto_dot_meshca__admin__pb2.TransitionResponse.FromString,
+                _registered_method=True)
+
+
+class CaKeysServicer:
+    """The CA's own signing slots (`meshca ca status`, `meshca ca rotate --ca-addr`), behind the same
+    admin-identity gate; a refused call is recorded as a refusal. Any replica answers: the keyring
+    is saved with compare-and-swap, so a transition made on one replica is adopted by the others
+    within seconds, and two replicas never make the same transition twice.
+    """
+
+    def Status(self, request, context):
+        """The slots, the trust bundle with the agents' acknowledgements (of the agents connected to
+        the replica that answers), and the next scheduled transition.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transition(self, request, context):
+        """A manual transition. An unsafe one is a normal answer (ok false, with the reason), not an
+        error; only a caller that is not an admin, or an unknown action, is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CaKeysServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.CaStatusRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.CaStatusResponse.SerializeToString,
+            ),
+            'Transition': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transition,
+                    request_deserializer=ca_dot___proto_dot_meshca__admin__pb2.TransitionRequest.FromString,
+                    response_serializer=ca_dot___proto_dot_meshca__admin__pb2.TransitionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'meshca.admin.v1.CaKeys', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('meshca.admin.v1.CaKeys', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CaKeys:
+    """The CA's own signing slots (`meshca ca status`, `meshca ca rotate --ca-addr`), behind the same
+    admin-identity gate; a refused call is recorded as a refusal. Any replica answers: the keyring
+    is saved with compare-and-swap, so a transition made on one replica is adopted by the others
+    within seconds, and two replicas never make the same transition twice.
+    """
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.CaKeys/Status',
+            ca_dot___proto_dot_meshca__admin__pb2.CaStatusRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.CaStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshca.admin.v1.CaKeys/Transition',
+            ca_dot___proto_dot_meshca__admin__pb2.TransitionRequest.SerializeToString,
+            ca_dot___proto_dot_meshca__admin__pb2.TransitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

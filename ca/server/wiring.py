@@ -59,6 +59,7 @@ from ca.net.status_http import StatusServer
 from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
 from ca.server.ca_keys import CaKeys, TransitionRecorder, answer_ca_request
+from ca.server.ca_keys_api import CaKeysService
 from ca.server.ca_requests import CaInbox
 from ca.server.ca_status import status_document
 from ca.server.certificate_api import CertificateService, OutstandingOrders
@@ -221,6 +222,7 @@ class CaServer:
     rotation_store: SqlRotationStore | None = None  # with a ledger: shared by push and rotation
     control: ControlService | None = None
     rotation: RotationService | None = None
+    ca_keys_api: CaKeysService | None = None  # the admin CaKeys service: meshca ca --ca-addr
     ports: dict[str, int] = field(default_factory=dict)
     api: Any | None = None  # cluster access: the Lease election and the trust bundle ConfigMaps
     make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
@@ -298,7 +300,7 @@ class CaServer:
         write_ports_file(self.cfg.ports_file, self.ports)
 
     def _start(self) -> None:
-        extra = tuple(s for s in (self.admin, self.rotation, self.control) if s is not None)
+        extra = tuple(s for s in (self.admin, self.rotation, self.ca_keys_api, self.control) if s is not None)
         streams = self.control.max_sessions if self.control is not None else 0
         server: ApiServer = (
             AsyncioServer(self.service, extra=extra, max_concurrent=UNARY_CALLS + streams)
@@ -557,6 +559,8 @@ class CaServer:
             self.push.close()
         if self.rotation is not None:
             self.rotation.close()
+        if self.ca_keys_api is not None:
+            self.ca_keys_api.close()
         if self.rotation_store is not None:
             self.rotation_store.dispose()
         if self.ledger is not None:
@@ -742,6 +746,15 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         keys=keys,
     )
     connect_keys(server, keys, ledger, push)
+    server.ca_keys_api = CaKeysService(
+        authenticators=authenticators,
+        admin_identities=cfg.admin_identities,
+        keys=keys,
+        clock=clock,
+        replica=lambda: server.replica,
+        reissue=server._order_reissue,
+        recorder=ledger,
+    )
     return server
 
 
