@@ -17,28 +17,32 @@ class CaStatusResponse(_message.Message):
     def __init__(self, status_json: _Optional[str] = ...) -> None: ...
 
 class TransitionRequest(_message.Message):
-    __slots__ = ("action", "force", "dry_run", "new_root")
+    __slots__ = ("action", "force", "dry_run", "new_root", "slot")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     NEW_ROOT_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     action: str
     force: bool
     dry_run: bool
     new_root: bool
-    def __init__(self, action: _Optional[str] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., new_root: _Optional[bool] = ...) -> None: ...
+    slot: str
+    def __init__(self, action: _Optional[str] = ..., force: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., new_root: _Optional[bool] = ..., slot: _Optional[str] = ...) -> None: ...
 
 class TransitionResponse(_message.Message):
-    __slots__ = ("ok", "done", "lines", "reason")
+    __slots__ = ("ok", "done", "lines", "reason", "slot")
     OK_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     done: bool
     lines: _containers.RepeatedScalarFieldContainer[str]
     reason: str
-    def __init__(self, ok: _Optional[bool] = ..., done: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
+    slot: str
+    def __init__(self, ok: _Optional[bool] = ..., done: _Optional[bool] = ..., lines: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., slot: _Optional[str] = ...) -> None: ...
 
 class Selector(_message.Message):
     __slots__ = ("spiffe_id", "namespace", "service_account", "pod", "node", "serials", "issued_before", "all")

@@ -90,6 +90,7 @@ class CaKeysService:
             force=request.force,
             dry_run=request.dry_run,
             new_root=request.new_root,
+            slot=request.slot,
         )
         answer = answer_ca_request(self._keys, ca_request, reissue=self._reissue)
         log.info(
@@ -106,7 +107,7 @@ class CaKeysService:
             },
         )
         return pb.TransitionResponse(
-            ok=answer.ok, done=answer.done, lines=list(answer.lines), reason=answer.reason
+            ok=answer.ok, done=answer.done, lines=list(answer.lines), reason=answer.reason, slot=answer.slot
         )
 
     def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
