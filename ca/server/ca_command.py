@@ -1,9 +1,12 @@
-"""`meshca ca status` and `meshca ca rotate`: the CA's own slots, on a state directory.
+"""`meshca ca status` and `meshca ca rotate`: the CA's own slots, through the CA's admin API
+(--ca-addr) or on a state directory.
 
-Status reads what the running CA last reported (`ca-status.json`, with the agents'
-acknowledgements), or the keyring itself when no CA reported in the last few seconds.
-Transitions are requests that the leading `meshca serve` on the same state directory makes
-or refuses with its reason (exit code 3 for a refusal).
+With --ca-addr, the CaKeys admin service of any replica answers (the client certificate must be
+an --admin-identity of the CA). Without it, status reads what the running CA last reported
+(`ca-status.json`, with the agents' acknowledgements), or the keyring itself when no CA reported
+in the last few seconds, and transitions are requests that the leading `meshca serve` on the
+same state directory makes or refuses. Either way a refused (unsafe) transition exits 3, a call
+the CA refuses or a CA that cannot be reached 1, a bad flag 2.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import getpass
 import json
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from ca.common.admin_endpoint import AdminEndpoint, admin_endpoint
 from ca.common.clock import Clock, SystemClock
 from ca.common.durations import parse_duration
 from ca.errors import ConfigError
@@ -29,9 +33,16 @@ from ca.server.keyring_store import KeyringDirectory
 EXIT_REFUSED = 3
 STATUS_FRESH_S = 10.0
 
+# Hands a transition request to the CA and returns its answer, waiting at most the given seconds.
+Ask = Callable[[CaRequest, float], CaAnswer]
 
-def run_ca(args: argparse.Namespace, clock: Clock | None = None, out: TextIO = sys.stdout) -> int:
+
+def run_ca(args: argparse.Namespace, clock: Clock | None = None, out: TextIO | None = None) -> int:
     clock = clock or SystemClock()
+    out = out or sys.stdout  # looked up at the call: the command line's stdout, not the import's
+    endpoint = admin_endpoint(args)
+    if endpoint is not None:
+        return _through_api(args, endpoint, clock, out)
     state_dir = Path(args.state_dir)
     if not state_dir.is_dir():
         raise ConfigError(
@@ -39,7 +50,28 @@ def run_ca(args: argparse.Namespace, clock: Clock | None = None, out: TextIO = s
         )
     if args.ca_action == "status":
         return _status(state_dir, args.format, clock, out)
-    return _rotate(args, state_dir, clock, out)
+    inbox = CaInbox(state_dir)
+
+    def ask(request: CaRequest, timeout_s: float) -> CaAnswer:
+        inbox.submit(request)
+        return inbox.wait_answer(request.id, timeout_s=timeout_s, clock=clock)
+
+    return _rotate(args, ask, clock, out)
+
+
+def _through_api(args: argparse.Namespace, endpoint: AdminEndpoint, clock: Clock, out: TextIO) -> int:
+    if args.ca_action == "rotate":
+        parse_duration(args.wait)  # a bad --wait is a usage error before anything is asked
+    from ca.server.ca_keys_client import CaKeysClient  # gRPC only for the commands that call
+
+    client = CaKeysClient(endpoint)
+    try:
+        if args.ca_action == "status":
+            _print_status(client.status(), args.format, live=True, out=out)
+            return 0
+        return _rotate(args, client.transition, clock, out)
+    finally:
+        client.close()
 
 
 def _status(state_dir: Path, fmt: str, clock: Clock, out: TextIO) -> int:
@@ -57,11 +89,15 @@ def _status(state_dir: Path, fmt: str, clock: Clock, out: TextIO) -> int:
         document = status_document(
             stored.keyring, policy=RotationPolicy(), now=clock.now(), acks=None, replica="-"
         )
+    _print_status(document, fmt, live=live, out=out)
+    return 0
+
+
+def _print_status(document: Mapping[str, Any], fmt: str, *, live: bool, out: TextIO) -> None:
     if fmt == "json":
         out.write(json.dumps(document, indent=2) + "\n")
     else:
         out.write("\n".join(render_status(document, live=live)) + "\n")
-    return 0
 
 
 def _fresh(document: Mapping[str, Any], now: datetime) -> bool:
@@ -72,9 +108,10 @@ def _fresh(document: Mapping[str, Any], now: datetime) -> bool:
     return now - written <= timedelta(seconds=STATUS_FRESH_S)
 
 
-def _rotate(args: argparse.Namespace, state_dir: Path, clock: Clock, out: TextIO) -> int:
+def _rotate(args: argparse.Namespace, ask: Ask, clock: Clock, out: TextIO) -> int:
+    """Ask until the transition is done or refused; `--now` is asked again each second while the
+    new root waits for the agents, until --wait runs out."""
     wait_s = parse_duration(args.wait).total_seconds()
-    inbox = CaInbox(state_dir)
     deadline = clock.monotonic() + wait_s
     by = f"{getpass.getuser()}@{socket.gethostname()}"
     slot = ""
@@ -88,9 +125,7 @@ def _rotate(args: argparse.Namespace, state_dir: Path, clock: Clock, out: TextIO
             new_root=args.new_root,
             slot=slot,
         )
-        inbox.submit(request)
-        timeout_s = max(1.0, min(15.0, deadline - clock.monotonic()))
-        answer = inbox.wait_answer(request.id, timeout_s=timeout_s, clock=clock)
+        answer = ask(request, max(1.0, min(15.0, deadline - clock.monotonic())))
         if answer.done or not answer.ok or clock.monotonic() >= deadline:
             return _report(answer, out, timed_out=not answer.done and answer.ok)
         if not slot:

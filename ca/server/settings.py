@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from ca.common.admin_endpoint import add_admin_flags
 from ca.common.durations import format_duration, parse_duration
 from ca.common.flags import (
     DEFAULT_STATE_DIR,
@@ -230,6 +231,10 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
 
 
 CA_ACTIONS = ("prepare", "activate", "retire", "now")
+CA_THROUGH_FILES = (
+    "without it, through the leading `meshca serve` on --state-dir (in a cluster, where each "
+    "replica has its own state directory, give --ca-addr)"
+)
 
 
 def add_ca_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
@@ -243,6 +248,7 @@ def add_ca_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "status", help="slots, trust bundle, agents' acknowledgements, next transition"
     )
     EnvDefaults(status, environ).add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory")
+    add_admin_flags(status, environ, without=CA_THROUGH_FILES)
     status.add_argument("--format", choices=["text", "json"], default="text")
     rotate = actions.add_parser(
         "rotate",
@@ -253,6 +259,7 @@ def add_ca_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "--now does prepare and activate, then orders every workload to re-issue.",
     )
     EnvDefaults(rotate, environ).add("--state-dir", DEFAULT_STATE_DIR, "the CA's state directory")
+    add_admin_flags(rotate, environ, without=CA_THROUGH_FILES)
     which = rotate.add_mutually_exclusive_group(required=True)
     for action in CA_ACTIONS:
         which.add_argument(f"--{action}", dest="transition", action="store_const", const=action)
