@@ -138,6 +138,20 @@ rotation_changes = Table(
 )
 
 
+# What each CA replica's connected agents hold: per replica and root, how many of its agents
+# report that root and how many are connected, rewritten every second. The leader sums the
+# rows of replicas that reported lately to decide whether a new root may sign.
+bundle_holders = Table(
+    "bundle_holders",
+    metadata,
+    Column("replica", String(253), primary_key=True),
+    Column("root_sha256", String(64), primary_key=True),
+    Column("holding", Integer, nullable=False),
+    Column("connected", Integer, nullable=False),
+    Column("updated", String(32), nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Entries, checkpoints and the head row, as first released."""
     v1 = MetaData()
@@ -184,7 +198,12 @@ def _v4(conn: Connection) -> None:
     conn.execute(rotation_changes.insert().values(id=1, marker=0))
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3, _v4)
+def _v5(conn: Connection) -> None:
+    """CA key rotation: what each replica's agents report holding of the trust bundle."""
+    bundle_holders.create(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

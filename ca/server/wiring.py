@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ from ca.kube.bundles import RootCertPublisher
 from ca.kube.keyring_secret import KeyringSecret
 from ca.kube.leader import Elector, SoleElector, kube_lease_elector
 from ca.ledger import rotation_operations as operations
+from ca.ledger.bundle_holders import Held, SqlBundleHolders
 from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
     HEAD_FILE,
@@ -108,6 +110,35 @@ def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[Sig
     """The authority the CA signs with at start-up, and what happened to its material."""
     keys, what = open_ca_keys(cfg, clock, api)
     return keys.keyring.signing_authority(), what
+
+
+class SharedHolders:
+    """This replica's count of agents holding each root, written to the ledger's database for the
+    leader to sum with the other replicas' (rewritten when it changes, and often enough to stay
+    fresh)."""
+
+    REWRITE_S = 4.0
+
+    def __init__(self, table: SqlBundleHolders, replica: str, clock: Clock) -> None:
+        self._table = table
+        self._replica = replica
+        self._clock = clock
+        self._last: tuple[dict[str, Held], float] | None = None
+
+    def report(self, roots: Sequence[str], push: PushCoordinator) -> None:
+        counts = {}
+        for root in roots:
+            ack = push.bundle_holders(root)
+            counts[root] = Held(holding=ack.holding, connected=ack.connected)
+        now = self._clock.monotonic()
+        if self._last is not None and self._last[0] == counts and now - self._last[1] < self.REWRITE_S:
+            return
+        self._table.report(self._replica, counts, self._clock.now())
+        self._last = (counts, now)
+
+    def acks(self, root_fingerprint: str) -> Acknowledgement:
+        held = self._table.total(root_fingerprint, self._clock.now())
+        return Acknowledgement(holding=held.holding, connected=held.connected)
 
 
 def agents_holding(push: PushCoordinator) -> AckSource:
@@ -227,6 +258,7 @@ class CaServer:
     api: Any | None = None  # cluster access: the Lease election and the trust bundle ConfigMaps
     make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
     keys: CaKeys | None = None  # the signing slots; None only in tests that build parts by hand
+    holders: SharedHolders | None = None  # with a ledger: agents' roots counted over every replica
     _leadership: Leadership = field(init=False)
     _bundle_endpoint: BundleEndpoint | None = None
     _server: ApiServer | None = None
@@ -419,6 +451,8 @@ class CaServer:
     def _ca_keys_turn(self) -> None:
         assert self.keys is not None
         try:
+            if self.holders is not None and self.push is not None:
+                self.holders.report(self.keys.keyring.bundle_fingerprints(), self.push)
             if self.is_leader:
                 self.keys.tick()
                 self._answer_ca_requests()
@@ -763,7 +797,10 @@ def connect_keys(server: CaServer, keys: CaKeys, ledger: Ledger | None, push: Pu
     a new root, and reach every part of the server."""
     if ledger is not None:
         keys.set_recorder(ledger_slot_recorder(ledger, server.replica))
-    if push is not None:
+    if push is not None and ledger is not None:
+        server.holders = SharedHolders(SqlBundleHolders(ledger.store), server.replica, server.clock)
+        keys.set_acks(server.holders.acks)
+    elif push is not None:
         keys.set_acks(agents_holding(push))
     keys.listen(server.keyring_changed)
     if server.cfg.cacerts is not None:
