@@ -17,6 +17,7 @@ from cryptography import x509
 
 from ca.issuance.keys import private_key_pem
 from ca.ledger.entries import REFUSED
+from tests.support.admin_client import admin_flags
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
 from tests.support.operator import run
@@ -32,18 +33,7 @@ class Through:
     serials: dict[str, str]
 
     def flags(self, who: str = "admin") -> list[str]:
-        return [
-            "--ca-addr",
-            f"127.0.0.1:{self.ca.server.ports['renew']}",
-            "--ca-server-name",
-            "localhost",
-            "--cert",
-            str(self.files / f"{who}.pem"),
-            "--key",
-            str(self.files / f"{who}.key"),
-            "--ca-root",
-            str(self.ca.state_dir / "root-cert.pem"),
-        ]
+        return admin_flags(self.ca, self.files, who)
 
     def entries(self) -> list[dict[str, Any]]:
         assert self.ca.server.ledger is not None

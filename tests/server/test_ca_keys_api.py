@@ -18,6 +18,7 @@ import pytest
 from ca.issuance.keys import private_key_pem
 from ca.ledger.entries import CA_SLOT, REFUSED
 from ca.server.ca_keys import CaKeys
+from tests.support.admin_client import admin_flags
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.clock import FakeClock
 from tests.support.operator import run
@@ -32,21 +33,8 @@ class Api:
     files: Path
 
     def flags(self, who: str = "admin") -> list[str]:
-        return [
-            "--ca-addr",
-            f"127.0.0.1:{self.ca.server.ports['renew']}",
-            "--ca-server-name",
-            "localhost",
-            "--cert",
-            str(self.files / f"{who}.pem"),
-            "--key",
-            str(self.files / f"{who}.key"),
-            "--ca-root",
-            str(self.ca.state_dir / "root-cert.pem"),
-            # Not the CA's: the API path neither reads nor needs a state directory.
-            "--state-dir",
-            str(self.files / "elsewhere"),
-        ]
+        # --state-dir not the CA's: the API path neither reads nor needs a state directory.
+        return [*admin_flags(self.ca, self.files, who), "--state-dir", str(self.files / "elsewhere")]
 
     @property
     def keys(self) -> CaKeys:
