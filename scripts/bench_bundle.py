@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark the trust-bundle push: from `publish_bundle` to every connected agent acknowledging.
+"""Benchmark a new root reaching the agents: from `meshca ca rotate --prepare --new-root` to every
+connected agent acknowledging it, and to the new slot signing.
 
 Run from the project root with the project's virtualenv (needs 2 CPUs):
 
@@ -15,12 +16,14 @@ asyncio loop, on CPU 1), which here also follow the bundle protocol as `meshca a
 on a TrustBundle they answer BundleHeld with the SHA-256 of each root. They do not write files
 or serve SDS; what is measured is the CA's push and the stream round trip.
 
-A run: the CA starts; the agents get certificates and open their streams; once the CA counts
-them all connected, the CA's process creates a new root and calls
-`PushCoordinator.publish_bundle([current root, new root])`, then reads
-`bundle_holders(new root)` every 2 ms until every connected agent holds it. Printed: the time
-from the call to the last acknowledgement as the CA counts it, and when the agents received
-the bundle (first, p50, p99, max after the call). Ends with one JSON line.
+A run: the CA starts (with `--ca-root-publish 0s`); the agents get certificates and open their
+streams; once the CA counts them all connected, the CA's process makes the transition that
+`meshca ca rotate --prepare --new-root` asks for (CaKeys.request: a new root and signing CA,
+stored, recorded in the ledger, the new CRLs then the new bundle pushed), then reads
+`bundle_holders(new root)` every 2 ms until every connected agent holds it, then waits for the
+schedule (a turn a second) to activate the slot. Printed: the time from the prepare to the last
+acknowledgement as the CA counts it and to activation, and when the agents received the bundle
+(first, p50, p99, max after the prepare). Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -86,14 +89,12 @@ def _serve(state_dir: str, log_file: str, commands: Any, answers: Any) -> None:
 
     from ca.agent.bundle import root_sha256
     from ca.cli.main import build_parser
-    from ca.common.clock import SystemClock
-    from ca.issuance.keys import KeyAlgorithm
-    from ca.issuance.selfsigned import RootFactory
     from ca.server.settings import serve_config
     from ca.server.wiring import build_server
 
     flags = ["serve", "--state-dir", state_dir, "--listen", "127.0.0.1:0", "--renew-listen", "127.0.0.1:0"]
     flags += ["--metrics-listen", "off", "--ledger", "auto", "--grpc-server", "asyncio"]
+    flags += ["--ca-root-publish", "0s"]  # activation as soon as every agent holds the root
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
     environ.pop("KUBERNETES_SERVICE_HOST", None)
     environ.pop("KUBECONFIG", None)
@@ -113,21 +114,25 @@ def _serve(state_dir: str, log_file: str, commands: Any, answers: Any) -> None:
                 current = x509.load_pem_x509_certificates((Path(state_dir) / "root-cert.pem").read_bytes())
                 answers.put(("connected", push.bundle_holders(root_sha256(current[0])).connected))
             elif command[0] == "publish":
+                # What `meshca ca rotate --prepare --new-root` makes the CA do: a new slot with a
+                # new root, stored and recorded, its bundle pushed after the new CRLs.
                 expected = int(command[1])
-                current = x509.load_pem_x509_certificates((Path(state_dir) / "root-cert.pem").read_bytes())
-                new_root = RootFactory(
-                    trust_domain="cluster.local", key_algorithm=KeyAlgorithm.EC_P256, clock=SystemClock()
-                ).create("bench new root")
-                sha = root_sha256(new_root.roots[0])
+                keys = server.keys
+                assert keys is not None
                 started = time.time()
-                push.publish_bundle([*current, *new_root.roots])
+                outcome = keys.request("prepare", new_root=True, requested_by="bench")
                 called = time.time()
+                sha = outcome.transitions[0].root_fingerprints[0]
                 deadline = time.monotonic() + ACK_TIMEOUT_S
                 ack = push.bundle_holders(sha)
                 while ack.holding < expected and time.monotonic() < deadline:
                     time.sleep(POLL_S)
                     ack = push.bundle_holders(sha)
-                answers.put(("acked", started, called, time.time(), ack.holding, ack.connected))
+                acked = time.time()
+                slot = outcome.transitions[0].slot_id
+                while keys.keyring.active.id != slot and time.monotonic() < deadline:
+                    time.sleep(POLL_S)  # the schedule's next turn (once a second) activates it
+                answers.put(("acked", started, called, acked, ack.holding, ack.connected, time.time()))
     finally:
         server.stop()
 
@@ -212,8 +217,9 @@ class RunResult:
     run: int
     connected: int = 0
     acked: int = 0
-    ack_all_s: float = math.nan  # publish_bundle called -> the CA counts every agent holding it
-    call_s: float = math.nan  # how long publish_bundle itself took
+    ack_all_s: float = math.nan  # prepare called -> the CA counts every agent holding the new root
+    call_s: float = math.nan  # how long the prepare itself took (new keys, stored, recorded)
+    active_s: float = math.nan  # prepare -> the new slot active (the schedule's next turn)
     received: list[float] = field(default_factory=list)  # per agent: seconds from the call
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -278,8 +284,9 @@ def one_run(agents: int, run: int, procs: int, work: Path) -> RunResult:
             time.sleep(0.1)
         progress(f"run {run}: the CA counts {counted} streams; publishing a bundle with a new root")
         commands.put(("publish", result.connected))
-        started, called, done, holding, connected = _answer(answers, "acked", ACK_TIMEOUT_S + 30)
+        started, called, done, holding, connected, active = _answer(answers, "acked", ACK_TIMEOUT_S + 30)
         result.acked, result.call_s, result.ack_all_s = holding, called - started, done - started
+        result.active_s = active - started
         stop.set()
         for payload, errors in _collect(reports, "result", procs, 60):
             result.received += [t - started for t in payload]
@@ -308,8 +315,8 @@ def print_run(r: RunResult) -> None:
     got = sorted(r.received)
     print(
         f"run {r.run}: {r.agents} agents, {r.connected} connected; every one acknowledged the new "
-        f"root {_ms(r.ack_all_s)} after publish_bundle ({r.acked}/{r.connected} holding; the call "
-        f"itself {_ms(r.call_s)})"
+        f"root {_ms(r.ack_all_s)} after the prepare ({r.acked}/{r.connected} holding; the prepare "
+        f"itself {_ms(r.call_s)}); the new slot active {_ms(r.active_s)} after the prepare"
     )
     if got:
         print(
@@ -367,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "connected": r.connected,
                         "acked": r.acked,
                         "ack_all_ms": round(r.ack_all_s * 1000, 1),
+                        "prepare_ms": round(r.call_s * 1000, 1),
+                        "active_ms": round(r.active_s * 1000, 1),
                         "received_p50_ms": round(percentile(sorted(r.received), 0.5) * 1000, 1)
                         if r.received
                         else None,
