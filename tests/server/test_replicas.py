@@ -32,6 +32,9 @@ from kubernetes.client.exceptions import ApiException
 
 from ca.kube import client as kube
 from ca.kube.root_configmap import CONFIGMAP_NAME, ROOT_CERT_KEY
+from ca.ledger import queries
+from ca.ledger.entries import CA_SLOT
+from ca.ledger.reader import open_reader
 from tests.support.kube_apiserver import real_apiserver
 from tests.support.ledger import MESHCA, _server_env, postgres_database
 from tests.support.ports import read_ports_file
@@ -99,6 +102,18 @@ def _bundle_in(core: client.CoreV1Api, namespace: str) -> str | None:
             return None
         raise
     return (found.data or {}).get(ROOT_CERT_KEY)
+
+
+def _roots_in(path: Path) -> int:
+    return path.read_text().count("BEGIN CERTIFICATE")
+
+
+def _slot_records(ledger: str) -> list[dict[str, Any]]:
+    reader = open_reader(ledger)
+    try:
+        return [dict(e) for e in queries.export(reader, queries.AuditFilter(status=CA_SLOT), batch=50)]
+    finally:
+        reader.dispose()
 
 
 # --------------------------------------------------------------------------- the replicas
@@ -300,6 +315,42 @@ def test_three_replicas_one_leader_takeover_and_root_configmaps(tmp_path: Path, 
                     logs,
                 )
 
+                # A CA transition on the leader (a new root prepared) reaches the other replica
+                # through the CA Secret, and every namespace's ConfigMap, within seconds.
+                asked_at = time.monotonic()
+                rotate = subprocess.run(
+                    [
+                        *MESHCA,
+                        "ca",
+                        "rotate",
+                        "--state-dir",
+                        str(successor.state_dir),
+                        "--prepare",
+                        "--new-root",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    env=_server_env(),
+                )
+                assert rotate.returncode == 0, rotate.stdout + rotate.stderr + logs()
+                answered_s = time.monotonic() - asked_at
+                alive = [r for r in fleet if r.alive]
+                adopted_s = eventually(
+                    lambda: all(_roots_in(r.state_dir / "root-cert.pem") == 2 for r in alive),
+                    "both roots on every replica",
+                    CONFIGMAP_BOUND_S,
+                    logs,
+                )
+                both = (successor.state_dir / "root-cert.pem").read_text()
+                eventually(
+                    lambda: _bundle_in(core, "shop") == both, "both roots in shop", CONFIGMAP_BOUND_S, logs
+                )
+                adopted_s += answered_s
+                published_s = time.monotonic() - asked_at
+                made = [e for e in _slot_records(ledger) if e["reason"] == "prepared"]
+                assert [e["replica"] for e in made] == [successor.identity]
+
                 # A leader stopped cleanly releases the lease: the last replica leads at its next try.
                 stopped_at = time.monotonic()
                 successor.proc.terminate()
@@ -319,5 +370,7 @@ def test_three_replicas_one_leader_takeover_and_root_configmaps(tmp_path: Path, 
             print(
                 f"\nthree replicas: takeover after kill -9 {takeover_s:.2f}s (lease {LEASE_S}s, retry "
                 f"{RETRY_S}s); new namespace's ConfigMap {created_s * 1000:.0f} ms; edited one repaired "
-                f"{repaired_s * 1000:.0f} ms; clean handover {handover_s:.2f}s"
+                f"{repaired_s * 1000:.0f} ms; clean handover {handover_s:.2f}s; `meshca ca rotate --prepare "
+                f"--new-root` answered in {answered_s:.2f}s (a process start and a leader's turn), the new "
+                f"root on every replica by {adopted_s:.2f}s and in the ConfigMap by {published_s:.2f}s"
             )
