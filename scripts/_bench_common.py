@@ -436,12 +436,13 @@ def floor_server_main(argv: Sequence[str]) -> int:
     from ca.issuance.issuer import IssuancePolicy, Issuer
     from ca.issuance.keys import KeyAlgorithm
     from ca.issuance.selfsigned import RootFactory
+    from ca.issuance.slots import RotationPolicy
     from ca.issuance.spiffe_id import SpiffeId
     from ca.net.listening import write_ports_file
     from ca.server.grpc_server import OPTIONS
+    from ca.server.keyring_store import KeyringDirectory
     from ca.server.serving_cert import ServingIdentity
     from ca.server.settings import DEFAULT_DNS_NAMES
-    from ca.server.state_dir import load_or_create_root
 
     parser = argparse.ArgumentParser(prog="_bench_common.py floor-server")
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -452,7 +453,8 @@ def floor_server_main(argv: Sequence[str]) -> int:
 
     clock = SystemClock()
     factory = RootFactory(trust_domain=TRUST_DOMAIN, key_algorithm=KeyAlgorithm.EC_P256, clock=clock)
-    authority, _ = load_or_create_root(args.state_dir, factory)  # the bench made it: loaded
+    stored, _ = KeyringDirectory(args.state_dir).load_or_create(factory, RotationPolicy(), clock)
+    authority = stored.keyring.signing_authority()  # the bench made it: loaded
     issuer = Issuer(authority=authority, policy=IssuancePolicy(), clock=clock)
     document = json.loads(args.pool_file.read_text())
     responses: dict[str, bytes] = {}

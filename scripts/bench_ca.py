@@ -290,8 +290,9 @@ def measure_ceiling(settings: Settings, state_dir: Path, pool: RequestPool) -> C
     from ca.issuance.issuer import IssuancePolicy, Issuer
     from ca.issuance.keys import KeyAlgorithm
     from ca.issuance.selfsigned import RootFactory
+    from ca.issuance.slots import RotationPolicy
     from ca.server.devtoken import DevTokenIssuer
-    from ca.server.state_dir import load_or_create_root
+    from ca.server.keyring_store import KeyringDirectory
 
     clock = SystemClock()
     dev = DevTokenIssuer.load_or_create(state_dir, clock)
@@ -304,7 +305,8 @@ def measure_ceiling(settings: Settings, state_dir: Path, pool: RequestPool) -> C
     factory = RootFactory(
         trust_domain="cluster.local", key_algorithm=KeyAlgorithm.parse(settings.ca_key_type), clock=clock
     )
-    authority, _ = load_or_create_root(state_dir, factory)  # the same CA the servers will load
+    stored, _ = KeyringDirectory(state_dir).load_or_create(factory, RotationPolicy(), clock)
+    authority = stored.keyring.signing_authority()  # the same CA the servers will load
     policy = IssuancePolicy()
     issuer = Issuer(authority=authority, policy=policy, clock=clock)
     n = len(pool)

@@ -16,25 +16,19 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.common.clock import SystemClock
-from ca.common.files import PUBLIC_MODE, SECRET_MODE
-from ca.errors import CaMaterialError, ConfigError
+from ca.common.files import PUBLIC_MODE
+from ca.errors import ConfigError
 from ca.issuance.authority import fingerprint_sha256
 from ca.issuance.cacerts import load_cacerts_dir
-from ca.issuance.keys import KeyAlgorithm, private_key_pem
+from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.selfsigned import RootFactory
-from ca.server.state_dir import (
-    CA_CERT,
-    CA_KEY,
-    TRUST_BUNDLE,
-    load_or_create_root,
-    prepare,
-    write_trust_bundle,
-)
+from ca.issuance.slots import RotationPolicy
+from ca.server.keyring_store import KeyringDirectory
+from ca.server.state_dir import TRUST_BUNDLE, prepare, write_trust_bundle
 from tests.support.clock import FakeClock
-from tests.support.pki import Hierarchy, ec_key, make_hierarchy
+from tests.support.pki import Hierarchy, make_hierarchy
 
 MESHCA = [sys.executable, "-m", "ca.cli"]
 PR_CAPBSET_DROP = 24
@@ -157,72 +151,15 @@ def _factory(trust_domain: str = "cluster.local", clock: Any = None) -> RootFact
     )
 
 
-def test_root_is_created_once_and_reloaded(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    first, created = load_or_create_root(state, _factory())
-    assert created
-    second, created_again = load_or_create_root(state, _factory())
-    assert not created_again
-    assert second.signing_cert == first.signing_cert
-    assert second.fingerprint == first.fingerprint
-    assert private_key_pem(second.signing_key) == private_key_pem(first.signing_key)
-    assert second.is_self_signed
-    assert second.roots == (first.signing_cert,)
-
-
-def test_root_files_have_the_right_modes(tmp_path: Path) -> None:
-    load_or_create_root(tmp_path, _factory())
-    assert stat.S_IMODE((tmp_path / CA_KEY).stat().st_mode) == SECRET_MODE
-    assert stat.S_IMODE((tmp_path / CA_CERT).stat().st_mode) == PUBLIC_MODE
-
-
-@pytest.mark.parametrize("keep", [CA_CERT, CA_KEY])
-def test_partial_state_is_refused(keep: str, tmp_path: Path) -> None:
-    load_or_create_root(tmp_path, _factory())
-    gone = CA_KEY if keep == CA_CERT else CA_CERT
-    (tmp_path / gone).unlink()
-    with pytest.raises(CaMaterialError) as caught:
-        load_or_create_root(tmp_path, _factory())
-    assert gone in caught.value.message
-    assert "only part of a CA" in caught.value.message
-    assert not (tmp_path / gone).exists()
-
-
-def test_trust_domain_mismatch_is_refused(tmp_path: Path) -> None:
-    load_or_create_root(tmp_path, _factory("cluster.local"))
-    with pytest.raises(CaMaterialError) as caught:
-        load_or_create_root(tmp_path, _factory("example.org"))
-    assert "'cluster.local'" in caught.value.message
-    assert "'example.org'" in caught.value.message
-    assert "--trust-domain" in caught.value.message
-
-
-def test_corrupt_state_key_is_refused(tmp_path: Path) -> None:
-    load_or_create_root(tmp_path, _factory())
-    (tmp_path / CA_KEY).write_text("garbage")
-    with pytest.raises(ConfigError) as caught:
-        load_or_create_root(tmp_path, _factory())
-    assert CA_KEY in caught.value.message
-
-
-def test_state_key_not_matching_the_cert_is_refused(tmp_path: Path) -> None:
-    load_or_create_root(tmp_path, _factory())
-    (tmp_path / CA_KEY).write_bytes(private_key_pem(ec_key()))
-    with pytest.raises(CaMaterialError) as caught:
-        load_or_create_root(tmp_path, _factory())
-    assert "does not belong" in caught.value.message
-
-
 def _start_concurrently(state_dir: str, barrier: Any, results: Any) -> None:
-    factory = RootFactory(
-        trust_domain="cluster.local", key_algorithm=KeyAlgorithm.EC_P256, clock=SystemClock()
-    )
+    clock = SystemClock()
+    factory = RootFactory(trust_domain="cluster.local", key_algorithm=KeyAlgorithm.EC_P256, clock=clock)
     barrier.wait(timeout=30)
-    authority, created = load_or_create_root(Path(state_dir), factory)
-    results.put((fingerprint_sha256(authority.signing_cert), created))
+    stored, what = KeyringDirectory(Path(state_dir)).load_or_create(factory, RotationPolicy(), clock)
+    results.put((fingerprint_sha256(stored.keyring.active.root), what == "created"))
 
 
-def test_concurrent_first_starts_agree_on_one_root(tmp_path: Path) -> None:
+def test_concurrent_first_starts_agree_on_one_keyring(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     workers = 4
     barrier = context.Barrier(workers)
@@ -240,9 +177,9 @@ def test_concurrent_first_starts_agree_on_one_root(tmp_path: Path) -> None:
     fingerprints = {fingerprint for fingerprint, _ in outcomes}
     assert len(fingerprints) == 1
     assert sum(created for _, created in outcomes) == 1
-    on_disk, created = load_or_create_root(tmp_path, _factory())
-    assert not created
-    assert {on_disk.fingerprint} == fingerprints
+    on_disk, what = KeyringDirectory(tmp_path).load_or_create(_factory(), RotationPolicy(), FakeClock())
+    assert what == "loaded"
+    assert {fingerprint_sha256(on_disk.keyring.active.root)} == fingerprints
 
 
 def test_write_trust_bundle(tmp_path: Path, hierarchy: Hierarchy) -> None:
@@ -255,16 +192,7 @@ def test_write_trust_bundle(tmp_path: Path, hierarchy: Hierarchy) -> None:
 
 
 def test_write_trust_bundle_replaces_the_old_bundle(tmp_path: Path) -> None:
-    first, _ = load_or_create_root(tmp_path / "a", _factory())
-    second, _ = load_or_create_root(tmp_path / "b", _factory())
+    first, second = _factory().create("a"), _factory().create("b")
     write_trust_bundle(tmp_path, first)
     path = write_trust_bundle(tmp_path, second)
     assert x509.load_pem_x509_certificates(path.read_bytes()) == [second.signing_cert]
-
-
-def test_created_root_key_is_the_cert_key(tmp_path: Path) -> None:
-    authority, _ = load_or_create_root(tmp_path, _factory())
-    assert isinstance(authority.signing_key, ec.EllipticCurvePrivateKey)
-    cert_key = authority.signing_cert.public_key()
-    assert isinstance(cert_key, ec.EllipticCurvePublicKey)
-    assert cert_key.public_numbers() == authority.signing_key.public_key().public_numbers()
