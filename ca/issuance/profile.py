@@ -165,26 +165,27 @@ def serving_leaf(
     )
 
 
-def self_signed_root(
+def _ca(
     *,
-    key: PrivateKey,
+    subject: x509.Name,
+    subject_key: PublicKey,
     trust_domain: str,
+    issuer: x509.Certificate | None,
     serial: int,
-    now: datetime,
-    validity: timedelta = ROOT_VALIDITY,
+    not_before: datetime,
+    not_after: datetime,
+    path_length: int | None,
 ) -> x509.CertificateBuilder:
-    """A self-signed root: O=<trust domain>, cA=true, and the trust domain's SPIFFE ID."""
-    public_key = key.public_key()
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)])
+    """cA=true, keyCertSign and cRLSign, the trust domain's SPIFFE ID; `issuer` None: self-signed."""
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public_key)
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.subject)
+        .public_key(subject_key)
         .serial_number(serial)
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             _key_usage(digital_signature=True, key_encipherment=False, cert_sign=True),
             critical=True,
@@ -194,7 +195,28 @@ def self_signed_root(
             critical=False,
         )
     )
-    return _with_key_ids(builder, public_key, None)
+    return _with_key_ids(builder, subject_key, issuer)
+
+
+def self_signed_root(
+    *,
+    key: PrivateKey,
+    trust_domain: str,
+    serial: int,
+    now: datetime,
+    validity: timedelta = ROOT_VALIDITY,
+) -> x509.CertificateBuilder:
+    """A self-signed root: O=<trust domain>, cA=true, and the trust domain's SPIFFE ID."""
+    return _ca(
+        subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain)]),
+        subject_key=key.public_key(),
+        trust_domain=trust_domain,
+        issuer=None,
+        serial=serial,
+        not_before=now - CLOCK_SKEW,
+        not_after=now + validity,
+        path_length=None,
+    )
 
 
 def intermediate_ca(
@@ -206,34 +228,24 @@ def intermediate_ca(
     not_before: datetime,
     not_after: datetime,
 ) -> x509.CertificateBuilder:
-    """A signing CA under a root: cA=true with pathLen 0 (it signs leaves only), the trust
-    domain's SPIFFE ID, and a serial in its name so that two generations never share a subject
-    (a CRL is found by its issuer's name)."""
-    name = x509.Name(
+    """A signing CA under a root: pathLen 0 (it signs leaves only), and a serial in its name so
+    that two generations never share a subject (a CRL is found by its issuer's name)."""
+    subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
             x509.NameAttribute(NameOID.COMMON_NAME, f"meshca signing CA {serial:032x}"[:64]),
         ]
     )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject)
-        .public_key(subject_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            _key_usage(digital_signature=True, key_encipherment=False, cert_sign=True),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(SpiffeId(trust_domain).uri)]),
-            critical=False,
-        )
+    return _ca(
+        subject=subject,
+        subject_key=subject_key,
+        trust_domain=trust_domain,
+        issuer=issuer,
+        serial=serial,
+        not_before=not_before,
+        not_after=not_after,
+        path_length=0,
     )
-    return _with_key_ids(builder, subject_key, issuer)
 
 
 def sign(builder: x509.CertificateBuilder, key: PrivateKey) -> x509.Certificate:

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.issuance.authority import SigningAuthority
-from ca.issuance.keys import KeyAlgorithm, PrivateKey
+from ca.issuance import profile
+from ca.issuance.keys import KeyAlgorithm, PrivateKey, generate_private_key
 from ca.issuance.profile import CLOCK_SKEW
 from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
@@ -175,3 +176,42 @@ def test_root_profile(
     assert authority.roots == (cert,)
     assert authority.source == "test root"
     assert authority.trust_bundle_pem() == pem(cert).decode()
+
+
+def test_a_signing_ca_under_a_root_signs_leaves_only_and_names_its_generation() -> None:
+    clock = FakeClock()
+    root_key = generate_private_key(KeyAlgorithm.EC_P256)
+    root = profile.sign(
+        profile.self_signed_root(key=root_key, trust_domain="cluster.local", serial=7, now=clock.now()),
+        root_key,
+    )
+    made = []
+    for serial in (1, 2):
+        key = generate_private_key(KeyAlgorithm.EC_P256)
+        not_before, not_after = clock.now(), clock.now() + timedelta(days=60)
+        made.append(
+            profile.sign(
+                profile.intermediate_ca(
+                    subject_key=key.public_key(),
+                    trust_domain="cluster.local",
+                    issuer=root,
+                    serial=serial,
+                    not_before=not_before,
+                    not_after=not_after,
+                ),
+                root_key,
+            )
+        )
+    first, second = made
+    assert first.subject != second.subject  # a CRL is found by its issuer's name
+    assert first.issuer == root.subject
+    first.verify_directly_issued_by(root)
+    basic = first.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert basic.critical and basic.value.ca and basic.value.path_length == 0
+    usage = first.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    san = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://cluster.local"]
+    aki = first.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
