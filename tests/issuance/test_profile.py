@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca.issuance.authority import SigningAuthority
 from ca.issuance import profile
+from ca.issuance.authority import SigningAuthority
 from ca.issuance.keys import KeyAlgorithm, PrivateKey, generate_private_key
 from ca.issuance.profile import CLOCK_SKEW
 from ca.issuance.spiffe_id import SpiffeId
