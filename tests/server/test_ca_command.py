@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,10 +33,10 @@ def running(tmp_path: Path) -> Iterator[RunningCa]:
     ca.stop()
 
 
-def meshca_ca(ca: RunningCa, *words: str) -> tuple[int, str]:
+def meshca_ca(ca: RunningCa, *words: str, after_turn: Callable[[], None] = lambda: None) -> tuple[int, str]:
     """Run the command while the CA answers: the test gives the CA its turn (as its scheduler
-    does every second) until the command has its answer."""
-    wait = ["--wait", "20s"] if words[0] == "rotate" else []
+    does every second), then calls `after_turn`, until the command has its answer."""
+    wait = ["--wait", "30s"] if words[0] == "rotate" else []
     args = build_parser({}).parse_args(["ca", *words, "--state-dir", str(ca.state_dir), *wait])
     out = io.StringIO()
     if words[0] == "status":  # what the CA reported at its last turn, dated by its clock
@@ -55,6 +55,7 @@ def meshca_ca(ca: RunningCa, *words: str) -> tuple[int, str]:
     thread.start()
     while not done.wait(0.05):
         ca.server._ca_keys_turn()
+        after_turn()
     thread.join()
     return result[0], out.getvalue()
 
@@ -155,38 +156,20 @@ def test_now_prepares_once_follows_its_slot_through_activation_and_orders_the_re
 ) -> None:
     ca = running
     ca.request(token=ca.token("shop", "cart"))  # a leaf of slot 1, to be re-issued
-    args = build_parser({}).parse_args(
-        ["ca", "rotate", "--now", "--new-root", "--state-dir", str(ca.state_dir), "--wait", "30s"]
-    )
-    out = io.StringIO()
-    result: list[int] = []
-    done = threading.Event()
-
-    def command() -> None:
-        try:
-            result.append(run_ca(args, clock=SystemClock(), out=out))
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=command)
-    thread.start()
     assert ca.server.keys is not None
-    advanced = False
-    while not done.wait(0.05):
-        ca.server._ca_keys_turn()
-        if not advanced and ca.server.keys.keyring.prepared is not None:
-            # Several turns pass with the slot waiting; then its publishing time is over and the
-            # schedule activates it before the command asks again.
-            for _ in range(3):
-                ca.server._ca_keys_turn()
-            ca.clock.advance(timedelta(minutes=10))
-            advanced = True
-    thread.join()
-    text = out.getvalue()
-    assert result == [0], text
+    keys = ca.server.keys
+    turns_waiting = []
+
+    def publishing_time_passes() -> None:
+        # Several turns pass with the slot waiting; then its publishing time is over and the
+        # schedule activates it before the command asks again.
+        if keys.keyring.prepared is not None and len(turns_waiting) < 4:
+            turns_waiting.append(1)
+            if len(turns_waiting) == 4:
+                ca.clock.advance(timedelta(minutes=10))
+
+    code, text = meshca_ca(ca, "rotate", "--now", "--new-root", after_turn=publishing_time_passes)
+    assert code == 0, text
     assert "slot 2: new -> prepared" in text and "waiting: the new root has been published" in text
     assert "ordered 1 certificates re-issued: rotation order ro-" in text
-    assert [(s.id, str(s.state)) for s in ca.server.keys.keyring.slots] == [
-        ("1", "retiring"),
-        ("2", "active"),
-    ]
+    assert [(s.id, str(s.state)) for s in keys.keyring.slots] == [("1", "retiring"), ("2", "active")]
