@@ -12,6 +12,7 @@ from ca.common import logs
 from ca.common.flags import command_words, environment
 from ca.enforce.command import add_enforce_parser
 from ca.errors import ErrorKind, MeshcaError
+from ca.inject.settings import add_inject_parser
 from ca.policy.command import add_policy_parser
 from ca.rotate.settings import add_revoke_parser, add_rotate_parser
 from ca.server.settings import add_ca_parser, add_serve_parser, add_token_parser
@@ -73,6 +74,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_rotate_parser(commands, environ)
     add_revoke_parser(commands, environ)
     add_ca_parser(commands, environ)
+    add_inject_parser(commands, environ)
     _remember_owners(parser)
     return parser
 
@@ -137,6 +139,12 @@ def _ca(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return run_ca(args)
 
 
+def _inject(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.inject.command import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "serve": _serve,
     "agent": _agent,
@@ -147,6 +155,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "rotate": _rotate,
     "revoke": _revoke,
     "ca": _ca,
+    "inject": _inject,
 }
 
 
