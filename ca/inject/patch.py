@@ -1,9 +1,10 @@
 """An RFC 6902 JSON Patch from one JSON value to another (pure), as an admission webhook answers.
 
-Objects are compared key by key (keys removed, added, or changed below); a list whose length
-is unchanged is compared item by item; a list that grew by items at its end gets `add ... /-`
-operations; any other changed list is replaced whole. Applying the patch to `before` gives
-`after` exactly; the patch is not always the shortest one.
+Objects are compared key by key (keys removed, added, or changed below); lists item by item
+over their common length, then `add .../-` for items appended, or `remove` of the surplus from
+the end; values of other types are replaced. Applying the patch to `before` gives `after`
+exactly; the patch is not always the shortest one: an item inserted at the front of a list (as
+the init agent is, before a pod's own init containers) shows as every later item changed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ def json_patch(before: Any, after: Any) -> list[Operation]:
 
 
 def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python, not in JSON: compare types too.
-    return type(a) is type(b) and a == b
+    """Equal as JSON: True == 1 in Python, not in JSON, so types are compared at every level."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _diff(before: Any, after: Any, path: str, operations: list[Operation]) -> None:
@@ -44,14 +51,14 @@ def _diff(before: Any, after: Any, path: str, operations: list[Operation]) -> No
                 _diff(before[key], value, child, operations)
         return
     if isinstance(before, list) and isinstance(after, list):
-        if len(before) == len(after):
-            for index, (old, new) in enumerate(zip(before, after, strict=True)):
-                _diff(old, new, f"{path}/{index}", operations)
-            return
-        if len(after) > len(before) and all(
-            _same(old, new) for old, new in zip(before, after[: len(before)], strict=True)
-        ):
-            operations.extend({"op": "add", "path": f"{path}/-", "value": v} for v in after[len(before) :])
-            return
+        common = min(len(before), len(after))
+        for index in range(common):
+            _diff(before[index], after[index], f"{path}/{index}", operations)
+        operations.extend({"op": "add", "path": f"{path}/-", "value": v} for v in after[common:])
+        # Removed from the end first, so that each index still names the item meant.
+        operations.extend(
+            {"op": "remove", "path": f"{path}/{index}"} for index in reversed(range(common, len(before)))
+        )
+        return
     # At the root, path "" replaces the whole document (RFC 6902, 4.3).
     operations.append({"op": "replace", "path": path, "value": after})

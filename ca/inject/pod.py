@@ -120,12 +120,13 @@ def _container_ports(containers: Sequence[Any]) -> set[int]:
 
 def enforce_ports(text: str, taken: set[int], *, where: str, annotation: str) -> list[InboundPort]:
     """The enforce annotation's ports, each given a listen port: the one written, else the first
-    free one from 15006 up that no container of the pod uses."""
+    free one from 15006 up that no container of the pod declares and the annotation does not name."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         return []
-    explicit = {int(i.split(":")[0]) for i in items if ":" in i and i.split(":")[0].strip().isdigit()}
-    used = taken | explicit | {names.AGENT_HEALTH_PORT, names.ENFORCE_METRICS_PORT}
+    written_ports = {p.strip() for i in items for p in i.partition("/")[0].split(":")}
+    used = taken | {int(p) for p in written_ports if p.isdigit()}  # listen and app ports written
+    used |= {names.AGENT_HEALTH_PORT, names.ENFORCE_METRICS_PORT}
     written: list[str] = []
     candidate = names.ENFORCE_LISTEN_BASE
     for item in items:
