@@ -45,8 +45,9 @@ ENFORCE_LISTEN_BASE = 15006  # the first listen port given to an enforced applic
 ISTIO_PROXY = "istio-proxy"
 ISTIO_STATUS_ANNOTATION = "sidecar.istio.io/status"
 
+DEFAULT_CPU = "10m"
 DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
-    "requests": {"cpu": "10m", "memory": "64Mi"},
+    "requests": {"cpu": DEFAULT_CPU, "memory": "64Mi"},
     "limits": {"memory": "256Mi"},
 }
 
@@ -128,7 +129,11 @@ def add_inject_parser(commands: Subcommands, environ: Mapping[str, str]) -> None
     )
     e.add("--enforce-arg", None, "one more `meshca enforce` flag; repeatable", action="append")
     e.add("--policies", defaults.policies, "the enforcer's PeerAuthentication source")
-    e.add("--requests-cpu", "10m", "CPU request of each injected container ('' for none)")
+    # No default of its own: "10m" would read as ten minutes to the check that every flag with a
+    # duration default is a duration flag. Unset, it is DEFAULT_RESOURCES' request.
+    e.add(
+        "--requests-cpu", None, f"CPU request of each injected container (unset: {DEFAULT_CPU}; '' for none)"
+    )
     e.add("--requests-memory", "64Mi", "memory request of each injected container ('' for none)")
     e.add("--limits-memory", "256Mi", "memory limit of each injected container ('' for none)")
     e.add("--run-as-user", None, "UID of the injected containers (default: the image's user)")
@@ -164,7 +169,11 @@ def inject_settings(args: argparse.Namespace) -> InjectSettings:
         agent_args=tuple(_texts(args.agent_arg, getattr(args, "agent_arg_env", None))),
         enforce_args=tuple(_texts(args.enforce_arg, getattr(args, "enforce_arg_env", None))),
         policies=args.policies,
-        resources=_resources(args.requests_cpu, args.requests_memory, args.limits_memory),
+        resources=_resources(
+            DEFAULT_CPU if args.requests_cpu is None else args.requests_cpu,
+            args.requests_memory,
+            args.limits_memory,
+        ),
         run_as_user=user,
         enforce_annotation=args.enforce_annotation,
         opt_out_annotation=args.opt_out_annotation,
