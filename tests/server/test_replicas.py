@@ -1,5 +1,6 @@
 """Three `meshca serve` replicas against the real API server (v1.24) and one PostgreSQL ledger,
-each with the token of the CA's own ServiceAccount under the RBAC of deploy/meshca.yaml:
+each with the token of the CA's own ServiceAccount under the RBAC of deploy/overlays/ha (installed
+with `kubectl apply --server-side -k`):
 
 - exactly one leads at a time (the Lease holder, and the only meshca_leader gauge at 1);
 - kill -9 the leader: another leads within the lease duration (measured);
@@ -26,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, utils
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ca.kube import client as kube
@@ -35,12 +35,11 @@ from ca.kube.root_configmap import CONFIGMAP_NAME, ROOT_CERT_KEY
 from ca.ledger import queries
 from ca.ledger.entries import CA_SLOT
 from ca.ledger.reader import open_reader
+from tests.deploy.install import install, overlay, service_account_kubeconfig
 from tests.support.kube_apiserver import real_apiserver
 from tests.support.ledger import MESHCA, _server_env, postgres_database
 from tests.support.ports import read_ports_file
 
-REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy" / "meshca.yaml"
 CA_NAMESPACE = "istio-system"
 LEASE = "meshca-leader"
 LEASE_S, RENEW_S, RETRY_S = 3, 2.0, 0.5
@@ -65,25 +64,6 @@ def eventually(check: Callable[[], bool], what: str, timeout_s: float, logs: Cal
 # --------------------------------------------------------------------------- the cluster
 
 
-def _apply_deploy(api: client.ApiClient) -> None:
-    """deploy/meshca.yaml as an operator applies it (the Deployment is stored; nothing runs it)."""
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=CA_NAMESPACE)))
-    for document in yaml.safe_load_all(DEPLOY.read_text()):
-        if document:
-            utils.create_from_dict(api, document)
-
-
-def _service_account_kubeconfig(admin_kubeconfig: Path, api: client.ApiClient, path: Path) -> Path:
-    """A kubeconfig with a token of the ServiceAccount istio-system/meshca, as a pod of it holds."""
-    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
-    answer = client.CoreV1Api(api).create_namespaced_service_account_token("meshca", CA_NAMESPACE, request)
-    config = yaml.safe_load(admin_kubeconfig.read_text())
-    config["users"] = [{"name": "admin", "user": {"token": answer.status.token}}]
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def _lease_holder(coordination: client.CoordinationV1Api) -> str:
     try:
         lease = coordination.read_namespaced_lease(LEASE, CA_NAMESPACE)
@@ -91,7 +71,7 @@ def _lease_holder(coordination: client.CoordinationV1Api) -> str:
         if err.status == 404:
             return ""
         raise
-    return str(lease.spec.holder_identity or "")
+    return str(lease.spec.holder_identity or "") if lease.spec is not None else ""
 
 
 def _bundle_in(core: client.CoreV1Api, namespace: str) -> str | None:
@@ -263,8 +243,9 @@ def test_three_replicas_one_leader_takeover_and_root_configmaps(tmp_path: Path, 
     ):
         admin = kube.api_client(admin_kubeconfig, in_cluster=False)
         core, coordination = client.CoreV1Api(admin), client.CoordinationV1Api(admin)
-        _apply_deploy(admin)
-        kubeconfig = _service_account_kubeconfig(admin_kubeconfig, admin, tmp_path / "meshca.kubeconfig")
+        # deploy/overlays/ha as an operator applies it (the Deployment is stored; nothing runs it).
+        install(overlay("ha"), admin_kubeconfig)
+        kubeconfig = service_account_kubeconfig(admin_kubeconfig, admin, tmp_path / "meshca.kubeconfig")
         with replicas(3, kubeconfig, ledger, tmp_path) as fleet:
 
             def logs() -> str:
