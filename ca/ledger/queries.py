@@ -57,7 +57,7 @@ from ca.ledger.audit_filter import AuditFilter as AuditFilter
 from ca.ledger.audit_filter import check_limit
 from ca.ledger.chain_check import check_span, checked_entries
 from ca.ledger.entries import ISSUED, REFUSED, ROTATION_ORDER, parse_timestamp, timestamp
-from ca.ledger.rotation import OrderState, TargetState, selector_from_json
+from ca.ledger.rotation import OrderState, TargetState, normalize_serial, selector_from_json
 from ca.ledger.store import read_head
 
 PROBE_CAP = 20_000
@@ -325,18 +325,6 @@ def _newest(source: Source, f: AuditFilter, limit: int) -> list[dict[str, Any]]:
         table = plan.table
         seqs = conn.execute(select(table.c.seq).where(*plan.where).order_by(table.c.seq.desc()).limit(limit))
         return _fetch(conn, [int(s) for s in seqs.scalars()])
-
-
-def normalize_serial(text: str) -> str:
-    """A serial as the ledger keeps it: lowercase hex, no separators or leading zeros."""
-    cleaned = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
-    if not cleaned or len(cleaned) > 40 or any(ch not in "0123456789abcdef" for ch in cleaned):
-        raise InvalidRequestError(
-            f"{text!r} is not a certificate serial number; give it in hex, as "
-            "'openssl x509 -noout -serial' prints it (with or without colons)",
-            reason="serial_invalid",
-        )
-    return cleaned.lstrip("0") or "0"
 
 
 def find_serial(source: Source, serial_hex: str) -> list[dict[str, Any]]:

@@ -63,13 +63,13 @@ def revocation_reason(name: str) -> str:
 
 
 def normalize_serial(text: str) -> str:
-    """Lower-case hex without colons or leading zeros, as the ledger stores serials."""
-    cleaned = text.strip().replace(":", "").lower()
-    cleaned = cleaned.removeprefix("0x")
+    """Lower-case hex without separators (colons, spaces) or leading zeros, as the ledger stores
+    serials: the one reading of an operator's serial, for audits, orders and revocations."""
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "").replace(" ", "")
     if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
         raise InvalidRequestError(
             f"{text!r} is not a certificate serial number; give it in hex, as "
-            "`openssl x509 -noout -serial` prints it (colons allowed)",
+            "`openssl x509 -noout -serial` prints it (colons and spaces allowed)",
             reason="serial_invalid",
         )
     return format(int(cleaned, 16), "x")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca.ledger.rotation import Selector, selector_from_json, selector_to_json
+from ca.errors import InvalidRequestError
+from ca.ledger.rotation import Selector, normalize_serial, selector_from_json, selector_to_json
 
 NAMES = st.one_of(st.none(), st.text(min_size=1, max_size=30))
 MOMENTS = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
@@ -54,3 +56,18 @@ def test_describe_reads_as_the_terms_given() -> None:
         == "node=node-1 serial=1a,2b issued_before=2026-12-07T08:00:00.000001+00:00"
     )
     assert Selector().describe() == "(empty)"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0A:1b:00", "a1b00", "0x0a1b00", " 0a 1b 00 ", "00:0A:1B:00"],
+)
+def test_an_operators_serial_is_read_one_way_wherever_it_is_given(text: str) -> None:
+    assert normalize_serial(text) == "a1b00"
+
+
+@pytest.mark.parametrize("text", ["", "xyz", "0a-1b", "1" * 41])
+def test_what_is_not_a_serial_is_refused_with_how_to_give_it(text: str) -> None:
+    with pytest.raises(InvalidRequestError, match="openssl x509 -noout -serial") as refused:
+        normalize_serial(text)
+    assert refused.value.reason == "serial_invalid"
