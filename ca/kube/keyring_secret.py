@@ -3,8 +3,9 @@
 The Secret holds the same flat document as the state directory (`slots.json` and each slot's
 PEM files). Writes name the resourceVersion they read, so of two replicas changing the keyring
 at once one wins and the other is told to read again. A Secret from before slots (the root in
-`ca-cert.pem`/`ca-key.pem`) is adopted as a keyring of that root; its old entries stay, so an
-older meshca that reads them still finds the root.
+`ca-cert.pem`/`ca-key.pem`, the layout istiod's self-signed CA writes) is adopted as a keyring of
+that root; its old entries stay, so an older meshca or istiod that reads them still finds the root.
+A `ca-cert.pem` that is not self-signed (a plugged-in intermediate) is refused: that is --cacerts.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ca.common.clock import Clock
-from ca.errors import ConfigError, UnavailableError
+from ca.errors import CaMaterialError, ConfigError, UnavailableError
 from ca.issuance.selfsigned import RootFactory, check_trust_domain
 from ca.issuance.slots import (
     KEYRING_DOCUMENT,
@@ -54,6 +57,7 @@ class KeyringSecret:
                 check_trust_domain(slot.authority, factory.trust_domain)
             return stored, "loaded"
         if found is not None and CA_CERT_KEY in (found.data or {}):
+            _check_self_signed(_decoded(found.data)[CA_CERT_KEY], self.where)
             legacy, _ = load_or_create_root_secret(
                 self._core.api_client, namespace=self._namespace, name=self._name, factory=factory
             )
@@ -159,6 +163,28 @@ class KeyringSecret:
                 reason="kubernetes_unavailable",
             ) from err
         return StoredKeyring(keyring, document_version(files))
+
+
+def _check_self_signed(cert_pem: bytes, where: str) -> None:
+    """Only a self-signed root is adopted. A Secret whose `ca-cert.pem` is issued by another CA
+    (Istio's plugged-in `cacerts` layout: an intermediate, with its root in `root-cert.pem`) is
+    refused with the way to use it instead. A `ca-cert.pem` that does not parse is left to the
+    loader, which says so."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return
+    try:
+        if cert.issuer == cert.subject:
+            cert.verify_directly_issued_by(cert)
+            return
+    except (ValueError, TypeError, InvalidSignature):
+        pass
+    raise CaMaterialError(
+        f"{where} holds in ca-cert.pem a CA certificate issued by {cert.issuer.rfc4514_string()!r}, "
+        "not a self-signed root, so meshca does not adopt it; a plugged-in CA (Istio's cacerts) is "
+        "given with --cacerts DIR (mount that Secret as the directory)"
+    )
 
 
 def _changed(where: str) -> ConfigError:
