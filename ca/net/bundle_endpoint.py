@@ -13,115 +13,35 @@ the endpoint's certificate.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from http.server import ThreadingHTTPServer
-from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from ca.common.clock import Clock
-from ca.errors import ConfigError, MeshcaError
+from ca.errors import MeshcaError
 from ca.issuance.spiffe_bundle import DEFAULT_REFRESH_HINT, SpiffeBundle, next_sequence
 from ca.net.listening import listen_error
 from ca.net.status_http import QuietHandler
-from ca.net.tls_keys import load_chain_and_key
+from ca.net.tls_http import CertificateSource, TlsContexts, TlsHttpServer, shown_host
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/json"
-HANDSHAKE_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 30.0
 
 
-class ServingMaterial(Protocol):
-    """A certificate chain (the server's first) and its private key, both PEM."""
-
-    @property
-    def chain_pem(self) -> bytes: ...
-
-    @property
-    def key_pem(self) -> bytes: ...
-
-
 RootsSource = Callable[[], Sequence[x509.Certificate]]
-CertificateSource = Callable[[], ServingMaterial]
 
 
-def server_context(material: ServingMaterial) -> ssl.SSLContext:
-    """A TLS server context on `material`; TLS 1.2 at least, no client certificate asked for.
-
-    The key touches the disk only for the moment of loading (ca.net.tls_keys).
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    try:
-        load_chain_and_key(context, material.chain_pem, material.key_pem, prefix="meshca-bundle-endpoint-")
-    except (ssl.SSLError, ValueError, OSError) as err:
-        raise ConfigError(
-            f"the SPIFFE bundle endpoint's certificate or key cannot be loaded ({err}); give it a PEM "
-            "certificate chain and the private key of its first certificate"
-        ) from err
-    return context
-
-
-class _Contexts:
-    """The TLS context of the current serving material, rebuilt when the material changes."""
-
-    def __init__(self, certificate: CertificateSource) -> None:
-        self._certificate = certificate
-        self._lock = threading.Lock()
-        self._loaded: tuple[bytes, bytes] | None = None
-        self._context: ssl.SSLContext | None = None
-
-    def current(self) -> ssl.SSLContext:
-        material = self._certificate()
-        wanted = (material.chain_pem, material.key_pem)
-        with self._lock:
-            if self._context is None or wanted != self._loaded:
-                self._context = server_context(material)
-                self._loaded = wanted
-            return self._context
-
-
-class _TlsServer(ThreadingHTTPServer):
-    """Accepts on the listening thread; the TLS handshake runs on the connection's own thread, so a
-    slow or silent client holds up only itself."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], endpoint: BundleEndpoint, contexts: _Contexts) -> None:
-        self.endpoint = endpoint
-        self.contexts = contexts
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        try:
-            context = self.contexts.current()
-        except MeshcaError as err:
-            log.error("SPIFFE bundle endpoint: no usable certificate", extra={"detail": str(err)})
-            return
-        request.settimeout(HANDSHAKE_TIMEOUT_S)
-        try:
-            connection = context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as err:
-            log.debug("SPIFFE bundle endpoint: TLS handshake failed", extra={"detail": str(err)})
-            return
-        try:
-            _Handler(connection, client_address, self)
-        finally:
-            connection.close()
+class _Server(TlsHttpServer):
+    endpoint: BundleEndpoint
 
 
 class _Handler(QuietHandler):
-    server: _TlsServer
+    server: _Server
     timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:
@@ -167,12 +87,13 @@ class BundleEndpoint:
         self._lock = threading.Lock()
         self._bundle: SpiffeBundle | None = None
         self._json = b""
-        contexts = _Contexts(certificate)
+        contexts = TlsContexts(certificate, what="the SPIFFE bundle endpoint")
         contexts.current()  # a certificate that cannot be loaded fails here, not at the first client
         try:
-            self._server = _TlsServer((host, port), self, contexts)
+            self._server = _Server((host, port), _Handler, contexts, what="SPIFFE bundle endpoint")
         except OSError as err:
             raise listen_error(flag, f"{host}:{port}", err) from err
+        self._server.endpoint = self
         self.port: int = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=thread_name, daemon=True
@@ -180,8 +101,7 @@ class BundleEndpoint:
 
     @property
     def url(self) -> str:
-        shown = f"[{self._host}]" if ":" in self._host else self._host
-        return f"https://{shown}:{self.port}{self.path}"
+        return f"https://{shown_host(self._host)}:{self.port}{self.path}"
 
     def start(self) -> None:
         bundle = self.bundle()

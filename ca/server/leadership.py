@@ -5,8 +5,10 @@ one the election chose (`ca.kube.leader`: a Lease with a cluster, the single pro
 
 - scheduled jobs wrapped by `singleton(job)`: they run on every replica's scheduler and return at
   once where this replica does not lead (ledger checkpoints and compaction);
-- the trust bundle ConfigMap in every namespace (`ca.kube.bundles.RootCertPublisher`), started
-  when this replica becomes leader and stopped when it stops leading.
+- the trust bundle ConfigMap in every namespace (`ca.kube.bundles.RootCertPublisher`) and, with
+  the injection webhook, the caBundle of its MutatingWebhookConfiguration
+  (`ca.kube.webhook_config.CaBundlePatcher`), started together (`PublisherGroup`) when this
+  replica becomes leader and stopped when it stops leading.
 
 The election's callbacks must return quickly (the lease is not renewed while they run), so they
 only wake a worker thread of this module, which brings the publisher in line with `is_leader`:
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from cryptography import x509
@@ -47,6 +49,34 @@ class BundlePublisher(Protocol):
     def set_bundle(self, bundle_pem: str) -> None: ...
 
     def stop(self) -> None: ...
+
+
+class PublisherGroup:
+    """Several publishers run as one (the trust bundle ConfigMaps and the injection webhook's
+    caBundle): started in order, and if one cannot start, those already started are stopped and
+    the failure raised, so that the leader's worker retries the whole group."""
+
+    def __init__(self, publishers: Sequence[BundlePublisher]) -> None:
+        self._publishers = tuple(publishers)
+
+    def start(self, wait_s: float) -> None:
+        started: list[BundlePublisher] = []
+        try:
+            for publisher in self._publishers:
+                publisher.start(wait_s)
+                started.append(publisher)
+        except BaseException:
+            for publisher in reversed(started):
+                publisher.stop()
+            raise
+
+    def set_bundle(self, bundle_pem: str) -> None:
+        for publisher in self._publishers:
+            publisher.set_bundle(bundle_pem)
+
+    def stop(self) -> None:
+        for publisher in reversed(self._publishers):
+            publisher.stop()
 
 
 Callback = Callable[[], None]

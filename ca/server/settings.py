@@ -25,16 +25,19 @@ from ca.common.flags import (
     split_list,
 )
 from ca.errors import CaMaterialError, ConfigError, InvalidRequestError, InvalidSpiffeIdError
+from ca.inject.settings import InjectSettings
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
 from ca.issuance.slots import RotationPolicy
 from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
 from ca.kube.election import ElectionTimings
+from ca.kube.webhook_config import DEFAULT_CONFIGURATION as DEFAULT_WEBHOOK_CONFIGURATION
 from ca.ledger.location import ledger_url
 
 DEFAULT_LEADER_LEASE = "meshca-leader"
 DEFAULT_DNS_NAMES = "istiod.istio-system.svc,meshca.istio-system.svc,localhost,127.0.0.1"
+DEFAULT_WEBHOOK_DNS_NAMES = "meshca.istio-system.svc"  # deploy/'s Service, which the API server calls
 
 KUBERNETES_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -79,6 +82,10 @@ class ServeConfig:
     leader_timings: ElectionTimings = field(default_factory=ElectionTimings)
     replica: str = ""  # this replica's name in the election and the logs (hostname_pid)
     ca_rotation: RotationPolicy = field(default_factory=RotationPolicy)
+    webhook_listen: str | None = None  # the sidecar injection webhook (HTTPS); None: not served
+    webhook_dns_names: tuple[str, ...] = (DEFAULT_WEBHOOK_DNS_NAMES,)  # in the webhook's certificate
+    webhook_configuration: str | None = DEFAULT_WEBHOOK_CONFIGURATION  # caBundle kept; None: not
+    inject: InjectSettings = field(default_factory=InjectSettings)  # what the webhook injects
 
     @property
     def has_cluster_access(self) -> bool:
@@ -226,6 +233,26 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     s.add("--leader-lease-duration", "15s", "how long a leader's lease lasts without renewal (whole seconds)")
     s.add("--leader-renew-deadline", "10s", "a leader that cannot renew for this long stops leading")
     s.add("--leader-retry-period", "2s", "how often each replica tries to acquire or renew the lease")
+    s.add(
+        "--webhook-listen",
+        "off",
+        "HTTPS address of the sidecar injection webhook (POST /inject, AdmissionReview v1; served by "
+        "every replica); 'off' to disable",
+    )
+    s.add(
+        "--webhook-dns-names",
+        DEFAULT_WEBHOOK_DNS_NAMES,
+        "DNS names and IPs in the injection webhook's certificate (the Service the API server calls)",
+    )
+    s.add(
+        "--webhook-configuration",
+        DEFAULT_WEBHOOK_CONFIGURATION,
+        "MutatingWebhookConfiguration whose caBundle the leader keeps equal to the trust bundle (with "
+        "--webhook-listen and cluster access); 'off' to leave it alone",
+    )
+    inject = InjectSettings()
+    s.add("--inject-image", inject.image, "the meshca image the injection webhook puts in pods")
+    s.add("--inject-ca-addr", inject.ca_address, "the CA address injected agents call")
     s.add("--log-level", "info", "log level", choices=["debug", "info", "warning", "error"])
     s.add("--ports-file", None, PORTS_FILE_HELP)
 
@@ -378,7 +405,34 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         leader_timings=_leader_timings(args),
         replica=replica_identity(),
         ca_rotation=_ca_rotation(args),
+        webhook_listen=listen_address(args.webhook_listen),
+        webhook_dns_names=_webhook_dns_names(args.webhook_dns_names),
+        webhook_configuration=_webhook_configuration(args.webhook_configuration),
+        inject=InjectSettings(
+            image=args.inject_image,
+            ca_address=args.inject_ca_addr,
+            trust_domain=trust_domain_flag(args.trust_domain),
+        ),
     )
+
+
+def _webhook_dns_names(text: str) -> tuple[str, ...]:
+    names = split_list([text])
+    if not names:
+        raise ConfigError(
+            "--webhook-dns-names is empty; give the name the API server calls the webhook by, such as "
+            f"{DEFAULT_WEBHOOK_DNS_NAMES}"
+        )
+    return names
+
+
+def _webhook_configuration(name: str) -> str | None:
+    if name.strip().lower() in ("", "off"):
+        return None
+    try:
+        return check_dns_subdomain(name, "--webhook-configuration")
+    except InvalidRequestError as err:
+        raise ConfigError(err.message) from err
 
 
 def _ca_rotation(args: argparse.Namespace) -> RotationPolicy:

@@ -38,6 +38,7 @@ from ca.kube import client as kube
 from ca.kube.bundles import RootCertPublisher
 from ca.kube.keyring_secret import KeyringSecret
 from ca.kube.leader import Elector, SoleElector, kube_lease_elector
+from ca.kube.webhook_config import CaBundlePatcher
 from ca.ledger import rotation_operations as operations
 from ca.ledger.bundle_holders import Held, SqlBundleHolders
 from ca.ledger.changes import ChangeWatcher
@@ -56,6 +57,7 @@ from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
 from ca.net.bundle_endpoint import BundleEndpoint
+from ca.net.injection_webhook import InjectionWebhook
 from ca.net.listening import check_free, remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
@@ -69,7 +71,14 @@ from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.keyring_store import KeyringDirectory
-from ca.server.leadership import Callback, ElectorFactory, Leadership, PublisherFactory
+from ca.server.leadership import (
+    BundlePublisher,
+    Callback,
+    ElectorFactory,
+    Leadership,
+    PublisherFactory,
+    PublisherGroup,
+)
 from ca.server.metrics import CaMetrics
 from ca.server.push import PushCoordinator, crl_maker
 from ca.server.rotation_api import RotationService, build_rotation_service
@@ -259,8 +268,10 @@ class CaServer:
     make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
     keys: CaKeys | None = None  # the signing slots; None only in tests that build parts by hand
     holders: SharedHolders | None = None  # with a ledger: agents' roots counted over every replica
+    webhook_serving: ServingIdentity | None = None  # with --webhook-listen: the webhook's certificate
     _leadership: Leadership = field(init=False)
     _bundle_endpoint: BundleEndpoint | None = None
+    _webhook: InjectionWebhook | None = None
     _server: ApiServer | None = None
     _status_http: StatusServer | None = None
     _serving: bool = False
@@ -319,7 +330,16 @@ class CaServer:
         api = self.api
         if api is None:
             return None
-        return lambda bundle_pem: RootCertPublisher(api, bundle_pem, clock=self.clock)
+        webhook_configuration = self.cfg.webhook_configuration if self.cfg.webhook_listen else None
+
+        def publishers(bundle_pem: str) -> BundlePublisher:
+            configmaps = RootCertPublisher(api, bundle_pem, clock=self.clock)
+            if webhook_configuration is None:
+                return configmaps
+            patcher = CaBundlePatcher(api, bundle_pem, name=webhook_configuration, clock=self.clock)
+            return PublisherGroup([configmaps, patcher])
+
+        return publishers
 
     def start(self) -> None:
         """Bind every port and serve; on failure (a port in use) nothing is left running."""
@@ -356,6 +376,8 @@ class CaServer:
             self.ports["metrics"] = self._serve_metrics(self.cfg.metrics_listen)
         if self.cfg.bundle_listen is not None:
             self.ports["bundle"] = self._serve_bundle(self.cfg.bundle_listen)
+        if self.cfg.webhook_listen is not None:
+            self.ports["webhook"] = self._serve_webhook(self.cfg.webhook_listen)
         server.start()
         self._serving = True
         self._scheduler = self._schedule()
@@ -413,6 +435,22 @@ class CaServer:
         )
         self._bundle_endpoint.start()
         return self._bundle_endpoint.port
+
+    def _serve_webhook(self, address: str) -> int:
+        """The sidecar injection webhook, on every replica, with a certificate of its own for the
+        names the API server calls it by."""
+        assert self.webhook_serving is not None
+        webhook_serving = self.webhook_serving
+        host, port = split_address(address)
+        self._webhook = InjectionWebhook(
+            host,
+            port,
+            settings=self.cfg.inject,
+            certificate=lambda: webhook_serving.current,
+            flag="--webhook-listen",
+        )
+        self._webhook.start()
+        return self._webhook.port
 
     def _schedule(self) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(timezone="UTC")
@@ -521,6 +559,8 @@ class CaServer:
         self.authority = authority
         self.issuer.use_authority(authority)
         self.serving.use_authority(authority)
+        if self.webhook_serving is not None:
+            self.webhook_serving.use_authority(authority)
         state_dir.write_trust_bundle(self.cfg.state_dir, authority)
         if self.push is not None:
             self.push.signers_changed(bundle=keyring.bundle())
@@ -535,11 +575,29 @@ class CaServer:
             id="rotate-serving-cert",
             replace_existing=True,
         )
+        if self.webhook_serving is not None:
+            scheduler.add_job(
+                self._rotate_webhook_serving,
+                "date",
+                run_date=self.webhook_serving.current.renew_at(),
+                id="rotate-webhook-cert",
+                replace_existing=True,
+            )
 
     def _rotate_serving(self) -> None:
         current = self.serving.rotate()
         log.info(
             "rotated the CA server's TLS certificate",
+            extra={"not_after": current.not_after.isoformat()},
+        )
+        if self._scheduler is not None:
+            self._schedule_serving_rotation(self._scheduler)
+
+    def _rotate_webhook_serving(self) -> None:
+        assert self.webhook_serving is not None
+        current = self.webhook_serving.rotate()
+        log.info(
+            "rotated the injection webhook's TLS certificate",
             extra={"not_after": current.not_after.isoformat()},
         )
         if self._scheduler is not None:
@@ -587,6 +645,8 @@ class CaServer:
             self._status_http.stop()
         if self._bundle_endpoint is not None:
             self._bundle_endpoint.stop()
+        if self._webhook is not None:
+            self._webhook.stop()
         if self.admin is not None:
             self.admin.close()
         if self.push is not None:
@@ -693,6 +753,8 @@ def check_ports_free(cfg: ServeConfig) -> None:
         check_free("--metrics-listen", cfg.metrics_listen)
     if cfg.bundle_listen is not None:
         check_free("--bundle-listen", cfg.bundle_listen)
+    if cfg.webhook_listen is not None:
+        check_free("--webhook-listen", cfg.webhook_listen)
 
 
 def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
@@ -778,6 +840,14 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         if push is not None
         else None,
         keys=keys,
+        webhook_serving=ServingIdentity(
+            authority=authority,
+            hosts=cfg.webhook_dns_names,
+            spiffe_id=SpiffeId.for_workload(cfg.trust_domain, cfg.ca_namespace, "meshca"),
+            clock=clock,
+        )
+        if cfg.webhook_listen is not None
+        else None,
     )
     connect_keys(server, keys, ledger, push)
     server.ca_keys_api = CaKeysService(

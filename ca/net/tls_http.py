@@ -1,0 +1,125 @@
+"""An HTTPS server on a certificate that may change: the TLS half shared by meshca's HTTPS endpoints
+(the SPIFFE bundle endpoint, the injection webhook).
+
+The certificate and key come from `certificate()`, asked again on every connection: a renewed
+certificate serves from the next handshake on, and the TLS context is rebuilt only when the
+material differs from the last one loaded. The listening thread only accepts; each connection's
+handshake and request run on a thread of their own, so a slow or silent client holds up only
+itself. No client certificate is asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from ca.errors import ConfigError, MeshcaError
+from ca.net.tls_keys import load_chain_and_key
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT_S = 10.0
+
+
+class ServingMaterial(Protocol):
+    """A certificate chain (the server's first) and its private key, both PEM."""
+
+    @property
+    def chain_pem(self) -> bytes: ...
+
+    @property
+    def key_pem(self) -> bytes: ...
+
+
+CertificateSource = Callable[[], ServingMaterial]
+
+
+def server_context(material: ServingMaterial, *, what: str = "the HTTPS endpoint") -> ssl.SSLContext:
+    """A TLS server context on `material`; TLS 1.2 at least, no client certificate asked for.
+
+    The key touches the disk only for the moment of loading (ca.net.tls_keys). `what` names the
+    endpoint in the error of a certificate or key that cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    try:
+        load_chain_and_key(context, material.chain_pem, material.key_pem, prefix="meshca-https-")
+    except (ssl.SSLError, ValueError, OSError) as err:
+        raise ConfigError(
+            f"{what}'s certificate or key cannot be loaded ({err}); give it a PEM certificate chain "
+            "and the private key of its first certificate"
+        ) from err
+    return context
+
+
+class TlsContexts:
+    """The TLS context of the current serving material, rebuilt when the material changes."""
+
+    def __init__(self, certificate: CertificateSource, *, what: str) -> None:
+        self._certificate = certificate
+        self._what = what
+        self._lock = threading.Lock()
+        self._loaded: tuple[bytes, bytes] | None = None
+        self._context: ssl.SSLContext | None = None
+
+    def current(self) -> ssl.SSLContext:
+        material = self._certificate()
+        wanted = (material.chain_pem, material.key_pem)
+        with self._lock:
+            if self._context is None or wanted != self._loaded:
+                self._context = server_context(material, what=self._what)
+                self._loaded = wanted
+            return self._context
+
+
+class TlsHttpServer(ThreadingHTTPServer):
+    """A threading HTTP server whose connections are wrapped in TLS on their own thread.
+
+    `handler` is the request handler class; it reaches the server (and whatever the caller hung
+    on it) as `self.server`. Raises OSError as a bind does.
+    """
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        contexts: TlsContexts,
+        *,
+        what: str,
+    ) -> None:
+        self.contexts = contexts
+        self.what = what
+        self._handler = handler
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            context = self.contexts.current()
+        except MeshcaError as err:
+            log.error(f"{self.what}: no usable certificate", extra={"detail": str(err)})
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            connection = context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:
+            log.debug(f"{self.what}: TLS handshake failed", extra={"detail": str(err)})
+            return
+        try:
+            self._handler(connection, client_address, self)
+        finally:
+            connection.close()
+
+
+def shown_host(host: str) -> str:
+    """`host` as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
