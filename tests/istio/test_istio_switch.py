@@ -10,7 +10,10 @@ against the real API server (v1.24, ../shared/kube) with `meshca serve` as a sub
 - a `cacerts` Secret (a plugged-in root and intermediate, the layout Istio's plug-in guide
   makes) mounted as the `--cacerts` directory: meshca's leaves chain to that root, and a workload
   holding a leaf istiod signed with the same intermediate and one holding meshca's leaf complete
-  a mutual TLS handshake, each trusting the other with the roots it was given.
+  a mutual TLS handshake, each trusting the other with the roots it was given;
+- istiod's root kept in `cacerts` (USE_CACERTS_FOR_SELF_SIGNED_CA) is adopted with
+  `--ca-secret cacerts`, while a plugged-in intermediate in a CA Secret is refused, pointing at
+  --cacerts.
 """
 
 from __future__ import annotations
