@@ -131,6 +131,7 @@ def serve_as_deployed(
         *container["args"],
         *("--kubeconfig", str(kubeconfig), "--state-dir", str(state), "--ports-file", str(ports_file)),
         *("--listen", "127.0.0.1:0", "--renew-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"),
+        *("--webhook-listen", "127.0.0.1:0"),
         *("--ledger-checkpoint-interval", "200ms"),
     ]
     env = {**_server_env(), **container_environment(container, api, CA_NAMESPACE)}

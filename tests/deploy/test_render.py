@@ -17,6 +17,7 @@ from ca.cli.main import build_parser
 from ca.common.flags import env_name
 from ca.kube.client import LEDGER_HEAD_CONFIGMAP, LEDGER_KEY_SECRET
 from ca.kube.root_configmap import CONFIGMAP_NAME
+from ca.kube.webhook_config import DEFAULT_CONFIGURATION
 from ca.server.settings import DEFAULT_LEADER_LEASE
 from tests.deploy.install import DEPLOY, OVERLAYS, REPO, Manifest, ca_container, find, overlay, render
 
@@ -117,11 +118,13 @@ def test_restricted_non_root_read_only_with_resources_and_probes(name: str) -> N
         15012: "grpc-ca",
         15013: "grpc-renew",
         15014: "http-metrics",
+        443: "https-webhook",
     }
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "grpc-ca": 15012,
         "grpc-renew": 15013,
         "http-metrics": 15014,
+        "https-webhook": 15017,
     }
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert container["image"] == f"meshca:{version}"
@@ -161,7 +164,10 @@ def test_the_rbac_names_are_the_codes() -> None:
     }
     assert serve.get_default("ca_namespace") == role["metadata"]["namespace"]
     cluster = find(manifests, "ClusterRole", "meshca")
-    assert {n for rule in cluster["rules"] for n in rule.get("resourceNames", ())} == {CONFIGMAP_NAME}
+    assert {n for rule in cluster["rules"] for n in rule.get("resourceNames", ())} == {
+        CONFIGMAP_NAME,
+        serve.get_default("webhook_configuration"),
+    }
     # No rule grants everything, and nothing is deleted.
     for rules in (role["rules"], cluster["rules"]):
         for rule in rules:
@@ -183,3 +189,24 @@ def test_nothing_in_deploy_is_left_outside_an_overlay_or_the_examples() -> None:
     loose = sorted(p.relative_to(DEPLOY).as_posix() for p in DEPLOY.glob("*.yaml"))
     assert loose == [], "apply these through deploy/overlays or move them to deploy/examples"
     assert not Path(DEPLOY / "meshca.yaml").exists()
+
+
+def test_the_injection_webhook_calls_the_port_meshca_serves_it_on() -> None:
+    manifests = render(overlay("single"))
+    configuration = find(manifests, "MutatingWebhookConfiguration", DEFAULT_CONFIGURATION)
+    [webhook] = configuration["webhooks"]
+    service = find(manifests, "Service", "meshca")
+    target = {p["port"]: p["targetPort"] for p in service["spec"]["ports"]}[
+        webhook["clientConfig"]["service"]["port"]
+    ]
+    container = ca_container(manifests)
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}[target]
+    environment = {e["name"]: e.get("value") for e in container["env"]}
+    assert environment[env_name("--webhook-listen")] == f":{port}"
+    assert webhook["clientConfig"]["service"]["path"] == "/inject"
+    assert webhook["failurePolicy"] == "Fail" and webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    # The name the API server dials is in the webhook's certificate by default.
+    dialled = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc"
+    assert subcommand("serve").get_default("webhook_dns_names") == dialled
+    assert environment[env_name("--inject-image")] == container["image"]

@@ -26,10 +26,9 @@ BUNDLE = pem(make_hierarchy().root).decode()
 NEXT_BUNDLE = BUNDLE + pem(make_hierarchy().root).decode()
 
 
-def deployed_configuration() -> dict[str, Any]:
-    """deploy/base's MutatingWebhookConfiguration."""
-    loaded: dict[str, Any] = yaml.safe_load((REPO / "deploy/base/injection-webhook.yaml").read_text())
-    return loaded
+def deployed_configuration() -> Any:
+    """deploy/base's MutatingWebhookConfiguration, as a dict (the API client takes it as its model)."""
+    return yaml.safe_load((REPO / "deploy/base/injection-webhook.yaml").read_text())
 
 
 def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> bool:
