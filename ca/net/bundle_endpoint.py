@@ -23,9 +23,8 @@ from cryptography import x509
 from ca.common.clock import Clock
 from ca.errors import MeshcaError
 from ca.issuance.spiffe_bundle import DEFAULT_REFRESH_HINT, SpiffeBundle, next_sequence
-from ca.net.listening import listen_error
 from ca.net.status_http import QuietHandler
-from ca.net.tls_http import CertificateSource, TlsContexts, TlsHttpServer, shown_host
+from ca.net.tls_http import CertificateSource, TlsHttpServer, TlsHttpService
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ RootsSource = Callable[[], Sequence[x509.Certificate]]
 
 
 class _Server(TlsHttpServer):
-    endpoint: BundleEndpoint
+    service: BundleEndpoint
 
 
 class _Handler(QuietHandler):
@@ -45,7 +44,7 @@ class _Handler(QuietHandler):
     timeout = REQUEST_TIMEOUT_S
 
     def do_GET(self) -> None:
-        endpoint = self.server.endpoint
+        endpoint = self.server.service
         if urlsplit(self.path).path != endpoint.path:
             self._send(404, f"not found; the SPIFFE bundle is at {endpoint.path}\n".encode(), "text/plain")
             return
@@ -58,7 +57,7 @@ class _Handler(QuietHandler):
         self._send(200, body, CONTENT_TYPE)
 
 
-class BundleEndpoint:
+class BundleEndpoint(TlsHttpService):
     """Serves the SPIFFE bundle of `roots()` at `https://host:port/path`.
 
     Port 0 picks a free port; `port` is the one bound. `start()` checks that the roots make a
@@ -79,45 +78,31 @@ class BundleEndpoint:
         flag: str = "--bundle-endpoint-listen",
         thread_name: str = "bundle-endpoint",
     ) -> None:
-        self.path = path
-        self._host = host
         self._roots = roots
         self._clock = clock
         self._refresh_hint = refresh_hint
         self._lock = threading.Lock()
         self._bundle: SpiffeBundle | None = None
         self._json = b""
-        contexts = TlsContexts(certificate, what="the SPIFFE bundle endpoint")
-        contexts.current()  # a certificate that cannot be loaded fails here, not at the first client
-        try:
-            self._server = _Server((host, port), _Handler, contexts, what="SPIFFE bundle endpoint")
-        except OSError as err:
-            raise listen_error(flag, f"{host}:{port}", err) from err
-        self._server.endpoint = self
-        self.port: int = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=thread_name, daemon=True
+        super().__init__(
+            host,
+            port,
+            handler=_Handler,
+            certificate=certificate,
+            what="SPIFFE bundle endpoint",
+            flag=flag,
+            path=path,
+            thread_name=thread_name,
+            server_class=_Server,
         )
-
-    @property
-    def url(self) -> str:
-        return f"https://{shown_host(self._host)}:{self.port}{self.path}"
 
     def start(self) -> None:
         bundle = self.bundle()
-        self._thread.start()
+        self.serve()
         log.info(
             "SPIFFE bundle endpoint serving",
             extra={"url": self.url, "roots": len(bundle.roots), "sequence": bundle.sequence},
         )
-
-    def stop(self) -> None:
-        """Stops listening at once; the serving thread ends within its poll interval (0.5 s)."""
-        if self._thread.is_alive():
-            threading.Thread(
-                target=self._server.shutdown, name=f"{self._thread.name}-stop", daemon=True
-            ).start()
-        self._server.server_close()
 
     def bundle(self) -> SpiffeBundle:
         """The bundle served now: a new sequence number whenever the roots differ from the last ones."""

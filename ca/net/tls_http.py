@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from ca.errors import ConfigError, MeshcaError
+from ca.net.listening import listen_error
 from ca.net.tls_keys import load_chain_and_key
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class TlsHttpServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    service: Any = None  # the endpoint this server serves, for its handlers
 
     def __init__(
         self,
@@ -121,6 +123,57 @@ class TlsHttpServer(ThreadingHTTPServer):
             self._handler(connection, client_address, self)
         finally:
             connection.close()
+
+
+class TlsHttpService:
+    """One HTTPS endpoint: bound at construction, served on a thread of its own from `serve()`.
+
+    Port 0 picks a free port; `port` is the one bound. The handler reaches the endpoint as
+    `self.server.service`. An address that cannot be listened on is a ConfigError naming `flag`; a
+    certificate that cannot be loaded fails here, not at the first client.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        handler: type[BaseHTTPRequestHandler],
+        certificate: CertificateSource,
+        what: str,
+        flag: str,
+        path: str,
+        thread_name: str,
+        server_class: type[TlsHttpServer] = TlsHttpServer,
+    ) -> None:
+        self.path = path
+        self._host = host
+        contexts = TlsContexts(certificate, what=f"the {what}")
+        contexts.current()
+        try:
+            self._server = server_class((host, port), handler, contexts, what=what)
+        except OSError as err:
+            raise listen_error(flag, f"{host}:{port}", err) from err
+        self._server.service = self
+        self.port: int = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=thread_name, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"https://{shown_host(self._host)}:{self.port}{self.path}"
+
+    def serve(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops listening at once; the serving thread ends within its poll interval (0.5 s)."""
+        if self._thread.is_alive():
+            threading.Thread(
+                target=self._server.shutdown, name=f"{self._thread.name}-stop", daemon=True
+            ).start()
+        self._server.server_close()
 
 
 def shown_host(host: str) -> str:

@@ -57,7 +57,6 @@ from ca.ledger.rotation_store import SqlRotationStore
 from ca.ledger.schema import CURRENT_VERSION
 from ca.ledger.store import open_migrated
 from ca.net.bundle_endpoint import BundleEndpoint
-from ca.net.injection_webhook import InjectionWebhook
 from ca.net.listening import check_free, remove_ports_file, split_address, write_ports_file
 from ca.net.status_http import StatusServer
 from ca.server import state_dir
@@ -70,6 +69,7 @@ from ca.server.certificate_api import CertificateService, OutstandingOrders
 from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
+from ca.server.injection_webhook import InjectionWebhook
 from ca.server.keyring_store import KeyringDirectory
 from ca.server.leadership import (
     BundlePublisher,

@@ -18,7 +18,7 @@ import pytest
 from ca.errors import ConfigError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.spiffe_id import SpiffeId
-from ca.net.injection_webhook import InjectionWebhook
+from ca.server.injection_webhook import InjectionWebhook
 from ca.server.serving_cert import ServingIdentity
 from tests.inject.test_review import SETTINGS, _pod, _review
 from tests.support.clock import FakeClock
@@ -92,7 +92,7 @@ def test_a_pod_review_is_answered_with_a_patch(served: Served) -> None:
 def test_a_malformed_review_is_a_logged_400_and_the_server_goes_on(
     served: Served, body: bytes, says: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="ca.net.injection_webhook"):
+    with caplog.at_level(logging.WARNING, logger="ca.server.injection_webhook"):
         status, answer = post(served, body)
     assert status == 400 and says in answer and answer.startswith(b"not an admission review")
     assert any(r.getMessage() == "injection webhook: refused a request" for r in caplog.records)
@@ -110,7 +110,7 @@ def test_a_failure_of_its_own_is_a_500_and_the_server_goes_on(
     def broken(_body: bytes, _settings: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("ca.net.injection_webhook.answer_review", broken)
+    monkeypatch.setattr("ca.server.injection_webhook.answer_review", broken)
     assert post(served, _review(_pod()))[0] == 500
     monkeypatch.undo()
     assert post(served, _review(_pod()))[0] == 200

@@ -22,9 +22,8 @@ from urllib.parse import urlsplit
 from ca.errors import InvalidRequestError
 from ca.inject.review import answer_review
 from ca.inject.settings import InjectSettings
-from ca.net.listening import listen_error
 from ca.net.status_http import QuietHandler
-from ca.net.tls_http import CertificateSource, TlsContexts, TlsHttpServer, shown_host
+from ca.net.tls_http import CertificateSource, TlsHttpServer, TlsHttpService
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # the API server's own limit on an object is 3
 
 
 class _Server(TlsHttpServer):
-    webhook: InjectionWebhook
+    service: InjectionWebhook
 
 
 class _Handler(QuietHandler):
@@ -44,7 +43,7 @@ class _Handler(QuietHandler):
     protocol_version = "HTTP/1.1"  # the API server keeps its connections to webhooks open
 
     def do_POST(self) -> None:
-        webhook = self.server.webhook
+        webhook = self.server.service
         try:
             length = int(self.headers.get("Content-Length") or "")
         except ValueError:
@@ -81,7 +80,7 @@ class _Handler(QuietHandler):
         self._send(200, answer.body(), CONTENT_TYPE)
 
     def do_GET(self) -> None:
-        self._refuse(405, f"the injection webhook answers POST {self.server.webhook.path} only")
+        self._refuse(405, f"the injection webhook answers POST {self.server.service.path} only")
         self.close_connection = True
 
     def _refuse(self, code: int, message: str, *, log_it: bool = False) -> None:
@@ -93,7 +92,7 @@ class _Handler(QuietHandler):
         self._send(code, f"{message}\n".encode(), "text/plain")
 
 
-class InjectionWebhook:
+class InjectionWebhook(TlsHttpService):
     """Serves the injection webhook at `https://host:port/inject` with `settings`.
 
     Port 0 picks a free port; `port` is the one bound. `start()` serves on a thread of its own;
@@ -113,37 +112,23 @@ class InjectionWebhook:
         thread_name: str = "injection-webhook",
     ) -> None:
         self.settings = settings
-        self.path = path
-        self._host = host
         self._lock = threading.Lock()
         self._reviews = {"injected": 0, "unchanged": 0}
-        contexts = TlsContexts(certificate, what="the injection webhook")
-        contexts.current()
-        try:
-            self._server = _Server((host, port), _Handler, contexts, what="injection webhook")
-        except OSError as err:
-            raise listen_error(flag, f"{host}:{port}", err) from err
-        self._server.webhook = self
-        self.port: int = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.5}, name=thread_name, daemon=True
+        super().__init__(
+            host,
+            port,
+            handler=_Handler,
+            certificate=certificate,
+            what="injection webhook",
+            flag=flag,
+            path=path,
+            thread_name=thread_name,
+            server_class=_Server,
         )
 
-    @property
-    def url(self) -> str:
-        return f"https://{shown_host(self._host)}:{self.port}{self.path}"
-
     def start(self) -> None:
-        self._thread.start()
+        self.serve()
         log.info("injection webhook serving", extra={"url": self.url})
-
-    def stop(self) -> None:
-        """Stops listening at once; the serving thread ends within its poll interval (0.5 s)."""
-        if self._thread.is_alive():
-            threading.Thread(
-                target=self._server.shutdown, name=f"{self._thread.name}-stop", daemon=True
-            ).start()
-        self._server.server_close()
 
     def count(self, injected: bool) -> None:
         with self._lock:
