@@ -73,13 +73,13 @@ class RootFactory:
         return Slot(
             id=slot_id,
             state=SlotState.PREPARED,
-            authority=self._signing_ca(root, root_key, now, signing_ttl),
+            authority=self._signing_ca(root, root_key, now, signing_ttl, source=f"signing slot {slot_id}"),
             since=now,
             root_key=root_key,
         )
 
     def _signing_ca(
-        self, root: x509.Certificate, root_key: PrivateKey, now: datetime, ttl: timedelta
+        self, root: x509.Certificate, root_key: PrivateKey, now: datetime, ttl: timedelta, *, source: str
     ) -> SigningAuthority:
         key = self.generate_key(self.key_algorithm)
         not_before, not_after = profile.leaf_validity(now=now, ttl=ttl, issuer=root)
@@ -95,7 +95,7 @@ class RootFactory:
             root_key,
         )
         return SigningAuthority(
-            signing_cert=cert, signing_key=key, chain=(cert,), roots=(root,), source="meshca signing CA"
+            signing_cert=cert, signing_key=key, chain=(cert,), roots=(root,), source=source
         )
 
 
