@@ -7,33 +7,35 @@ import logging
 import os
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import grpc
-from envoy.service.secret.v3 import sds_pb2_grpc
+from typing import TYPE_CHECKING
 
 from ca.agent.agent import Agent, AgentSettings, Replacement, SvidSink
-from ca.agent.attempts import AttemptScheduler
 from ca.agent.broadcast import SvidBroadcast
 from ca.agent.bundle import HeldBundle
 from ca.agent.ca_client import CaClient, CaEndpoint
-from ca.agent.control import ControlEndpoint, ControlStream
 from ca.agent.identity import token_identity, token_placement
 from ca.agent.output import read_leaf
 from ca.agent.schedule import AGENT_BACKOFF, RenewalPolicy
-from ca.agent.sds import SdsService
 from ca.agent.settings import AgentConfig
 from ca.agent.sinks import FileSink
 from ca.agent.svid import Svid
-from ca.agent.telemetry import AgentMetrics
-from ca.agent.workload_api import WorkloadApiService
 from ca.common.clock import Clock, SystemClock
 from ca.errors import ConfigError
 from ca.issuance.keys import generate_private_key
 from ca.net.listening import remove_ports_file, split_address, write_ports_file
-from ca.net.status_http import StatusServer
+
+if TYPE_CHECKING:
+    # Imported where they are used, by a running agent only: `--once` (an init container,
+    # waited for by its pod) neither schedules, serves nor streams, so it does not import
+    # APScheduler, prometheus_client, the Envoy protos or the control stream's.
+    import grpc
+
+    from ca.agent.attempts import AttemptScheduler
+    from ca.agent.control import ControlStream
+    from ca.agent.telemetry import AgentMetrics
+    from ca.net.status_http import StatusServer
 
 log = logging.getLogger("meshca.agent")
 
@@ -47,6 +49,14 @@ class _BroadcastSink:
 
 
 def unix_server(path: Path, register: list[object]) -> grpc.Server:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from envoy.service.secret.v3 import sds_pb2_grpc
+
+    from ca.agent.sds import SdsService
+    from ca.agent.workload_api import WorkloadApiService
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -66,7 +76,7 @@ class AgentProcess:
     cfg: AgentConfig
     agent: Agent
     broadcast: SvidBroadcast
-    metrics: AgentMetrics
+    metrics: AgentMetrics | None  # None with --once: nothing serves them
     client: CaClient
     clock: Clock
     servers: list[grpc.Server] = field(default_factory=list)
@@ -81,6 +91,8 @@ class AgentProcess:
         if self.telemetry is not None:
             self.telemetry.start()
         write_ports_file(self.cfg.ports_file, self.ports)
+        from ca.agent.attempts import AttemptScheduler
+
         self._attempts = AttemptScheduler(self.agent.attempt, self.clock)
         self._attempts.start()
         if self.control is not None:
@@ -133,6 +145,8 @@ class _Renewals:
 def _control_stream(
     cfg: AgentConfig, clock: Clock, broadcast: SvidBroadcast, renewals: _Renewals, bundle: HeldBundle
 ) -> ControlStream:
+    from ca.agent.control import ControlEndpoint, ControlStream
+
     assert cfg.ca_control_address is not None
     return ControlStream(
         endpoint=ControlEndpoint(
@@ -148,13 +162,19 @@ def _control_stream(
     )
 
 
+def _agent_metrics(clock: Clock, bundle: HeldBundle) -> AgentMetrics:
+    from ca.agent.telemetry import AgentMetrics
+
+    return AgentMetrics(clock, bundle=bundle)
+
+
 def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     clock = clock or SystemClock()
     files = FileSink(cfg.output_dir)
     # broadcast.publish_crl and publish_bundle: the CA's CRLs and trust bundle everywhere
     broadcast = SvidBroadcast(crl_sinks=[files], bundle_sinks=[files])
     bundle = HeldBundle()  # the roots held: served, and trusted (with --ca-root) to reach the CA
-    metrics = AgentMetrics(clock, bundle=bundle)
+    metrics = None if cfg.once else _agent_metrics(clock, bundle)
     client = CaClient(
         CaEndpoint(
             address=cfg.ca_address,
@@ -205,6 +225,9 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         return process
     # The port first: an agent that cannot have it stops before replacing any socket file.
     if cfg.health_listen is not None:
+        from ca.net.status_http import StatusServer
+
+        assert metrics is not None
         host, port = split_address(cfg.health_listen)
         process.telemetry = StatusServer(
             host,
@@ -216,7 +239,11 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
             thread_name="agent-http",
         )
     if cfg.sds_socket is not None:
+        from ca.agent.sds import SdsService
+
         process.servers.append(unix_server(cfg.sds_socket, [SdsService(broadcast)]))
     if cfg.workload_api_socket is not None:
+        from ca.agent.workload_api import WorkloadApiService
+
         process.servers.append(unix_server(cfg.workload_api_socket, [WorkloadApiService(broadcast)]))
     return process

@@ -1,21 +1,22 @@
-"""The `meshca` command: one parser with a subcommand per part, each run by its own package."""
+"""The `meshca` command: one parser with a subcommand per part, each run by its own package.
+
+Each part's flags (and its package) are imported only when that part's parser is built: a
+command line that names its subcommand first gets a parser with that subcommand alone, so
+`meshca agent --once on` in an init container does not import the CA server, the Kubernetes
+client, the ledger or the scheduler (see `parse_command_line`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-from ca.agent.settings import add_agent_parser
-from ca.audit.settings import add_audit_parser
 from ca.common import logs
-from ca.common.flags import command_words, environment
-from ca.enforce.command import add_enforce_parser
+from ca.common.flags import Subcommands, command_words, environment
 from ca.errors import ErrorKind, MeshcaError
-from ca.inject.settings import add_inject_parser
-from ca.policy.command import add_policy_parser
-from ca.rotate.settings import add_revoke_parser, add_rotate_parser
-from ca.server.settings import add_ca_parser, add_serve_parser, add_token_parser
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -61,22 +62,109 @@ def _remember_owners(parser: argparse.ArgumentParser) -> None:
                 _remember_owners(sub)
 
 
-def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+def _serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.server.settings import add_serve_parser
+
+    add_serve_parser(commands, environ)
+
+
+def _agent_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.agent.settings import add_agent_parser
+
+    add_agent_parser(commands, environ)
+
+
+def _token_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.server.settings import add_token_parser
+
+    add_token_parser(commands, environ)
+
+
+def _audit_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.audit.settings import add_audit_parser
+
+    add_audit_parser(commands, environ)
+
+
+def _policy_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.policy.command import add_policy_parser
+
+    add_policy_parser(commands, environ)
+
+
+def _enforce_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.enforce.command import add_enforce_parser
+
+    add_enforce_parser(commands, environ)
+
+
+def _rotate_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.rotate.settings import add_rotate_parser
+
+    add_rotate_parser(commands, environ)
+
+
+def _revoke_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.rotate.settings import add_revoke_parser
+
+    add_revoke_parser(commands, environ)
+
+
+def _ca_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.server.settings import add_ca_parser
+
+    add_ca_parser(commands, environ)
+
+
+def _inject_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.inject.settings import add_inject_parser
+
+    add_inject_parser(commands, environ)
+
+
+PARSERS: dict[str, Callable[[Subcommands, Mapping[str, str]], None]] = {
+    "serve": _serve_parser,
+    "agent": _agent_parser,
+    "token": _token_parser,
+    "audit": _audit_parser,
+    "policy": _policy_parser,
+    "enforce": _enforce_parser,
+    "rotate": _rotate_parser,
+    "revoke": _revoke_parser,
+    "ca": _ca_parser,
+    "inject": _inject_parser,
+}
+"""Each subcommand's parser, in the order `meshca --help` lists them."""
+
+
+def build_parser(environ: Mapping[str, str], only: str | None = None) -> argparse.ArgumentParser:
+    """The `meshca` parser with every subcommand, or with the subcommand `only` alone."""
     parser = CommandParser(prog="meshca", description="A certificate authority for service meshes.")
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
-    add_serve_parser(commands, environ)
-    add_agent_parser(commands, environ)
-    add_token_parser(commands, environ)
-    add_audit_parser(commands, environ)
-    add_policy_parser(commands, environ)
-    add_enforce_parser(commands, environ)
-    add_rotate_parser(commands, environ)
-    add_revoke_parser(commands, environ)
-    add_ca_parser(commands, environ)
-    add_inject_parser(commands, environ)
+    for name, add_parser in PARSERS.items():
+        if only is None or name == only:
+            add_parser(commands, environ)
     _remember_owners(parser)
     return parser
+
+
+def parse_command_line(words: Sequence[str], environ: Mapping[str, str]) -> argparse.Namespace:
+    """The parsed command line. When its first word names a subcommand, that subcommand's parser
+    alone reads it (its help is printed by it too); if that parser finds anything wrong, its
+    message is dropped and the full parser reads the line again, so every error (an unknown
+    flag, another subcommand's flag, a value out of range) reads as it always has."""
+    command = words[0] if words and words[0] in PARSERS else None
+    if command is not None:
+        with contextlib.suppress(MeshcaError), contextlib.redirect_stderr(io.StringIO()):
+            try:
+                parser = build_parser(environ, only=command)
+                return parser.parse_args(command_words(words, parser))
+            except SystemExit as stop:
+                if stop.code == 0:  # --help, printed to stdout: the same text the full parser prints
+                    raise
+    parser = build_parser(environ)
+    return parser.parse_args(command_words(words, parser))
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -164,9 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.quiet_grpc_core(environ)
     try:
         try:
-            parser = build_parser(environ)
-            words = sys.argv[1:] if argv is None else argv
-            args = parser.parse_args(command_words(words, parser))
+            args = parse_command_line(sys.argv[1:] if argv is None else argv, environ)
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else EXIT_CONFIG
         with logs.held_until_running():

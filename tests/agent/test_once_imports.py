@@ -1,0 +1,159 @@
+"""`meshca agent --once on` imports only what one certificate needs: an init container's pod waits
+for it, and every module imported is start time. Checked in a fresh interpreter by the modules it
+holds once the certificate is on disk (not by timing).
+
+The running agent's parts (its scheduler, metrics, SDS and Workload API servers, control stream)
+and the other commands' (the CA server, the Kubernetes client, the ledger, policy, enforcement)
+stay out of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import REPO, LiveClock, agent_args, short_dir
+from tests.support.ca_server import RunningCa, start_ca
+
+pytestmark = pytest.mark.slow
+
+# Top-level packages and meshca modules that `--once` must not import (a prefix covers submodules).
+NOT_ON_THE_ONCE_PATH = (
+    "kubernetes",
+    "sqlalchemy",
+    "psycopg",
+    "apscheduler",
+    "prometheus_client",
+    "yaml",
+    "envoy",
+    "pydantic",
+    "requests",
+    "ca.server",
+    "ca.kube",
+    "ca.ledger",
+    "ca.policy",
+    "ca.enforce",
+    "ca.audit",
+    "ca.rotate",
+    "ca.inject",
+    "ca.agent.attempts",
+    "ca.agent.control",
+    "ca.agent.sds",
+    "ca.agent.workload_api",
+    "ca.agent.telemetry",
+    "ca.net.status_http",
+    "ca._proto.meshca_control_pb2",
+    "ca._proto.spiffe_workload_pb2",
+)
+
+# The modules a running agent loads: the check above names real module names.
+A_RUNNING_AGENT_IMPORTS = (
+    "apscheduler",
+    "prometheus_client",
+    "envoy",
+    "ca.agent.attempts",
+    "ca.agent.control",
+    "ca.agent.sds",
+    "ca.agent.workload_api",
+    "ca.agent.telemetry",
+    "ca.net.status_http",
+)
+
+# Runs `meshca ARGS` the way `python -m ca.cli` does, then prints the modules it holds.
+ONCE_CHILD = """
+import json, sys
+from ca.cli.main import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+# Builds a running agent from `meshca agent` flags, starts and stops it, then prints the same.
+RUNNING_CHILD = """
+import json, sys
+from ca.agent.runner import build_agent
+from tests.support.agent import parse_agent_config
+process = build_agent(parse_agent_config(sys.argv[1:]))
+process.start()
+process.stop()
+print(json.dumps({"code": 0, "modules": sorted(sys.modules)}))
+"""
+
+
+def matching(modules: list[str], names: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == name or m.startswith(name + ".") for name in names)]
+
+
+def run_child(code: str, args: list[str], timeout: float = 60) -> tuple[int, list[str], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHCA_")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.stdout, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    return report["code"], report["modules"], done.stderr
+
+
+@pytest.fixture(scope="module")
+def ca() -> Iterator[RunningCa]:
+    with short_dir("mca-imp-") as base:
+        running = start_ca(base / "state", clock=LiveClock())
+        try:
+            yield running
+        finally:
+            running.stop(grace_s=0)
+
+
+def test_once_writes_its_files_without_the_running_agent_or_other_commands(
+    ca: RunningCa, tmp_path: Path
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(ca.token(namespace="shop", service_account="init"))
+    out = tmp_path / "certs"
+    args = agent_args(
+        ca_port=ca.port,
+        ca_root=ca.state_dir / "root-cert.pem",
+        token_file=token,
+        output_dir=out,
+        health=False,
+        extra=["--once", "on"],
+    )
+    code, modules, stderr = run_child(ONCE_CHILD, ["agent", *args])
+    assert code == 0, stderr
+    assert (out / "cert-chain.pem").exists() and (out / "key.pem").exists()
+    assert matching(modules, NOT_ON_THE_ONCE_PATH) == []
+    assert "grpc" in modules and "ca.agent.ca_client" in modules  # it did reach the CA
+
+
+def test_a_running_agent_imports_the_modules_the_once_check_names(ca: RunningCa, tmp_path: Path) -> None:
+    """An agent that runs (scheduler, metrics, SDS, Workload API, control stream) does import
+    them: the names checked above are the modules' real names, and a rename cannot make that
+    check pass vacuously."""
+    token = tmp_path / "token"
+    token.write_text(ca.token(namespace="shop", service_account="web"))
+    with short_dir("mca-imp-run-") as sockets:
+        args = agent_args(
+            ca_port=ca.port,
+            ca_root=ca.state_dir / "root-cert.pem",
+            token_file=token,
+            output_dir=tmp_path / "certs",
+            sds_socket=sockets / "sds",
+            workload_api_socket=sockets / "wl",
+            extra=["--ca-control-addr", f"127.0.0.1:{ca.server.ports['renew']}"],
+        )
+        status, modules, stderr = run_child(RUNNING_CHILD, args)
+    assert status == 0, stderr
+    assert sorted({name for name in A_RUNNING_AGENT_IMPORTS if matching(modules, (name,))}) == sorted(
+        A_RUNNING_AGENT_IMPORTS
+    )
