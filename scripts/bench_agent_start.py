@@ -20,6 +20,11 @@ token (the CA's token cache never answers for it) and a fresh output directory:
       run's spawn -> files, and the heaviest imports;
   (3) for reference, a bare interpreter: `python -c pass` spawn -> exit.
 
+Each is run twice: in this environment as it is (where PYTHONDONTWRITEBYTECODE is set, as in
+some development shells, meshca's own modules are compiled from source at every start), and
+with bytecode cached in a private PYTHONPYCACHEPREFIX, as for a package pip installed (it
+compiles .pyc files), which is how the agent runs in an image.
+
 It prints min / median / p90 / max and ends with one JSON line. Figures move with the load of
 the machine: the load average is printed before and after. It is a benchmark, not a test.
 """
@@ -55,13 +60,19 @@ WAIT_S = 60.0
 IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
 
 
-def child_env() -> dict[str, str]:
+def child_env(pycache: Path | None = None) -> dict[str, str]:
+    """The agent's environment: this one without meshca settings or cluster hints; with
+    `pycache`, bytecode is written and read there (PYTHONPYCACHEPREFIX) whatever
+    PYTHONDONTWRITEBYTECODE says."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("MESHCA_") and k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")
     }
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
     return env
 
 
@@ -124,7 +135,15 @@ def parse_importtime(stderr: str) -> tuple[float, dict[str, float]]:
 
 
 def agent_start(
-    base: Path, index: int, *, port: int, ca_root: Path, token: str, key_type: str, importtime: bool
+    base: Path,
+    index: int,
+    *,
+    port: int,
+    ca_root: Path,
+    token: str,
+    key_type: str,
+    importtime: bool,
+    pycache: Path | None,
 ) -> Start:
     directory = base / f"run{index}"
     directory.mkdir()
@@ -167,7 +186,7 @@ def agent_start(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            env=child_env(),
+            env=child_env(pycache),
             cwd=REPO,
             preexec_fn=_die_with_parent,
         )
@@ -199,10 +218,56 @@ def agent_start(
     return Start((t_files - t0) * 1000, (t_exit - t0) * 1000, cpu_ms, imports_ms, top)
 
 
-def bare_interpreter_ms() -> float:
+def bare_interpreter_ms(pycache: Path | None) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True, env=child_env(), cwd=REPO)
+    subprocess.run([sys.executable, "-c", "pass"], check=True, env=child_env(pycache), cwd=REPO)
     return (time.perf_counter() - t0) * 1000
+
+
+@dataclass(frozen=True)
+class Series:
+    """One way of running the agent: `pycache` None for this environment as it is."""
+
+    label: str
+    pycache: Path | None
+    timed: list[Start]
+    traced: list[Start]
+    bare: list[float]
+
+    def report(self, top: int) -> dict[str, Any]:
+        to_files = Stat.of([s.to_files_ms for s in self.timed])
+        to_exit = Stat.of([s.to_exit_ms for s in self.timed])
+        cpu = Stat.of([s.cpu_ms for s in self.timed])
+        imports = Stat.of([s.imports_ms or 0.0 for s in self.traced])
+        traced_files = Stat.of([s.to_files_ms for s in self.traced])
+        shares = Stat.of([100 * (s.imports_ms or 0.0) / s.to_files_ms for s in self.traced])
+        bare = Stat.of(self.bare)
+        by_module: dict[str, list[float]] = {}
+        for start in self.traced:
+            for name, ms in start.top_imports.items():
+                by_module.setdefault(name, []).append(ms)
+        heaviest = sorted(((statistics.median(v), k) for k, v in by_module.items()), reverse=True)[:top]
+        print(f"== {self.label}")
+        print(to_files.line("spawn -> files on disk"))
+        print(to_exit.line("spawn -> exit"))
+        print(cpu.line("CPU time of the agent (user+sys)"))
+        print(traced_files.line("-X importtime: spawn -> files"))
+        print(imports.line("-X importtime: time in imports"))
+        print(shares.line("-X importtime: import share", unit="%"))
+        print(bare.line("bare interpreter: python -c pass"))
+        print("   heaviest top-level imports (median cumulative ms):")
+        for ms, name in heaviest:
+            print(f"     {ms:7.1f}  {name}")
+        return {
+            "to_files_ms": to_files.brief(),
+            "to_exit_ms": to_exit.brief(),
+            "cpu_ms": cpu.brief(),
+            "importtime_to_files_ms": traced_files.brief(),
+            "imports_ms": imports.brief(),
+            "import_share_pct": shares.brief(),
+            "bare_interpreter_ms": bare.brief(),
+            "heaviest_imports_ms": {name: round(ms, 1) for ms, name in heaviest},
+        }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -228,83 +293,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
     load_before = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="mas-", dir="/tmp"))
+    series: list[Series] = []
     try:
         state = base / "state"
         state.mkdir(mode=0o700)
         with ServerFleet(state, base, "ec-p256", ledger="auto") as fleet:
             _, port = fleet.start(token_cache_size=10_000)
             dev = DevTokenIssuer.load_or_create(state, SystemClock())
-            ca_root = state / "root-cert.pem"
+            counter = iter(range(1_000_000))
 
-            def start(index: int, importtime: bool) -> Start:
-                token = dev.mint(namespace="bench", service_account=f"init-{index}")
+            def start(importtime: bool, pycache: Path | None) -> Start:
+                index = next(counter)
                 return agent_start(
                     base,
                     index,
                     port=port,
-                    ca_root=ca_root,
-                    token=token,
+                    ca_root=state / "root-cert.pem",
+                    token=dev.mint(namespace="bench", service_account=f"init-{index}"),
                     key_type=settings.key_type,
                     importtime=importtime,
+                    pycache=pycache,
                 )
 
-            start(0, importtime=False)  # warm the page cache and the CA; not counted
-            timed = [start(1 + i, importtime=False) for i in range(settings.runs)]
-            traced = [start(10_000 + i, importtime=True) for i in range(settings.importtime_runs)]
-            bare = [bare_interpreter_ms() for _ in range(max(5, settings.runs // 3))]
+            ways = [
+                ("this environment as it is" + bytecode_note(), None),
+                ("bytecode cached (as a package installed by pip: .pyc compiled)", base / "pyc"),
+            ]
+            for label, pycache in ways:
+                start(False, pycache)  # warm the page cache, the CA and any bytecode; not counted
+                timed = [start(False, pycache) for _ in range(settings.runs)]
+                traced = [start(True, pycache) for _ in range(settings.importtime_runs)]
+                bare = [bare_interpreter_ms(pycache) for _ in range(max(5, settings.runs // 3))]
+                series.append(Series(label, pycache, timed, traced, bare))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     load_after = os.getloadavg()
-
-    to_files = Stat.of([s.to_files_ms for s in timed])
-    to_exit = Stat.of([s.to_exit_ms for s in timed])
-    cpu = Stat.of([s.cpu_ms for s in timed])
-    imports = Stat.of([s.imports_ms or 0.0 for s in traced])
-    traced_files = Stat.of([s.to_files_ms for s in traced])
-    shares = Stat.of([100 * (s.imports_ms or 0.0) / s.to_files_ms for s in traced])
-    bare_stat = Stat.of(bare)
-    top: dict[str, list[float]] = {}
-    for s in traced:
-        for name, ms in s.top_imports.items():
-            top.setdefault(name, []).append(ms)
-    heaviest = sorted(((statistics.median(v), k) for k, v in top.items()), reverse=True)[: settings.top]
 
     print(f"meshca agent --once on, {settings.key_type} workload key, against one local meshca serve")
     print(
         f"  {os.cpu_count()} CPUs; load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
         "(a shared machine moves the wall times; CPU time moves less)"
     )
-    print("(1) process start -> files on disk, plain interpreter")
-    print(to_files.line("spawn -> files on disk"))
-    print(to_exit.line("spawn -> exit"))
-    print(cpu.line("CPU time of the agent (user+sys)"))
-    print("(2) with -X importtime (which adds its own overhead)")
-    print(traced_files.line("spawn -> files on disk"))
-    print(imports.line("time in imports (top-level sum)"))
-    print(shares.line("import share of spawn -> files", unit="%"))
-    print("    heaviest top-level imports (median cumulative ms):")
-    for ms, name in heaviest:
-        print(f"      {ms:7.1f}  {name}")
-    print("(3) reference")
-    print(bare_stat.line("bare interpreter: python -c pass"))
     result: dict[str, Any] = {
         "bench": "agent_start",
         "key_type": settings.key_type,
         "runs": settings.runs,
-        "to_files_ms": to_files.brief(),
-        "to_exit_ms": to_exit.brief(),
-        "cpu_ms": cpu.brief(),
         "importtime_runs": settings.importtime_runs,
-        "importtime_to_files_ms": traced_files.brief(),
-        "imports_ms": imports.brief(),
-        "import_share_pct": shares.brief(),
-        "bare_interpreter_ms": bare_stat.brief(),
-        "heaviest_imports_ms": {name: round(ms, 1) for ms, name in heaviest},
         "load_average": [round(load_before[0], 2), round(load_after[0], 2)],
         "cpus": os.cpu_count(),
     }
+    for one, key in zip(series, ("as_is", "bytecode_cached"), strict=True):
+        result[key] = one.report(settings.top)
     print(json.dumps(result))
     return 0
+
+
+def bytecode_note() -> str:
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return " (PYTHONDONTWRITEBYTECODE is set: meshca's own modules are compiled at every start)"
+    return ""
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ca.agent.agent import Agent, AgentSettings, Replacement, SvidSink
-from ca.agent.broadcast import SvidBroadcast
 from ca.agent.bundle import HeldBundle
 from ca.agent.ca_client import CaClient, CaEndpoint
 from ca.agent.identity import token_identity, token_placement
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     import grpc
 
     from ca.agent.attempts import AttemptScheduler
+    from ca.agent.broadcast import SvidBroadcast
     from ca.agent.control import ControlStream
     from ca.agent.telemetry import AgentMetrics
     from ca.net.status_http import StatusServer
@@ -75,7 +75,7 @@ def unix_server(path: Path, register: list[object]) -> grpc.Server:
 class AgentProcess:
     cfg: AgentConfig
     agent: Agent
-    broadcast: SvidBroadcast
+    broadcast: SvidBroadcast | None  # None with --once: no stream to serve
     metrics: AgentMetrics | None  # None with --once: nothing serves them
     client: CaClient
     clock: Clock
@@ -162,6 +162,12 @@ def _control_stream(
     )
 
 
+def _svid_broadcast(files: FileSink) -> SvidBroadcast:
+    from ca.agent.broadcast import SvidBroadcast
+
+    return SvidBroadcast(crl_sinks=[files], bundle_sinks=[files])
+
+
 def _agent_metrics(clock: Clock, bundle: HeldBundle) -> AgentMetrics:
     from ca.agent.telemetry import AgentMetrics
 
@@ -172,7 +178,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     clock = clock or SystemClock()
     files = FileSink(cfg.output_dir)
     # broadcast.publish_crl and publish_bundle: the CA's CRLs and trust bundle everywhere
-    broadcast = SvidBroadcast(crl_sinks=[files], bundle_sinks=[files])
+    broadcast = None if cfg.once else _svid_broadcast(files)
     bundle = HeldBundle()  # the roots held: served, and trusted (with --ca-root) to reach the CA
     metrics = None if cfg.once else _agent_metrics(clock, bundle)
     client = CaClient(
@@ -196,11 +202,16 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     renewals = _Renewals()
     control = (
         _control_stream(cfg, clock, broadcast, renewals, bundle)
-        if cfg.ca_control_address is not None and not cfg.once
+        if cfg.ca_control_address is not None and broadcast is not None
         else None
     )
     # The control stream last: it reconnects with a new certificate once the others serve it.
-    sinks: list[SvidSink] = [files, _BroadcastSink(broadcast), bundle, *([control] if control else [])]
+    sinks: list[SvidSink] = [
+        files,
+        *([_BroadcastSink(broadcast)] if broadcast is not None else []),
+        bundle,
+        *([control] if control else []),
+    ]
     agent = Agent(
         settings=settings,
         source=client,
@@ -221,7 +232,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         control=control,
     )
     renewals.process = process
-    if cfg.once:
+    if broadcast is None:  # --once
         return process
     # The port first: an agent that cannot have it stops before replacing any socket file.
     if cfg.health_listen is not None:

@@ -7,13 +7,17 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from ca.agent.bundle import BundleNotServedError
 from ca.agent.output import write_svid
 from ca.agent.svid import Svid
-from ca.issuance.crl import NO_REVOCATIONS, RevocationLists, certificate_der, certificates_pem
+
+if TYPE_CHECKING:
+    # Imported when the CA's lists come (from the control stream): `--once` never has any.
+    from ca.issuance.crl import RevocationLists
 
 log = logging.getLogger("meshca.agent")
 
@@ -31,7 +35,7 @@ class FileSink:
         self.directory = directory
         self._lock = threading.Lock()
         self._svid: Svid | None = None
-        self._revocations = NO_REVOCATIONS
+        self._revocations: RevocationLists | None = None  # none received (as an empty set)
         # The CAs the lists were checked against: those sent with them, and the signing CAs of
         # the SVID held when they came (see `_crl_signers`).
         self._vouched: tuple[x509.Certificate, ...] = ()
@@ -75,11 +79,16 @@ class FileSink:
     def _write(self) -> None:
         assert self._svid is not None
         revocations = self._revocations
-        signers = self._crl_signers(self._svid) if revocations else ()
+        if not revocations:
+            write_svid(self.directory, self._svid, crl_pem=None, crl_signers_pem=None)
+            return
+        from ca.issuance.crl import certificates_pem
+
+        signers = self._crl_signers(self._svid)
         write_svid(
             self.directory,
             self._svid,
-            crl_pem=revocations.pem() if revocations else None,
+            crl_pem=revocations.pem(),
             crl_signers_pem=certificates_pem(signers) if signers else None,
         )
 
@@ -88,6 +97,8 @@ class FileSink:
         were checked against that this SVID does not bring. While the CA rotates, a new SVID
         may come from another signing CA than the one held when the lists came; the CRL of that
         earlier one then still needs vouching for, or the enforcer refuses the whole set."""
+        from ca.issuance.crl import certificate_der
+
         own = {certificate_der(cert) for cert in (*svid.chain[1:], *svid.roots)}
         signers: list[x509.Certificate] = []
         for cert in self._vouched:

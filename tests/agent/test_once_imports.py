@@ -2,7 +2,8 @@
 for it, and every module imported is start time. Checked in a fresh interpreter by the modules it
 holds once the certificate is on disk (not by timing).
 
-The running agent's parts (its scheduler, metrics, SDS and Workload API servers, control stream)
+The running agent's parts (its scheduler, metrics, SDS and Workload API servers, control stream,
+the revocation lists it serves)
 and the other commands' (the CA server, the Kubernetes client, the ledger, policy, enforcement)
 stay out of it."""
 
@@ -33,6 +34,7 @@ NOT_ON_THE_ONCE_PATH = (
     "envoy",
     "pydantic",
     "requests",
+    "jwt",  # the token's claims are read without it (ca.agent.identity)
     "ca.server",
     "ca.kube",
     "ca.ledger",
@@ -42,10 +44,12 @@ NOT_ON_THE_ONCE_PATH = (
     "ca.rotate",
     "ca.inject",
     "ca.agent.attempts",
+    "ca.agent.broadcast",
     "ca.agent.control",
     "ca.agent.sds",
     "ca.agent.workload_api",
     "ca.agent.telemetry",
+    "ca.issuance.crl",
     "ca.net.status_http",
     "ca._proto.meshca_control_pb2",
     "ca._proto.spiffe_workload_pb2",
@@ -57,10 +61,12 @@ A_RUNNING_AGENT_IMPORTS = (
     "prometheus_client",
     "envoy",
     "ca.agent.attempts",
+    "ca.agent.broadcast",
     "ca.agent.control",
     "ca.agent.sds",
     "ca.agent.workload_api",
     "ca.agent.telemetry",
+    "ca.issuance.crl",
     "ca.net.status_http",
 )
 
