@@ -97,6 +97,20 @@ def _meshca(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+# Port 0 on every listener: the state directory is checked after the ports, and this machine's
+# 15012-15014 may be taken by another meshca.
+SERVE_ON_FREE_PORTS = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--renew-listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+]
+TOKEN = ["token", "--namespace", "shop", "--service-account", "cart"]
+
+
 def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
@@ -105,9 +119,7 @@ def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(
-    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
-)
+@pytest.mark.parametrize("command", [SERVE_ON_FREE_PORTS, TOKEN], ids=["serve", "token"])
 def test_state_dir_naming_a_file(world_readable_dir: Path, command: list[str]) -> None:
     (world_readable_dir / "state").write_text("x")
     line = _one_error_line(_meshca(*command, "--state-dir", "state", cwd=world_readable_dir))
@@ -115,9 +127,7 @@ def test_state_dir_naming_a_file(world_readable_dir: Path, command: list[str]) -
     assert [p.name for p in world_readable_dir.iterdir()] == ["state"]
 
 
-@pytest.mark.parametrize(
-    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
-)
+@pytest.mark.parametrize("command", [SERVE_ON_FREE_PORTS, TOKEN], ids=["serve", "token"])
 def test_state_dir_under_an_unwritable_parent(world_readable_dir: Path, command: list[str]) -> None:
     parent = world_readable_dir / "locked"
     parent.mkdir()
@@ -127,9 +137,7 @@ def test_state_dir_under_an_unwritable_parent(world_readable_dir: Path, command:
     assert list(parent.iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "command", [["serve"], ["token", "--namespace", "shop", "--service-account", "cart"]]
-)
+@pytest.mark.parametrize("command", [SERVE_ON_FREE_PORTS, TOKEN], ids=["serve", "token"])
 def test_existing_state_dir_that_is_not_writable(world_readable_dir: Path, command: list[str]) -> None:
     state = world_readable_dir / "state"
     state.mkdir()
