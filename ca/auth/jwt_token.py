@@ -22,22 +22,14 @@ from typing import Any, Protocol
 import jwt
 
 from ca.auth.base import Caller, Credentials, TokenLeeway, TokenTimeError
+from ca.auth.jws import ALGORITHMS as ALGORITHMS
+from ca.auth.jws import JwsBadSignature, JwsKeyMismatch, JwsMalformed, verified_payload
 from ca.auth.k8s_identity import ServiceAccountIdentity, identity_from_claims
 from ca.auth.token_cache import TokenCache
 from ca.common.clock import Clock
 from ca.common.durations import format_duration
 from ca.errors import AuthenticationError
 from ca.issuance.spiffe_id import SpiffeId
-
-ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
-_SIGNATURE_ONLY = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-}
 
 
 class KeySource(Protocol):
@@ -233,32 +225,20 @@ class JwtAuthenticator:
         kid = header.get("kid")
         key = self._keys.key_for(kid if isinstance(kid, str) else None)
         try:
-            claims: Mapping[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=list(ALGORITHMS),
-                options=_SIGNATURE_ONLY,  # type: ignore[arg-type]
-            )
-        except jwt.InvalidSignatureError as err:
+            return verified_payload(token, header, key.key)
+        except JwsBadSignature as err:
             raise AuthenticationError(
                 f"the token's signature does not verify with key {kid!r} from {self._keys.description}; "
                 "the token was forged or altered",
                 reason="token_bad_signature",
             ) from err
-        except jwt.InvalidAlgorithmError as err:
-            raise AuthenticationError(
-                f"the token uses an algorithm meshca does not accept ({err}); "
-                f"accepted: {', '.join(ALGORITHMS)}",
-                reason="token_malformed",
-            ) from err
-        except jwt.PyJWTError as err:
-            raise AuthenticationError(
-                f"the bearer token cannot be verified ({err})", reason="token_malformed"
-            ) from err
-        except (TypeError, ValueError) as err:
+        except JwsKeyMismatch as err:
             raise AuthenticationError(
                 f"the token's algorithm {header.get('alg')!r} does not fit key {kid!r} from "
-                f"{self._keys.description}; the token was forged or altered",
+                f"{self._keys.description} ({err}); the token was forged or altered",
                 reason="token_bad_signature",
             ) from err
-        return claims
+        except JwsMalformed as err:
+            raise AuthenticationError(
+                f"the bearer token cannot be verified: {err}", reason="token_malformed"
+            ) from err
