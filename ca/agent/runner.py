@@ -232,13 +232,13 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
         control=control,
     )
     renewals.process = process
-    if broadcast is None:  # --once
+    if cfg.once:
         return process
+    assert broadcast is not None and metrics is not None  # built for an agent that runs
     # The port first: an agent that cannot have it stops before replacing any socket file.
     if cfg.health_listen is not None:
         from ca.net.status_http import StatusServer
 
-        assert metrics is not None
         host, port = split_address(cfg.health_listen)
         process.telemetry = StatusServer(
             host,
