@@ -130,7 +130,7 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     s.add(
         "--ca-signing-ttl", "60d", "lifetime of each self-signed mode signing CA (rotated at half its life)"
     )
-    s.add("--ca-root-ttl", "3650d", "lifetime of each self-signed root (rotated at 80% of its life)")
+    s.add("--ca-root-ttl", "3650d", "lifetime of each self-signed root (rotated at 80%% of its life)")
     s.add(
         "--ca-ack-share",
         "1.0",
