@@ -17,11 +17,9 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import math
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
@@ -38,18 +36,6 @@ log = logging.getLogger("meshca.ledger")
 RESTART_BACKOFF = Backoff(initial_s=0.2, maximum_s=10.0, jitter=0.5)
 """Before replacing a ledger process that died, hangs or cannot open the ledger: 0.2 s doubling
 to 10 s; jittered, so that replicas whose shared database went away do not all come back at once."""
-
-QUIET_TURNS = 3
-"""A batch that could go waits while the loop has other work that may bring company: it goes
-once this many turns of the loop in a row brought no new entry (an idle loop runs them in
-microseconds; a loop at its peak seldom has three without an issuance)."""
-
-BUSY_SHARE = 0.75
-CPU_WINDOW_S = 0.1
-"""A loop whose thread used BUSY_SHARE of a core over the last CPU_WINDOW_S is at its peak
-(at half of it, about 0.5): there a batch lingers the whole `linger_s`, since the commits it
-saves are CPU that issuances need. Below that a commit costs only idle CPU, and a batch waits
-for company only while it comes."""
 
 Append = Callable[[Sequence[Record]], list[Entry]]
 # What a caller waits on: a thread's future, or an asyncio future for code on the writer's loop.
@@ -155,13 +141,11 @@ class LoopLedgerWriter:
 
     A batch that could go (no commit in flight) waits only while there is something
     to share its commit with: it is looked at again after each turn of the loop, and
-    goes once QUIET_TURNS turns in a row brought no new entry, or when its first entry
-    has waited `linger_s`, or when it is full. So a lone entry, or the entries of one
-    burst, are sent a few turns after they came in, with no wait on the clock; on a loop so busy
-    that every turn brings more, the batch fills for up to `linger_s`. When the loop
-    is CPU-bound (BUSY_SHARE), a batch always waits `linger_s` from its first entry, so
-    that commits stay few at the peak. A quiet CA, or one at half its peak, seldom pays
-    the linger.
+    goes as soon as a turn passed without a new entry, or when its first entry has
+    waited `linger_s`, or when it is full. So a lone entry, or the entries of one burst,
+    are sent after the turn they came in, with no wait on the clock; on a loop so busy
+    that every turn brings more, the batch fills for up to `linger_s` and commits stay
+    few. A quiet CA pays no linger.
 
     Waiters are settled within about `deadline_s` (plus one batch's commit), so callers
     await its futures without a timeout of their own: entries still waiting to be sent
@@ -188,10 +172,8 @@ class LoopLedgerWriter:
         restart_backoff: Backoff = RESTART_BACKOFF,
         random: UniformRandom = random.random,
         clock: Clock | None = None,
-        cpu_time: Callable[[], float] = time.thread_time,
     ) -> None:
-        """`process` has been started and is ready; `cpu_time` is the CPU seconds of the thread
-        that calls it (always the loop's)."""
+        """`process` has been started and is ready."""
         self._process = process
         self._loop = loop
         self._clock = clock or SystemClock()
@@ -209,10 +191,6 @@ class LoopLedgerWriter:
         self._timer: Timer | None = None  # the linger's bound, for a batch that lingers
         self._turn: asyncio.Handle | None = None  # the next look at the batch, after this turn
         self._seen = 0  # how many entries were pending when that look was asked for
-        self._quiet = 0  # turns in a row without a new entry
-        self._cpu_time = cpu_time
-        self._sampled_at, self._sampled_cpu = -math.inf, 0.0  # the first look, on the loop, starts
-        self._busy = False  # CPU-bound over the last window
         self._attached = False
         self._closed = False
         self._drained = False
@@ -265,47 +243,27 @@ class LoopLedgerWriter:
         if len(self._pending) == self._max_batch:
             self._loop.call_soon(self._send_next)
         elif self._turn is None and self._timer is None:
-            self._look_after_turn(first=True)
+            self._look_after_turn()
 
-    def _look_after_turn(self, *, first: bool = False) -> None:
+    def _look_after_turn(self) -> None:
         """Look at the pending batch again once the loop has run what is ready now."""
-        if first:
-            self._quiet = 0
         self._seen = len(self._pending)
         self._turn = self._loop.call_soon(self._after_turn)
 
     def _after_turn(self) -> None:
-        """Send the batch once QUIET_TURNS turns in a row brought no new entry; while entries
-        come in, look again after the next turn, within the linger's bound."""
+        """Send the batch, unless entries came in during the last turn and more may follow:
+        then look again after the next turn, within the linger's bound."""
         self._turn = None
         if self._committing is not None or self._down is not None or not self._pending:
             return
         waited = self._clock.monotonic() - self._pending_since[0]
-        if self._cpu_bound() and waited < self._linger_s and len(self._pending) < self._max_batch:
-            # Every commit's fixed cost is CPU the issuances need: wait the whole linger.
+        arriving = self._seen < len(self._pending) < self._max_batch
+        if arriving and waited < self._linger_s:
             if self._timer is None:
                 self._timer = self._after(self._linger_s - waited, self._send_next)
-            return
-        if self._seen < len(self._pending):
-            self._quiet = 0
-            if self._timer is None and waited < self._linger_s:
-                self._timer = self._after(self._linger_s - waited, self._send_next)
-        else:
-            self._quiet += 1
-        if self._quiet < QUIET_TURNS and waited < self._linger_s and len(self._pending) < self._max_batch:
             self._look_after_turn()
             return
         self._send_next()
-
-    def _cpu_bound(self) -> bool:
-        """Whether the loop's thread used at least BUSY_SHARE of a core over the last
-        CPU_WINDOW_S or more (measured again once that long has passed)."""
-        now, used = self._clock.monotonic(), self._cpu_time()
-        elapsed = now - self._sampled_at
-        if elapsed >= CPU_WINDOW_S:
-            self._busy = (used - self._sampled_cpu) / elapsed >= BUSY_SHARE
-            self._sampled_at, self._sampled_cpu = now, used
-        return self._busy
 
     def _expire_pending(self) -> None:
         """Fail the entries that have waited `deadline_s` without being sent (a backlog)."""
@@ -349,7 +307,7 @@ class LoopLedgerWriter:
         """After a commit, or once a new process is ready: what came in meanwhile goes next,
         after this turn (or later, while more keeps coming)."""
         if self._pending and self._turn is None:
-            self._look_after_turn(first=True)
+            self._look_after_turn()
 
     def _stop_lingering(self) -> None:
         if self._timer is not None:

@@ -59,8 +59,6 @@ def ledger_process(tmp_path: Path) -> Iterator[LedgerProcess]:
 
 
 def _writer(process: LedgerProcess, clock: FakeClock | None = None, **settings: Any) -> LoopLedgerWriter:
-    """A writer on `clock`; its process's CPU time never moves unless `cpu_time` is given."""
-    settings.setdefault("cpu_time", lambda: 0.0)
     return LoopLedgerWriter(process, asyncio.get_running_loop(), clock=clock or FakeClock(), **settings)
 
 
@@ -260,35 +258,6 @@ def test_a_batch_that_keeps_growing_goes_when_its_first_entry_has_waited_the_lin
     batches = recorded_batches(tmp_path)
     assert len(batches) >= 2 and len(batches[0]) >= 40, batches
     assert _lingers(clock) == [0.25]
-
-
-def test_a_cpu_bound_ca_lingers_the_whole_bound_even_for_a_lone_entry(
-    ledger_process: LedgerProcess, tmp_path: Path
-) -> None:
-    clock = FakeClock()
-    cpu = [0.0]
-
-    async def scenario() -> None:
-        writer = _writer(ledger_process, clock, linger_s=0.25, cpu_time=lambda: cpu[0])
-        # Half a core over the last 0.125 s: not busy, a lone entry goes at once.
-        clock.advance_s(0.125)
-        cpu[0] += 0.0625
-        await _settled([writer.submit({"id": "half"})])
-        assert clock.timers() == []
-        # Then 0.9 of a core: commits would take CPU from issuances, so it waits for company.
-        clock.advance_s(0.125)
-        cpu[0] += 0.1125
-        busy = writer.submit({"id": "busy"})
-        await asyncio.sleep(0)  # the turn it came in
-        assert clock.timers() == [0.25] and not busy.done()
-        await _advance(clock, 0.125)
-        company = writer.submit({"id": "company"})
-        await _advance(clock, 0.125)
-        await _settled([busy, company])
-        writer.close()
-
-    asyncio.run(scenario())
-    assert recorded_batches(tmp_path) == [["half"], ["busy", "company"]]
 
 
 def test_records_from_other_threads_get_thread_futures_and_close_drains_them(
