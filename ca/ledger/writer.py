@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
 import queue
 import random
 import threading
@@ -137,15 +138,9 @@ class LoopLedgerWriter:
     Entries submitted on the loop wait in a list; one batch at a time goes to the
     ledger process (see ca.ledger.process_writer), and entries submitted meanwhile
     form the next batch, so the batch grows with the commit's latency and the loop
-    never blocks on the disk.
-
-    A batch that could go (no commit in flight) waits only while there is something
-    to share its commit with: it is looked at again after each turn of the loop, and
-    goes as soon as a turn passed without a new entry, or when its first entry has
-    waited `linger_s`, or when it is full. So a lone entry, or the entries of one burst,
-    are sent after the turn they came in, with no wait on the clock; on a loop so busy
-    that every turn brings more, the batch fills for up to `linger_s` and commits stay
-    few. A quiet CA pays no linger.
+    never blocks on the disk. Each commit has a fixed cost, so when the last one was
+    less than `linger_s` ago (the CA is busy) a new batch waits `linger_s` from its
+    first entry for company. An idle CA commits at once.
 
     Waiters are settled within about `deadline_s` (plus one batch's commit), so callers
     await its futures without a timeout of their own: entries still waiting to be sent
@@ -154,9 +149,8 @@ class LoopLedgerWriter:
     is replaced. Until the new one is ready, new entries fail at once instead of
     queueing behind it.
 
-    Every interval (the linger's bound, the deadlines, the wait before a replacement) is
-    measured and waited out on `clock`, so a test moves a fake clock instead of waiting;
-    the turns of the loop are the loop's own.
+    Every interval (the linger, the deadlines, the wait before a replacement) is measured
+    and waited out on `clock`, so a test moves a fake clock instead of waiting.
     """
 
     def __init__(
@@ -188,9 +182,8 @@ class LoopLedgerWriter:
         self._down: UnavailableError | None = None  # why entries fail at once, while they do
         self._restarts = Retrying(restart_backoff, random)
         self._overdue: Timer | None = None  # the batch in flight, or the start
-        self._timer: Timer | None = None  # the linger's bound, for a batch that lingers
-        self._turn: asyncio.Handle | None = None  # the next look at the batch, after this turn
-        self._seen = 0  # how many entries were pending when that look was asked for
+        self._timer: Timer | None = None  # the linger
+        self._last_commit = -math.inf
         self._attached = False
         self._closed = False
         self._drained = False
@@ -238,32 +231,26 @@ class LoopLedgerWriter:
             return
         self._pending.append(item)
         self._pending_since.append(self._clock.monotonic())
-        if self._committing is not None:
-            return  # the reply sends it
-        if len(self._pending) == self._max_batch:
-            self._loop.call_soon(self._send_next)
-        elif self._turn is None and self._timer is None:
-            self._look_after_turn()
+        if len(self._pending) == 1:
+            if self._committing is None:
+                self._schedule()
+        elif len(self._pending) == self._max_batch and self._committing is None:
+            self._schedule(now=True)
 
-    def _look_after_turn(self) -> None:
-        """Look at the pending batch again once the loop has run what is ready now."""
-        self._seen = len(self._pending)
-        self._turn = self._loop.call_soon(self._after_turn)
-
-    def _after_turn(self) -> None:
-        """Send the batch, unless entries came in during the last turn and more may follow:
-        then look again after the next turn, within the linger's bound."""
-        self._turn = None
-        if self._committing is not None or self._down is not None or not self._pending:
+    def _schedule(self, *, now: bool = False) -> None:
+        """Send the pending entries at once when idle, or when the oldest has waited
+        `linger_s` if the last commit was that recent (busy)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
             return
         waited = self._clock.monotonic() - self._pending_since[0]
-        arriving = self._seen < len(self._pending) < self._max_batch
-        if arriving and waited < self._linger_s:
-            if self._timer is None:
-                self._timer = self._after(self._linger_s - waited, self._send_next)
-            self._look_after_turn()
-            return
-        self._send_next()
+        busy = self._clock.monotonic() - self._last_commit < self._linger_s
+        if busy and not now:
+            self._timer = self._after(self._linger_s - waited, self._send_next)
+        else:
+            self._loop.call_soon(self._send_next)
 
     def _expire_pending(self) -> None:
         """Fail the entries that have waited `deadline_s` without being sent (a backlog)."""
@@ -274,7 +261,7 @@ class LoopLedgerWriter:
             _fail(expired, _backlog_full(len(self._pending) + count))
 
     def _send_next(self) -> None:
-        self._stop_lingering()
+        self._timer = None
         if self._committing is not None or self._down is not None:
             return
         self._expire_pending()
@@ -300,22 +287,9 @@ class LoopLedgerWriter:
             return
         batch, self._committing = self._committing, None
         self._cancel_overdue()
+        self._last_commit = self._clock.monotonic()
         _settle_batch(batch, reply)
-        self._next_batch()
-
-    def _next_batch(self) -> None:
-        """After a commit, or once a new process is ready: what came in meanwhile goes next,
-        after this turn (or later, while more keeps coming)."""
-        if self._pending and self._turn is None:
-            self._look_after_turn()
-
-    def _stop_lingering(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._turn is not None:
-            self._turn.cancel()
-            self._turn = None
+        self._schedule()
 
     def _on_start_reply(self, reply: tuple[Any, ...]) -> None:
         """A new ledger process says it is ready, or why it could not open the ledger."""
@@ -326,7 +300,7 @@ class LoopLedgerWriter:
         self._down = None
         self._restarts.reset()
         log.warning("the ledger process is back; issuing again")
-        self._next_batch()
+        self._schedule()
 
     def _cancel_overdue(self) -> None:
         if self._overdue is not None:
@@ -408,7 +382,8 @@ class LoopLedgerWriter:
         """No more entries: fail what is left and let go of the process's pipe."""
         self._drained = True
         self._cancel_overdue()
-        self._stop_lingering()
+        if self._timer is not None:
+            self._timer.cancel()
         left = self._take_waiting()
         if left:
             _fail(left, UnavailableError("the ledger was shut down first", reason="ledger_unavailable"))

@@ -161,67 +161,7 @@ def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on(
     assert recorded_batches(tmp_path) == [["3"]]
 
 
-COMMIT_DEADLINE_S = 10.0  # the writer's default deadline_s
-
-
-def _lingers(clock: FakeClock) -> list[float]:
-    """The linger timers the writer asked of `clock`: all but its commits' deadlines."""
-    return [s for s in clock.waits(0) if s != COMMIT_DEADLINE_S]
-
-
-async def _settled(waiters: Sequence[Recorded], within_s: float = 20.0) -> list[Entry]:
-    return await asyncio.wait_for(asyncio.gather(*map(_awaitable, waiters)), within_s)
-
-
-async def _submit_each_turn(writer: LoopLedgerWriter, ids: Sequence[str], waiters: list[Recorded]) -> None:
-    """Like a request handler on a busy loop: an entry, then the loop's other work, then the next."""
-    for record_id in ids:
-        waiters.append(writer.submit({"id": record_id}))
-        await asyncio.sleep(0)
-
-
-def test_a_lone_entry_is_committed_at_once_even_right_after_a_commit(
-    ledger_process: LedgerProcess, tmp_path: Path
-) -> None:
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        writer = _writer(ledger_process, clock, linger_s=0.25)
-        for record_id in "abc":
-            waiter = writer.submit({"id": record_id})
-            assert clock.timers() == []  # nothing to share the commit with: no linger
-            await asyncio.wait_for(_awaitable(waiter), 20)  # the clock never moves
-        writer.close()
-
-    asyncio.run(scenario())
-    assert recorded_batches(tmp_path) == [["a"], ["b"], ["c"]]
-    assert _lingers(clock) == []
-
-
-def test_entries_that_keep_coming_turn_after_turn_share_one_commit(
-    ledger_process: LedgerProcess, tmp_path: Path
-) -> None:
-    clock = FakeClock()
-
-    async def scenario() -> None:
-        writer = _writer(ledger_process, clock, linger_s=0.25)
-        waiters: list[Recorded] = []
-        await asyncio.gather(
-            _submit_each_turn(writer, ["a0", "a1", "a2", "a3"], waiters),
-            _submit_each_turn(writer, ["b0", "b1", "b2", "b3"], waiters),
-        )
-        # The first turn without a new entry sends them, the clock never moving.
-        entries = await _settled(waiters)
-        assert sorted(e.seq for e in entries) == list(range(1, 9))
-        assert clock.timers() == []  # the linger's bound was not needed (cancelled)
-        writer.close()
-
-    asyncio.run(scenario())
-    assert recorded_batches(tmp_path) == [["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]]
-    assert _lingers(clock) == [0.25]  # the bound, set once the batch lingered
-
-
-def test_a_batch_that_keeps_growing_goes_when_its_first_entry_has_waited_the_linger(
+def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not(
     ledger_process: LedgerProcess, tmp_path: Path
 ) -> None:
     clock = FakeClock()
@@ -229,35 +169,36 @@ def test_a_batch_that_keeps_growing_goes_when_its_first_entry_has_waited_the_lin
     async def scenario() -> None:
         # Binary fractions of a second, so that the clock's sums sit exactly on the linger.
         writer = _writer(ledger_process, clock, linger_s=0.25)
-        waiters: list[Recorded] = []
-        busy = True
-
-        async def handler(name: str) -> None:
-            count = 0
-            while busy:
-                waiters.append(writer.submit({"id": f"{name}{count}"}))
-                count += 1
-                await asyncio.sleep(0)
-
-        handlers = [asyncio.create_task(handler(name)) for name in "ab"]
-        for _ in range(20):
-            await asyncio.sleep(0)
-        assert clock.timers() == [0.25] and not any(w.done() for w in waiters)
+        # Idle: committed at once, the clock never moving (a linger would never end).
+        await asyncio.wait_for(_record(writer, [1]), 20)
+        assert clock.timers() == []
+        # Right after a commit: the batch waits 0.25 s from its first entry for company.
+        busy = [writer.submit({"id": 2})]
+        assert clock.timers() == [0.25]
         await _advance(clock, 0.125)
+        busy.append(writer.submit({"id": 3}))
         assert clock.timers() == [0.125]  # company does not extend the wait
-        assert not any(w.done() for w in waiters)
         await _advance(clock, 0.125)
-        assert clock.timers() == [COMMIT_DEADLINE_S]  # the bound: sent, though more kept coming
-        busy = False
-        await asyncio.gather(*handlers)
-        entries = await _settled(waiters)
-        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+        for waiter in busy:
+            assert isinstance(waiter, asyncio.Future)
+            await waiter
+        # A linger after the last commit the writer is idle again: 4 goes at once.
+        await _advance(clock, 0.25)
+        (tmp_path / "hold").touch()
+        idle = writer.submit({"id": 4})
+        await _until(lambda: held_batch(tmp_path) == ["4"], "4 with the ledger process")
+        # 5 comes in during that commit, which takes 0.125 s; its wait counts from then.
+        later = writer.submit({"id": 5})
+        await _advance(clock, 0.125)
+        (tmp_path / "hold").unlink()
+        await _awaitable(idle)
+        assert clock.timers() == [0.125]
+        await _advance(clock, 0.125)
+        await _awaitable(later)
         writer.close()
 
     asyncio.run(scenario())
-    batches = recorded_batches(tmp_path)
-    assert len(batches) >= 2 and len(batches[0]) >= 40, batches
-    assert _lingers(clock) == [0.25]
+    assert recorded_batches(tmp_path) == [["1"], ["2", "3"], ["4"], ["5"]]
 
 
 def test_records_from_other_threads_get_thread_futures_and_close_drains_them(
