@@ -9,12 +9,12 @@ connected to, and a replica that died stops counting once its rows are stale.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from ca.issuance.slots import Acknowledgement
 from ca.ledger import schema
 from ca.ledger.appender import storage_error
 from ca.ledger.entries import timestamp
@@ -23,17 +23,11 @@ from ca.ledger.store import LedgerStore
 FRESH = timedelta(seconds=10)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Held:
-    holding: int
-    connected: int
-
-
 class SqlBundleHolders:
     def __init__(self, store: LedgerStore) -> None:
         self._store = store
 
-    def report(self, replica: str, counts: Mapping[str, Held], now: datetime) -> None:
+    def report(self, replica: str, counts: Mapping[str, Acknowledgement], now: datetime) -> None:
         """Replace `replica`'s rows with `counts` (root fingerprint -> its agents)."""
         table = schema.bundle_holders
         rows = [
@@ -54,7 +48,7 @@ class SqlBundleHolders:
         except SQLAlchemyError as err:
             raise storage_error("written", err) from err
 
-    def total(self, root_sha256: str, now: datetime) -> Held:
+    def total(self, root_sha256: str, now: datetime) -> Acknowledgement:
         """The root's holders summed over the replicas that reported within FRESH of `now`."""
         table = schema.bundle_holders
         query = select(
@@ -66,4 +60,4 @@ class SqlBundleHolders:
                 holding, connected = conn.execute(query).one()
         except SQLAlchemyError as err:
             raise storage_error("read", err) from err
-        return Held(holding=int(holding), connected=int(connected))
+        return Acknowledgement(holding=int(holding), connected=int(connected))

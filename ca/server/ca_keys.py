@@ -283,17 +283,6 @@ class CaKeys:
                 log.exception("a CA keyring listener failed; the others were still told")
 
 
-def slot_state_counts(keyring: Keyring) -> dict[SlotState, int]:
-    counts = dict.fromkeys(SlotState, 0)
-    for slot in keyring.slots:
-        counts[slot.state] += 1
-    return counts
-
-
-def summary_time(moment: datetime | None) -> str:
-    return moment.isoformat() if moment is not None else "-"
-
-
 Reissue = Callable[[datetime, str, str], str]
 """Orders every leaf issued before a time to be replaced; returns what it did, in words."""
 

@@ -62,6 +62,7 @@ from ca.common.clock import Clock
 from ca.errors import CaMaterialError
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.crl import build_crl, crl_der, crl_number
+from ca.issuance.slots import Acknowledgement
 from ca.ledger.rotation import (
     Holder,
     Order,
@@ -266,14 +267,6 @@ def reported_roots(sha256s: Iterable[str]) -> frozenset[str]:
     return frozenset(roots)
 
 
-@dataclass(frozen=True, kw_only=True)
-class BundleAck:
-    """Of the `connected` open control streams, `holding` report holding a given root."""
-
-    holding: int
-    connected: int
-
-
 class BundleReports:
     """The roots each open session last reported holding, and how many sessions hold each root.
 
@@ -420,11 +413,11 @@ class PushCoordinator:
     def session_count(self) -> int:
         return self._state.session_count
 
-    def bundle_holders(self, root_sha256: str) -> BundleAck:
+    def bundle_holders(self, root_sha256: str) -> Acknowledgement:
         """How many open control streams hold the root whose DER has this SHA-256 (hex), by their
         agent's latest report, of how many are open now."""
         with self._lock:
-            return BundleAck(
+            return Acknowledgement(
                 holding=self._state.reports.holding(root_sha256), connected=self._state.session_count
             )
 

@@ -10,10 +10,7 @@ from ca.common.files import atomic_write
 from ca.errors import ConfigError
 from ca.issuance.authority import SigningAuthority
 
-CA_CERT = "ca-cert.pem"
-CA_KEY = "ca-key.pem"
 TRUST_BUNDLE = "root-cert.pem"
-LOCK = ".meshca.lock"
 
 
 def prepare(state_dir: Path) -> Path:

@@ -32,7 +32,7 @@ from ca.issuance.authority import SigningAuthority
 from ca.issuance.cacerts import load_cacerts_dir
 from ca.issuance.issuer import Issuer
 from ca.issuance.selfsigned import RootFactory
-from ca.issuance.slots import Acknowledgement, AckSource, Keyring, Slot, Transition
+from ca.issuance.slots import Acknowledgement, Keyring, Slot, Transition
 from ca.issuance.spiffe_id import SpiffeId
 from ca.kube import client as kube
 from ca.kube.bundles import RootCertPublisher
@@ -40,7 +40,7 @@ from ca.kube.keyring_secret import KeyringSecret
 from ca.kube.leader import Elector, SoleElector, kube_lease_elector
 from ca.kube.webhook_config import CaBundlePatcher
 from ca.ledger import rotation_operations as operations
-from ca.ledger.bundle_holders import Held, SqlBundleHolders
+from ca.ledger.bundle_holders import SqlBundleHolders
 from ca.ledger.changes import ChangeWatcher
 from ca.ledger.ledger import (
     HEAD_FILE,
@@ -115,12 +115,6 @@ def open_ca_keys(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[CaKey
     return CaKeys(stored=stored, store=store, factory=factory, policy=policy, clock=clock, acks=_nobody), what
 
 
-def load_authority(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[SigningAuthority, str]:
-    """The authority the CA signs with at start-up, and what happened to its material."""
-    keys, what = open_ca_keys(cfg, clock, api)
-    return keys.keyring.signing_authority(), what
-
-
 class SharedHolders:
     """This replica's count of agents holding each root, written to the ledger's database for the
     leader to sum with the other replicas' (rewritten when it changes, and often enough to stay
@@ -132,13 +126,10 @@ class SharedHolders:
         self._table = table
         self._replica = replica
         self._clock = clock
-        self._last: tuple[dict[str, Held], float] | None = None
+        self._last: tuple[dict[str, Acknowledgement], float] | None = None
 
     def report(self, roots: Sequence[str], push: PushCoordinator) -> None:
-        counts = {}
-        for root in roots:
-            ack = push.bundle_holders(root)
-            counts[root] = Held(holding=ack.holding, connected=ack.connected)
+        counts = {root: push.bundle_holders(root) for root in roots}
         now = self._clock.monotonic()
         if self._last is not None and self._last[0] == counts and now - self._last[1] < self.REWRITE_S:
             return
@@ -146,18 +137,7 @@ class SharedHolders:
         self._last = (counts, now)
 
     def acks(self, root_fingerprint: str) -> Acknowledgement:
-        held = self._table.total(root_fingerprint, self._clock.now())
-        return Acknowledgement(holding=held.holding, connected=held.connected)
-
-
-def agents_holding(push: PushCoordinator) -> AckSource:
-    """How many of the agents connected to this replica report holding a root."""
-
-    def acks(root_fingerprint: str) -> Acknowledgement:
-        held = push.bundle_holders(root_fingerprint)
-        return Acknowledgement(holding=held.holding, connected=held.connected)
-
-    return acks
+        return self._table.total(root_fingerprint, self._clock.now())
 
 
 def _nobody(_root_fingerprint: str) -> Acknowledgement:
@@ -867,11 +847,9 @@ def connect_keys(server: CaServer, keys: CaKeys, ledger: Ledger | None, push: Pu
     a new root, and reach every part of the server."""
     if ledger is not None:
         keys.set_recorder(ledger_slot_recorder(ledger, server.replica))
-    if push is not None and ledger is not None:
+    if push is not None and ledger is not None:  # the push coordinator exists only with a ledger
         server.holders = SharedHolders(SqlBundleHolders(ledger.store), server.replica, server.clock)
         keys.set_acks(server.holders.acks)
-    elif push is not None:
-        keys.set_acks(agents_holding(push))
     keys.listen(server.keyring_changed)
     if server.cfg.cacerts is not None:
         keys.offer(load_cacerts_dir(server.cfg.cacerts), requested_by=f"cacerts {server.cfg.cacerts}")

@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from ca.agent.sds import ROOT_SECRET, SECRET_TYPE_URL
-from ca.server.push import BundleAck
+from ca.issuance.slots import Acknowledgement
 from tests.support.agent import LiveClock, RunningAgent, agent_args, short_dir, start_agent, wait_until
 from tests.support.ca_server import RunningCa, start_ca
 from tests.support.issuing import make_root
@@ -111,7 +111,7 @@ def test_a_published_bundle_reaches_two_agents_files_and_sds_and_both_are_counte
             held_roots = x509.load_pem_x509_certificates(ca.bundle)
             old = _sha256(held_roots[0])
             wait_until(
-                lambda: push.bundle_holders(old) == BundleAck(holding=2, connected=2),
+                lambda: push.bundle_holders(old) == Acknowledgement(holding=2, connected=2),
                 15,
                 "both agents connected, reporting the CA's root in their Hello",
             )
@@ -121,7 +121,7 @@ def test_a_published_bundle_reaches_two_agents_files_and_sds_and_both_are_counte
                 stream.wait_for(_pem(held_roots), 10)
 
             extra = make_root(LiveClock()).signing_cert
-            assert push.bundle_holders(_sha256(extra)) == BundleAck(holding=0, connected=2)
+            assert push.bundle_holders(_sha256(extra)) == Acknowledgement(holding=0, connected=2)
             push.publish_bundle([*held_roots, extra])
 
             expected = _pem([*held_roots, extra])
@@ -130,11 +130,11 @@ def test_a_published_bundle_reaches_two_agents_files_and_sds_and_both_are_counte
                 wait_until(lambda f=root_cert: f.read_bytes() == expected, 10, f"{name}'s root-cert.pem")  # type: ignore[misc]
                 stream.wait_for(expected, 10)
             wait_until(
-                lambda: push.bundle_holders(_sha256(extra)) == BundleAck(holding=2, connected=2),
+                lambda: push.bundle_holders(_sha256(extra)) == Acknowledgement(holding=2, connected=2),
                 10,
                 "both agents reporting the new root held",
             )
-            assert push.bundle_holders(old) == BundleAck(holding=2, connected=2)
+            assert push.bundle_holders(old) == Acknowledgement(holding=2, connected=2)
             # Their certificates still chain to a root of the bundle: nothing was renewed.
             assert [agent.serial for agent in agents] == serials
         finally:

@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives import serialization
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.errors import CaMaterialError
+from ca.issuance.slots import Acknowledgement
 from ca.ledger.rotation import Holder, Order, Selector, TargetState
 from ca.server.push import (
     BUNDLE_AFTER_CRL_S,
     CRL_VALIDITY,
     MAX_REPORTED_ROOTS,
-    BundleAck,
     BundleReports,
     PushCoordinator,
     crl_maker,
@@ -530,24 +530,24 @@ def test_bundle_holders_counts_open_sessions_by_their_latest_report() -> None:
         await rig.start()
         old, new = _sha256(rig.authority.signing_cert), _sha256(make_root(rig.clock).signing_cert)
         holders = rig.coordinator.bundle_holders
-        assert holders(new) == BundleAck(holding=0, connected=0)
+        assert holders(new) == Acknowledgement(holding=0, connected=0)
         a1, a2, a3 = FakeSession("a1"), FakeSession("a2"), FakeSession("a3")
         rig.coordinator.register(a1, held=[old])
         rig.coordinator.register(a2, held=[old, new.upper()])  # hex in either case
         rig.coordinator.register(a3, held=["not-a-digest", new[:10]])
-        assert holders(new) == BundleAck(holding=1, connected=3)
-        assert holders(old) == BundleAck(holding=2, connected=3)
+        assert holders(new) == Acknowledgement(holding=1, connected=3)
+        assert holders(old) == Acknowledgement(holding=2, connected=3)
 
         rig.coordinator.report_bundle(a1, [old, new], sequence=7)
         rig.coordinator.report_bundle(a2, [new])  # the latest report replaces the one before
-        assert holders(new) == BundleAck(holding=2, connected=3)
-        assert holders(old.upper()) == BundleAck(holding=1, connected=3)
+        assert holders(new) == Acknowledgement(holding=2, connected=3)
+        assert holders(old.upper()) == Acknowledgement(holding=1, connected=3)
 
         rig.coordinator.unregister(a1)
-        assert holders(new) == BundleAck(holding=1, connected=2)
-        assert holders(old) == BundleAck(holding=0, connected=2)
+        assert holders(new) == Acknowledgement(holding=1, connected=2)
+        assert holders(old) == Acknowledgement(holding=0, connected=2)
         rig.coordinator.report_bundle(a1, [old])  # a report on a stream that ended counts for nothing
-        assert holders(old) == BundleAck(holding=0, connected=2)
+        assert holders(old) == Acknowledgement(holding=0, connected=2)
 
     run(body)
 
