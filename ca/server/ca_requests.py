@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from ca.common.clock import Clock
 from ca.common.files import atomic_write
 from ca.errors import ConfigError, UnavailableError
+
+log = logging.getLogger("meshca")
 
 REQUESTS_DIR = "ca-requests"
 STATUS_FILE = "ca-status.json"
@@ -92,23 +95,36 @@ class CaInbox:
     # The CA's side.
 
     def pending(self) -> Iterator[CaRequest]:
+        """The requests waiting, oldest first, each taken (removed) as it is read. A file that is
+        not a request is removed with a warning, so that it cannot hold up the ones after it."""
         if not self._dir.is_dir():
             return
-        for path in sorted(self._dir.glob(f"*{REQUEST_SUFFIX}"), key=lambda p: p.stat().st_mtime):
-            data = _read_json(path)
+        for _, path in sorted(_with_mtime(self._dir.glob(f"*{REQUEST_SUFFIX}"))):
+            try:
+                data = _read_json(path)
+            except ConfigError as err:
+                data = {"unreadable": err.message}
             path.unlink(missing_ok=True)
             if data is None:
-                continue
+                continue  # taken away meanwhile (the CLI gave up waiting)
             try:
                 yield CaRequest(**data)
             except TypeError:
-                continue  # not a request this version understands: the CLI times out and says so
+                log.warning("ignored a file that is not a meshca ca request", extra={"path": str(path)})
 
     def answer(self, request_id: str, answer: CaAnswer) -> None:
         atomic_write(self._dir / f"{request_id}{ANSWER_SUFFIX}", json.dumps(asdict(answer)).encode())
 
     def write_status(self, status: Mapping[str, Any]) -> None:
         atomic_write(self._status, json.dumps(status, indent=2).encode())
+
+
+def _with_mtime(paths: Iterable[Path]) -> Iterator[tuple[float, Path]]:
+    for path in paths:
+        try:
+            yield path.stat().st_mtime, path
+        except FileNotFoundError:
+            continue
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

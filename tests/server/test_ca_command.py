@@ -173,3 +173,15 @@ def test_now_prepares_once_follows_its_slot_through_activation_and_orders_the_re
     assert "slot 2: new -> prepared" in text and "waiting: the new root has been published" in text
     assert "ordered 1 certificates re-issued: rotation order ro-" in text
     assert [(s.id, str(s.state)) for s in keys.keyring.slots] == [("1", "retiring"), ("2", "active")]
+
+
+def test_a_file_that_is_not_a_request_is_dropped_and_does_not_hold_up_the_next(running: RunningCa) -> None:
+    inbox = running.state_dir / "ca-requests"
+    inbox.mkdir(exist_ok=True)
+    (inbox / "aaaa.request.json").write_text("{not json")
+    (inbox / "bbbb.request.json").write_text('{"unknown": 1}')
+    code, out = meshca_ca(running, "status")
+    assert code == 0
+    code, out = meshca_ca(running, "rotate", "--prepare", "--dry-run")
+    assert code == 0 and "would make prepare" in out
+    assert not list(inbox.glob("*.request.json"))
