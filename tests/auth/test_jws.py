@@ -89,6 +89,19 @@ def test_a_payload_that_is_not_a_json_object_is_malformed() -> None:
         verified_payload(signed, header_of(signed), RSA_KEY.public_key())
 
 
+@pytest.mark.parametrize(("url", "standard"), [("_", "/"), ("-", "+")])
+@pytest.mark.parametrize("part", [0, 1, 2])
+def test_the_standard_base64_spelling_of_the_same_bits_is_refused(url: str, standard: str, part: int) -> None:
+    signed = token("RS256", {**CLAIMS, "sub": "a?>~" * 8})  # an ASCII mix whose base64url holds '_' and '-'
+    parts = signed.split(".")
+    assert url in parts[part] or part == 0
+    parts[part] = parts[part].replace(url, standard) if url in parts[part] else parts[part] + "="
+    altered = ".".join(parts)
+    assert not _pyjwt_accepts(altered, RSA_KEY.public_key())
+    with pytest.raises(JwsMalformed, match="outside base64url"):
+        verified_payload(altered, header_of(signed), RSA_KEY.public_key())
+
+
 def _pyjwt_accepts(text: str, key: Any) -> bool:
     try:
         jwt.decode(
