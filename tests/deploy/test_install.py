@@ -250,7 +250,9 @@ def test_an_installed_overlay_lets_meshca_make_every_call_it_makes(name: str, tm
         )
         issue_for_a_pod(api, serve, tmp_path)
 
-        # A CA keyring transition: the CA Secret is rewritten, then published everywhere.
+        # A CA keyring transition: the CA Secret is rewritten, then published everywhere. The head
+        # is read first: a checkpoint may take in the transition's record before the command returns.
+        head = config_map(core, CA_NAMESPACE, "meshca-ledger-head")
         rotate = subprocess.run(
             [*MESHCA, "ca", "rotate", "--state-dir", str(serve.state_dir), "--prepare", "--new-root"],
             capture_output=True,
@@ -266,7 +268,6 @@ def test_an_installed_overlay_lets_meshca_make_every_call_it_makes(name: str, tm
             "both roots in istio-ca-root-cert",
             log,
         )
-        head = config_map(core, CA_NAMESPACE, "meshca-ledger-head")
         eventually(
             lambda: config_map(core, CA_NAMESPACE, "meshca-ledger-head") != head, "a later checkpoint", log
         )
