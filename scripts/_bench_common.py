@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import itertools
 import json
 import math
 import os
@@ -198,6 +199,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _before_exec(cpus: tuple[int, ...] | None) -> None:
+    _die_with_parent()
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+
+
 def meshca_command() -> list[str]:
     beside = Path(sys.executable).with_name("meshca")
     if beside.exists():
@@ -229,6 +236,9 @@ class ServerFleet:
     # `meshca serve --ledger`: "off" (no issuance ledger), "auto" (SQLite in the state dir,
     # the server's default) or a sqlite:/// or postgresql:// URL.
     ledger: str = "off"
+    # CPUs the server and every process it starts (the ledger writer) may run on, set
+    # before exec so that they inherit it; None leaves the affinity alone.
+    cpus: tuple[int, ...] | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)  # logs[i] is the output of procs[i]
     started: int = 0
@@ -281,7 +291,7 @@ class ServerFleet:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=_server_env(),
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_before_exec, self.cpus),
             )
         self.procs.append(proc)
         self.logs.append(log_path)
@@ -518,6 +528,11 @@ class LoadSpec:
     warmup_s: float
     duration_s: float
     drain_s: float
+    # Striped: channel c of C sends pool elements c, c+C, c+2C, ..., so that no element
+    # comes back before the whole pool has been sent once (a token cache smaller than the
+    # pool then never hits). Otherwise channels walk the pool from scattered offsets.
+    striped: bool = False
+    cpus: tuple[int, ...] | None = None  # the client process's CPU affinity
 
 
 @dataclass
@@ -584,12 +599,20 @@ def _on_done(ch: _Channel, start: float, slots: threading.Semaphore, future: Any
         slots.release()
 
 
+def _walk(ch: _Channel, spec: LoadSpec) -> Iterator[int]:
+    """The pool elements channel `ch` sends, in order (see LoadSpec.striped)."""
+    n = len(spec.pool)
+    if spec.striped:
+        return (i % n for i in itertools.count(ch.index, spec.total_channels))
+    return (i % n for i in itertools.count(ch.index * 7919))  # scattered offsets
+
+
 def _closed_loop(ch: _Channel, spec: LoadSpec, in_flight: int, t_begin: float, t_end: float) -> None:
     slots = threading.Semaphore(in_flight)
-    pool, n = spec.pool, len(spec.pool)
+    pool = spec.pool
     deadline = t_end + spec.drain_s
     max_sends = int((t_end - t_begin) * MAX_RATE_PER_CHANNEL) + in_flight
-    i = ch.index * 7919  # channels walk the pool from different places
+    walk = _walk(ch, spec)
     sleep_until(t_begin)
     while ch.sent < max_sends:
         if not slots.acquire(timeout=max(0.0, deadline - time.perf_counter())):
@@ -598,8 +621,7 @@ def _closed_loop(ch: _Channel, spec: LoadSpec, in_flight: int, t_begin: float, t
         if now >= t_end:
             slots.release()
             break
-        j = i % n
-        i += 1
+        j = next(walk)
         future = ch.call.future(pool.requests[j], metadata=pool.metadata[j], timeout=RPC_TIMEOUT_S)
         ch.sent += 1
         future.add_done_callback(functools.partial(_on_done, ch, now, slots))
@@ -610,18 +632,17 @@ def _closed_loop(ch: _Channel, spec: LoadSpec, in_flight: int, t_begin: float, t
 
 def _open_loop(ch: _Channel, spec: LoadSpec, rate: float, t_first: float, t_end: float) -> None:
     slots = threading.Semaphore(OPEN_LOOP_MAX_IN_FLIGHT)
-    pool, n = spec.pool, len(spec.pool)
+    pool = spec.pool
     deadline = t_end + spec.drain_s
     interval = 1.0 / rate
     count = min(int((t_end - t_first) * rate), int((t_end - t_first) * MAX_RATE_PER_CHANNEL))
-    i = ch.index * 7919
+    walk = _walk(ch, spec)
     for k in range(max(0, count)):
         scheduled = t_first + k * interval
         sleep_until(scheduled)
         if not slots.acquire(timeout=max(0.0, deadline - time.perf_counter())):
             break
-        j = i % n
-        i += 1
+        j = next(walk)
         future = ch.call.future(pool.requests[j], metadata=pool.metadata[j], timeout=RPC_TIMEOUT_S)
         ch.sent += 1
         ch.max_lag = max(ch.max_lag, time.perf_counter() - scheduled)
@@ -658,6 +679,8 @@ def _summarize(channels: Sequence[_Channel], window: tuple[float, float], cpu_s:
 def client_process(spec: LoadSpec, index: int, queue: Any, go: Any, t0: Any) -> None:
     """Entry point of a client process: connect, report ready, wait for `go`, run, report."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up on Ctrl-C
+    if spec.cpus is not None:
+        os.sched_setaffinity(0, spec.cpus)
     import grpc
 
     channels: list[_Channel] = []

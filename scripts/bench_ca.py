@@ -3,11 +3,18 @@
 
 Run from the project root with the project's virtualenv:
 
-    .venv/bin/python scripts/bench_ca.py                       # full run, about 4.5 minutes on 2 cores
-    .venv/bin/python scripts/bench_ca.py --quick               # smoke run, about 1 minute
-    .venv/bin/python scripts/bench_ca.py --ledger-phase only   # just (d), about 2 minutes
+    .venv/bin/python scripts/bench_ca.py                 # pinned, 3 rounds, about 4 minutes
+    .venv/bin/python scripts/bench_ca.py --quick         # pinned smoke run
+    .venv/bin/python scripts/bench_ca.py --profile 8     # pinned, with a py-spy profile of the server
+    .venv/bin/python scripts/bench_ca.py --method shared # the older method below, about 4.5 minutes
+    .venv/bin/python scripts/bench_ca.py --method shared --ledger-phase only   # its (d), 2 minutes
 
-For the CA key type chosen with --ca-key-type it prints:
+The default method, pinned, is described in scripts/_bench_pinned.py: the server and all its
+children on one core, the load on the other, distinct tokens, the raw-primitive floor measured
+in the same run, ledger on and off in the same run, and the ratio end to end / floor for each.
+
+The older "shared" method lets the server(s) and clients share every core. For the CA key type
+chosen with --ca-key-type it prints:
 
   (a) the in-process ceiling on one core: token signature check, CSR parse + verify and
       leaf build + sign, each in us/op, and all three together as certificates/s;
@@ -978,6 +985,19 @@ def report(s: Settings, res: Results, cores: int, elapsed_s: float, lp: LedgerPh
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", choices=["pinned", "shared"], default="pinned")
+    chosen, rest = method.parse_known_args(args)
+    if chosen.method == "pinned":
+        import _bench_pinned
+
+        print(f"meshca CA benchmark, pinned: {platform.machine()}, {versions()}", flush=True)
+        return _bench_pinned.main(rest)
+    return shared_main(rest)
+
+
+def shared_main(argv: Sequence[str] | None = None) -> int:
     s = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
