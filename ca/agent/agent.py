@@ -75,7 +75,9 @@ class SvidSink(Protocol):
 
 
 class AgentObserver(Protocol):
-    def attempted(self, *, ok: bool, seconds: float) -> None: ...
+    def attempted(self, *, seconds: float, failure: str | None = None) -> None:
+        """One request to the CA took `seconds`; `failure` is its error's reason when it failed."""
+        ...
 
     def holding(self, svid: Svid | None, now: datetime) -> None: ...
 
@@ -159,7 +161,7 @@ class Agent:
             sink.publish(svid)
         replaced, self.current = self.current, svid
         now = self._clock.now()
-        self._observe(ok=True, seconds=time.perf_counter() - started, now=now)
+        self._observe(seconds=time.perf_counter() - started, now=now)
         renew_at = self._settings.renewal.renew_at(now, svid.not_after, self._random)
         _log_new_certificate(svid, replaced, renew_at)
         return max(renew_at, now + MIN_INTERVAL)
@@ -180,7 +182,7 @@ class Agent:
         self.last_error = err
         now = self._clock.now()
         delay = timedelta(seconds=self._retrying.next_delay_s())
-        self._observe(ok=False, seconds=seconds, now=now)
+        self._observe(seconds=seconds, now=now, failure=err.reason)
         held = self.current
         log.warning(
             "certificate request failed" + ("; keeping the last good certificate" if held else ""),
@@ -194,9 +196,9 @@ class Agent:
         )
         return now + delay
 
-    def _observe(self, *, ok: bool, seconds: float, now: datetime) -> None:
+    def _observe(self, *, seconds: float, now: datetime, failure: str | None = None) -> None:
         if self._observer is not None:
-            self._observer.attempted(ok=ok, seconds=seconds)
+            self._observer.attempted(seconds=seconds, failure=failure)
             self._observer.holding(self.current, now)
 
 

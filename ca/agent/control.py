@@ -156,6 +156,7 @@ class _Stream:
     call: Any
     outgoing: queue.SimpleQueue[pb.AgentMessage | None]
     ending: bool = False
+    answered: bool = False  # the CA has sent something on it (it sends a CRL at once)
 
 
 class ControlStream:
@@ -209,6 +210,12 @@ class ControlStream:
             stream.call.cancel()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a stream is open and the CA has answered on it (a metric)."""
+        with self._lock:
+            return self._stream is not None and self._stream.answered
 
     @property
     def connected_serial(self) -> str | None:
@@ -324,7 +331,7 @@ class ControlStream:
             if changed:  # a new certificate arrived while this one was connecting
                 self._end(stream)
             for message in call:
-                healthy, self._told_unserved = True, False
+                healthy, self._told_unserved, stream.answered = True, False, True
                 if self._handle(message, serial) is StreamEnd.REISSUE:
                     end = StreamEnd.REISSUE
         except grpc.RpcError as err:

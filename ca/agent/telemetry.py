@@ -1,10 +1,16 @@
-"""The agent's Prometheus metrics (Istio agent names) and readiness, for `ca.net.status_http.StatusServer`."""
+"""The agent's Prometheus metrics (Istio agent names, and `meshca_agent_*` for what Istio's agent
+has none of) and readiness, for `ca.net.status_http.StatusServer`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ca.agent.bundle import HeldBundle
 from ca.agent.svid import Svid
@@ -12,6 +18,52 @@ from ca.common.clock import Clock
 from ca.net.istio_metrics import IstioNamedCounters
 
 REQUEST_TYPE = "csr"
+
+
+class ControlState(Protocol):
+    """What the metrics read off the control stream (ca.agent.control.ControlStream)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def connects(self) -> int: ...
+
+
+class _HeldCertificate(Collector):
+    """The held certificate's NotAfter; no sample before the agent holds one, so that an alert on
+    an expired certificate does not fire for an agent still getting its first."""
+
+    def __init__(self, metrics: AgentMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "meshca_agent_certificate_expiry_timestamp_seconds",
+            "NotAfter of the certificate the agent holds and serves, as a Unix time (no sample before "
+            "its first certificate).",
+        )
+        not_after = self._metrics.held_not_after()
+        if not_after is not None:
+            family.add_metric([], not_after.timestamp())
+        yield family
+
+
+class _ControlStream(Collector):
+    def __init__(self, stream: ControlState) -> None:
+        self._stream = stream
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "meshca_agent_control_stream_connected",
+            "1 while the control stream to the CA is open and the CA has answered on it, else 0.",
+            value=1 if self._stream.connected else 0,
+        )
+        yield CounterMetricFamily(
+            "meshca_agent_control_stream_connects",
+            "Control streams opened to the CA (one more for each reconnect and each new certificate).",
+            value=self._stream.connects,
+        )
 
 
 class AgentMetrics:
@@ -36,6 +88,7 @@ class AgentMetrics:
             ["request_type"],
             registry=counters,
         )
+        self.failed.labels(request_type=REQUEST_TYPE)  # 0 from the start: increase() sees the first
         self.latency = Counter(
             "istio_agent_outgoing_latency",
             "Total milliseconds spent in requests to the CA.",
@@ -49,6 +102,14 @@ class AgentMetrics:
             registry=self.registry,
         )
         self.cert_expiry.labels(resource_name="default").set_function(self._seconds_left)
+        self.registry.register(_HeldCertificate(self))
+        self.renewal_failures = Counter(
+            "meshca_agent_renewal_failures",
+            "Certificate requests to the CA that failed (the first certificate or a renewal), by "
+            "reason; the agent keeps serving the certificate it holds and retries with backoff.",
+            ["reason"],
+            registry=self.registry,
+        )
         if bundle is not None:
             self.bundle_roots = Gauge(
                 "meshca_agent_trust_bundle_roots",
@@ -63,14 +124,23 @@ class AgentMetrics:
             )
             self.bundle_sequence.set_function(lambda: bundle.sequence)
 
-    def attempted(self, *, ok: bool, seconds: float) -> None:
+    def follow_control_stream(self, stream: ControlState) -> None:
+        """Export the control stream's state (an agent without --ca-control-addr has none)."""
+        self.registry.register(_ControlStream(stream))
+
+    def attempted(self, *, seconds: float, failure: str | None = None) -> None:
         self.outgoing.labels(request_type=REQUEST_TYPE).inc()
         self.latency.labels(request_type=REQUEST_TYPE).inc(seconds * 1000)
-        if not ok:
+        if failure is not None:
             self.failed.labels(request_type=REQUEST_TYPE).inc()
+            self.renewal_failures.labels(reason=failure).inc()
 
     def holding(self, svid: Svid | None, now: datetime) -> None:
         self._held = svid
+
+    def held_not_after(self) -> datetime | None:
+        held = self._held
+        return None if held is None else held.not_after
 
     def _seconds_left(self) -> float:
         held = self._held

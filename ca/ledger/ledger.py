@@ -34,7 +34,7 @@ from ca.ledger.entries import (
 )
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
-from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
+from ca.ledger.writer import UNOBSERVED, LedgerWriter, LoopLedgerWriter, Recorded, WriteObserver
 
 log = logging.getLogger("meshca.ledger")
 
@@ -112,7 +112,9 @@ class Ledger:
         clock: Clock,
         publishers: list[HeadPublisher],
         max_batch: int = 512,
+        observer: WriteObserver = UNOBSERVED,
     ) -> None:
+        """`observer` hears of every commit and every entry not written (the CA's metrics)."""
         self.store = store
         self._key = key
         self._clock = clock
@@ -120,7 +122,10 @@ class Ledger:
         self.key_id = cp.key_id(key.public_key())
         self._checkpointed_seq = 0
         self._max_batch = max_batch
-        self._writer: LedgerWriter | LoopLedgerWriter = LedgerWriter(store.append, max_batch=max_batch)
+        self._observer = observer
+        self._writer: LedgerWriter | LoopLedgerWriter = LedgerWriter(
+            store.append, max_batch=max_batch, observer=observer, clock=clock
+        )
 
     def commit_on_loop(
         self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0, deadline_s: float = 10.0
@@ -145,6 +150,7 @@ class Ledger:
             linger_s=linger_s,
             deadline_s=deadline_s,
             start_timeout_s=_PROCESS_START_S,
+            observer=self._observer,
         )
         previous.close()
 

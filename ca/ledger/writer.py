@@ -23,7 +23,7 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, Protocol
 
 from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock, SystemClock, Timer
@@ -43,6 +43,36 @@ Append = Callable[[Sequence[Record]], list[Entry]]
 Recorded = Future[Entry] | asyncio.Future[Entry]
 _Item = tuple[Record, Recorded]
 
+# Why entries were not written, as WriteObserver.failed hears it (a closed set: a metric label).
+WRITE_FAILED = "write_failed"  # the transaction failed (the database said no, or went away)
+BACKLOG = "backlog"  # too many entries waiting, or waiting too long
+WRITER_DOWN = "writer_down"  # the ledger process died, hangs or is being replaced
+SHUT_DOWN = "shut_down"  # the CA is stopping
+FAILURE_REASONS = (WRITE_FAILED, BACKLOG, WRITER_DOWN, SHUT_DOWN)
+
+
+class WriteObserver(Protocol):
+    """Hears how each commit went (the CA's metrics); called on the writer's thread or loop."""
+
+    def committed(self, entries: int, seconds: float) -> None:
+        """A batch of `entries` was written in one transaction, confirmed `seconds` after it went."""
+        ...
+
+    def failed(self, entries: int, reason: str) -> None:
+        """`entries` were not written, for one of FAILURE_REASONS; their waiters got the error."""
+        ...
+
+
+class _Unobserved:
+    def committed(self, entries: int, seconds: float) -> None:
+        pass
+
+    def failed(self, entries: int, reason: str) -> None:
+        pass
+
+
+UNOBSERVED: WriteObserver = _Unobserved()
+
 
 def _settle(future: Recorded, *, entry: Entry | None = None, error: BaseException | None = None) -> None:
     """Resolve a waiter's future; one its client already gave up on (cancelled) is left alone."""
@@ -55,7 +85,8 @@ def _settle(future: Recorded, *, entry: Entry | None = None, error: BaseExceptio
         pass
 
 
-def _fail(batch: Sequence[_Item], err: BaseException) -> None:
+def _fail(batch: Sequence[_Item], err: BaseException, observer: WriteObserver, reason: str) -> None:
+    observer.failed(len(batch), reason)
     if isinstance(err, MeshcaError):
         log.error("ledger write failed", extra={"detail": err.message, "entries": len(batch)})
     else:
@@ -70,13 +101,18 @@ def _succeed(batch: Sequence[_Item], written: Sequence[Entry]) -> None:
         _settle(future, entry=entry)
 
 
-def commit_batch(append: Append, batch: Sequence[_Item]) -> None:
+def commit_batch(
+    append: Append, batch: Sequence[_Item], observer: WriteObserver = UNOBSERVED, clock: Clock | None = None
+) -> None:
     """Append a batch as one transaction and settle every waiter with its entry or the error."""
+    clock = clock or SystemClock()
+    started = clock.monotonic()
     try:
         written = append([content for content, _ in batch])
     except Exception as err:
-        _fail(batch, err)
+        _fail(batch, err, observer, WRITE_FAILED)
         return
+    observer.committed(len(batch), clock.monotonic() - started)
     _succeed(batch, written)
 
 
@@ -84,16 +120,26 @@ def _shut_down_error() -> UnavailableError:
     return UnavailableError("the ledger is shut down", reason="ledger_unavailable")
 
 
-def _shut_down() -> Future[Entry]:
+def _shut_down(observer: WriteObserver) -> Future[Entry]:
+    observer.failed(1, SHUT_DOWN)
     future: Future[Entry] = Future()
     future.set_exception(_shut_down_error())
     return future
 
 
 class LedgerWriter:
-    def __init__(self, append: Append, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        append: Append,
+        *,
+        max_batch: int = 512,
+        observer: WriteObserver = UNOBSERVED,
+        clock: Clock | None = None,
+    ) -> None:
         self._append = append
         self._max_batch = max_batch
+        self._observer = observer
+        self._clock = clock or SystemClock()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._closed = False
@@ -101,7 +147,7 @@ class LedgerWriter:
 
     def submit(self, content: Record) -> Future[Entry]:
         if self._closed:
-            return _shut_down()
+            return _shut_down(self._observer)
         future: Future[Entry] = Future()
         self._queue.put((content, future))
         return future
@@ -124,7 +170,7 @@ class LedgerWriter:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            commit_batch(self._append, batch)
+            commit_batch(self._append, batch, self._observer, self._clock)
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._closed = True
@@ -166,11 +212,13 @@ class LoopLedgerWriter:
         restart_backoff: Backoff = RESTART_BACKOFF,
         random: UniformRandom = random.random,
         clock: Clock | None = None,
+        observer: WriteObserver = UNOBSERVED,
     ) -> None:
         """`process` has been started and is ready."""
         self._process = process
         self._loop = loop
         self._clock = clock or SystemClock()
+        self._observer = observer
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._linger_s = linger_s
@@ -179,6 +227,7 @@ class LoopLedgerWriter:
         self._pending: list[_Item] = []
         self._pending_since: list[float] = []  # the clock's monotonic time each pending entry came in
         self._committing: list[_Item] | None = None  # the batch the process is writing
+        self._sent_at = 0.0  # the clock's monotonic time the batch in flight went to the process
         self._down: UnavailableError | None = None  # why entries fail at once, while they do
         self._restarts = Retrying(restart_backoff, random)
         self._overdue: Timer | None = None  # the batch in flight, or the start
@@ -193,7 +242,7 @@ class LoopLedgerWriter:
         """On the loop, an asyncio future (settling it needs no wake-up of the loop); from
         other threads, a thread's future."""
         if self._closed:
-            return _shut_down()
+            return _shut_down(self._observer)
         if self._on_loop_thread():
             waiter: asyncio.Future[Entry] = self._loop.create_future()
             self._enqueue((content, waiter))
@@ -221,12 +270,15 @@ class LoopLedgerWriter:
 
     def _enqueue(self, item: _Item) -> None:
         if self._drained:
+            self._observer.failed(1, SHUT_DOWN)
             _settle(item[1], error=_shut_down_error())
             return
         if self._down is not None:
+            self._observer.failed(1, WRITER_DOWN)
             _settle(item[1], error=self._down)  # logged once, when it went down
             return
         if len(self._pending) >= self._max_pending:
+            self._observer.failed(1, BACKLOG)
             _settle(item[1], error=_backlog_full(len(self._pending)))
             return
         self._pending.append(item)
@@ -258,7 +310,7 @@ class LoopLedgerWriter:
         if count:
             expired = self._pending[:count]
             del self._pending[:count], self._pending_since[:count]
-            _fail(expired, _backlog_full(len(self._pending) + count))
+            _fail(expired, _backlog_full(len(self._pending) + count), self._observer, BACKLOG)
 
     def _send_next(self) -> None:
         self._timer = None
@@ -270,6 +322,7 @@ class LoopLedgerWriter:
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch], self._pending_since[: self._max_batch]
         self._committing = batch
+        self._sent_at = self._clock.monotonic()
         self._overdue = self._after(self._deadline_s, self._commit_overdue)
         try:
             self._process.send([record for record, _ in batch])
@@ -288,7 +341,7 @@ class LoopLedgerWriter:
         batch, self._committing = self._committing, None
         self._cancel_overdue()
         self._last_commit = self._clock.monotonic()
-        _settle_batch(batch, reply)
+        _settle_batch(batch, reply, self._observer, self._last_commit - self._sent_at)
         self._schedule()
 
     def _on_start_reply(self, reply: tuple[Any, ...]) -> None:
@@ -328,7 +381,7 @@ class LoopLedgerWriter:
         )
         waiting = self._take_waiting()
         if waiting:
-            _fail(waiting, self._down)
+            _fail(waiting, self._down, self._observer, WRITER_DOWN)
         else:
             log.error("ledger write failed", extra={"detail": self._down.message, "entries": 0})
         if not self._closed:
@@ -386,7 +439,12 @@ class LoopLedgerWriter:
             self._timer.cancel()
         left = self._take_waiting()
         if left:
-            _fail(left, UnavailableError("the ledger was shut down first", reason="ledger_unavailable"))
+            _fail(
+                left,
+                UnavailableError("the ledger was shut down first", reason="ledger_unavailable"),
+                self._observer,
+                SHUT_DOWN,
+            )
         self._detach()
 
     def _drain_without_loop(self, timeout_s: float) -> None:
@@ -397,6 +455,7 @@ class LoopLedgerWriter:
                 self._settle_sync(self._committing, timeout_s)
                 self._committing = None
             if self._pending and self._down is None:
+                self._sent_at = self._clock.monotonic()
                 self._process.send([record for record, _ in self._pending])
                 self._settle_sync(self._pending, timeout_s)
                 self._pending, self._pending_since = [], []
@@ -405,18 +464,24 @@ class LoopLedgerWriter:
         self._finish()
 
     def _settle_sync(self, batch: list[_Item], timeout_s: float) -> None:
-        _settle_batch(batch, self._process.receive(timeout_s))
+        reply = self._process.receive(timeout_s)
+        _settle_batch(batch, reply, self._observer, self._clock.monotonic() - self._sent_at)
 
 
-def _settle_batch(batch: Sequence[_Item], reply: tuple[Any, ...]) -> None:
-    """Settle a batch with the ledger process's answer: its entries, or why it failed."""
+def _settle_batch(
+    batch: Sequence[_Item], reply: tuple[Any, ...], observer: WriteObserver, seconds: float
+) -> None:
+    """Settle a batch with the ledger process's answer (`seconds` after it was sent): its
+    entries, or why it failed."""
     if reply[0] != WRITTEN:
-        _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"))
+        _fail(batch, UnavailableError(str(reply[1]), reason="ledger_unavailable"), observer, WRITE_FAILED)
         return
     try:
         _succeed(batch, reply[1])
     except Exception as err:  # a reply that does not fit its batch: never leave a waiter
-        _fail(batch, err)
+        _fail(batch, err, observer, WRITE_FAILED)
+        return
+    observer.committed(len(batch), seconds)
 
 
 def _backlog_full(waiting: int) -> UnavailableError:

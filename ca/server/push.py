@@ -203,6 +203,11 @@ class OrderPlan:
         return push_delay(self.slots[serial], count, self.order.spread, now - self.order.time)
 
 
+def past_grace(plans: Iterable[OrderPlan], now: datetime) -> int:
+    """How many of these pushing orders' grace periods ended at or before `now`."""
+    return sum(1 for plan in plans if plan.order.grace_ends <= now)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What one reload read from the store."""
@@ -412,6 +417,13 @@ class PushCoordinator:
 
     def session_count(self) -> int:
         return self._state.session_count
+
+    def orders_past_grace(self) -> int:
+        """Orders still pushing whose grace period has ended by the CA's clock: `tick` completes
+        them, so more than a moment above 0 means completing them fails (a metric and an alert)."""
+        now = self._clock.now()
+        with self._lock:
+            return past_grace(self._state.plans.values(), now)
 
     def bundle_holders(self, root_sha256: str) -> Acknowledgement:
         """How many open control streams hold the root whose DER has this SHA-256 (hex), by their

@@ -268,6 +268,7 @@ class CaServer:
             make_publisher=self._root_cert_publisher(),
         )
         self.metrics.leader.set_function(lambda: 1.0 if self.is_leader else 0.0)
+        self.refresh_expiry_gauges()  # known from the start, not 0 until the scheduler's first run
 
     @property
     def is_leader(self) -> bool:
@@ -672,7 +673,7 @@ def follow_rotation_changes(
     return watcher
 
 
-def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
+def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None, metrics: CaMetrics) -> Ledger:
     assert cfg.ledger_url is not None
     store, found = open_migrated(cfg.ledger_url)
     if found not in (0, CURRENT_VERSION):
@@ -680,7 +681,9 @@ def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None) -> Ledger:
     publishers: list[HeadPublisher] = [HeadFile(cfg.state_dir / HEAD_FILE).publish]
     if api is not None:
         publishers.append(kube.ledger_head_publisher(api, namespace=cfg.ca_namespace))
-    return Ledger(store, key=_ledger_key(cfg, api), clock=clock, publishers=publishers)
+    return Ledger(
+        store, key=_ledger_key(cfg, api), clock=clock, publishers=publishers, observer=metrics.ledger
+    )
 
 
 def _ledger_key(cfg: ServeConfig, api: Any | None) -> ed25519.Ed25519PrivateKey:
@@ -707,6 +710,7 @@ def build_push(
         return None
     push = PushCoordinator(store=store, clock=clock, crl=crl_maker(lambda: keys.keyring.crl_signers()))
     metrics.control_streams.set_function(push.session_count)
+    metrics.rotation_orders_past_grace.set_function(push.orders_past_grace)
     return push
 
 
@@ -744,7 +748,8 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     # The ledger opens before the CA material, so a bad --ledger stops the CA before it
     # creates a root whose "created" event would then never be recorded.
     state_dir.prepare(cfg.state_dir)
-    ledger = open_ledger(cfg, clock, api) if cfg.ledger_url else None
+    metrics = CaMetrics()
+    ledger = open_ledger(cfg, clock, api, metrics) if cfg.ledger_url else None
     keys, what = open_ca_keys(cfg, clock, api)
     authority = keys.keyring.signing_authority()
     log.info(
@@ -764,7 +769,6 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         pod_cache = kube.PodCache(api)
         pod_cache.start()
     issuer = Issuer(authority=authority, policy=cfg.issuance, clock=clock)
-    metrics = CaMetrics()
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
     rotation_store = SqlRotationStore(ledger.store) if ledger is not None else None

@@ -451,6 +451,18 @@ def test_the_first_reconnect_of_many_agents_spreads_over_seconds() -> None:
     assert max(per_second) <= 250  # at most a quarter of them in any one second
 
 
+def test_connected_once_the_ca_answers_on_the_open_stream_until_it_ends(rig: Rig) -> None:
+    """What meshca_agent_control_stream_connected reports."""
+    assert not rig.control.connected  # no certificate yet, so no stream
+    stream = connected(rig, make_svid(rig.clock, rig.ca))
+    assert not rig.control.connected  # open, but the CA has said nothing on it
+    stream.send(pb.ControlMessage(revocations=pb.RevocationList()))
+    wait_until(lambda: rig.control.connected, 5, "connected once the CA's first message came")
+    stream.outbox.put(grpc.StatusCode.UNAVAILABLE)
+    wait_until(lambda: not rig.control.connected, 5, "not connected once the stream ended")
+    assert rig.control.connects == 1  # the next attempt waits for the (fake) clock
+
+
 def test_after_a_healthy_stream_ends_the_wait_starts_again_from_the_first_step(rig: Rig) -> None:
     first = connected(rig, make_svid(rig.clock, rig.ca))
     count = len(rig.clock.waits(0))

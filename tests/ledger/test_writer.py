@@ -26,7 +26,15 @@ from ca.errors import UnavailableError
 from ca.ledger.chain import Entry
 from ca.ledger.entries import Record
 from ca.ledger.process_writer import LedgerProcess
-from ca.ledger.writer import LedgerWriter, LoopLedgerWriter, Recorded
+from ca.ledger.writer import (
+    BACKLOG,
+    SHUT_DOWN,
+    WRITE_FAILED,
+    WRITER_DOWN,
+    LedgerWriter,
+    LoopLedgerWriter,
+    Recorded,
+)
 from tests.support.clock import FakeClock
 from tests.support.recording_appender import RecordingAppender, held_batch, recorded_batches
 
@@ -47,6 +55,21 @@ class RecordingStore:
             self.seq += 1
             written.append(Entry(seq=self.seq, content_json="{}", prev_hash="", entry_hash=str(self.seq)))
         return written
+
+
+class RecordingObserver:
+    """What a writer told its observer (the CA's metrics): (entries, seconds) per commit,
+    (entries, reason) per failure."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[int, float]] = []
+        self.failures: list[tuple[int, str]] = []
+
+    def committed(self, entries: int, seconds: float) -> None:
+        self.commits.append((entries, round(seconds, 6)))
+
+    def failed(self, entries: int, reason: str) -> None:
+        self.failures.append((entries, reason))
 
 
 @pytest.fixture
@@ -149,16 +172,21 @@ def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on(
     ledger_process: LedgerProcess, tmp_path: Path
 ) -> None:
     (tmp_path / "fail-next").touch()
+    observer = RecordingObserver()
 
     async def scenario() -> None:
-        writer = _writer(ledger_process)
+        writer = _writer(ledger_process, observer=observer)
         with pytest.raises(UnavailableError, match="disk on fire"):
             await _record(writer, [1, 2])
         assert [e.seq for e in await _record(writer, [3])] == [1]
         writer.close()
+        with pytest.raises(UnavailableError, match="shut down"):
+            await _record(writer, [4])
 
     asyncio.run(scenario())
     assert recorded_batches(tmp_path) == [["3"]]
+    assert observer.failures == [(2, WRITE_FAILED), (1, SHUT_DOWN)]
+    assert observer.commits == [(1, 0.0)]  # the fake clock did not move
 
 
 def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not(
@@ -271,9 +299,10 @@ def test_a_hung_ledger_process_fails_its_waiters_at_the_deadline_and_is_replaced
     hold.touch()
 
     clock = FakeClock()
+    observer = RecordingObserver()
 
     async def scenario() -> None:
-        writer = _writer(ledger_process, clock, deadline_s=0.3, random=lambda: 1.0)
+        writer = _writer(ledger_process, clock, deadline_s=0.3, random=lambda: 1.0, observer=observer)
         stuck = writer.submit({"id": "stuck"})
         await _until(lambda: held_batch(tmp_path) == ["stuck"], "the batch with the ledger process")
         queued = writer.submit({"id": "queued"})
@@ -298,6 +327,11 @@ def test_a_hung_ledger_process_fails_its_waiters_at_the_deadline_and_is_replaced
     asyncio.run(scenario())
     # The hung process was killed before it wrote anything; its replacement wrote "after".
     assert recorded_batches(tmp_path) == [["after"]]
+    # The batch and the entry behind it, then "late", then any "after" tried before the
+    # replacement was ready.
+    assert observer.failures[:2] == [(2, WRITER_DOWN), (1, WRITER_DOWN)]
+    assert {reason for _, reason in observer.failures} == {WRITER_DOWN}
+    assert [entries for entries, _ in observer.commits] == [1]
 
 
 def test_a_ledger_process_that_dies_fails_its_batch_and_is_replaced(
@@ -362,9 +396,10 @@ def test_a_replacement_that_cannot_open_the_ledger_or_hangs_opening_it_is_replac
 def test_a_backlog_is_bounded_in_size_and_in_age(ledger_process: LedgerProcess, tmp_path: Path) -> None:
     (tmp_path / "hold").touch()
     clock = FakeClock()
+    observer = RecordingObserver()
 
     async def scenario() -> None:
-        writer = _writer(ledger_process, clock, max_batch=2, max_pending=5, deadline_s=0.4)
+        writer = _writer(ledger_process, clock, max_batch=2, max_pending=5, deadline_s=0.4, observer=observer)
         waiters = [writer.submit({"id": i}) for i in range(7)]  # 0-4 wait, 5-6 find no room
         assert [w.done() for w in waiters] == [False] * 5 + [True] * 2
         await _until(lambda: held_batch(tmp_path) == ["0", "1"], "0-1 with the ledger process")
@@ -382,6 +417,9 @@ def test_a_backlog_is_bounded_in_size_and_in_age(ledger_process: LedgerProcess, 
 
     asyncio.run(scenario())
     assert recorded_batches(tmp_path) == [["0", "1"], ["2", "3"]]
+    # Each batch's commit took as long as the fake clock moved while the appender held it.
+    assert observer.commits == [(2, 0.3), (2, 0.2)]
+    assert observer.failures == [(1, BACKLOG), (1, BACKLOG), (1, BACKLOG)]
 
 
 def test_the_ledger_process_ignores_sigterm_so_that_the_ca_can_drain_it(
@@ -412,6 +450,37 @@ async def _record_when_back(writer: LoopLedgerWriter, record_id: str, timeout_s:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(POLL_S)
+
+
+class TimedStore(RecordingStore):
+    """A store whose appends take 0.25 s on a fake clock, and fail while `failing` is set."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.failing = False
+
+    def append(self, contents: Sequence[Record]) -> list[Entry]:
+        self.clock.advance_s(0.25)
+        if self.failing:
+            raise UnavailableError("disk on fire", reason="ledger_unavailable")
+        return super().append(contents)
+
+
+def test_the_thread_writer_tells_its_observer_each_commit_and_each_failure() -> None:
+    clock = FakeClock()
+    store = TimedStore(clock)
+    observer = RecordingObserver()
+    writer = LedgerWriter(store.append, observer=observer, clock=clock)
+    assert writer.submit({"id": 1}).result(timeout=5).seq == 1
+    store.failing = True
+    with pytest.raises(UnavailableError):
+        writer.submit({"id": 2}).result(timeout=5)
+    writer.close()
+    with pytest.raises(UnavailableError, match="shut down"):
+        writer.submit({"id": 3}).result(timeout=5)
+    assert observer.commits == [(1, 0.25)]
+    assert observer.failures == [(1, WRITE_FAILED), (1, SHUT_DOWN)]
 
 
 def test_the_thread_writer_settles_every_waiter() -> None:

@@ -23,9 +23,11 @@ from ca.server.push import (
     CRL_VALIDITY,
     MAX_REPORTED_ROOTS,
     BundleReports,
+    OrderPlan,
     PushCoordinator,
     crl_maker,
     next_bundle_sequence,
+    past_grace,
     reported_roots,
     revocation_message,
 )
@@ -243,6 +245,71 @@ def test_when_the_grace_period_ends_the_targets_are_revoked_and_their_holders_to
         assert session.kinds()[-2:] == ["revocations", "reissue"]
 
     run(body)
+
+
+def test_an_order_counts_as_past_grace_from_its_grace_end_until_it_is_completed() -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        rig.issue("b1")
+        await rig.start()
+        rig.order("ro-000000000007", Selector(serials=("a1",)), grace=timedelta(seconds=30))
+        rig.order("ro-000000000008", Selector(serials=("b1",)), grace=timedelta(seconds=60))
+        await rig.changed()
+        rig.clock.advance(timedelta(seconds=29))
+        assert rig.coordinator.orders_past_grace() == 0
+        rig.clock.advance(timedelta(seconds=1))
+        assert rig.coordinator.orders_past_grace() == 1  # the first one's grace ends now
+        before = rig.coordinator.reloads
+        rig.coordinator.tick()  # completes it
+        await until(lambda: rig.coordinator.reloads > before, "the reload after completion")
+        assert rig.coordinator.orders_past_grace() == 0
+
+    run(body)
+
+
+class StuckStore(MemoryRotationStore):
+    """A store whose due orders cannot be completed (the ledger's database went away)."""
+
+    def complete_due_orders(self, now: datetime) -> list[Any]:
+        raise OSError("the database is gone")
+
+
+def test_an_order_whose_completion_fails_stays_past_grace(caplog: pytest.LogCaptureFixture) -> None:
+    async def body(rig: Rig) -> None:
+        rig.issue("a1")
+        await rig.start()
+        rig.order("ro-000000000009", Selector(serials=("a1",)), grace=timedelta(seconds=30))
+        await rig.changed()
+        rig.clock.advance(timedelta(seconds=45))
+        rig.coordinator.tick()
+        await rig.changed()
+        assert rig.coordinator.orders_past_grace() == 1
+        assert "could not complete due rotation orders" in caplog.text
+
+    rig = Rig()
+    rig.store = StuckStore()
+    rig.coordinator = PushCoordinator(store=rig.store, clock=rig.clock, crl=crl_maker(rig.authority))
+    try:
+        asyncio.run(body(rig))
+    finally:
+        rig.coordinator.close()
+
+
+def test_past_grace_counts_the_orders_whose_grace_ended_by_then() -> None:
+    def plan(grace_s: int) -> OrderPlan:
+        order = Order(
+            id=f"ro-{grace_s:012x}",
+            ordered_by="admin",
+            time=T0,
+            selector=Selector(all=True),
+            reason="test",
+            grace=timedelta(seconds=grace_s),
+        )
+        return OrderPlan.of(order, [])
+
+    plans = [plan(10), plan(20), plan(30)]
+    assert [past_grace(plans, T0 + timedelta(seconds=s)) for s in (9, 10, 25, 30, 31)] == [0, 1, 2, 3, 3]
+    assert past_grace([], T0) == 0
 
 
 def test_the_crl_is_rebuilt_halfway_to_its_next_update_without_any_change() -> None:
