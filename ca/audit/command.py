@@ -17,7 +17,8 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ca.audit import render
-from ca.audit.settings import AuditConfig
+from ca.audit.settings import DOCUMENT_FORMATS, AuditConfig
+from ca.common.files import atomic_write
 from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
@@ -126,6 +127,8 @@ def _export(cfg: AuditConfig, out: TextIO) -> int:
 
 
 def _report(cfg: AuditConfig, out: TextIO) -> int:
+    if cfg.output in DOCUMENT_FORMATS:
+        return _document(cfg, out)
     with _reader(cfg) as reader:
         result = queries.report(reader, cfg.at, cfg.policy, cfg.filter)
     if cfg.output == "json":
@@ -134,6 +137,28 @@ def _report(cfg: AuditConfig, out: TextIO) -> int:
         _write(out, render.csv_lines(render.report_csv_fields(result), render.report_csv_rows(result)))
     else:
         _write(out, render.report_table(result, terminal_width()))
+    return EXIT_OK
+
+
+def _document(cfg: AuditConfig, out: TextIO) -> int:
+    """The report as a document (ca.audit.document): to --out, or to `out`."""
+    from ca.audit.document import build_document
+    from ca.audit.document_render import render_html, render_markdown
+    from ca.audit.sources import gather
+
+    with _reader(cfg) as reader:
+        document = build_document(gather(cfg, reader))
+    text = render_html(document) if cfg.output == "html" else render_markdown(document)
+    if cfg.out is None:
+        out.write(text)
+        return EXIT_OK
+    try:
+        atomic_write(cfg.out, text.encode())
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write the report to {cfg.out} ({err}); give --out a path you may write"
+        ) from err
+    _note(f"wrote the {cfg.output} report to {cfg.out}")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from ca.issuance.issuer import IssuancePolicy
 from ca.ledger.audit_filter import DEFAULT_LIMIT, AuditFilter, parse_limit
 from ca.ledger.entries import KINDS
 from ca.ledger.location import ledger_url
+from ca.policy.model import DEFAULT_ROOT_NAMESPACE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +34,12 @@ class AuditConfig:
     ledger_key_given: bool
     kubeconfig: Path | None
     ca_namespace: str
+    # report as a document (--format html or markdown): where to write it, and where the
+    # PeerAuthentication of its mTLS coverage section comes from (None: not assessed)
+    out: Path | None = None
+    policies: str | None = None
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    in_cluster: bool = False
 
 
 def add_audit_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
@@ -50,6 +57,9 @@ AUDIT_ACTIONS = {
     "that break the policy, and rotation orders",
     "verify": "check the whole ledger: hash chain, signed checkpoints and the head kept outside",
 }
+
+# `report --format` values that make a document (ca.audit.document) rather than a table or data.
+DOCUMENT_FORMATS = ["html", "markdown"]
 
 TIME_HELP = "2026-11-21T08:00:00Z, 2026-11-21, now, or an age such as 24h or 7d (that long ago)"
 
@@ -78,13 +88,31 @@ def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[
         parser.add_argument("--format", dest="output", choices=["jsonl", "csv"], default="jsonl")
     else:
         outputs = ["table", "json"] if action == "verify" else ["table", "json", "csv"]
-        parser.add_argument("--output", "-o", choices=outputs, default="table", help="output format")
+        names = ["--output", "-o"]
+        if action == "report":
+            outputs += DOCUMENT_FORMATS
+            names.append("--format")
+        parser.add_argument(*names, dest="output", choices=outputs, default="table", help="output format")
     if action == "report":
         a.add("--max-ttl", "90d", "the policy's longest certificate lifetime (the CA's --max-ttl)")
         parser.add_argument("--at", default="now", help=f"the report's 'now': {TIME_HELP}")
-    if action == "verify":
+        parser.add_argument("--out", help="html, markdown: write the document to this file (default stdout)")
+        parser.set_defaults(in_cluster=bool(environ.get("KUBERNETES_SERVICE_HOST")))
+        a.add(
+            "--policies",
+            None,
+            "html, markdown: PeerAuthentication for the mTLS coverage section: a directory or file "
+            "of manifests, or `kube` (the cluster of --kubeconfig, or the service account in a pod)",
+        )
+        a.add("--root-namespace", DEFAULT_ROOT_NAMESPACE, "the mesh's root namespace (mesh-wide policies)")
+    if action in ("verify", "report"):
         a.add("--ledger-key", None, "the ledger key or its public key (default <state-dir>/ledger-key.pem)")
-        a.add("--kubeconfig", None, "also check the head the CA keeps in a ConfigMap of the cluster")
+        a.add(
+            "--kubeconfig",
+            None,
+            "also check the head the CA keeps in a ConfigMap of the cluster"
+            + ("; the cluster of --policies kube" if action == "report" else ""),
+        )
         a.add("--ca-namespace", "istio-system", "namespace of the CA's ledger head ConfigMap")
 
 
@@ -129,4 +157,18 @@ def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
         ledger_key_given=bool(key),
         kubeconfig=Path(kubeconfig) if kubeconfig else None,
         ca_namespace=getattr(args, "ca_namespace", "istio-system"),
+        out=_document_out(args),
+        policies=getattr(args, "policies", None) or None,
+        root_namespace=getattr(args, "root_namespace", DEFAULT_ROOT_NAMESPACE),
+        in_cluster=bool(getattr(args, "in_cluster", False)),
     )
+
+
+def _document_out(args: argparse.Namespace) -> Path | None:
+    out = getattr(args, "out", None)
+    if out is not None and args.output not in DOCUMENT_FORMATS:
+        raise ConfigError(
+            f"--out writes a document: give it with --format html or markdown (for {args.output}, "
+            "redirect the output: > FILE)"
+        )
+    return Path(out) if out else None

@@ -497,3 +497,49 @@ def _load_slot(files: Mapping[str, bytes], entry: Mapping[str, str], source: str
         signing_cert=signing, signing_key=key, cert_chain=[signing, *above], roots=roots, source=where
     )
     return Slot(id=slot_id, state=state, authority=authority, since=since, root_key=root_key)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotCertificates:
+    """A stored slot's certificates without its keys: what an audit may read."""
+
+    id: str
+    state: SlotState
+    since: datetime
+    signing: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # above the signing certificate, below the roots
+    roots: tuple[x509.Certificate, ...]
+
+
+def slot_certificates(files: Mapping[str, bytes], source: str) -> tuple[SlotCertificates, ...]:
+    """Each slot of a stored keyring with its certificates; never reads a key file, so the
+    certificates (mode 0644) can be audited by someone who may not read the keys."""
+    try:
+        document = json.loads(files[KEYRING_DOCUMENT])
+        found = []
+        for entry in document["slots"]:
+            slot_id = str(entry["id"])
+            names, where = _names(slot_id), f"{source} slot {slot_id}"
+            chain_pem = files.get(names["cert-chain.pem"], b"")
+            found.append(
+                SlotCertificates(
+                    id=slot_id,
+                    state=SlotState(entry["state"]),
+                    since=datetime.fromisoformat(entry["since"]),
+                    signing=load_pem_certificates(files[names["ca-cert.pem"]], f"{where} ca-cert.pem")[0],
+                    chain=tuple(
+                        load_pem_certificates(chain_pem, f"{where} cert-chain.pem")
+                        if chain_pem.strip()
+                        else ()
+                    ),
+                    roots=tuple(
+                        load_pem_certificates(files[names["root-cert.pem"]], f"{where} root-cert.pem")
+                    ),
+                )
+            )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CaMaterialError(
+            f"{source}: the CA keyring is incomplete or damaged ({type(err).__name__}: {err}); "
+            "restore it from a backup"
+        ) from err
+    return tuple(found)

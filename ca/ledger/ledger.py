@@ -34,14 +34,7 @@ from ca.ledger.entries import (
 )
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
-from ca.ledger.writer import (
-    UNOBSERVED,
-    LedgerWriter,
-    LoopLedgerWriter,
-    Recorded,
-    WriteObserver,
-    always,
-)
+from ca.ledger.writer import UNOBSERVED, LedgerWriter, LoopLedgerWriter, Recorded, WriteObserver
 
 log = logging.getLogger("meshca.ledger")
 
@@ -135,16 +128,10 @@ class Ledger:
         )
 
     def commit_on_loop(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        *,
-        linger_s: float = 0.0,
-        deadline_s: float = 10.0,
-        short_of_cpu: Callable[[], bool] = always,
+        self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0, deadline_s: float = 10.0
     ) -> None:
         """From now on, batch on `loop` and write in a ledger process (see ca.ledger.writer);
-        entries already submitted are committed first. A busy writer lingers only while
-        `short_of_cpu()` says so."""
+        entries already submitted are committed first."""
         process = LedgerProcess(functools.partial(LedgerAppender, self.store.url))
         process.start()
         try:
@@ -161,7 +148,6 @@ class Ledger:
             loop,
             max_batch=self._max_batch,
             linger_s=linger_s,
-            short_of_cpu=short_of_cpu,
             deadline_s=deadline_s,
             start_timeout_s=_PROCESS_START_S,
             observer=self._observer,
