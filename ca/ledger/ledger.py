@@ -34,7 +34,14 @@ from ca.ledger.entries import (
 )
 from ca.ledger.process_writer import LedgerProcess
 from ca.ledger.store import LedgerStore
-from ca.ledger.writer import UNOBSERVED, LedgerWriter, LoopLedgerWriter, Recorded, WriteObserver
+from ca.ledger.writer import (
+    UNOBSERVED,
+    LedgerWriter,
+    LoopLedgerWriter,
+    Recorded,
+    WriteObserver,
+    always,
+)
 
 log = logging.getLogger("meshca.ledger")
 
@@ -128,10 +135,16 @@ class Ledger:
         )
 
     def commit_on_loop(
-        self, loop: asyncio.AbstractEventLoop, *, linger_s: float = 0.0, deadline_s: float = 10.0
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        linger_s: float = 0.0,
+        deadline_s: float = 10.0,
+        short_of_cpu: Callable[[], bool] = always,
     ) -> None:
         """From now on, batch on `loop` and write in a ledger process (see ca.ledger.writer);
-        entries already submitted are committed first."""
+        entries already submitted are committed first. A busy writer lingers only while
+        `short_of_cpu()` says so."""
         process = LedgerProcess(functools.partial(LedgerAppender, self.store.url))
         process.start()
         try:
@@ -148,6 +161,7 @@ class Ledger:
             loop,
             max_batch=self._max_batch,
             linger_s=linger_s,
+            short_of_cpu=short_of_cpu,
             deadline_s=deadline_s,
             start_timeout_s=_PROCESS_START_S,
             observer=self._observer,

@@ -39,6 +39,12 @@ RESTART_BACKOFF = Backoff(initial_s=0.2, maximum_s=10.0, jitter=0.5)
 to 10 s; jittered, so that replicas whose shared database went away do not all come back at once."""
 
 Append = Callable[[Sequence[Record]], list[Entry]]
+
+
+def always() -> bool:
+    return True
+
+
 # What a caller waits on: a thread's future, or an asyncio future for code on the writer's loop.
 Recorded = Future[Entry] | asyncio.Future[Entry]
 _Item = tuple[Record, Recorded]
@@ -207,6 +213,7 @@ class LoopLedgerWriter:
         max_batch: int = 512,
         max_pending: int = 16 * 512,
         linger_s: float = 0.0,
+        short_of_cpu: Callable[[], bool] = always,
         deadline_s: float = 10.0,
         start_timeout_s: float = 60.0,
         restart_backoff: Backoff = RESTART_BACKOFF,
@@ -222,6 +229,7 @@ class LoopLedgerWriter:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._linger_s = linger_s
+        self._short_of_cpu = short_of_cpu
         self._deadline_s = deadline_s
         self._start_timeout_s = start_timeout_s
         self._pending: list[_Item] = []
@@ -291,7 +299,8 @@ class LoopLedgerWriter:
 
     def _schedule(self, *, now: bool = False) -> None:
         """Send the pending entries at once when idle, or when the oldest has waited
-        `linger_s` if the last commit was that recent (busy)."""
+        `linger_s` if the last commit was that recent (busy) and the CA is short of CPU:
+        with CPU to spare a commit saved is worth nothing, and the wait is all latency."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -299,7 +308,7 @@ class LoopLedgerWriter:
             return
         waited = self._clock.monotonic() - self._pending_since[0]
         busy = self._clock.monotonic() - self._last_commit < self._linger_s
-        if busy and not now:
+        if busy and not now and self._short_of_cpu():
             self._timer = self._after(self._linger_s - waited, self._send_next)
         else:
             self._loop.call_soon(self._send_next)

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from ca.common.loop_load import IdleTimingSelector, LoopLoad
 from ca.net.listening import listen_error
 from ca.server.certificate_api import SERVICE_NAME, CertificateService
 
@@ -106,7 +107,8 @@ class AsyncioServer:
         self, service: CertificateService, *, max_concurrent: int = 1024, extra: Sequence[RpcService] = ()
     ) -> None:
         self._names = ("", SERVICE_NAME, *(s.name for s in extra))
-        self._loop = asyncio.new_event_loop()
+        self.load = LoopLoad()
+        self._loop = asyncio.SelectorEventLoop(IdleTimingSelector(self.load))
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
         self._health = health_aio.HealthServicer()

@@ -347,7 +347,11 @@ class CaServer:
         if self.ledger is not None and isinstance(server, AsyncioServer):
             # Batches on the loop, written by the ledger process (the threaded server keeps the
             # writer thread: its handlers block on their own threads anyway).
-            self.ledger.commit_on_loop(server.loop, linger_s=self.cfg.ledger_linger.total_seconds())
+            self.ledger.commit_on_loop(
+                server.loop,
+                linger_s=self.cfg.ledger_linger.total_seconds(),
+                short_of_cpu=server.load.saturated,
+            )
         self.ports["grpc"] = self._bind(server, "--listen", self.cfg.listen, require_client_cert=False)
         if self.cfg.renew_listen is not None:
             self.ports["renew"] = self._bind(

@@ -189,6 +189,30 @@ def test_a_failed_commit_fails_its_batch_only_and_the_writer_goes_on(
     assert observer.commits == [(1, 0.0)]  # the fake clock did not move
 
 
+def test_a_busy_writer_with_cpu_to_spare_commits_at_once_and_lingers_once_short_of_it(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    short_of_cpu = [False]
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process, clock, linger_s=0.25, short_of_cpu=lambda: short_of_cpu[0])
+        await asyncio.wait_for(_record(writer, [1]), 20)
+        # Right after a commit (busy), but with CPU to spare: no wait, the clock never moves.
+        await asyncio.wait_for(_record(writer, [2]), 20)
+        assert clock.timers() == []
+        # Short of CPU: the same busy writer waits the linger for company.
+        short_of_cpu[0] = True
+        lingering = writer.submit({"id": 3})
+        assert clock.timers() == [0.25]
+        await _advance(clock, 0.25)
+        await _awaitable(lingering)
+        writer.close()
+
+    asyncio.run(scenario())
+    assert recorded_batches(tmp_path) == [["1"], ["2"], ["3"]]
+
+
 def test_a_busy_writer_lingers_so_that_batches_grow_and_an_idle_one_does_not(
     ledger_process: LedgerProcess, tmp_path: Path
 ) -> None:
