@@ -26,6 +26,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -67,6 +68,8 @@ class PinnedSettings:
     profile_dir: Path | None
     profile_ledgers: tuple[str, ...]
     grpc_server: str | None
+    ledgers: tuple[str, ...]  # which of LEDGER_SETTINGS to run ("off", "auto")
+    prefilled: int  # also run the ledger-on server on a ledger already holding this many records
 
 
 def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
@@ -91,10 +94,20 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         "--profile-ledger", action="append", choices=["off", "auto"], help="ledger setting(s) to profile"
     )
     parser.add_argument("--grpc-server", choices=["asyncio", "threaded"], default=None)
+    parser.add_argument(
+        "--ledgers", default="off,auto", help="ledger settings to run: off, auto or both (default)"
+    )
+    parser.add_argument(
+        "--prefilled",
+        type=int,
+        default=1_000_000,
+        help="records in the ledger of a third setting (ledger on, not empty); 0 leaves it out",
+    )
     parser.add_argument("--quick", action="store_true", help="one short round, small pool (smoke run)")
     a = parser.parse_args(argv)
     if a.quick:
         a.rounds, a.duration, a.warmup, a.pool, a.floor_seconds = 1, 2.0, 0.5, 1_500, 1.5
+        a.prefilled = min(a.prefilled, 20_000)
     cpus = os.sched_getaffinity(0)
     for cpu in (a.server_cpu, a.load_cpu):
         if cpu not in cpus:
@@ -116,6 +129,8 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         profile_dir=a.profile_dir,
         profile_ledgers=tuple(a.profile_ledger or ["auto"]),
         grpc_server=a.grpc_server,
+        ledgers=tuple(a.ledgers.split(",")),
+        prefilled=a.prefilled,
     )
 
 
@@ -336,6 +351,22 @@ class Setting:
     peak: list[Phase] = field(default_factory=list)
     half: list[Phase] = field(default_factory=list)
     floors: list[float] = field(default_factory=list)  # the floor measured in the same round
+    prefilled: Path | None = None  # a ledger file copied into the state dir before each run
+
+
+def prefill(tmp: Path, records: int) -> Path:
+    """A SQLite ledger of `records` realistic entries (scripts/bench_audit.py's generator)."""
+    import bench_audit
+
+    path = tmp / "prefilled.db"
+    started = time.perf_counter()
+    print(f"  writing a ledger of {records:,} records ...", flush=True)
+    bench_audit.generate(path, records)
+    print(
+        f"  written in {time.perf_counter() - started:.0f}s, {path.stat().st_size / 2**20:,.0f} MiB",
+        flush=True,
+    )
+    return path
 
 
 def profile_phase(
@@ -389,19 +420,47 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def fsync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
+    """p50 and p99 of a 200-byte write + fsync in `directory`: the ledger's commit latency
+    floor (SQLite syncs its WAL on every commit, and a certificate waits for its record)."""
+    path = directory / "fsync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 200)
+            started = time.perf_counter()
+            os.fsync(fd)
+            times.append((time.perf_counter() - started) * 1e3)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return percentile(times, 0.5), percentile(times, 0.99)
+
+
 def run_rounds(s: PinnedSettings) -> tuple[list[Setting], int]:
     ctx = multiprocessing.get_context("spawn")
-    settings = [Setting(label, ledger) for label, ledger in LEDGER_SETTINGS]
+    settings = [Setting(label, ledger) for label, ledger in LEDGER_SETTINGS if ledger in s.ledgers]
     with tempfile.TemporaryDirectory(prefix="meshca-pinned-") as tmp_name:
         tmp = Path(tmp_name)
         state_dir = tmp / "state"
         state_dir.mkdir(mode=0o700)
         os.sched_setaffinity(0, {s.load_cpu})  # the pool, the floor's parent and clients
+        if s.prefilled:
+            settings.append(
+                Setting(f"ledger on, {s.prefilled:,} records", "auto", prefilled=prefill(tmp, s.prefilled))
+            )
         print(f"  making a pool of {s.pool} distinct tokens and CSRs ...", flush=True)
         pool = make_pool(state_dir, s.pool)
         for r in range(s.rounds):
             floor = measure_floor(ctx, state_dir, pool, s)
-            print(f"round {r + 1}/{s.rounds}: floor {floor:,.0f}/s", flush=True)
+            sync50, sync99 = fsync_ms(state_dir)
+            print(
+                f"round {r + 1}/{s.rounds}: floor {floor:,.0f}/s; fsync on the state dir's disk "
+                f"p50/p99 {sync50:.2f}/{sync99:.2f} ms",
+                flush=True,
+            )
             for setting in settings:
                 _one_setting(ctx, s, setting, state_dir, tmp, pool)
                 setting.floors.append(floor)
@@ -422,6 +481,8 @@ def _one_setting(
     logs = tmp / "logs"
     logs.mkdir(exist_ok=True)
     ledger_file = state_dir / "ledger.db"
+    if setting.prefilled is not None:
+        shutil.copyfile(setting.prefilled, ledger_file)
     with ServerFleet(
         state_dir, logs, "ec-p256", ledger=setting.ledger, cpus=(s.server_cpu,), grpc_server=s.grpc_server
     ) as fleet:
@@ -452,6 +513,13 @@ def _spread(values: Sequence[float], fmt: str) -> str:
     return f"{format(med, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
+def _ratios(by_ledger: dict[str, Setting], top: str, bottom: str) -> list[float]:
+    if top not in by_ledger or bottom not in by_ledger:
+        return []
+    pairs = zip(by_ledger[top].peak, by_ledger[bottom].peak, strict=True)
+    return [a.certs_per_s / b.certs_per_s for a, b in pairs]
+
+
 def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s: float) -> dict[str, Any]:
     print()
     print(
@@ -480,7 +548,7 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
         errors = sum(p.errors for p in st.peak + st.half)
         if errors:
             print(f"  {st.label}: {errors} request(s) failed")
-        summary[st.ledger] = {
+        summary[st.label] = {
             "floor_per_s": st.floors,
             "certs_per_s": rates,
             "ratio": ratios,
@@ -489,17 +557,27 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
             "half_p50_ms": h50s,
             "half_p99_ms": h99s,
             "server_cpu_ms_per_cert": cpu_per_cert,
+            "server_cpu_cores": [p.server_cpu for p in st.peak],
             "client_cpu_cores": [p.client_cpu for p in st.peak],
             "errors": errors,
         }
-    off, on = settings
-    ratio_on_off = [a.certs_per_s / b.certs_per_s for a, b in zip(on.peak, off.peak, strict=True)]
-    print(f"ledger on / ledger off: {_spread(ratio_on_off, '.2f')}")
+    by_ledger = {st.ledger if st.prefilled is None else "full": st for st in settings}
+    ratio_on_off = _ratios(by_ledger, "auto", "off")
+    if ratio_on_off:
+        print(f"ledger on / ledger off: {_spread(ratio_on_off, '.2f')}")
+    full = _ratios(by_ledger, "full", "auto")
+    if full:
+        print(f"{by_ledger['full'].label} / empty ledger: {_spread(full, '.2f')}")
     busy = max(p.client_cpu for st in settings for p in st.peak)
     if busy > 0.9:
         print(f"WARNING: the load generator used {busy:.2f} of its core: the figures may be its limit")
     print(f"elapsed {elapsed_s:.0f}s")
-    return {"method": "pinned", "settings": summary, "ledger_on_over_off": ratio_on_off}
+    return {
+        "method": "pinned",
+        "settings": summary,
+        "ledger_on_over_off": ratio_on_off,
+        "prefilled_over_empty": full,
+    }
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,0 +1,49 @@
+"""scripts/bench_ca.py's pinned method keeps working: a pinned CA, pinned load, the floor, the table.
+
+The figures are not checked (they depend on the machine); what is checked is that every
+request of every setting succeeded, that the server and its load really ran on the two
+cores asked for, and that the script still ends with its JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned method needs two CPUs")
+def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table() -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    done = subprocess.run(
+        [
+            *(sys.executable, str(REPO / "scripts" / "bench_ca.py"), "--quick", "--prefilled", "3000"),
+            *("--duration", "1", "--server-cpu", str(cpus[0]), "--load-cpu", str(cpus[1])),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["method"] == "pinned"
+    settings = summary["settings"]
+    assert list(settings) == ["ledger off", "ledger on (SQLite, default)", "ledger on, 3,000 records"]
+    for figures in settings.values():
+        assert figures["errors"] == 0
+        assert figures["certs_per_s"][0] > 0 and figures["floor_per_s"][0] > 0
+        assert figures["server_cpu_ms_per_cert"][0] > 0
+        # The server and its ledger process shared one core: pinned, they cannot use more.
+        assert 0 < figures["server_cpu_cores"][0] <= 1.05
+    assert len(summary["ledger_on_over_off"]) == 1 and len(summary["prefilled_over_empty"]) == 1
+    assert "| ledger off |" in done.stdout
