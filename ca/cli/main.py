@@ -122,6 +122,12 @@ def _inject_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     add_inject_parser(commands, environ)
 
 
+def _up_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
+    from ca.sandbox.settings import add_up_parser
+
+    add_up_parser(commands)
+
+
 PARSERS: dict[str, Callable[[Subcommands, Mapping[str, str]], None]] = {
     "serve": _serve_parser,
     "agent": _agent_parser,
@@ -133,6 +139,7 @@ PARSERS: dict[str, Callable[[Subcommands, Mapping[str, str]], None]] = {
     "revoke": _revoke_parser,
     "ca": _ca_parser,
     "inject": _inject_parser,
+    "up": _up_parser,
 }
 """Each subcommand's parser, in the order `meshca --help` lists them."""
 
@@ -233,6 +240,13 @@ def _inject(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return run(args)
 
 
+def _up(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from ca.sandbox.command import run
+    from ca.sandbox.settings import up_config
+
+    return run(up_config(args), environ, sys.argv[0])
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "serve": _serve,
     "agent": _agent,
@@ -244,6 +258,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "revoke": _revoke,
     "ca": _ca,
     "inject": _inject,
+    "up": _up,
 }
 
 

@@ -46,6 +46,8 @@ DURATION_FLAGS = frozenset(
         "--ca-ack-wait",
         "--ca-root-publish",
         "--wait",
+        "--cert-ttl",
+        "--call-interval",
     }
 )
 _DASH_VALUE = re.compile(r"-[0-9.]")  # no flag starts so: a negative value such as -3h or -0.5

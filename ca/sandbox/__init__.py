@@ -1,0 +1,1 @@
+"""`meshca up`: a local sandbox of a CA and three demo workloads over mutual TLS, with a live view."""
