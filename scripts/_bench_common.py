@@ -280,7 +280,7 @@ class ServerFleet:
             args = self._meshca_args(ports_file, token_cache_size)
         if self.grpc_workers is not None:
             args += ["--grpc-workers", str(self.grpc_workers)]
-        if self.grpc_server is not None and "--pool-file" not in args:
+        if self.grpc_server is not None:
             args += ["--grpc-server", self.grpc_server]
         self.started += 1
         log_path = self.log_dir / f"server-{self.started}.log"
@@ -459,6 +459,7 @@ def floor_server_main(argv: Sequence[str]) -> int:
     parser.add_argument("--ports-file", type=Path, required=True)  # it listens on a free port
     parser.add_argument("--pool-file", type=Path, required=True)
     parser.add_argument("--grpc-workers", type=int, default=16)  # meshca serve's default
+    parser.add_argument("--grpc-server", choices=["threaded", "asyncio"], default="threaded")
     args = parser.parse_args(argv)
 
     clock = SystemClock()
@@ -490,6 +491,8 @@ def floor_server_main(argv: Sequence[str]) -> int:
         spiffe_id=SpiffeId.for_workload(TRUST_DOMAIN, "istio-system", "meshca"),
         clock=clock,
     )
+    if args.grpc_server == "asyncio":
+        return _serve_floor_on_asyncio(args.ports_file, responses, serving)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=args.grpc_workers, thread_name_prefix="grpc"),
         options=OPTIONS,
@@ -507,6 +510,43 @@ def floor_server_main(argv: Sequence[str]) -> int:
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     server.stop(0.5).wait()
+    return 0
+
+
+def _serve_floor_on_asyncio(ports_file: Path, responses: dict[str, bytes], serving: Any) -> int:
+    """The transport floor on grpc.aio, as `meshca serve` runs by default: the handler on the loop."""
+    import asyncio
+
+    import grpc
+
+    from ca.net.listening import write_ports_file
+    from ca.server.grpc_server import OPTIONS
+
+    async def create_certificate(request: bytes, context: Any) -> bytes:
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and value in responses:
+                return responses[value]
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "token not in the benchmark pool")
+        raise AssertionError("unreachable")
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=OPTIONS, maximum_concurrent_rpcs=1024)
+        handler = grpc.unary_unary_rpc_method_handler(create_certificate)
+        service = SERVICE_METHOD.split("/")[1]
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, {"CreateCertificate": handler}),)
+        )
+        port = server.add_secure_port("127.0.0.1:0", serving.server_credentials(require_client_cert=False))
+        await server.start()
+        write_ports_file(ports_file, {"grpc": port})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await server.stop(0.5)
+
+    asyncio.run(serve())
     return 0
 
 

@@ -46,6 +46,7 @@ from _bench_common import (
     process_cpu_seconds,
     sleep_until,
     split_evenly,
+    write_pool_file,
 )
 
 LEDGER_SETTINGS = (("ledger off", "off"), ("ledger on (SQLite, default)", "auto"))
@@ -69,6 +70,7 @@ class PinnedSettings:
     profile_ledgers: tuple[str, ...]
     grpc_server: str | None
     ledgers: tuple[str, ...]  # which of LEDGER_SETTINGS to run ("off", "auto")
+    transports: tuple[str, ...]  # gRPC server models whose transport floor to measure
     prefilled: int  # also run the ledger-on server on a ledger already holding this many records
 
 
@@ -96,6 +98,11 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
     parser.add_argument("--grpc-server", choices=["asyncio", "threaded"], default=None)
     parser.add_argument(
         "--ledgers", default="off,auto", help="ledger settings to run: off, auto or both (default)"
+    )
+    parser.add_argument(
+        "--transports",
+        default="asyncio,threaded",
+        help="also serve pre-issued responses on these gRPC server models (the transport floor; '' for none)",
     )
     parser.add_argument(
         "--prefilled",
@@ -130,6 +137,7 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         profile_ledgers=tuple(a.profile_ledger or ["auto"]),
         grpc_server=a.grpc_server,
         ledgers=tuple(a.ledgers.split(",")),
+        transports=tuple(t for t in a.transports.split(",") if t),
         prefilled=a.prefilled,
     )
 
@@ -352,6 +360,13 @@ class Setting:
     half: list[Phase] = field(default_factory=list)
     floors: list[float] = field(default_factory=list)  # the floor measured in the same round
     prefilled: Path | None = None  # a ledger file copied into the state dir before each run
+    transport: str | None = None  # not meshca: the transport floor server on this gRPC server model
+
+    @property
+    def key(self) -> str:
+        if self.transport is not None:
+            return f"transport-{self.transport}"
+        return "full" if self.prefilled is not None else self.ledger
 
 
 def prefill(tmp: Path, records: int) -> Path:
@@ -447,6 +462,8 @@ def run_rounds(s: PinnedSettings) -> tuple[list[Setting], int]:
         state_dir = tmp / "state"
         state_dir.mkdir(mode=0o700)
         os.sched_setaffinity(0, {s.load_cpu})  # the pool, the floor's parent and clients
+        for model in s.transports:
+            settings.append(Setting(f"transport only ({model}, pre-issued)", "off", transport=model))
         if s.prefilled:
             settings.append(
                 Setting(f"ledger on, {s.prefilled:,} records", "auto", prefilled=prefill(tmp, s.prefilled))
@@ -483,10 +500,17 @@ def _one_setting(
     ledger_file = state_dir / "ledger.db"
     if setting.prefilled is not None:
         shutil.copyfile(setting.prefilled, ledger_file)
+    model = setting.transport or s.grpc_server
     with ServerFleet(
-        state_dir, logs, "ec-p256", ledger=setting.ledger, cpus=(s.server_cpu,), grpc_server=s.grpc_server
+        state_dir, logs, "ec-p256", ledger=setting.ledger, cpus=(s.server_cpu,), grpc_server=model
     ) as fleet:
-        pid, port = fleet.start(token_cache_size=server_token_cache(len(pool)))
+        if setting.transport is not None:
+            fleet.pool_file = tmp / "pool.json"
+            if not fleet.pool_file.exists():
+                write_pool_file(fleet.pool_file, pool)
+        pid, port = fleet.start(
+            token_cache_size=server_token_cache(len(pool)), floor=setting.transport is not None, timeout_s=120
+        )
         root_pem = (state_dir / "root-cert.pem").read_bytes()
         peak = run_phase(ctx, s, pid, _specs(s, port, root_pem, pool, None))
         half = run_phase(ctx, s, pid, _specs(s, port, root_pem, pool, peak.certs_per_s / 2))
@@ -561,7 +585,7 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
             "client_cpu_cores": [p.client_cpu for p in st.peak],
             "errors": errors,
         }
-    by_ledger = {st.ledger if st.prefilled is None else "full": st for st in settings}
+    by_ledger = {st.key: st for st in settings}
     ratio_on_off = _ratios(by_ledger, "auto", "off")
     if ratio_on_off:
         print(f"ledger on / ledger off: {_spread(ratio_on_off, '.2f')}")
