@@ -10,16 +10,19 @@ record as it is now, never from the renew time written in it: the machines' wall
 not agree, only their clocks' rates. For the same reason the renew deadline must be shorter
 than the lease duration: a leader that stops renewing has given up before any other replica
 can count the lease as expired.
+
+`Elector` is what a replica asks (`ca.kube.leader.LeaseElector` runs it over a Lease);
+`SoleElector`, without a cluster, is the one process leading, and needs no Kubernetes client.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from ca.common.backoff import UniformRandom
 from ca.errors import ConfigError
@@ -211,3 +214,58 @@ def record_from_spec(spec: Mapping[str, Any]) -> LeaseRecord:
         renew_time=parse_micro_time(renew) if isinstance(renew, str) else None,
         transitions=int(spec.get("leaseTransitions") or 0),
     )
+
+
+class Elector(Protocol):
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica may do the singleton work now."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self, *, release: bool = True) -> None:
+        """Ends the election; `release` gives the lease up at once (a clean stop), otherwise the
+        others wait for it to expire (as after a crash)."""
+        ...
+
+
+def _nothing() -> None:
+    return None
+
+
+class SoleElector:
+    """Leadership without a cluster: the one process leads from `start` to `stop`."""
+
+    def __init__(
+        self,
+        identity: str,
+        *,
+        on_started_leading: Callable[[], None] = _nothing,
+        on_stopped_leading: Callable[[], None] = _nothing,
+    ) -> None:
+        self._identity = identity
+        self._on_started = on_started_leading
+        self._on_stopped = on_stopped_leading
+        self._leading = False
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def start(self) -> None:
+        if not self._leading:
+            self._leading = True
+            self._on_started()
+
+    def stop(self, *, release: bool = True) -> None:
+        if self._leading:
+            self._leading = False
+            self._on_stopped()

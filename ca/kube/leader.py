@@ -7,7 +7,8 @@ and the other sees a conflict and waits. A leader that cannot renew within the r
 deadline gives leadership up; one stopped cleanly releases the lease so that another replica
 takes over at its next try.
 
-`SoleElector` is the same interface without a cluster: the single process leads.
+`SoleElector` (`ca.kube.election`, beside the `Elector` interface both meet) is the same
+interface without a cluster: the single process leads, and the Kubernetes client is not imported.
 
 The callbacks run on the election's thread and must return quickly (start or stop the work
 elsewhere); while they run, the lease is not renewed.
@@ -52,59 +53,8 @@ MIN_REQUEST_TIMEOUT_S = 1.0
 STOP_JOIN_S = 10.0
 
 
-class Elector(Protocol):
-    @property
-    def identity(self) -> str: ...
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether this replica may do the singleton work now."""
-        ...
-
-    def start(self) -> None: ...
-
-    def stop(self, *, release: bool = True) -> None:
-        """Ends the election; `release` gives the lease up at once (a clean stop), otherwise the
-        others wait for it to expire (as after a crash)."""
-        ...
-
-
 def _nothing() -> None:
     return None
-
-
-class SoleElector:
-    """Leadership without a cluster: the one process leads from `start` to `stop`."""
-
-    def __init__(
-        self,
-        identity: str,
-        *,
-        on_started_leading: Callable[[], None] = _nothing,
-        on_stopped_leading: Callable[[], None] = _nothing,
-    ) -> None:
-        self._identity = identity
-        self._on_started = on_started_leading
-        self._on_stopped = on_stopped_leading
-        self._leading = False
-
-    @property
-    def identity(self) -> str:
-        return self._identity
-
-    @property
-    def is_leader(self) -> bool:
-        return self._leading
-
-    def start(self) -> None:
-        if not self._leading:
-            self._leading = True
-            self._on_started()
-
-    def stop(self, *, release: bool = True) -> None:
-        if self._leading:
-            self._leading = False
-            self._on_stopped()
 
 
 class LeaseLock(Protocol):

@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock, SystemClock
 from ca.kube.client import TRANSPORT_ERRORS, transport_error_text
+from ca.kube.names import WEBHOOK_CONFIGURATION
 from ca.kube.watch import RETRY_BACKOFF, CustomResource, CustomResourceWatch, KubeObject, core_call
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ MUTATING_WEBHOOK_CONFIGURATIONS = CustomResource(
     versions=("v1",),
     kind="MutatingWebhookConfiguration",
 )
-DEFAULT_CONFIGURATION = "meshca-sidecar-injector"
+DEFAULT_CONFIGURATION = WEBHOOK_CONFIGURATION
 PATCH_BACKOFF = Backoff(initial_s=0.5, maximum_s=60.0)
 IDLE_WAIT_S = 3600.0
 

@@ -1,7 +1,8 @@
 """This replica's part in the leader election, and the singleton work that follows leadership.
 
 Every replica serves issuance; the work that must run on one replica at a time runs only on the
-one the election chose (`ca.kube.leader`: a Lease with a cluster, the single process without):
+one the election chose (`ca.kube.leader`: a Lease with a cluster; `ca.kube.election.SoleElector`, the
+single process, without):
 
 - scheduled jobs wrapped by `singleton(job)`: they run on every replica's scheduler and return at
   once where this replica does not lead (ledger checkpoints and compaction);
@@ -31,7 +32,7 @@ from cryptography import x509
 
 from ca.common.clock import Clock
 from ca.issuance.authority import load_pem_certificates
-from ca.kube.leader import Elector
+from ca.kube.election import Elector
 
 log = logging.getLogger("meshca")
 

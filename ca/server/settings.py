@@ -32,7 +32,7 @@ from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
 from ca.issuance.slots import RotationPolicy
 from ca.issuance.spiffe_id import SpiffeId, trust_domain_flag
 from ca.kube.election import ElectionTimings
-from ca.kube.webhook_config import DEFAULT_CONFIGURATION as DEFAULT_WEBHOOK_CONFIGURATION
+from ca.kube.names import WEBHOOK_CONFIGURATION as DEFAULT_WEBHOOK_CONFIGURATION
 from ca.ledger.location import ledger_url
 
 DEFAULT_LEADER_LEASE = "meshca-leader"

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -34,11 +34,7 @@ from ca.issuance.issuer import Issuer
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.slots import Acknowledgement, Keyring, Slot, Transition
 from ca.issuance.spiffe_id import SpiffeId
-from ca.kube import client as kube
-from ca.kube.bundles import RootCertPublisher
-from ca.kube.keyring_secret import KeyringSecret
-from ca.kube.leader import Elector, SoleElector, kube_lease_elector
-from ca.kube.webhook_config import CaBundlePatcher
+from ca.kube.election import Elector, SoleElector
 from ca.ledger import rotation_operations as operations
 from ca.ledger.bundle_holders import SqlBundleHolders
 from ca.ledger.changes import ChangeWatcher
@@ -85,6 +81,12 @@ from ca.server.rotation_api import RotationService, build_rotation_service
 from ca.server.serving_cert import ServingIdentity
 from ca.server.settings import KUBERNETES_ISSUER, ServeConfig, replica_identity
 
+if TYPE_CHECKING:
+    # The Kubernetes client (17 MiB, a third of a second) is imported only where a cluster is
+    # configured: each use below imports its module in the branch that has cluster access.
+    from ca.kube.client import PodCache
+    from ca.kube.keyring_secret import KeyringSecret
+
 log = logging.getLogger("meshca")
 CACERTS_POLL_S = 5  # how often the plugged-in CA directory is read for new material
 UNARY_CALLS = 1024  # certificate and admin calls in flight on the asyncio server, beside the streams
@@ -108,6 +110,8 @@ def open_ca_keys(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[CaKey
     if use_secret:
         if api is None:
             raise ConfigError("--ca-store secret needs cluster access; give --kubeconfig or run in a pod")
+        from ca.kube.keyring_secret import KeyringSecret
+
         store = KeyringSecret(api, namespace=cfg.ca_namespace, name=cfg.ca_secret)
     else:
         store = KeyringDirectory(cfg.state_dir)
@@ -170,6 +174,8 @@ def _key_source(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[KeySou
             return RefreshingKeySet(http_json_fetcher(cfg.jwks), cfg.jwks), (issuer,)
         return StaticKeySet.from_file(Path(cfg.jwks)), (issuer,)
     if api is not None:
+        from ca.kube import client as kube
+
         issuer = cfg.token_issuer or kube.service_account_issuer(api)
         return RefreshingKeySet(kube.jwks_fetcher(api), "the API server's /openid/v1/jwks"), (issuer,)
     if cfg.token_issuer is not None:
@@ -197,6 +203,8 @@ def build_authenticators(
     if cfg.auth == "tokenreview":
         if api is None:
             raise ConfigError("--auth tokenreview needs cluster access; give --kubeconfig or run in a pod")
+        from ca.kube import client as kube
+
         token_auth = TokenReviewAuthenticator(
             review=kube.tokenreview_call(api),
             audiences=cfg.audiences,
@@ -235,7 +243,7 @@ class CaServer:
     metrics: CaMetrics
     serving: ServingIdentity
     service: CertificateService
-    pod_cache: kube.PodCache | None = None
+    pod_cache: PodCache | None = None
     ledger: Ledger | None = None
     admin: LedgerAdminService | None = None
     push: PushCoordinator | None = None  # with a ledger: forced rotation's pushes, CRLs, revocations
@@ -294,6 +302,8 @@ class CaServer:
             )
 
         def lease(started: Callback, stopped: Callback) -> Elector:
+            from ca.kube.leader import kube_lease_elector
+
             return kube_lease_elector(
                 api,
                 namespace=self.cfg.ca_namespace,
@@ -311,6 +321,9 @@ class CaServer:
         api = self.api
         if api is None:
             return None
+        from ca.kube.bundles import RootCertPublisher
+        from ca.kube.webhook_config import CaBundlePatcher
+
         webhook_configuration = self.cfg.webhook_configuration if self.cfg.webhook_listen else None
 
         def publishers(bundle_pem: str) -> BundlePublisher:
@@ -684,6 +697,8 @@ def open_ledger(cfg: ServeConfig, clock: Clock, api: Any | None, metrics: CaMetr
         log.info("upgraded the ledger schema", extra={"from_version": found, "to_version": CURRENT_VERSION})
     publishers: list[HeadPublisher] = [HeadFile(cfg.state_dir / HEAD_FILE).publish]
     if api is not None:
+        from ca.kube import client as kube
+
         publishers.append(kube.ledger_head_publisher(api, namespace=cfg.ca_namespace))
     return Ledger(
         store, key=_ledger_key(cfg, api), clock=clock, publishers=publishers, observer=metrics.ledger
@@ -695,6 +710,8 @@ def _ledger_key(cfg: ServeConfig, api: Any | None) -> ed25519.Ed25519PrivateKey:
     Secret beside the CA's; elsewhere it is a file in the state directory."""
     if api is None or cfg.ledger_key_given:
         return load_or_create_ledger_key(cfg.ledger_key)
+    from ca.kube import client as kube
+
     pem = kube.load_or_create_ledger_key_secret(api, namespace=cfg.ca_namespace, make=new_ledger_key_pem)
     return ledger_key_from_pem(pem, f"Secret {cfg.ca_namespace}/{kube.LEDGER_KEY_SECRET}")
 
@@ -745,10 +762,28 @@ def check_ports_free(cfg: ServeConfig) -> None:
         check_free("--webhook-listen", cfg.webhook_listen)
 
 
+def cluster_api(cfg: ServeConfig) -> Any | None:
+    """The API server's client when a cluster is configured (--kubeconfig, or in a pod); None
+    otherwise, and then the Kubernetes client is never imported."""
+    if not cfg.has_cluster_access:
+        return None
+    from ca.kube import client as kube
+
+    return kube.api_client(cfg.kubeconfig, cfg.in_cluster)
+
+
+def start_pod_cache(api: Any) -> PodCache:
+    from ca.kube.client import PodCache
+
+    pod_cache = PodCache(api)
+    pod_cache.start()
+    return pod_cache
+
+
 def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     clock = clock or SystemClock()
     check_ports_free(cfg)
-    api = kube.api_client(cfg.kubeconfig, cfg.in_cluster) if cfg.has_cluster_access else None
+    api = cluster_api(cfg)
     # The ledger opens before the CA material, so a bad --ledger stops the CA before it
     # creates a root whose "created" event would then never be recorded.
     state_dir.prepare(cfg.state_dir)
@@ -768,10 +803,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     )
     bundle = state_dir.write_trust_bundle(cfg.state_dir, authority)
     log.info("wrote the trust bundle", extra={"path": str(bundle)})
-    pod_cache = None
-    if api is not None and cfg.pod_check and cfg.auth == "jwt":
-        pod_cache = kube.PodCache(api)
-        pod_cache.start()
+    pod_cache = start_pod_cache(api) if api is not None and cfg.pod_check and cfg.auth == "jwt" else None
     issuer = Issuer(authority=authority, policy=cfg.issuance, clock=clock)
     if ledger is not None:
         _record_ca_event(ledger, what, authority)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from ca.errors import UnavailableError
 from ca.kube import client as kube
-from ca.kube.election import ElectionTimings, LeaseRecord, VersionedLease
-from ca.kube.leader import KubeLease, LeaseElector, LeaseLock, SoleElector, kube_lease_elector
+from ca.kube.election import ElectionTimings, LeaseRecord, SoleElector, VersionedLease
+from ca.kube.leader import KubeLease, LeaseElector, LeaseLock, kube_lease_elector
 from tests.support.clock import FakeClock
 from tests.support.fake_apiserver import FakeKubeApiServer
 from tests.support.kube_apiserver import real_apiserver

@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 
 from ca.cli.main import build_parser
 from ca.errors import UnavailableError
-from ca.kube.leader import Elector
+from ca.kube.election import Elector
 from ca.server.leadership import Callback, Leadership
 from ca.server.settings import serve_config
 from ca.server.wiring import CaServer, build_server
