@@ -5,6 +5,8 @@ Run from the project root with the project's virtualenv:
 
     .venv/bin/python scripts/bench_audit.py                  # 1,000,000 entries, about 2 minutes
     .venv/bin/python scripts/bench_audit.py --entries 100000 # smaller and quicker
+    .venv/bin/python scripts/bench_audit.py --generate-only --state-dir /tmp/big  # a ledger to keep
+
 
 It writes a SQLite ledger of realistic content (1,000 identities over 50 namespaces,
 pods that change daily, 24h/1h/7d/90d certificates, about 4% refusals and a few CA
@@ -12,7 +14,9 @@ events, spread over 30 days) through `LedgerStore.append` in large batches, so t
 chain is the real one; signs a checkpoint and the head file with a fresh ledger key;
 then runs `meshca audit` commands as a user would (a new process each) and prints the
 wall time of each, the best of three. The state directory is a temporary one, removed
-at the end unless --keep is given.
+at the end unless --keep is given; --state-dir names one to write to and keep instead
+(`meshca audit verify --state-dir DIR` then checks that ledger, with its progress bar on
+a terminal), and --generate-only stops once the ledger is written and signed.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def generate(path: Path, count: int, *, seed: int = 7) -> tuple[datetime, dateti
     rng = random.Random(seed)
     identities = _identities(rng)
     weights = [1.0 / (i + 1) ** 0.8 for i in range(len(identities))]
-    ttls, ttl_weights = zip(*TTLS, strict=True)
+    ttls = [ttl for ttl, _ in TTLS]
+    ttl_weights = [weight for _, weight in TTLS]
     end = datetime.now(UTC).replace(microsecond=0)
     start = end - timedelta(days=30)
     step = (end - start) / count
@@ -161,8 +166,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--state-dir", type=Path, help="write the ledger here (a new directory) and keep it")
+    parser.add_argument(
+        "--generate-only", action="store_true", help="write and sign the ledger, time nothing"
+    )
     args = parser.parse_args()
-    state_dir = Path(tempfile.mkdtemp(prefix="meshca-audit-bench-"))
+    if args.state_dir is not None:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        if (args.state_dir / "ledger.db").exists():
+            raise SystemExit(f"{args.state_dir} already holds a ledger; name a new directory")
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="meshca-audit-bench-"))
+    keep = args.keep or args.state_dir is not None
     try:
         db = state_dir / "ledger.db"
         started = time.perf_counter()
@@ -170,6 +184,8 @@ def main() -> int:
         _, end = generate(db, args.entries)
         sign_head(state_dir, db)
         print(f"generated in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        if args.generate_only:
+            return 0
         meshca = [sys.executable, "-m", "ca.cli", "audit"]
         common = ["--state-dir", str(state_dir)]
         day_ago = (end - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -210,7 +226,7 @@ def main() -> int:
         seconds, _ = timed([sys.executable, "-c", "import ca.cli.main"])
         print(f"{seconds * 1000:8.0f} ms  (Python start-up and import of ca.cli.main alone)")
     finally:
-        if args.keep:
+        if keep:
             print(f"kept {state_dir}", file=sys.stderr)
         else:
             shutil.rmtree(state_dir, ignore_errors=True)

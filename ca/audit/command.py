@@ -1,8 +1,10 @@
 """Running `meshca audit`: open the ledger for reading, run one query, print the result.
 
 Results go to stdout, notes about them (nothing matched, more matched than the
-limit) to stderr, so a pipe gets only data. Exit status: 0 done, 1 verification
-failed or a serial not found, 2 bad flags or no ledger.
+limit) to stderr, so a pipe gets only data. A long verify or export shows its
+progress on stderr when that is a terminal (ca.audit.progress_view); an export whose
+entries go to the terminal shows none, as the entries are progress enough. Exit
+status: 0 done, 1 verification failed or a serial not found, 2 bad flags or no ledger.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from ca.audit import render
 from ca.audit.settings import DOCUMENT_FORMATS, AuditConfig
 from ca.common.files import atomic_write
+from ca.common.progress import ProgressCallback
 from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.ledger import queries
 from ca.ledger.checkpoint import Checkpoint
@@ -32,6 +35,9 @@ from ca.ledger.live_verify import (
 )
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.verify import VerifyReport
+
+if TYPE_CHECKING:
+    from ca.audit.progress_view import ProgressBar
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -48,6 +54,48 @@ def _reader(cfg: AuditConfig) -> Iterator[LedgerReader]:
         yield reader
     finally:
         reader.dispose()
+
+
+class _ProgressOnDemand:
+    """A progress callback that draws a bar (and imports rich) only once the work reports
+    progress with work left to do, so that a short run draws and imports nothing."""
+
+    def __init__(self, description: str, stream: TextIO) -> None:
+        self._description = description
+        self._stream = stream
+        self._bar: ProgressBar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if done >= total:
+                return
+            from ca.audit.progress_view import ProgressBar
+
+            self._bar = ProgressBar(self._description, self._stream, done, total)
+        else:
+            self._bar.update(done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextlib.contextmanager
+def _progress(
+    cfg: AuditConfig, description: str, *, data_out: TextIO | None = None
+) -> Iterator[ProgressCallback | None]:
+    """A callback drawing progress on stderr if it is a terminal (and `data_out`, where the
+    command writes entries as it goes, is not), else None; the bar is gone at the end."""
+    stream = sys.stderr
+    if not (cfg.progress and stream.isatty()) or (data_out is not None and data_out.isatty()):
+        yield None
+        return
+    shown = _ProgressOnDemand(description, stream)
+    try:
+        yield shown
+    finally:
+        shown.close()
 
 
 def _note(text: str) -> None:
@@ -110,12 +158,13 @@ def _export(cfg: AuditConfig, out: TextIO) -> int:
             written += 1
 
     with _reader(cfg) as reader:
-        entries = counted(queries.export(reader, cfg.filter))
         try:
-            if cfg.output == "csv":
-                _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
-            else:
-                _write(out, (render.json_line(e) for e in entries))
+            with _progress(cfg, "exporting", data_out=out) as progress:
+                entries = counted(queries.export(reader, cfg.filter, progress=progress))
+                if cfg.output == "csv":
+                    _write(out, render.csv_lines(render.ENTRY_FIELDS, entries))
+                else:
+                    _write(out, (render.json_line(e) for e in entries))
         except LedgerTamperedError as err:
             if written:
                 _note(
@@ -205,7 +254,8 @@ def _verify(cfg: AuditConfig, out: TextIO) -> int:
         except UnreadableHead as err:
             result = VerifyReport(0, 0, None, str(err))
         else:
-            result = verify_at_head(reader, key, heads)
+            with _progress(cfg, "verifying") as progress:
+                result = verify_at_head(reader, key, heads, progress=progress)
     if cfg.output == "json":
         out.write(render.json_line(render.verify_dict(result, found)) + "\n")
     else:

@@ -34,6 +34,7 @@ class AuditConfig:
     ledger_key_given: bool
     kubeconfig: Path | None
     ca_namespace: str
+    progress: bool = False  # show progress on stderr when it is a terminal (verify, export)
     # report as a document (--format html or markdown): where to write it, and where the
     # PeerAuthentication of its mTLS coverage section comes from (None: not assessed)
     out: Path | None = None
@@ -93,6 +94,14 @@ def _audit_flags(parser: argparse.ArgumentParser, action: str, environ: Mapping[
             outputs += DOCUMENT_FORMATS
             names.append("--format")
         parser.add_argument(*names, dest="output", choices=outputs, default="table", help="output format")
+    if action in ("verify", "export"):
+        parser.add_argument(
+            "--quiet",
+            "-q",
+            action="store_true",
+            help="no progress on stderr (shown only when stderr is a terminal, and for export only "
+            "when the entries go to a file or pipe; never with TERM=dumb)",
+        )
     if action == "report":
         a.add("--max-ttl", "90d", "the policy's longest certificate lifetime (the CA's --max-ttl)")
         parser.add_argument("--at", default="now", help=f"the report's 'now': {TIME_HELP}")
@@ -120,7 +129,9 @@ def _moment(text: str | None, now: datetime, flag: str) -> datetime | None:
     return None if text is None else parse_moment(text, now, flag=flag)
 
 
-def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
+def audit_config(
+    args: argparse.Namespace, now: datetime, environ: Mapping[str, str] | None = None
+) -> AuditConfig:
     state_dir = Path(args.state_dir)
     url = ledger_url(args.ledger, state_dir)
     if url is None:
@@ -161,6 +172,7 @@ def audit_config(args: argparse.Namespace, now: datetime) -> AuditConfig:
         policies=getattr(args, "policies", None) or None,
         root_namespace=getattr(args, "root_namespace", DEFAULT_ROOT_NAMESPACE),
         in_cluster=bool(getattr(args, "in_cluster", False)),
+        progress=not getattr(args, "quiet", True) and (environ or {}).get("TERM") != "dumb",
     )
 
 

@@ -197,7 +197,7 @@ def _audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ca.audit.settings import audit_config
     from ca.common.clock import SystemClock
 
-    return run(audit_config(args, SystemClock().now()))
+    return run(audit_config(args, SystemClock().now(), environ))
 
 
 def _policy(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

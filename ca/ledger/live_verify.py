@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import Connection
 
+from ca.common.progress import ProgressCallback
 from ca.errors import ConfigError
 from ca.ledger.chain import Entry
 from ca.ledger.checkpoint import Checkpoint, signature_valid
@@ -112,14 +113,18 @@ def _check_other_head(
 
 
 def verify_at_head(
-    reader: LedgerReader, public_key: ed25519.Ed25519PublicKey, external_heads: Sequence[Checkpoint]
+    reader: LedgerReader,
+    public_key: ed25519.Ed25519PublicKey,
+    external_heads: Sequence[Checkpoint],
+    *,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """verify_ledger on one snapshot of the reader's ledger, against the newest external head;
-    the others are then checked against the verified chain."""
+    the others are then checked against the verified chain. `progress` hears how far the walk is."""
     heads = sorted(external_heads, key=lambda h: h.head_seq, reverse=True)
     with reader.engine.connect() as conn:
         view = SnapshotView(conn)
-        result = verify_ledger(view, public_key, heads[0] if heads else None)
+        result = verify_ledger(view, public_key, heads[0] if heads else None, progress=progress)
         if not result.ok:
             return result
         for head in heads[1:]:

@@ -48,6 +48,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import TableClause
 
 from ca.common.durations import format_duration
+from ca.common.progress import PROGRESS_EVERY, ProgressCallback, Ticker
 from ca.errors import ConfigError, InvalidRequestError, LedgerTamperedError
 from ca.issuance.issuer import IssuancePolicy
 from ca.ledger import schema
@@ -280,6 +281,7 @@ class _Plan:
     path: _Path
     table: _Entries
     where: list[ColumnElement[bool]]
+    seq_bounds: tuple[int, int] = (0, 2**62)  # every match lies within them
 
 
 def _plan(conn: Connection, f: AuditFilter, *, whole: bool = False) -> _Plan | None:
@@ -292,6 +294,7 @@ def _plan(conn: Connection, f: AuditFilter, *, whole: bool = False) -> _Plan | N
         if bounds is None:
             return None
         where += [table.c.seq >= bounds[0], table.c.seq <= bounds[1]]
+        return _Plan(path, table, where, bounds)
     return _Plan(path, table, where)
 
 
@@ -336,8 +339,21 @@ def find_serial(source: Source, serial_hex: str) -> list[dict[str, Any]]:
         return _fetch(conn, [int(s) for s in seqs])
 
 
-def export(source: Source, f: AuditFilter, *, batch: int = EXPORT_BATCH) -> Iterator[dict[str, Any]]:
-    """Every entry `f` selects, oldest first, read in batches of short transactions."""
+def export(
+    source: Source,
+    f: AuditFilter,
+    *,
+    batch: int = EXPORT_BATCH,
+    progress: ProgressCallback | None = None,
+    progress_every: int = PROGRESS_EVERY,
+) -> Iterator[dict[str, Any]]:
+    """Every entry `f` selects, oldest first, read in batches of short transactions.
+
+    `progress` hears how far the export is, every `progress_every` entries and at the end:
+    entries read of those found, when the matches are found first; otherwise ledger
+    positions passed of the span of seqs the matches lie in (with filters that match
+    most entries, which is when the table is walked, about the entries scanned).
+    """
     with source.engine.connect() as conn:
         plan = _plan(conn, f, whole=True)
         if plan is None:
@@ -347,11 +363,12 @@ def export(source: Source, f: AuditFilter, *, batch: int = EXPORT_BATCH) -> Iter
             # Found through an index not in seq order, and not too many: collect their seqs
             # once rather than sorting them all again for every batch.
             seqs = sorted(int(s) for s in conn.execute(select(plan.table.c.seq).where(*plan.where)).scalars())
+        span = _seq_span(conn, *plan.seq_bounds) if seqs is None and progress is not None else None
     if seqs is not None:
-        for start in range(0, len(seqs), batch):
-            with source.engine.connect() as conn:
-                yield from _fetch(conn, seqs[start : start + batch])
+        yield from _export_seqs(source, seqs, batch, Ticker(progress, len(seqs), progress_every))
         return
+    first = span[0] if span is not None else 1
+    ticker = Ticker(progress, span[1] - first + 1 if span is not None else 0, progress_every)
     table, last = plan.table, 0
     while True:
         with source.engine.connect() as conn:
@@ -361,8 +378,32 @@ def export(source: Source, f: AuditFilter, *, batch: int = EXPORT_BATCH) -> Iter
             entries = _fetch(conn, [int(s) for s in found])
         yield from entries
         if len(entries) < batch:
+            ticker.finish(ticker.total)
             return
         last = int(entries[-1]["seq"])
+        if last - first + 1 >= ticker.next_at:
+            ticker.tick(last - first + 1)
+
+
+def _export_seqs(source: Source, seqs: Sequence[int], batch: int, ticker: Ticker) -> Iterator[dict[str, Any]]:
+    for start in range(0, len(seqs), batch):
+        with source.engine.connect() as conn:
+            yield from _fetch(conn, seqs[start : start + batch])
+        done = min(start + batch, len(seqs))
+        if done >= ticker.next_at:
+            ticker.tick(done)
+    ticker.finish(len(seqs))
+
+
+def _seq_span(conn: Connection, low: int, high: int) -> tuple[int, int] | None:
+    """The first and last seq the ledger holds from `low` to `high`, None if none: two lookups of
+    the primary key (one query for both would scan the table on SQLite, see _choose)."""
+    e = schema.entries.c
+    first = conn.execute(select(func.min(e.seq)).where(e.seq >= low)).scalar()
+    last = conn.execute(select(func.max(e.seq)).where(e.seq <= high)).scalar()
+    if first is None or last is None or int(last) < int(first):
+        return None
+    return int(first), int(last)
 
 
 # --------------------------------------------------------------------------- report

@@ -10,6 +10,9 @@ legitimate: the CA signs its head every few seconds, so the newest entries are
 always waiting for their signature. They are checked link by link like the rest,
 but no signature covers them yet, so the report counts them apart: anyone who can
 write to the database could have appended them with a chain of their own.
+
+A long walk reports its progress to an optional callback (ca.common.progress): the
+entries checked out of the entries from the anchor to the recorded head.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from ca.common.progress import PROGRESS_EVERY, ProgressCallback, Ticker
 from ca.ledger.chain import ChainBreak, Entry, chain_end_problem, next_link_problem
 from ca.ledger.checkpoint import COMPACTION, Checkpoint, signature_valid
 
@@ -74,15 +78,24 @@ class VerifyReport:
 
 
 def verify_ledger(
-    store: LedgerView, public_key: ed25519.Ed25519PublicKey, external_head: Checkpoint | None = None
+    store: LedgerView,
+    public_key: ed25519.Ed25519PublicKey,
+    external_head: Checkpoint | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    progress_every: int = PROGRESS_EVERY,
 ) -> VerifyReport:
+    """The report on the whole ledger; `progress` hears (entries checked, entries the head row
+    accounts for) every `progress_every` entries and when the walk ends."""
     head_seq, head_hash, anchor_seq, anchor_hash = store.head()
     checkpoints = {c.head_seq: c for c in store.checkpoints()}
     forged = _signature_problem(checkpoints, anchor_seq, anchor_hash, external_head, public_key)
     if forged is not None:
         return forged
     watched = set(checkpoints) | ({external_head.head_seq} if external_head is not None else set())
-    walk = _walk(store, checkpoints, watched, anchor_seq, anchor_hash, head_seq)
+    ticker = Ticker(progress, max(0, head_seq - anchor_seq), progress_every)
+    walk = _walk(store, checkpoints, watched, anchor_seq, anchor_hash, head_seq, ticker)
+    ticker.finish(walk.checked)
     if walk.broken is not None:
         return VerifyReport(walk.checked, len(checkpoints), walk.broken.seq, walk.broken.problem)
     found = _end_problem(walk, checkpoints, head_seq, head_hash) or _external_problem(
@@ -141,6 +154,7 @@ def _walk(
     anchor_seq: int,
     anchor_hash: str,
     head_seq: int,
+    ticker: Ticker,
 ) -> _Walk:
     """Every entry after the anchor, each linked to the one before; stops at the first break."""
     walk = _Walk(last_seq=anchor_seq, last_hash=anchor_hash)
@@ -156,6 +170,8 @@ def _walk(
         if entry.seq in watched:
             walk.hashes[entry.seq] = entry.entry_hash
         walk.last_seq, walk.last_hash, walk.checked = entry.seq, entry.entry_hash, walk.checked + 1
+        if walk.checked >= ticker.next_at:
+            ticker.tick(walk.checked)
     return walk
 
 

@@ -54,6 +54,35 @@ def test_an_untampered_ledger_verifies(rig: LedgerRig) -> None:
     assert [e.seq for e in rig.store.entries()] == list(range(1, 13))
 
 
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [(5, [(5, 12), (10, 12), (12, 12)]), (4, [(4, 12), (8, 12), (12, 12)]), (100, [(12, 12)])],
+)
+def test_verify_reports_progress_every_n_entries_up_to_the_head(
+    rig: LedgerRig, every: int, expected: list[tuple[int, int]]
+) -> None:
+    heard: list[tuple[int, int]] = []
+    report = verify_ledger(
+        rig.store,
+        rig.key.public_key(),
+        rig.head_file.read(),
+        progress=lambda done, total: heard.append((done, total)),
+        progress_every=every,
+    )
+    assert report.ok, report.summary()
+    assert heard == expected
+
+
+def test_verify_progress_stops_where_the_chain_breaks(rig: LedgerRig) -> None:
+    sql(rig.store, "UPDATE ledger_entries SET content = '{not json' WHERE seq = 7")
+    heard: list[tuple[int, int]] = []
+    report = verify_ledger(
+        rig.store, rig.key.public_key(), progress=lambda *p: heard.append(p), progress_every=5
+    )
+    assert report.bad_seq == 7
+    assert heard == [(5, 12), (6, 12)]
+
+
 def test_verify_with_another_key_fails(rig: LedgerRig) -> None:
     report = verify_ledger(rig.store, ed25519.Ed25519PrivateKey.generate().public_key())
     assert not report.ok and "not signed by the ledger key" in (report.problem or "")
