@@ -13,15 +13,16 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ca.common.clock import Clock
 from ca.common.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
+from ca.issuance import leaf_der as leaf_der_module
 from ca.issuance import profile
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.csr import ParsedCsr
 from ca.issuance.keys import KeyPolicy
+from ca.issuance.leaf_der import LeafWriter
 from ca.issuance.spiffe_id import SpiffeId
 
 SerialSource = Callable[[], int]
@@ -116,6 +117,7 @@ class Issuer:
         self._policy = policy
         self._clock = clock
         self._serials = serials
+        self._leaves = LeafWriter()
 
     @property
     def authority(self) -> SigningAuthority:
@@ -136,16 +138,11 @@ class Issuer:
             now=self._clock.now(), ttl=ttl, issuer=authority.signing_cert
         )
         serial = self._serials()
-        template = profile.workload_leaf(
-            subject_key=csr.public_key,
-            spiffe_id=spiffe_id,
-            issuer=authority.signing_cert,
-            serial=serial,
-            not_before=not_before,
-            not_after=not_after,
+        leaf_der = self._leaves.issue(
+            authority, csr.public_key, spiffe_id=spiffe_id, serial=serial, validity=(not_before, not_after)
         )
-        leaf = profile.sign(template, authority.signing_key)
-        leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        leaf_pem = leaf_der_module.pem(leaf_der)
         return IssuedCertificate(
             certificate=leaf,
             chain=authority.response_chain(leaf_pem),

@@ -46,6 +46,11 @@ def _header(der: bytes, at: int) -> tuple[int, int]:
     return start, end
 
 
+def element_at(der: bytes, at: int) -> tuple[int, int]:
+    """(start of contents, end) of the DER element that begins at byte `at`."""
+    return _header(der, at)
+
+
 def subject_public_key_info(certificate_der: bytes) -> bytes:
     """The certificate's SubjectPublicKeyInfo element, tag and length included (RFC 5280 4.1)."""
     der = certificate_der
