@@ -12,10 +12,15 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ca.common import logs
     from ca.common.gc_tuning import tune_for_long_running_server
     from ca.common.signals import until_signalled
-    from ca.server.wiring import build_server
 
     cfg = serve_config(args, environ)
     logs.configure(cfg.log_level)
+    if cfg.processes > 1:
+        from ca.server.processes import supervise
+
+        return supervise(cfg)
+    from ca.server.wiring import build_server
+
     server = build_server(cfg)
     tune_for_long_running_server()
     server.start()

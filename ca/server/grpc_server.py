@@ -23,7 +23,8 @@ from ca.server.certificate_api import SERVICE_NAME, CertificateService
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_PENDING_CALLS = 100_000  # more than the control streams and calls the CA ever runs at once
 # gRPC would set SO_REUSEPORT: a second CA on the same port would then start without a word
-# and the kernel would split the clients between two unrelated roots.
+# and the kernel would split the clients between two unrelated roots. Only the workers of one
+# `meshca serve --processes N` set it (server_options).
 OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
@@ -44,6 +45,12 @@ OPTIONS = [
     ("grpc.tsi.max_frame_size", 4096),
 ]
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def server_options(*, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """OPTIONS; `reuse_port` sets SO_REUSEPORT, for the workers of `meshca serve --processes N`
+    alone: they bind one port and the kernel spreads the connections over them."""
+    return [(name, int(reuse_port) if name == "grpc.so_reuseport" else value) for name, value in OPTIONS]
 
 
 class RpcService(Protocol):
@@ -75,11 +82,16 @@ def _bound(flag: str, address: str, add_port: Callable[[], int]) -> int:
 
 class ThreadedServer:
     def __init__(
-        self, service: CertificateService, *, workers: int, extra: Sequence[RpcService] = ()
+        self,
+        service: CertificateService,
+        *,
+        workers: int,
+        extra: Sequence[RpcService] = (),
+        reuse_port: bool = False,
     ) -> None:
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-            options=OPTIONS,
+            options=server_options(reuse_port=reuse_port),
             maximum_concurrent_rpcs=workers * 64,
         )
         self._server.add_generic_rpc_handlers((service.handler(), *(s.handler() for s in extra)))
@@ -104,7 +116,12 @@ class AsyncioServer:
     hand-off to a worker thread per request."""
 
     def __init__(
-        self, service: CertificateService, *, max_concurrent: int = 1024, extra: Sequence[RpcService] = ()
+        self,
+        service: CertificateService,
+        *,
+        max_concurrent: int = 1024,
+        extra: Sequence[RpcService] = (),
+        reuse_port: bool = False,
     ) -> None:
         self._names = ("", SERVICE_NAME, *(s.name for s in extra))
         self.load = LoopLoad()
@@ -114,7 +131,9 @@ class AsyncioServer:
         self._health = health_aio.HealthServicer()
 
         async def build() -> grpc.aio.Server:
-            server = grpc.aio.server(options=OPTIONS, maximum_concurrent_rpcs=max_concurrent)
+            server = grpc.aio.server(
+                options=server_options(reuse_port=reuse_port), maximum_concurrent_rpcs=max_concurrent
+            )
             server.add_generic_rpc_handlers(
                 (service.handler(asynchronous=True), *(s.handler(asynchronous=True) for s in extra))
             )

@@ -23,6 +23,7 @@ from ca.common.flags import (
     path_or_off,
     positive_int,
     split_list,
+    whole_number,
 )
 from ca.errors import CaMaterialError, ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.inject.settings import InjectSettings
@@ -86,6 +87,8 @@ class ServeConfig:
     webhook_dns_names: tuple[str, ...] = (DEFAULT_WEBHOOK_DNS_NAMES,)  # in the webhook's certificate
     webhook_configuration: str | None = DEFAULT_WEBHOOK_CONFIGURATION  # caBundle kept; None: not
     inject: InjectSettings = field(default_factory=InjectSettings)  # what the webhook injects
+    processes: int = 1  # --processes: over 1, a supervisor of that many workers (ca.server.processes)
+    shares_port: bool = False  # a worker of --processes N: its gRPC ports are shared (SO_REUSEPORT)
 
     @property
     def has_cluster_access(self) -> bool:
@@ -195,6 +198,13 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         choices=["asyncio", "threaded"],
     )
     s.add("--grpc-workers", "16", "gRPC worker threads (threaded server)")
+    s.add(
+        "--processes",
+        "1",
+        "worker processes serving one port (SO_REUSEPORT) on one state dir and one ledger, under a "
+        "supervisor that restarts them; each has its own metrics port (--metrics-listen's port + "
+        "its number, or a free one for port 0)",
+    )
     s.add(
         "--ledger",
         "auto",
@@ -414,7 +424,24 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
             ca_address=args.inject_ca_addr,
             trust_domain=trust_domain_flag(args.trust_domain),
         ),
+        processes=_processes(args.processes, listen_address(args.metrics_listen)),
     )
+
+
+MAX_PROCESSES = 64
+
+
+def _processes(text: str, metrics_listen: str | None) -> int:
+    """--processes; with a fixed metrics port P, worker k listens on P + k, so the last must fit."""
+    count = whole_number(text, "--processes", minimum=1, maximum=MAX_PROCESSES)
+    if metrics_listen is not None:
+        port = int(metrics_listen.rpartition(":")[2])
+        if port != 0 and port + count - 1 > 65535:
+            raise ConfigError(
+                f"--processes {count} with --metrics-listen port {port}: worker k serves its metrics "
+                f"on port {port} + k, past 65535 for the last; give a lower port, or port 0"
+            )
+    return count
 
 
 def _webhook_dns_names(text: str) -> tuple[str, ...]:

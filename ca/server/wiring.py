@@ -67,6 +67,7 @@ from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
 from ca.server.injection_webhook import InjectionWebhook
 from ca.server.keyring_store import KeyringDirectory
+from ca.server.leader_lock import LEADER_LOCK, FileLockElector
 from ca.server.leadership import (
     BundlePublisher,
     Callback,
@@ -296,6 +297,11 @@ class CaServer:
     def _default_elector(self) -> ElectorFactory:
         identity = self.cfg.replica or replica_identity()
         api = self.api
+        if api is None and self.cfg.shares_port:  # a worker of --processes N: one of them leads
+            lock = self.cfg.state_dir / LEADER_LOCK
+            return lambda started, stopped: FileLockElector(
+                lock, identity, clock=self.clock, on_started_leading=started, on_stopped_leading=stopped
+            )
         if api is None:
             return lambda started, stopped: SoleElector(
                 identity, on_started_leading=started, on_stopped_leading=stopped
@@ -348,10 +354,15 @@ class CaServer:
     def _start(self) -> None:
         extra = tuple(s for s in (self.admin, self.rotation, self.ca_keys_api, self.control) if s is not None)
         streams = self.control.max_sessions if self.control is not None else 0
+        reuse_port = self.cfg.shares_port
         server: ApiServer = (
-            AsyncioServer(self.service, extra=extra, max_concurrent=UNARY_CALLS + streams)
+            AsyncioServer(
+                self.service, extra=extra, max_concurrent=UNARY_CALLS + streams, reuse_port=reuse_port
+            )
             if self.cfg.grpc_server == "asyncio"
-            else ThreadedServer(self.service, workers=self.cfg.grpc_workers, extra=extra)
+            else ThreadedServer(
+                self.service, workers=self.cfg.grpc_workers, extra=extra, reuse_port=reuse_port
+            )
         )
         self._server = server
         if self.control is not None and not isinstance(server, AsyncioServer):
@@ -750,9 +761,11 @@ def _nothing_changed() -> None:
 
 
 def check_ports_free(cfg: ServeConfig) -> None:
-    """Stop before anything is written when another process holds one of our ports."""
-    check_free("--listen", cfg.listen)
-    if cfg.renew_listen is not None:
+    """Stop before anything is written when another process holds one of our ports. A worker of
+    --processes N shares its gRPC ports with the others (its supervisor checked them)."""
+    if not cfg.shares_port:
+        check_free("--listen", cfg.listen)
+    if cfg.renew_listen is not None and not cfg.shares_port:
         check_free("--renew-listen", cfg.renew_listen)
     if cfg.metrics_listen is not None:
         check_free("--metrics-listen", cfg.metrics_listen)
