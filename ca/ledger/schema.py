@@ -152,6 +152,25 @@ bundle_holders = Table(
 )
 
 
+# Which agents have a control stream open to some CA replica (ca.ledger.connected_agents): each
+# replica's heartbeat, and the serials of the certificates its streams were opened with, changed
+# row by row as streams open and close. A dry run counts the serials of replicas whose heartbeat
+# is fresh.
+connected_replicas = Table(
+    "connected_replicas",
+    metadata,
+    Column("replica", String(253), primary_key=True),
+    Column("updated", String(32), nullable=False),
+)
+
+connected_serials = Table(
+    "connected_serials",
+    metadata,
+    Column("replica", String(253), primary_key=True),
+    Column("serial", String(SERIAL_LENGTH), primary_key=True),
+)
+
+
 def _v1(conn: Connection) -> None:
     """Entries, checkpoints and the head row, as first released."""
     v1 = MetaData()
@@ -203,7 +222,13 @@ def _v5(conn: Connection) -> None:
     bundle_holders.create(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5)
+def _v6(conn: Connection) -> None:
+    """Forced rotation over several replicas: the agents connected to each, for a dry run."""
+    connected_replicas.create(conn)
+    connected_serials.create(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_v1, _v2, _v3, _v4, _v5, _v6)
 CURRENT_VERSION = len(MIGRATIONS)
 
 

@@ -38,6 +38,7 @@ from ca.kube.election import Elector, SoleElector
 from ca.ledger import rotation_operations as operations
 from ca.ledger.bundle_holders import SqlBundleHolders
 from ca.ledger.changes import ChangeWatcher
+from ca.ledger.connected_agents import SqlConnectedAgents
 from ca.ledger.ledger import (
     HEAD_FILE,
     HeadFile,
@@ -62,6 +63,7 @@ from ca.server.ca_keys_api import CaKeysService
 from ca.server.ca_requests import CaInbox
 from ca.server.ca_status import status_document
 from ca.server.certificate_api import CertificateService, OutstandingOrders
+from ca.server.connections import SharedConnections
 from ca.server.control_api import THREADED_SERVER_AT_START, ControlService
 from ca.server.devtoken import DevTokenIssuer
 from ca.server.grpc_server import ApiServer, AsyncioServer, ThreadedServer
@@ -257,6 +259,7 @@ class CaServer:
     make_elector: ElectorFactory | None = None  # None: a Lease with cluster access, else the sole process
     keys: CaKeys | None = None  # the signing slots; None only in tests that build parts by hand
     holders: SharedHolders | None = None  # with a ledger: agents' roots counted over every replica
+    connections: SharedConnections | None = None  # with a ledger: the agents connected to every replica
     webhook_serving: ServingIdentity | None = None  # with --webhook-listen: the webhook's certificate
     _leadership: Leadership = field(init=False)
     _bundle_endpoint: BundleEndpoint | None = None
@@ -484,6 +487,10 @@ class CaServer:
             # order completes once (the UPDATE ... WHERE state = 'pushing' that changed the row),
             # and each replica's crl_published record describes the CRL that replica served.
             scheduler.add_job(self.push.tick, "interval", seconds=1, id="rotation-tick")
+        if self.connections is not None:
+            scheduler.add_job(
+                self._report_connections, "interval", seconds=1, id="connected-agents", max_instances=1
+            )
         scheduler.start()
         return scheduler
 
@@ -517,6 +524,22 @@ class CaServer:
         except Exception as err:
             log.warning("CA slot schedule failed; will retry", extra={"detail": str(err)})
 
+    def _report_connections(self) -> None:
+        assert self.connections is not None
+        try:
+            self.connections.report()
+        except Exception as err:
+            log.warning(
+                "could not share this replica's connected agents in the ledger; will retry",
+                extra={"detail": str(err)},
+            )
+
+    def _pushable_serials(self) -> set[str]:
+        """The serials a push from some replica reaches now (this one's alone without a ledger)."""
+        if self.connections is not None:
+            return self.connections.pushable()
+        return self.push.pushable_serials() if self.push is not None else set()
+
     @property
     def _inbox(self) -> CaInbox:
         return CaInbox(self.cfg.state_dir)
@@ -539,7 +562,7 @@ class CaServer:
                 now=self.clock.now(),
                 order_id=operations.new_order_id(os.urandom),
                 ordered_by=requested_by,
-                connected=frozenset(self.push.pushable_serials()),
+                connected=frozenset(self._pushable_serials()),
                 workloads=lambda pods, _restart: operations.pods_as_workloads(list(pods)),
             )
         except InvalidRequestError as err:
@@ -644,6 +667,7 @@ class CaServer:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         self._leadership.stop()  # releases the lease: another replica leads at its next try
+        self._withdraw_connections()
         if self._watcher is not None:
             self._watcher.stop()
         if self.pod_cache is not None:
@@ -666,10 +690,25 @@ class CaServer:
             self.ca_keys_api.close()
         if self.rotation_store is not None:
             self.rotation_store.dispose()
+        if self.connections is not None:
+            self.connections.dispose()
         if self.ledger is not None:
             self.ledger.close()
         remove_ports_file(self.cfg.ports_file)
         self._stopped.set()
+
+    def _withdraw_connections(self) -> None:
+        """This replica's agents reconnect to the others: it stops counting them at once."""
+        if self.connections is None:
+            return
+        try:
+            self.connections.withdraw()
+        except Exception as err:
+            log.warning(
+                "could not withdraw this replica's connected agents from the ledger; the other "
+                "replicas stop counting them within 10 s",
+                extra={"detail": str(err)},
+            )
 
     def wait(self) -> None:
         self._stopped.wait()
@@ -822,6 +861,11 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         _record_ca_event(ledger, what, authority)
     rotation_store = SqlRotationStore(ledger.store) if ledger is not None else None
     push = build_push(clock, rotation_store, keys, metrics)
+    connections = (
+        SharedConnections(SqlConnectedAgents(ledger.store), cfg.replica or replica_identity(), clock, push)
+        if ledger is not None and push is not None
+        else None
+    )
     authenticators = build_authenticators(
         cfg, clock, api, pod_cache, is_revoked=push.is_revoked if push is not None else None
     )
@@ -858,12 +902,13 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
             ledger=ledger,
             api=api,
             random_bytes=os.urandom,
-            connected=push.pushable_serials if push is not None else _no_connections,
+            connected=connections.pushable if connections is not None else _no_connections,
             changed=push.notify_changed if push is not None else _nothing_changed,
             store=rotation_store,
         ),
         push=push,
         rotation_store=rotation_store,
+        connections=connections,
         api=api,
         control=ControlService(
             coordinator=push,

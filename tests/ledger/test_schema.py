@@ -120,8 +120,8 @@ def test_a_v1_ledger_is_migrated_by_the_store(ledger_url: str, tmp_path: Path) -
     store = LedgerStore(ledger_url)
     try:
         assert store.migrate() == 1
-        assert store.schema_version() == schema.CURRENT_VERSION == 5
-        assert store.migrate() == 5  # a second run changes nothing
+        assert store.schema_version() == schema.CURRENT_VERSION == 6
+        assert store.migrate() == 6  # a second run changes nothing
         reasons = {r["seq"]: r["reason"] for r in query(store, "SELECT seq, reason FROM ledger_entries")}
         assert reasons == {1: "created", 2: None, 3: "token_expired", 4: None, 5: "impersonation_denied"}
         indexes = {i["name"] for i in inspect(store.engine).get_indexes("ledger_entries")}
