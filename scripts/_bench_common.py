@@ -257,6 +257,7 @@ class ServerFleet:
         `floor` starts the transport-floor server (see floor_server_main) instead of meshca.
         """
         ports_file = self.log_dir / f"server-{self.started + 1}.ports"
+        ports_file.unlink(missing_ok=True)  # another fleet's, in the same directory: not this server's
         pid = self._spawn(ports_file, token_cache_size, floor)
         self._wait(ports_file.exists, timeout_s, f"{ports_file} to be written")
         return pid, int(json.loads(ports_file.read_text())["grpc"])

@@ -565,7 +565,7 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
         h50s, h99s = [p.p50_ms for p in st.half], [p.p99_ms for p in st.half]
         print(
             f"| {st.label} | {_spread(st.floors, ',.0f')}/s | {_spread(rates, ',.0f')}/s | "
-            f"**{_spread(ratios, '.2f')}** | "
+            f"{'-' if st.transport else '**' + _spread(ratios, '.2f') + '**'} | "
             f"{statistics.median(p50s):.1f}/{statistics.median(p99s):.1f} ms | "
             f"{statistics.median(h50s):.2f}/{_spread(h99s, '.2f')} ms | {_spread(cpu_per_cert, '.3f')} ms |"
         )
