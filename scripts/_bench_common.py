@@ -213,14 +213,17 @@ def meshca_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ca.cli"]
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(code: Path | None = None) -> dict[str, str]:
     # Flags win over MESHCA_* anyway, but drop them and any in-cluster hint so that the
     # server cannot pick up cluster access or other settings from this shell.
-    return {
+    env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("MESHCA_") and k not in ("KUBERNETES_SERVICE_HOST", "KUBECONFIG")
     }
+    if code is not None:  # ahead of the installed package (an editable install's finder comes last)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
+    return env
 
 
 @dataclass
@@ -239,6 +242,9 @@ class ServerFleet:
     # CPUs the server and every process it starts (the ledger writer) may run on, set
     # before exec so that they inherit it; None leaves the affinity alone.
     cpus: tuple[int, ...] | None = None
+    # A source tree whose `ca` package the servers run instead of this checkout's (a baseline
+    # to compare with: `git archive REV ca | tar -x -C DIR`).
+    code: Path | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)  # logs[i] is the output of procs[i]
     started: int = 0
@@ -291,7 +297,7 @@ class ServerFleet:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_server_env(),
+                env=_server_env(self.code),
                 preexec_fn=functools.partial(_before_exec, self.cpus),
             )
         self.procs.append(proc)

@@ -71,6 +71,7 @@ class PinnedSettings:
     grpc_server: str | None
     ledgers: tuple[str, ...]  # which of LEDGER_SETTINGS to run ("off", "auto")
     transports: tuple[str, ...]  # gRPC server models whose transport floor to measure
+    baseline: Path | None  # a source tree whose `ca` runs as extra settings, interleaved
     prefilled: int  # also run the ledger-on server on a ledger already holding this many records
 
 
@@ -103,6 +104,13 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         "--transports",
         default="asyncio,threaded",
         help="also serve pre-issued responses on these gRPC server models (the transport floor; '' for none)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also run each ledger setting on the `ca` package in this directory, interleaved in the "
+        "same rounds (make it with: git archive REV ca | tar -x -C DIR)",
     )
     parser.add_argument(
         "--prefilled",
@@ -138,6 +146,7 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         grpc_server=a.grpc_server,
         ledgers=tuple(a.ledgers.split(",")),
         transports=tuple(t for t in a.transports.split(",") if t),
+        baseline=a.baseline.resolve() if a.baseline else None,
         prefilled=a.prefilled,
     )
 
@@ -361,11 +370,14 @@ class Setting:
     floors: list[float] = field(default_factory=list)  # the floor measured in the same round
     prefilled: Path | None = None  # a ledger file copied into the state dir before each run
     transport: str | None = None  # not meshca: the transport floor server on this gRPC server model
+    code: Path | None = None  # a baseline tree's `ca` (--baseline)
 
     @property
     def key(self) -> str:
         if self.transport is not None:
             return f"transport-{self.transport}"
+        if self.code is not None:
+            return f"baseline-{self.ledger}"
         return "full" if self.prefilled is not None else self.ledger
 
 
@@ -456,7 +468,12 @@ def fsync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
 
 def run_rounds(s: PinnedSettings) -> tuple[list[Setting], int]:
     ctx = multiprocessing.get_context("spawn")
-    settings = [Setting(label, ledger) for label, ledger in LEDGER_SETTINGS if ledger in s.ledgers]
+    settings = []
+    for label, ledger in LEDGER_SETTINGS:
+        if ledger in s.ledgers:
+            settings.append(Setting(label, ledger))
+            if s.baseline is not None:
+                settings.append(Setting(f"{label}, baseline", ledger, code=s.baseline))
     with tempfile.TemporaryDirectory(prefix="meshca-pinned-") as tmp_name:
         tmp = Path(tmp_name)
         state_dir = tmp / "state"
@@ -502,7 +519,13 @@ def _one_setting(
         shutil.copyfile(setting.prefilled, ledger_file)
     model = setting.transport or s.grpc_server
     with ServerFleet(
-        state_dir, logs, "ec-p256", ledger=setting.ledger, cpus=(s.server_cpu,), grpc_server=model
+        state_dir,
+        logs,
+        "ec-p256",
+        ledger=setting.ledger,
+        cpus=(s.server_cpu,),
+        grpc_server=model,
+        code=setting.code,
     ) as fleet:
         if setting.transport is not None:
             fleet.pool_file = tmp / "pool.json"
@@ -589,6 +612,10 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
     ratio_on_off = _ratios(by_ledger, "auto", "off")
     if ratio_on_off:
         print(f"ledger on / ledger off: {_spread(ratio_on_off, '.2f')}")
+    for ledger in ("off", "auto"):
+        versus = _ratios(by_ledger, ledger, f"baseline-{ledger}")
+        if versus:
+            print(f"{by_ledger[ledger].label} / baseline: {_spread(versus, '.2f')}")
     full = _ratios(by_ledger, "full", "auto")
     if full:
         print(f"{by_ledger['full'].label} / empty ledger: {_spread(full, '.2f')}")
