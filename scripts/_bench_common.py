@@ -771,6 +771,24 @@ def client_process(spec: LoadSpec, index: int, queue: Any, go: Any, t0: Any) -> 
             ch.channel.close()
 
 
+def collect(results_queue: Any, kind: str, count: int, timeout_s: float) -> list[Any]:
+    """The payloads of `count` client reports of `kind`; a client's error is raised here."""
+    import queue as queue_module
+
+    deadline = time.monotonic() + timeout_s
+    got: list[Any] = []
+    while len(got) < count:
+        try:
+            what, index, payload = results_queue.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue_module.Empty:
+            raise TimeoutError(f"client processes did not report '{kind}' within {timeout_s:.0f}s") from None
+        if what == "error":
+            raise RuntimeError(f"client process {index} failed: {payload}")
+        if what == kind:
+            got.append(payload)
+    return got
+
+
 def split_evenly(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 

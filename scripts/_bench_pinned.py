@@ -41,6 +41,7 @@ from _bench_common import (
     RequestPool,
     ServerFleet,
     client_process,
+    collect,
     make_pool,
     percentile,
     process_cpu_seconds,
@@ -314,7 +315,7 @@ def run_phase(
     try:
         for proc in procs:
             proc.start()
-        _collect(results_queue, "ready", len(procs), 90)
+        collect(results_queue, "ready", len(procs), 90)
         t0.value = time.perf_counter() + 0.05
         go.set()
         w_start = t0.value + s.warmup_s
@@ -324,7 +325,7 @@ def run_phase(
             during()
         sleep_until(w_start + s.duration_s)
         cpu1 = process_cpu_seconds(server_pid)
-        results: list[ClientResult] = _collect(results_queue, "done", len(procs), 60)
+        results: list[ClientResult] = collect(results_queue, "done", len(procs), 60)
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -339,23 +340,6 @@ def run_phase(
         server_cpu=(cpu1 - cpu0) / s.duration_s,
         client_cpu=sum(r.cpu_s for r in results) / s.duration_s,
     )
-
-
-def _collect(results_queue: Any, kind: str, count: int, timeout_s: float) -> list[Any]:
-    import queue as queue_module
-
-    deadline = time.monotonic() + timeout_s
-    got: list[Any] = []
-    while len(got) < count:
-        try:
-            what, index, payload = results_queue.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue_module.Empty:
-            raise TimeoutError(f"client processes did not report '{kind}' in {timeout_s:.0f}s") from None
-        if what == "error":
-            raise RuntimeError(f"client process {index} failed: {payload}")
-        if what == kind:
-            got.append(payload)
-    return got
 
 
 # --------------------------------------------------------------------------- rounds

@@ -55,7 +55,6 @@ import math
 import multiprocessing
 import os
 import platform
-import queue as queue_module
 import signal
 import statistics
 import sys
@@ -79,6 +78,7 @@ from _bench_common import (
     ServerFleet,
     check_ledger,
     client_process,
+    collect,
     fresh_postgres_database,
     make_pool,
     percentile,
@@ -468,7 +468,7 @@ class Bench:
         try:
             for proc in procs:
                 proc.start()
-            self._collect(results_queue, "ready", len(procs), timeout_s=90)
+            collect(results_queue, "ready", len(procs), timeout_s=90)
             t0.value = time.perf_counter() + 0.05
             go.set()
             w_start = t0.value + warmup
@@ -477,9 +477,7 @@ class Bench:
             sleep_until(w_start + duration)
             cpu1 = [process_cpu_seconds(pid) for pid in server_pids]
             drain = max(spec.drain_s for spec in specs)
-            results: list[ClientResult] = self._collect(
-                results_queue, "done", len(procs), timeout_s=drain + 30
-            )
+            results: list[ClientResult] = collect(results_queue, "done", len(procs), timeout_s=drain + 30)
         finally:
             for proc in procs:
                 if proc.is_alive():
@@ -537,23 +535,6 @@ class Bench:
         result = self.run(label, port, token_cache, in_flight=chosen)
         result.sweep = sweep
         return result
-
-    @staticmethod
-    def _collect(results_queue: Any, kind: str, count: int, timeout_s: float) -> list[Any]:
-        deadline = time.monotonic() + timeout_s
-        got: list[Any] = []
-        while len(got) < count:
-            try:
-                what, index, payload = results_queue.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue_module.Empty:
-                raise TimeoutError(
-                    f"client processes did not report '{kind}' within {timeout_s:.0f}s"
-                ) from None
-            if what == "error":
-                raise RuntimeError(f"client process {index} failed: {payload}")
-            if what == kind:
-                got.append(payload)
-        return got
 
 
 # --------------------------------------------------------------------------- output

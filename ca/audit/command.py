@@ -16,9 +16,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cryptography.hazmat.primitives.asymmetric import ed25519
-
-from ca.audit import render
+from ca.audit import render, sources
 from ca.audit.settings import DOCUMENT_FORMATS, AuditConfig
 from ca.common.files import atomic_write
 from ca.common.progress import ProgressCallback
@@ -28,10 +26,7 @@ from ca.ledger.checkpoint import Checkpoint
 from ca.ledger.ledger import HEAD_FILE
 from ca.ledger.live_verify import (
     UnreadableHead,
-    load_verify_key,
-    read_head_file,
     verify_at_head,
-    verify_key_from_pem,
 )
 from ca.ledger.reader import LedgerReader, open_reader
 from ca.ledger.verify import VerifyReport
@@ -193,10 +188,9 @@ def _document(cfg: AuditConfig, out: TextIO) -> int:
     """The report as a document (ca.audit.document): to --out, or to `out`."""
     from ca.audit.document import build_document
     from ca.audit.document_render import render_html, render_markdown
-    from ca.audit.sources import gather
 
     with _reader(cfg) as reader:
-        document = build_document(gather(cfg, reader))
+        document = build_document(sources.gather(cfg, reader))
     text = render_html(document) if cfg.output == "html" else render_markdown(document)
     if cfg.out is None:
         out.write(text)
@@ -213,42 +207,14 @@ def _document(cfg: AuditConfig, out: TextIO) -> int:
 
 def _external_heads(cfg: AuditConfig) -> tuple[list[Checkpoint], list[str]]:
     """The signed heads kept outside the database and where they were found."""
-    heads: list[Checkpoint] = []
-    found: list[str] = []
-    path = cfg.state_dir / HEAD_FILE
-    head = read_head_file(path)
-    if head is not None:
-        heads.append(head)
-        found.append(str(path))
-    if cfg.kubeconfig is not None:
-        from ca.kube import client as kube
-
-        api = kube.api_client(cfg.kubeconfig, in_cluster=False)
-        head = kube.read_ledger_head(api, namespace=cfg.ca_namespace)
-        if head is not None:
-            heads.append(head)
-            found.append(f"ConfigMap {cfg.ca_namespace}/{kube.LEDGER_HEAD_CONFIGMAP}")
-    return heads, found
-
-
-def _verify_key(cfg: AuditConfig) -> ed25519.Ed25519PublicKey:
-    """--ledger-key, else the state directory's key file, else (with --kubeconfig) the CA's
-    ledger key Secret."""
-    if cfg.ledger_key_given or cfg.kubeconfig is None or cfg.ledger_key.is_file():
-        return load_verify_key(cfg.ledger_key)
-    from ca.kube import client as kube
-
-    api = kube.api_client(cfg.kubeconfig, in_cluster=False)
-    pem = kube.read_ledger_key_secret(api, namespace=cfg.ca_namespace)
-    if pem is None:
-        return load_verify_key(cfg.ledger_key)  # says which file is missing and what to give
-    return verify_key_from_pem(pem, f"Secret {cfg.ca_namespace}/{kube.LEDGER_KEY_SECRET}")
+    found = sources.external_heads(cfg)
+    return [head for head, _ in found], [where for _, where in found]
 
 
 def _verify(cfg: AuditConfig, out: TextIO) -> int:
     found: list[str] = []
     with _reader(cfg) as reader:  # first: with no ledger there, that is what to say
-        key = _verify_key(cfg)
+        key = sources.verify_key(cfg)
         try:
             heads, found = _external_heads(cfg)
         except UnreadableHead as err:
