@@ -221,6 +221,10 @@ def _agent(settings: InjectSettings, *, once: bool) -> dict[str, Any]:
     name = names.AGENT_INIT if once else names.AGENT
     container = _container(name, agent_args(settings, once=once), settings, mounts)
     if not once:
+        # Named so that a PodMonitor can scrape the agent's /metrics, served on the same port.
+        container["ports"] = [
+            {"name": "meshca-agent", "containerPort": names.AGENT_HEALTH_PORT, "protocol": "TCP"}
+        ]
         container["readinessProbe"] = {
             "httpGet": {"path": "/healthz/ready", "port": names.AGENT_HEALTH_PORT},
             "periodSeconds": 5,

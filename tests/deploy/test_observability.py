@@ -188,12 +188,13 @@ def test_the_monitoring_component_renders_with_an_overlay_and_scrapes_meshcas_po
     [endpoint] = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    # The PodMonitor scrapes the port `meshca inject` gives the enforcer.
-    [pod_endpoint] = find(manifests, "PodMonitor", "meshca-enforcers")["spec"]["podMetricsEndpoints"]
-    assert pod_endpoint["port"] in injected_enforcer_port_names()
+    # The PodMonitor scrapes the ports `meshca inject` gives the enforcer and the agent.
+    pod_endpoints = find(manifests, "PodMonitor", "meshca-workloads")["spec"]["podMetricsEndpoints"]
+    assert {e["port"] for e in pod_endpoints} == {"meshca-metrics", "meshca-agent"}
+    assert {e["port"] for e in pod_endpoints} <= injected_port_names()
 
 
-def injected_enforcer_port_names() -> set[str]:
+def injected_port_names() -> set[str]:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -201,9 +202,10 @@ def injected_enforcer_port_names() -> set[str]:
         "spec": {"containers": [{"name": "web", "image": "web", "ports": [{"containerPort": 8080}]}]},
     }
     injected = inject_pod(pod).pod
+    spec = injected["spec"]
     return {
         port["name"]
-        for container in injected["spec"]["containers"]
+        for container in [*spec["containers"], *spec.get("initContainers", ())]
         if container["name"] != "web"
         for port in container.get("ports") or ()
         if "name" in port
