@@ -38,7 +38,13 @@ def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table() -> No
     summary: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["method"] == "pinned"
     settings = summary["settings"]
-    assert list(settings) == ["ledger off", "ledger on (SQLite, default)", "ledger on, 3,000 records"]
+    assert list(settings) == [
+        "ledger off",
+        "ledger on (SQLite, default)",
+        "transport only (asyncio, pre-issued)",
+        "transport only (threaded, pre-issued)",
+        "ledger on, 3,000 records",
+    ]
     for figures in settings.values():
         assert figures["errors"] == 0
         assert figures["certs_per_s"][0] > 0 and figures["floor_per_s"][0] > 0
