@@ -20,7 +20,9 @@ SATURATED = 0.85  # busy share from which the loop counts as short of CPU
 
 
 class LoopLoad:
-    """The busy share of the last complete window of at least `window_s`."""
+    """The busy share of the last complete window of at least `window_s`, and of the one before:
+    short of CPU means both were busy, so that a burst (a garbage collection, a handful of
+    requests arriving together) at half load does not count."""
 
     def __init__(
         self,
@@ -35,12 +37,14 @@ class LoopLoad:
         self._window_start = monotonic()
         self._idle_s = 0.0
         self._busy_share = 0.0
+        self._previous_share = 0.0
 
     def waited(self, started: float, ended: float) -> None:
         """The loop waited from `started` to `ended` (monotonic seconds)."""
         self._idle_s += max(0.0, ended - started)
         elapsed = ended - self._window_start
         if elapsed >= self._window_s:
+            self._previous_share = self._busy_share
             self._busy_share = max(0.0, 1.0 - self._idle_s / elapsed)
             self._window_start, self._idle_s = ended, 0.0
 
@@ -49,10 +53,10 @@ class LoopLoad:
         return self._busy_share
 
     def saturated(self) -> bool:
-        """True while the loop was busy at least `threshold` of the last window, and that window
-        is recent: a loop that has not come back from `select` since is waiting, not busy."""
+        """True while the loop was busy at least `threshold` of each of the last two windows, and
+        the last is recent: a loop that has not come back from `select` since is waiting, not busy."""
         recent = self._monotonic() - self._window_start < 2 * self._window_s
-        return recent and self._busy_share >= self._threshold
+        return recent and min(self._busy_share, self._previous_share) >= self._threshold
 
     @property
     def monotonic(self) -> Callable[[], float]:

@@ -27,11 +27,27 @@ def test_the_busy_share_is_that_of_the_last_complete_window() -> None:
     load.waited(0.375, 0.5)
     assert load.busy_share == 0.75
     assert not load.saturated()
-    # 0.46875 s of work, a 0.03125 s wait: 93.75% busy.
+    # 0.46875 s of work, a 0.03125 s wait: 93.75% busy, but the window before was not.
     t.now = 1.0
     load.waited(0.96875, 1.0)
     assert load.busy_share == 0.9375
+    assert not load.saturated()
+    # Another busy window: short of CPU.
+    t.now = 1.5
+    load.waited(1.5, 1.5)
+    assert load.busy_share == 1.0
     assert load.saturated()
+
+
+def test_one_busy_window_between_quiet_ones_is_a_burst_not_a_shortage() -> None:
+    t = Ticks()
+    load = LoopLoad(t, window_s=0.5, threshold=0.85)
+    shares = []
+    for end, waited in ((0.5, 0.25), (1.0, 0.0), (1.5, 0.25), (2.0, 0.0), (2.5, 0.25)):
+        t.now = end
+        load.waited(end - waited, end)
+        shares.append(load.saturated())
+    assert shares == [False, False, False, False, False]
 
 
 def test_a_window_counts_only_when_complete() -> None:
@@ -45,13 +61,14 @@ def test_a_window_counts_only_when_complete() -> None:
 def test_a_loop_that_has_not_come_back_from_waiting_is_not_saturated() -> None:
     t = Ticks()
     load = LoopLoad(t, window_s=0.5)
-    t.now = 0.5
-    load.waited(0.5, 0.5)
+    for end in (0.5, 1.0):
+        t.now = end
+        load.waited(end, end)
     assert load.saturated()
-    t.now = 0.75  # still within two windows of the last one closing
+    t.now = 1.25  # still within two windows of the last one closing
     assert load.saturated()
     # The loop then waits in select for a long time: no window closes, but it is idle.
-    t.now = 1.5
+    t.now = 2.0
     assert not load.saturated()
 
 
