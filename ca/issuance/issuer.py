@@ -17,8 +17,7 @@ from cryptography import x509
 from ca.common.clock import Clock
 from ca.common.durations import format_duration
 from ca.errors import ConfigError, InvalidRequestError
-from ca.issuance import leaf_der as leaf_der_module
-from ca.issuance import profile
+from ca.issuance import leaf_der, profile
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.csr import ParsedCsr
 from ca.issuance.keys import KeyPolicy
@@ -138,11 +137,11 @@ class Issuer:
             now=self._clock.now(), ttl=ttl, issuer=authority.signing_cert
         )
         serial = self._serials()
-        leaf_der = self._leaves.issue(
+        der = self._leaves.issue(
             authority, csr.public_key, spiffe_id=spiffe_id, serial=serial, validity=(not_before, not_after)
         )
-        leaf = x509.load_der_x509_certificate(leaf_der)
-        leaf_pem = leaf_der_module.pem(leaf_der)
+        leaf = x509.load_der_x509_certificate(der)
+        leaf_pem = leaf_der.pem(der)
         return IssuedCertificate(
             certificate=leaf,
             chain=authority.response_chain(leaf_pem),

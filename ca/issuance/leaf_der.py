@@ -183,7 +183,8 @@ def pem(certificate_der: bytes) -> str:
 class LeafWriter:
     """Workload leaves as DER: through a template per signing CA and key kind, made from the first
     leaf the builder writes for them; through the builder alone where a template cannot be made
-    (a CA key the template does not sign with) or an identity is not ASCII."""
+    (a CA key the template does not sign with). SPIFFE IDs are ASCII (ca.issuance.spiffe_id), as
+    the URI's IA5String needs."""
 
     def __init__(self) -> None:
         self._fingerprint = ""
@@ -201,16 +202,12 @@ class LeafWriter:
         if authority.fingerprint != self._fingerprint:  # a new CA: the old templates are done with
             self._fingerprint, self._templates = authority.fingerprint, {}
         kind = isinstance(subject_key, rsa.RSAPublicKey)  # the only difference: keyUsage
-        if kind not in self._templates or not spiffe_id.uri.isascii():
+        template = self._templates.get(kind)
+        if template is None:
             leaf = _built(authority, subject_key, spiffe_id=spiffe_id, serial=serial, validity=validity)
-            if kind not in self._templates:
+            if kind not in self._templates:  # the first leaf of its kind: made into the template
                 self._templates[kind] = _template_of(leaf, authority)
             return leaf.public_bytes(serialization.Encoding.DER)
-        template = self._templates[kind]
-        if template is None:
-            return _built(
-                authority, subject_key, spiffe_id=spiffe_id, serial=serial, validity=validity
-            ).public_bytes(serialization.Encoding.DER)
         spki = subject_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
