@@ -114,10 +114,8 @@ class LeafTemplate:
         )
         if version != VERSION_3 or subject != EMPTY_NAME or extensions[:1] != b"\xa3":
             raise DerError("the prototype is not a v3 leaf with an empty subject and extensions")
-        items = _children(_content(extensions))
-        oids = [_children(item)[0] for item in items]
-        expected = [_tlv(0x06, _oid_content(oid)) for oid in EXTENSION_ORDER]
-        if oids != expected:
+        items = _children(_content(extensions))  # in the order cryptography lists them
+        if [extension.oid for extension in prototype.extensions] != list(EXTENSION_ORDER):
             raise DerError("the prototype's extensions are not profile._leaf's, in its order")
         if prototype.signature_hash_algorithm is None:
             raise DerError("the prototype's signature has no separate hash")
@@ -150,19 +148,6 @@ class LeafTemplate:
 
     def certificate(self, tbs_certificate: bytes, signature: bytes) -> bytes:
         return _tlv(0x30, tbs_certificate + self.signature_algorithm + _tlv(0x03, b"\x00" + signature))
-
-
-def _oid_content(oid: x509.ObjectIdentifier) -> bytes:
-    arcs = [int(arc) for arc in oid.dotted_string.split(".")]
-    out = bytearray((arcs[0] * 40 + arcs[1],))
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        out.extend(reversed(chunk))
-    return bytes(out)
 
 
 def sign(tbs_certificate: bytes, key: object, signature_hash: hashes.HashAlgorithm) -> bytes:
