@@ -185,6 +185,14 @@ def process_cpu_seconds(pid: int) -> float:
     return own + sum(process_cpu_seconds(child) for child in _children(pid))
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: its children, theirs, and so on."""
+    found: list[int] = []
+    for child in _children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 def _children(pid: int) -> list[int]:
     found: list[int] = []
     for children in Path(f"/proc/{pid}/task").glob("*/children"):

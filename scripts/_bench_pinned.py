@@ -42,6 +42,7 @@ from _bench_common import (
     ServerFleet,
     client_process,
     collect,
+    descendants,
     make_pool,
     percentile,
     process_cpu_seconds,
@@ -400,7 +401,7 @@ def profile_phase(
         server_tids: list[int] = []
 
         def sample() -> None:
-            for process in [pid, *_descendants(pid)]:
+            for process in [pid, *descendants(pid)]:
                 server_tids.extend(int(t.name) for t in Path(f"/proc/{process}/task").iterdir())
             if prof.perf_available():
                 prof.record_perf(s.server_cpu, s.profile_s, perf_file)
@@ -417,18 +418,6 @@ def profile_phase(
     prof.print_shares("py-spy, innermost Python frame by what it does:", groups)
     prof.print_shares("py-spy, top innermost functions:", frames, limit=25)
     print(f"(raw files in {out_dir})")
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            kids = [int(c) for c in children.read_text().split()]
-        except OSError:
-            continue
-        for kid in kids:
-            found += [kid, *_descendants(kid)]
-    return found
 
 
 def fsync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
