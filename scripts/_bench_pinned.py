@@ -526,7 +526,10 @@ def _one_setting(
 # --------------------------------------------------------------------------- report
 
 
-def _spread(values: Sequence[float], fmt: str) -> str:
+def spread(values: Sequence[float], fmt: str) -> str:
+    """The median, with (min-max) when there is more than one value; '-' for none."""
+    if not values:
+        return "-"
     med = statistics.median(values)
     if len(values) == 1:
         return format(med, fmt)
@@ -560,10 +563,10 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
         p50s, p99s = [p.p50_ms for p in st.peak], [p.p99_ms for p in st.peak]
         h50s, h99s = [p.p50_ms for p in st.half], [p.p99_ms for p in st.half]
         print(
-            f"| {st.label} | {_spread(st.floors, ',.0f')}/s | {_spread(rates, ',.0f')}/s | "
-            f"{'-' if st.transport else '**' + _spread(ratios, '.2f') + '**'} | "
+            f"| {st.label} | {spread(st.floors, ',.0f')}/s | {spread(rates, ',.0f')}/s | "
+            f"{'-' if st.transport else '**' + spread(ratios, '.2f') + '**'} | "
             f"{statistics.median(p50s):.1f}/{statistics.median(p99s):.1f} ms | "
-            f"{statistics.median(h50s):.2f}/{_spread(h99s, '.2f')} ms | {_spread(cpu_per_cert, '.3f')} ms |"
+            f"{statistics.median(h50s):.2f}/{spread(h99s, '.2f')} ms | {spread(cpu_per_cert, '.3f')} ms |"
         )
         errors = sum(p.errors for p in st.peak + st.half)
         if errors:
@@ -584,14 +587,14 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
     by_ledger = {st.key: st for st in settings}
     ratio_on_off = _ratios(by_ledger, "auto", "off")
     if ratio_on_off:
-        print(f"ledger on / ledger off: {_spread(ratio_on_off, '.2f')}")
+        print(f"ledger on / ledger off: {spread(ratio_on_off, '.2f')}")
     for ledger in ("off", "auto"):
         versus = _ratios(by_ledger, ledger, f"baseline-{ledger}")
         if versus:
-            print(f"{by_ledger[ledger].label} / baseline: {_spread(versus, '.2f')}")
+            print(f"{by_ledger[ledger].label} / baseline: {spread(versus, '.2f')}")
     full = _ratios(by_ledger, "full", "auto")
     if full:
-        print(f"{by_ledger['full'].label} / empty ledger: {_spread(full, '.2f')}")
+        print(f"{by_ledger['full'].label} / empty ledger: {spread(full, '.2f')}")
     busy = max(p.client_cpu for st in settings for p in st.peak)
     if busy > 0.9:
         print(f"WARNING: the load generator used {busy:.2f} of its core: the figures may be its limit")

@@ -24,7 +24,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -36,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _bench_common import ServerFleet, make_pool
-from _bench_pinned import Phase, PinnedSettings, _specs, parse_pinned, run_phase, server_token_cache
+from _bench_pinned import (
+    Phase,
+    PinnedSettings,
+    _specs,
+    parse_pinned,
+    run_phase,
+    server_token_cache,
+    spread,
+)
 
 
 @dataclass
@@ -135,13 +142,6 @@ def run(s: PinnedSettings, a: argparse.Namespace) -> list[Setting]:
     return settings
 
 
-def _spread(values: Sequence[float], fmt: str) -> str:
-    if not values:
-        return "-"
-    median = format(statistics.median(values), fmt)
-    return median if len(values) == 1 else f"{median} ({format(min(values), fmt)}-{format(max(values), fmt)})"
-
-
 def report(s: PinnedSettings, a: argparse.Namespace, settings: list[Setting]) -> dict[str, Any]:
     print()
     print(
@@ -155,7 +155,7 @@ def report(s: PinnedSettings, a: argparse.Namespace, settings: list[Setting]) ->
     for st in settings:
         rates = [p.certs_per_s for p in st.peaks]
         print(
-            f"| {st.processes} | {_spread(rates, ',.0f')} | {_spread(st.cpu_ms_per_cert(), '.3f')} ms | "
+            f"| {st.processes} | {spread(rates, ',.0f')} | {spread(st.cpu_ms_per_cert(), '.3f')} ms | "
             f"{'; '.join(st.loads)} |"
         )
         summary[str(st.processes)] = {
