@@ -88,3 +88,15 @@ def test_a_missing_policy_directory_is_a_config_error(
     code, _, err = report(capsys, mesh, "--format", "markdown", "--policies", str(tmp_path / "absent"))
     assert code == 2
     assert "meshca: error:" in err
+
+
+def test_an_out_path_that_cannot_be_written_is_refused_with_what_to_do(
+    capsys: pytest.CaptureFixture[str], mesh: ComplianceMesh, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, out, err = report(capsys, mesh, "--format", "html", "--out", str(blocker / "report.html"))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"meshca: error: cannot write the report to {blocker / 'report.html'} (")
+    assert "give --out a path you may write" in err
+    assert "Traceback" not in err
