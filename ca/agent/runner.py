@@ -237,6 +237,7 @@ def build_agent(cfg: AgentConfig, clock: Clock | None = None) -> AgentProcess:
     assert broadcast is not None and metrics is not None  # built for an agent that runs
     if control is not None:
         metrics.follow_control_stream(control)
+        metrics.follow_revocations(lambda: broadcast.snapshot().revocations.next_update)
     # The port first: an agent that cannot have it stops before replacing any socket file.
     if cfg.health_listen is not None:
         from ca.net.status_http import StatusServer

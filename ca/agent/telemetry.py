@@ -3,7 +3,7 @@ has none of) and readiness, for `ca.net.status_http.StatusServer`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -46,6 +46,26 @@ class _HeldCertificate(Collector):
         not_after = self._metrics.held_not_after()
         if not_after is not None:
             family.add_metric([], not_after.timestamp())
+        yield family
+
+
+class _HeldRevocations(Collector):
+    """The earliest nextUpdate of the CA's revocation lists the agent serves; no sample before the
+    first lists arrive. Past it Envoy refuses every peer, so an alert watches it."""
+
+    def __init__(self, next_update: Callable[[], datetime | None]) -> None:
+        self._next_update = next_update
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "meshca_agent_crl_next_update_timestamp_seconds",
+            "The earliest nextUpdate of the CA's revocation lists the agent serves (crl.pem, the "
+            "ROOTCA SDS secret), as a Unix time (no sample before the first lists); once it passes, "
+            "Envoy refuses every peer until the CA sends newer ones.",
+        )
+        next_update = self._next_update()
+        if next_update is not None:
+            family.add_metric([], next_update.timestamp())
         yield family
 
 
@@ -127,6 +147,11 @@ class AgentMetrics:
     def follow_control_stream(self, stream: ControlState) -> None:
         """Export the control stream's state (an agent without --ca-control-addr has none)."""
         self.registry.register(_ControlStream(stream))
+
+    def follow_revocations(self, next_update: Callable[[], datetime | None]) -> None:
+        """Export when the revocation lists served now expire (`next_update`, read at scrape time;
+        None while the agent serves none)."""
+        self.registry.register(_HeldRevocations(next_update))
 
     def attempted(self, *, seconds: float, failure: str | None = None) -> None:
         self.outgoing.labels(request_type=REQUEST_TYPE).inc()

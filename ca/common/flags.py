@@ -35,6 +35,7 @@ DURATION_FLAGS = frozenset(
         "--ledger-checkpoint-interval",
         "--ledger-retention",
         "--ledger-linger",
+        "--crl-validity",
         "--once-timeout",
         "--grace",
         "--spread",

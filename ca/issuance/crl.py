@@ -48,6 +48,11 @@ REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
 _REASON_NAMES = {flag: name for name, flag in REVOCATION_REASONS.items()}
 
 CRL_BACKDATE = profile.CLOCK_SKEW
+CRL_VALIDITY = timedelta(hours=24)  # the CA's CRLs by default (`meshca serve --crl-validity`)
+# The CA signs the next CRL once half the validity has passed since thisUpdate (set CRL_BACKDATE
+# back), and an agent that reconnects after a CA restart waits up to a minute: below this, the
+# next CRL would come within minutes and reach such an agent barely before the old one expires.
+MIN_CRL_VALIDITY = timedelta(minutes=10)
 _PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----.+?-----END X509 CRL-----\r?\n?", re.DOTALL)
 
 

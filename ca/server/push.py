@@ -61,7 +61,7 @@ from ca._proto import meshca_control_pb2 as pb
 from ca.common.clock import Clock
 from ca.errors import CaMaterialError
 from ca.issuance.authority import SigningAuthority
-from ca.issuance.crl import build_crl, crl_der, crl_number
+from ca.issuance.crl import CRL_VALIDITY, build_crl, crl_der, crl_number
 from ca.issuance.slots import Acknowledgement
 from ca.ledger.rotation import (
     Holder,
@@ -111,7 +111,6 @@ class Session(Protocol):
         ...
 
 
-CRL_VALIDITY = timedelta(hours=24)
 BUNDLE_AFTER_CRL_S = 5.0
 
 

@@ -27,6 +27,7 @@ from ca.common.flags import (
 )
 from ca.errors import CaMaterialError, ConfigError, InvalidRequestError, InvalidSpiffeIdError
 from ca.inject.settings import InjectSettings
+from ca.issuance.crl import CRL_BACKDATE, CRL_VALIDITY, MIN_CRL_VALIDITY
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.kube_names import check_dns_label, check_dns_subdomain
@@ -89,6 +90,7 @@ class ServeConfig:
     inject: InjectSettings = field(default_factory=InjectSettings)  # what the webhook injects
     processes: int = 1  # --processes: over 1, a supervisor of that many workers (ca.server.processes)
     shares_port: bool = False  # a worker of --processes N: its gRPC ports are shared (SO_REUSEPORT)
+    crl_validity: timedelta = CRL_VALIDITY  # nextUpdate - thisUpdate of the CA's CRLs
 
     @property
     def has_cluster_access(self) -> bool:
@@ -223,6 +225,13 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
         "latency; with CPU to spare it never waits; 0 commits each batch at once)",
     )
     s.add(
+        "--crl-validity",
+        "24h",
+        "how long each CRL the CA signs is valid (nextUpdate); it signs the next at half of it. An "
+        "agent cut off from the CA keeps its CRL, and once it expires Envoy refuses every peer: "
+        f"longer rides out a longer CA outage ({format_duration(MIN_CRL_VALIDITY)} or more)",
+    )
+    s.add(
         "--admin-identity",
         None,
         "SPIFFE ID allowed to call the ledger admin gRPC service; repeatable or comma-separated "
@@ -355,6 +364,25 @@ def _ledger_linger(text: str) -> timedelta:
     return linger
 
 
+def _crl_validity(text: str) -> timedelta:
+    try:
+        validity = parse_duration(text)
+    except ConfigError as err:
+        raise ConfigError(f"--crl-validity: {err.message}") from None
+    if validity <= timedelta(0):
+        raise ConfigError(
+            f"--crl-validity {text} is not positive; give how long each CRL is valid, such as 24h"
+        )
+    if validity < MIN_CRL_VALIDITY:
+        raise ConfigError(
+            f"--crl-validity {text} is too short: the CA signs the next CRL when half of it has passed "
+            f"since thisUpdate (set {format_duration(CRL_BACKDATE)} back for clock skew), and an agent "
+            "reconnecting after a CA restart needs up to a minute to get it; give "
+            f"{format_duration(MIN_CRL_VALIDITY)} or more (default 24h)"
+        )
+    return validity
+
+
 def _check_cluster_needs(args: argparse.Namespace, *, has_cluster: bool) -> None:
     if has_cluster:
         return
@@ -408,6 +436,7 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeC
         ledger_checkpoint_interval=parse_duration(args.ledger_checkpoint_interval),
         ledger_retention=parse_duration(args.ledger_retention) or None,
         ledger_linger=_ledger_linger(args.ledger_linger),
+        crl_validity=_crl_validity(args.crl_validity),
         admin_identities=_admin_identities(args, trust_domain_flag(args.trust_domain)),
         log_level=args.log_level,
         ports_file=path_or_off(args.ports_file),

@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -774,12 +774,17 @@ def _record_ca_event(ledger: Ledger, event: str, authority: SigningAuthority) ->
 
 
 def build_push(
-    clock: Clock, store: SqlRotationStore | None, keys: CaKeys, metrics: CaMetrics
+    clock: Clock,
+    store: SqlRotationStore | None,
+    keys: CaKeys,
+    metrics: CaMetrics,
+    crl_validity: timedelta,
 ) -> PushCoordinator | None:
     """Forced rotation needs the ledger's database (orders and revocations live there)."""
     if store is None:
         return None
-    push = PushCoordinator(store=store, clock=clock, crl=crl_maker(lambda: keys.keyring.crl_signers()))
+    crl = crl_maker(lambda: keys.keyring.crl_signers(), crl_validity)
+    push = PushCoordinator(store=store, clock=clock, crl=crl)
     metrics.control_streams.set_function(push.session_count)
     metrics.rotation_orders_past_grace.set_function(push.orders_past_grace)
     return push
@@ -860,7 +865,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
     if ledger is not None:
         _record_ca_event(ledger, what, authority)
     rotation_store = SqlRotationStore(ledger.store) if ledger is not None else None
-    push = build_push(clock, rotation_store, keys, metrics)
+    push = build_push(clock, rotation_store, keys, metrics, cfg.crl_validity)
     connections = (
         SharedConnections(SqlConnectedAgents(ledger.store), cfg.replica or replica_identity(), clock, push)
         if ledger is not None and push is not None

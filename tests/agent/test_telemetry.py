@@ -8,9 +8,14 @@ from datetime import timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from ca.agent.broadcast import SvidBroadcast
 from ca.agent.telemetry import AgentMetrics
+from ca.issuance.crl import CRL_BACKDATE
 from tests.support.clock import FakeClock
-from tests.support.svids import make_svid
+from tests.support.crls import CRL_VALIDITY, crl_revoking
+from tests.support.svids import FakeCa, make_svid
+
+CRL_NEXT_UPDATE = "meshca_agent_crl_next_update_timestamp_seconds"
 
 
 def scraped(metrics: AgentMetrics) -> dict[str, float]:
@@ -70,3 +75,21 @@ def test_the_control_stream_state_is_read_at_scrape_time() -> None:
     samples = scraped(metrics)
     assert samples["meshca_agent_control_stream_connected"] == 1
     assert samples["meshca_agent_control_stream_connects_total"] == 3
+
+
+def test_the_crl_next_update_is_the_served_lists_and_absent_before_the_first() -> None:
+    """What MeshcaAgentCrlExpiringSoon reads: past it Envoy refuses every peer."""
+    clock = FakeClock()
+    ca = FakeCa(clock)
+    broadcast = SvidBroadcast(clock=clock)
+    metrics = AgentMetrics(clock)
+    metrics.follow_revocations(lambda: broadcast.snapshot().revocations.next_update)  # as the runner does
+    broadcast.publish(make_svid(clock, ca))
+    assert CRL_NEXT_UPDATE not in scraped(metrics)  # no lists yet: nothing to alert on
+    assert broadcast.publish_crl([crl_revoking(ca.issuer.authority, [], clock.now())])
+    first = clock.now() - CRL_BACKDATE + CRL_VALIDITY
+    assert scraped(metrics)[CRL_NEXT_UPDATE] == first.timestamp()
+    clock.advance(CRL_VALIDITY)  # the CA sent nothing newer: the value stays, past its time
+    assert scraped(metrics)[CRL_NEXT_UPDATE] == first.timestamp()
+    assert broadcast.publish_crl([crl_revoking(ca.issuer.authority, [], clock.now())])
+    assert scraped(metrics)[CRL_NEXT_UPDATE] == (clock.now() - CRL_BACKDATE + CRL_VALIDITY).timestamp()

@@ -38,6 +38,7 @@ def test_the_duration_flags_are_found_in_their_commands() -> None:
         ("serve", "--ledger-checkpoint-interval"),
         ("serve", "--ledger-retention"),
         ("serve", "--ledger-linger"),
+        ("serve", "--crl-validity"),
         ("agent", "--ttl"),
         ("agent", "--once-timeout"),
         ("token", "--ttl"),

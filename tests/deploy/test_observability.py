@@ -140,7 +140,8 @@ def test_every_alert_waits_has_a_severity_and_says_what_to_do() -> None:
     names = [rule["alert"] for rule in alerts()]
     assert len(names) == len(set(names))
     # What the issue asks for: roots and signing CAs near expiry, issuance errors, the ledger,
-    # agents on expired certificates, rotation orders past their grace.
+    # agents on expired certificates, rotation orders past their grace; and agents whose
+    # revocation lists near their nextUpdate (Envoy refuses every peer past it).
     assert set(names) == {
         "MeshcaRootCertificateExpiringSoon",
         "MeshcaSigningCaExpiringSoon",
@@ -148,6 +149,7 @@ def test_every_alert_waits_has_a_severity_and_says_what_to_do() -> None:
         "MeshcaLedgerWritesFailing",
         "MeshcaAgentCertificateExpired",
         "MeshcaRotationOrderPastGrace",
+        "MeshcaAgentCrlExpiringSoon",
     }
     for rule in alerts():
         assert rule["for"], rule["alert"]
@@ -245,6 +247,8 @@ def test_promtool_checks_the_rules_file() -> None:
 
 DAY_S = 86400
 AGENT_EXPIRY = "meshca_agent_certificate_expiry_timestamp_seconds"
+AGENT_CRL_NEXT_UPDATE = "meshca_agent_crl_next_update_timestamp_seconds"
+CRL_VALIDITY_FLAG = "6h"  # the mesh's CA: not the default, so that the value shows it was wired
 
 
 @dataclass(frozen=True)
@@ -326,6 +330,19 @@ SCENARIOS = [
         at="10m",
         firing=[{"job": "ca", "severity": "warning"}],
         not_yet="4m",
+    ),
+    Scenario(
+        alert="MeshcaAgentCrlExpiringSoon",
+        series={
+            # nextUpdate at 3 h: under 2 h left from 1 h on, so it fires 10 minutes later.
+            f'{AGENT_CRL_NEXT_UPDATE}{{job="agents",instance="10.0.0.1:15021"}}': "10800x120",
+            # The CA republished at 1h05 (5 minutes under 2 h left, not 10): no alert.
+            f'{AGENT_CRL_NEXT_UPDATE}{{job="agents",instance="10.0.0.2:15021"}}': "10800x65 54000x55",
+            f'{AGENT_CRL_NEXT_UPDATE}{{job="agents",instance="10.0.0.3:15021"}}': f"{DAY_S}x120",
+        },
+        at="1h15m",
+        firing=[{"job": "agents", "instance": "10.0.0.1:15021", "severity": "critical"}],
+        not_yet="1h5m",
     ),
 ]
 
@@ -410,6 +427,8 @@ def mesh() -> Iterator[Mesh]:
                     "127.0.0.1:0",
                     "--metrics-listen",
                     "127.0.0.1:0",
+                    "--crl-validity",
+                    CRL_VALIDITY_FLAG,
                     "--ports-file",
                     str(base / "serve.ports"),
                 ],
@@ -556,6 +575,14 @@ def test_the_processes_new_metrics_have_true_values(mesh: Mesh) -> None:
     [signing] = samples(ca, "citadel_server_cert_chain_expiry_timestamp")
     assert now + 59 * DAY_S < signing < root  # a 60-day signing CA under a 10-year root
     assert samples(ca, "meshca_rotation_orders_past_grace") == [0.0]
+    # The CA's CRL, signed for --crl-validity from a thisUpdate 2 minutes back, as the agent holds it.
+    wait_until(
+        lambda: samples(mesh.scrape("agent"), AGENT_CRL_NEXT_UPDATE),
+        30,
+        f"the agent's revocation lists{mesh.log_tail()}",
+    )
+    [crl_next_update] = samples(mesh.scrape("agent"), AGENT_CRL_NEXT_UPDATE)
+    assert 6 * 3600 - 600 < crl_next_update - now <= 6 * 3600  # --crl-validity 6h
     assert samples(ca, "meshca_control_streams") == [1.0]
     # The agent's certificate and the CA's start are in the ledger, and nothing failed.
     assert samples(ca, "meshca_ledger_entries_written_total")[0] >= 2

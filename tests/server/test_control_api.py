@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import TypeVar
 
 import grpc
@@ -78,6 +79,16 @@ def test_the_stream_starts_with_the_crl_then_an_order_made_while_the_agent_was_a
     assert stream.next().rotate == pb.RotateOrder(
         order_id=ORDER, serial=cart.serial, delay_ms=0, reason="test order"
     )
+
+
+def test_the_crl_is_valid_for_the_cas_crl_validity() -> None:
+    with ca_process("--crl-validity", "6h") as ca:
+        first = ca.control(ca.issue()).next()
+    assert kind(first) == "revocations"
+    for der in first.revocations.crl_der:
+        crl = x509.load_der_x509_crl(der)
+        assert crl.next_update_utc is not None
+        assert crl.next_update_utc - crl.last_update_utc == timedelta(hours=6)
 
 
 def test_an_order_made_while_connected_is_pushed_to_the_holder_within_seconds(ca: CaProcess) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ca.cli.main import build_parser
+from ca.cli.main import build_parser, main
 from ca.errors import ConfigError
+from ca.issuance.crl import CRL_VALIDITY
 from ca.issuance.issuer import IssuancePolicy, OverMaxTtl
 from ca.issuance.keys import KeyAlgorithm
 from ca.kube.election import ElectionTimings
@@ -190,6 +191,32 @@ def test_ledger_linger_defaults_to_10ms_and_stays_under_a_second() -> None:
     assert _serve(env={"MESHCA_LEDGER_LINGER": "2ms"}).ledger_linger == timedelta(milliseconds=2)
     with pytest.raises(ConfigError, match="longer than 1s"):
         _serve("--ledger-linger", "2s")
+
+
+def test_crl_validity_defaults_to_24h_and_is_at_least_10m() -> None:
+    assert _serve().crl_validity == CRL_VALIDITY == timedelta(hours=24)
+    assert _serve("--crl-validity", "6h").crl_validity == timedelta(hours=6)
+    assert _serve("--crl-validity", "10m").crl_validity == timedelta(minutes=10)
+    assert _serve(env={"MESHCA_CRL_VALIDITY": "3d"}).crl_validity == timedelta(days=3)
+    with pytest.raises(ConfigError, match=r"^--crl-validity 0 is not positive; give how long each CRL"):
+        _serve("--crl-validity", "0")
+    with pytest.raises(ConfigError, match=r"^--crl-validity 599s is too short: .* give 10m or more"):
+        _serve("--crl-validity", "599s")
+    with pytest.raises(ConfigError, match=r"^--crl-validity: 'a day' is not a duration"):
+        _serve("--crl-validity", "a day")
+
+
+@pytest.mark.parametrize(
+    ("value", "what_to_give"),
+    [("0", "such as 24h"), ("5m", "give 10m or more (default 24h)"), ("soon", "like 3600, 250ms")],
+)
+def test_a_bad_crl_validity_stops_serve_with_one_line_that_says_what_to_give(
+    value: str, what_to_give: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--state-dir", "/nonexistent/meshca-state", "--crl-validity", value]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("meshca: error: --crl-validity") and err.count("\n") == 1
+    assert what_to_give in err
 
 
 def test_token_leeway_defaults_to_30s_and_stays_within_0_to_5m() -> None:
