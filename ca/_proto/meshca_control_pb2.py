@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x61/_proto/meshca_control.proto\x12\x11meshca.control.v1\"\xa8\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.meshca.control.v1.HelloH\x00\x12/\n\x08replaced\x18\x02 \x01(\x0b\x32\x1b.meshca.control.v1.ReplacedH\x00\x12\x34\n\x0b\x62undle_held\x18\x03 \x01(\x0b\x32\x1d.meshca.control.v1.BundleHeldH\x00\x42\x06\n\x04kind\"Z\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x03(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\"D\n\x08Replaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nold_serial\x18\x02 \x01(\t\x12\x12\n\nnew_serial\x18\x03 \x01(\t\"5\n\nBundleHeld\x12\x15\n\rbundle_sha256\x18\x01 \x03(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xe5\x01\n\x0e\x43ontrolMessage\x12\x30\n\x06rotate\x18\x01 \x01(\x0b\x32\x1e.meshca.control.v1.RotateOrderH\x00\x12\x38\n\x0brevocations\x18\x02 \x01(\x0b\x32!.meshca.control.v1.RevocationListH\x00\x12-\n\x07reissue\x18\x03 \x01(\x0b\x32\x1a.meshca.control.v1.ReissueH\x00\x12\x30\n\x06\x62undle\x18\x04 \x01(\x0b\x32\x1e.meshca.control.v1.TrustBundleH\x00\x42\x06\n\x04kind\"Q\n\x0bRotateOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"E\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x03(\x0c\x12\x0e\n\x06number\x18\x02 \x01(\x04\x12\x12\n\nsigner_der\x18\x03 \x03(\x0c\")\n\x07Reissue\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0bTrustBundle\x12\x10\n\x08root_der\x18\x01 \x03(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x32\\\n\x07\x43ontrol\x12Q\n\x07\x43onnect\x12\x1f.meshca.control.v1.AgentMessage\x1a!.meshca.control.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63\x61/_proto/meshca_control.proto\x12\x11meshca.control.v1\"\xd5\x01\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.meshca.control.v1.HelloH\x00\x12/\n\x08replaced\x18\x02 \x01(\x0b\x32\x1b.meshca.control.v1.ReplacedH\x00\x12\x34\n\x0b\x62undle_held\x18\x03 \x01(\x0b\x32\x1d.meshca.control.v1.BundleHeldH\x00\x12+\n\x06rebind\x18\x04 \x01(\x0b\x32\x19.meshca.control.v1.RebindH\x00\x42\x06\n\x04kind\"Z\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x15\n\rbundle_sha256\x18\x02 \x03(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x11\n\tnode_name\x18\x04 \x01(\t\"D\n\x08Replaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x12\n\nold_serial\x18\x02 \x01(\t\x12\x12\n\nnew_serial\x18\x03 \x01(\t\"0\n\x06Rebind\x12\x17\n\x0f\x63\x65rtificate_der\x18\x01 \x01(\x0c\x12\r\n\x05proof\x18\x02 \x01(\x0c\"5\n\nBundleHeld\x12\x15\n\rbundle_sha256\x18\x01 \x03(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\xe5\x01\n\x0e\x43ontrolMessage\x12\x30\n\x06rotate\x18\x01 \x01(\x0b\x32\x1e.meshca.control.v1.RotateOrderH\x00\x12\x38\n\x0brevocations\x18\x02 \x01(\x0b\x32!.meshca.control.v1.RevocationListH\x00\x12-\n\x07reissue\x18\x03 \x01(\x0b\x32\x1a.meshca.control.v1.ReissueH\x00\x12\x30\n\x06\x62undle\x18\x04 \x01(\x0b\x32\x1e.meshca.control.v1.TrustBundleH\x00\x42\x06\n\x04kind\"Q\n\x0bRotateOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65lay_ms\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"E\n\x0eRevocationList\x12\x0f\n\x07\x63rl_der\x18\x01 \x03(\x0c\x12\x0e\n\x06number\x18\x02 \x01(\x04\x12\x12\n\nsigner_der\x18\x03 \x03(\x0c\")\n\x07Reissue\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0bTrustBundle\x12\x10\n\x08root_der\x18\x01 \x03(\x0c\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x32\\\n\x07\x43ontrol\x12Q\n\x07\x43onnect\x12\x1f.meshca.control.v1.AgentMessage\x1a!.meshca.control.v1.ControlMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ca._proto.meshca_control_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTMESSAGE']._serialized_start=54
-  _globals['_AGENTMESSAGE']._serialized_end=222
-  _globals['_HELLO']._serialized_start=224
-  _globals['_HELLO']._serialized_end=314
-  _globals['_REPLACED']._serialized_start=316
-  _globals['_REPLACED']._serialized_end=384
-  _globals['_BUNDLEHELD']._serialized_start=386
-  _globals['_BUNDLEHELD']._serialized_end=439
-  _globals['_CONTROLMESSAGE']._serialized_start=442
-  _globals['_CONTROLMESSAGE']._serialized_end=671
-  _globals['_ROTATEORDER']._serialized_start=673
-  _globals['_ROTATEORDER']._serialized_end=754
-  _globals['_REVOCATIONLIST']._serialized_start=756
-  _globals['_REVOCATIONLIST']._serialized_end=825
-  _globals['_REISSUE']._serialized_start=827
-  _globals['_REISSUE']._serialized_end=868
-  _globals['_TRUSTBUNDLE']._serialized_start=870
-  _globals['_TRUSTBUNDLE']._serialized_end=919
-  _globals['_CONTROL']._serialized_start=921
-  _globals['_CONTROL']._serialized_end=1013
+  _globals['_AGENTMESSAGE']._serialized_end=267
+  _globals['_HELLO']._serialized_start=269
+  _globals['_HELLO']._serialized_end=359
+  _globals['_REPLACED']._serialized_start=361
+  _globals['_REPLACED']._serialized_end=429
+  _globals['_REBIND']._serialized_start=431
+  _globals['_REBIND']._serialized_end=479
+  _globals['_BUNDLEHELD']._serialized_start=481
+  _globals['_BUNDLEHELD']._serialized_end=534
+  _globals['_CONTROLMESSAGE']._serialized_start=537
+  _globals['_CONTROLMESSAGE']._serialized_end=766
+  _globals['_ROTATEORDER']._serialized_start=768
+  _globals['_ROTATEORDER']._serialized_end=849
+  _globals['_REVOCATIONLIST']._serialized_start=851
+  _globals['_REVOCATIONLIST']._serialized_end=920
+  _globals['_REISSUE']._serialized_start=922
+  _globals['_REISSUE']._serialized_end=963
+  _globals['_TRUSTBUNDLE']._serialized_start=965
+  _globals['_TRUSTBUNDLE']._serialized_end=1014
+  _globals['_CONTROL']._serialized_start=1016
+  _globals['_CONTROL']._serialized_end=1108
 # @@protoc_insertion_point(module_scope)

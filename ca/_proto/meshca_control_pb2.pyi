@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "replaced", "bundle_held")
+    __slots__ = ("hello", "replaced", "bundle_held", "rebind")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_HELD_FIELD_NUMBER: _ClassVar[int]
+    REBIND_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     replaced: Replaced
     bundle_held: BundleHeld
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., replaced: _Optional[_Union[Replaced, _Mapping]] = ..., bundle_held: _Optional[_Union[BundleHeld, _Mapping]] = ...) -> None: ...
+    rebind: Rebind
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., replaced: _Optional[_Union[Replaced, _Mapping]] = ..., bundle_held: _Optional[_Union[BundleHeld, _Mapping]] = ..., rebind: _Optional[_Union[Rebind, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_version", "bundle_sha256", "pod_name", "node_name")
@@ -37,6 +39,14 @@ class Replaced(_message.Message):
     old_serial: str
     new_serial: str
     def __init__(self, order_id: _Optional[str] = ..., old_serial: _Optional[str] = ..., new_serial: _Optional[str] = ...) -> None: ...
+
+class Rebind(_message.Message):
+    __slots__ = ("certificate_der", "proof")
+    CERTIFICATE_DER_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    certificate_der: bytes
+    proof: bytes
+    def __init__(self, certificate_der: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class BundleHeld(_message.Message):
     __slots__ = ("bundle_sha256", "sequence")

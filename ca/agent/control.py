@@ -15,10 +15,13 @@ what the CA sends:
 - Reissue: the certificate is revoked: ask for a new one at once (with the token, as every
   request of the agent is).
 
-Whenever the agent's certificate changes (an order, a Reissue, or its ordinary renewal) it
-reports Replaced for each order the old certificate had (on the old stream, the one the CA
-knows as that certificate's), ends that stream and opens one with the new certificate, at
-once. When the stream fails or the CA goes away it reconnects after a jittered wait that
+Whenever the agent's certificate changes (an order, a new trust bundle, or its ordinary
+renewal) it reports Replaced for each order the old certificate had, then a Rebind on the same
+stream: the new certificate, signed for by its key. The CA then knows the stream by the new
+certificate, and no new connection is made; were the CA to refuse the Rebind, it ends the stream
+and the agent reconnects with the new certificate at once. After a Reissue (the certificate is
+revoked) the CA ends the stream itself, and the agent connects anew once it holds a new
+certificate. When the stream fails or the CA goes away it reconnects after a jittered wait that
 grows with each failure (CONTROL_BACKOFF): agents that lose a restarted CA together come back
 spread over seconds, not in the same one. A CA that answers UNIMPLEMENTED does not serve the
 stream at all (no ledger, or its threaded gRPC server): the agent says so once, as a warning,
@@ -45,6 +48,7 @@ from typing import Any, Protocol
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca import __version__
 from ca._proto import meshca_control_pb2 as pb
@@ -55,6 +59,7 @@ from ca.agent.svid import Svid, chains_to
 from ca.common.backoff import Backoff, Retrying, UniformRandom
 from ca.common.clock import Clock
 from ca.errors import MeshcaError
+from ca.issuance.possession import prove_possession, rebind_statement
 
 log = logging.getLogger("meshca.agent")
 
@@ -139,6 +144,17 @@ def replaced_message(order_id: str, old_serial: str, new_serial: str) -> pb.Agen
     )
 
 
+def rebind_message(svid: Svid, old_serial: str) -> pb.AgentMessage:
+    """The Rebind that moves a stream opened with certificate `old_serial` to `svid`."""
+    statement = rebind_statement(old_serial, serial_of(svid))
+    return pb.AgentMessage(
+        rebind=pb.Rebind(
+            certificate_der=svid.leaf.public_bytes(serialization.Encoding.DER),
+            proof=prove_possession(svid.key, statement),
+        )
+    )
+
+
 def _outgoing(messages: queue.SimpleQueue[pb.AgentMessage | None]) -> Iterator[pb.AgentMessage]:
     """What the agent sends on one stream, until None ends its side of it."""
     while True:
@@ -150,7 +166,8 @@ def _outgoing(messages: queue.SimpleQueue[pb.AgentMessage | None]) -> Iterator[p
 
 @dataclass
 class _Stream:
-    """The open stream: its certificate's serial, its call, and what it still has to send."""
+    """The open stream: the serial the CA knows it by (its certificate's, or the one it was
+    rebound to), its call, and what it still has to send."""
 
     serial: str
     call: Any
@@ -227,20 +244,31 @@ class ControlStream:
 
     def publish(self, svid: Svid) -> None:
         """The agent holds `svid` now: report the orders the old certificate had as followed,
-        then end the old stream so that the next one opens with `svid`."""
+        then move the open stream to `svid` (a stream still connecting is ended instead, and
+        the next one opens with `svid`)."""
         with self._lock:
             old, self._svid = self._svid, svid
             orders, self._orders = self._orders, {}
             stream = self._stream
-        new_serial = serial_of(svid)
-        if stream is not None and old is not None and stream.serial == serial_of(old) != new_serial:
+            new_serial = serial_of(svid)
+            moving = (
+                stream is not None
+                and not stream.ending
+                and old is not None
+                and stream.serial == serial_of(old) != new_serial
+            )
+            if moving:
+                assert stream is not None
+                old_serial, stream.serial = stream.serial, new_serial
+                for order_id in orders:
+                    stream.outgoing.put(replaced_message(order_id, old_serial, new_serial))
+                stream.outgoing.put(rebind_message(svid, old_serial))
+        if moving:
             for order_id in orders:
-                stream.outgoing.put(replaced_message(order_id, stream.serial, new_serial))
                 log.info(
                     "rotation order followed",
-                    extra={"order_id": order_id, "old_serial": stream.serial, "new_serial": new_serial},
+                    extra={"order_id": order_id, "old_serial": old_serial, "new_serial": new_serial},
                 )
-            self._end(stream)
         self._changed.set()
 
     def _end(self, stream: _Stream) -> None:
@@ -263,8 +291,9 @@ class ControlStream:
             svid = self._usable_svid()
             if svid is None:
                 return
+            known = serial_of(svid)  # the serial the CA knew the stream by when it ended
             try:
-                healthy, end = self._serve(svid)
+                healthy, end, known = self._serve(svid)
             except OSError as err:  # the --ca-root file, read for each stream
                 log.warning(
                     "cannot open the control stream to the CA; retrying",
@@ -282,9 +311,9 @@ class ControlStream:
                 self._changed.clear()
                 self._clock.wait(self._changed, UNSERVED_BACKOFF.delay_s(0, self._random))
                 continue
-            if self._current_serial() != serial_of(svid):
+            if self._current_serial() != known:
                 self._retrying.reset()
-                continue  # a new certificate: reconnect with it at once
+                continue  # ended on a certificate no longer held: reconnect with the new one at once
             if healthy:
                 self._retrying.reset()
             self._wait_before_reconnect()
@@ -313,10 +342,11 @@ class ControlStream:
         self._changed.clear()
         self._clock.wait(self._changed, delay)
 
-    def _serve(self, svid: Svid) -> tuple[bool, StreamEnd]:
-        """One stream, opened with `svid`, until it ends: whether the CA answered on it, and why
-        it ended."""
+    def _serve(self, svid: Svid) -> tuple[bool, StreamEnd, str]:
+        """One stream, opened with `svid`, until it ends: whether the CA answered on it, why it
+        ended, and the serial the CA knew it by at the end (`svid`'s, or one it was rebound to)."""
         serial = serial_of(svid)
+        stream: _Stream | None = None
         outgoing: queue.SimpleQueue[pb.AgentMessage | None] = queue.SimpleQueue()
         outgoing.put(hello_message(svid, *self._placement(), roots=self._bundle.roots))
         channel = self._channel(svid)
@@ -332,7 +362,7 @@ class ControlStream:
                 self._end(stream)
             for message in call:
                 healthy, self._told_unserved, stream.answered = True, False, True
-                if self._handle(message, serial) is StreamEnd.REISSUE:
+                if self._handle(message, stream.serial) is StreamEnd.REISSUE:
                     end = StreamEnd.REISSUE
         except grpc.RpcError as err:
             if err.code() is grpc.StatusCode.UNIMPLEMENTED and not healthy:
@@ -341,7 +371,7 @@ class ControlStream:
             elif (
                 end is not StreamEnd.REISSUE
                 and not self._stopped.is_set()
-                and self._current_serial() == serial
+                and self._current_serial() == (stream.serial if stream is not None else serial)
             ):
                 log.warning(
                     "control stream to the CA failed",
@@ -356,7 +386,8 @@ class ControlStream:
             with self._lock:
                 self._stream = None
             channel.close()
-        return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end
+        known = stream.serial if stream is not None else serial
+        return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end, known
 
     def _unserved(self, err: grpc.RpcError) -> None:
         """Say once, clearly, that this CA will not push anything; later refusals only at debug."""

@@ -6,7 +6,15 @@ agent's Hello, waits for the push coordinator's first load, and hands the stream
 `StreamSession`: the revocation list goes first, then any rotation order covering the
 certificate (or, for a revoked certificate, a Reissue and the end of the stream). The
 Hello's roots are the agent's first report of the trust bundle it holds. The stream then stays
-open, reading the agent's Replaced and BundleHeld reports, until either side ends it.
+open, reading the agent's Replaced, BundleHeld and Rebind reports, until either side ends it.
+
+A Rebind moves the stream to the agent's new certificate without a new connection: a
+reconnect costs the CA a TLS handshake and a new HTTP/2 connection, about twice the CPU of
+issuing the certificate, and a rotation order makes thousands of agents replace theirs at once.
+The new certificate must be a live workload SVID of one of the CA's signing CAs, for the
+stream's SPIFFE ID, not revoked, and the agent must prove it holds its key
+(`ca.issuance.possession`). A Rebind that fails any of these ends the stream with
+UNAUTHENTICATED, and the agent reconnects with the certificate it holds.
 
 A session is this handler's coroutine, blocked reading, plus a writer task only while there
 is something to send: thousands of idle agents cost no thread and no timer each. The
@@ -18,16 +26,20 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from google.protobuf.message import DecodeError
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.auth.base import Authenticator, Credentials
 from ca.common.clock import Clock
-from ca.errors import AuthenticationError, InvalidRequestError, MeshcaError
+from ca.errors import AuthenticationError, InvalidRequestError, InvalidSpiffeIdError, MeshcaError
+from ca.issuance.possession import check_possession, rebind_statement
+from ca.issuance.svid_id import svid_spiffe_id
 from ca.ledger.rotation import normalize_serial
 from ca.server.certificate_api import STATUS_BY_KIND
 from ca.server.push import PushCoordinator
@@ -196,11 +208,13 @@ class ControlService:
         *,
         coordinator: PushCoordinator,
         authenticator: Authenticator,
+        leaf_issuers: Callable[[], Sequence[x509.Certificate]],
         clock: Clock,
         max_sessions: int = MAX_SESSIONS,
     ) -> None:
         self._coordinator = coordinator
         self._authenticator = authenticator
+        self._leaf_issuers = leaf_issuers
         self.max_sessions = max_sessions
         self._writes = asyncio.Semaphore(MAX_WRITES)
         self._clock = clock
@@ -286,6 +300,64 @@ class ControlService:
             elif kind == "bundle_held":
                 held = message.bundle_held
                 self._coordinator.report_bundle(session, held.bundle_sha256, sequence=held.sequence)
+            elif kind == "rebind":
+                self._rebind(session, message.rebind)
+
+    def _rebind(self, session: StreamSession, rebind: pb.Rebind) -> None:
+        """Know the stream by the agent's new certificate, or end it if that cannot be trusted."""
+        old_serial = session.serial
+        try:
+            new_serial = self._checked_rebind(session, rebind)
+            if not self._coordinator.rebind(session, new_serial):
+                raise AuthenticationError(
+                    f"certificate {new_serial} is revoked; get a new one with the service-account token",
+                    reason="rebind_revoked",
+                )
+        except MeshcaError as err:
+            log.warning(
+                "refused to move a control stream to a new certificate; ending it",
+                extra={"serial": old_serial, "reason": err.reason, "detail": err.message},
+            )
+            session.close(STATUS_BY_KIND[err.kind], err.message)
+            return
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "control stream moved to a new certificate",
+                extra={"old_serial": old_serial, "serial": new_serial, "spiffe_id": session.spiffe_id},
+            )
+
+    def _checked_rebind(self, session: StreamSession, rebind: pb.Rebind) -> str:
+        """The new certificate's serial, once it is a live SVID of this CA for the stream's
+        SPIFFE ID and the agent proved it holds its key; AuthenticationError otherwise."""
+        try:
+            cert = x509.load_der_x509_certificate(rebind.certificate_der)
+        except ValueError as err:
+            raise _rebind_refused(
+                f"the new certificate cannot be parsed ({err})", "rebind_unreadable"
+            ) from None
+        now = self._clock.now()
+        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+            raise _rebind_refused(
+                f"the new certificate is valid only from {cert.not_valid_before_utc} to "
+                f"{cert.not_valid_after_utc}",
+                "rebind_not_valid_now",
+            )
+        try:
+            spiffe_id = svid_spiffe_id(cert).uri
+        except InvalidSpiffeIdError as err:
+            raise _rebind_refused(str(err), "rebind_not_an_svid") from None
+        if spiffe_id != session.spiffe_id:
+            raise _rebind_refused(
+                f"the new certificate is for {spiffe_id}, the stream for {session.spiffe_id}",
+                "rebind_other_identity",
+            )
+        if not any(_issued_by(cert, issuer) for issuer in self._leaf_issuers()):
+            raise _rebind_refused(
+                "no signing CA of this CA issued the new certificate", "rebind_unknown_issuer"
+            )
+        new_serial = format(cert.serial_number, "x")
+        check_possession(cert, rebind_statement(session.serial, new_serial), rebind.proof)
+        return new_serial
 
     @staticmethod
     async def _read_until_closed(context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
@@ -323,6 +395,22 @@ class ControlService:
                 )
             },
         )
+
+
+def _rebind_refused(what: str, reason: str) -> AuthenticationError:
+    return AuthenticationError(
+        f"{what}; the stream is ended: reconnect with the certificate held", reason=reason
+    )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _agent_message(raw: object) -> pb.AgentMessage | None:

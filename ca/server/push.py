@@ -89,10 +89,9 @@ REISSUE_DETAILS = (
 class Session(Protocol):
     """One agent's control stream, as the coordinator sees it."""
 
-    @property
-    def serial(self) -> str:
-        """Hex serial of the certificate the stream was opened with."""
-        ...
+    serial: str
+    """Hex serial of the certificate the stream was opened with, or of the one it was moved to
+    (`PushCoordinator.rebind`)."""
 
     @property
     def spiffe_id(self) -> str: ...
@@ -551,6 +550,26 @@ class PushCoordinator:
                 del self._state.sessions[session.serial]
             self._state.session_count -= 1
             self._state.reports.forget(session)
+
+    def rebind(self, session: Session, serial: str) -> bool:
+        """The agent of `session` proved it holds certificate `serial` now: know the stream by
+        it, and push the orders that cover it. False, with nothing changed, when `serial` is
+        revoked or the session is not registered. On the loop."""
+        now = self._clock.now()
+        with self._lock:
+            state = self._state
+            held = state.sessions.get(session.serial)
+            if serial in state.revoked or held is None or session not in held:
+                return False
+            held.discard(session)
+            if not held:
+                del state.sessions[session.serial]
+            session.serial = serial
+            state.sessions.setdefault(serial, set()).add(session)
+            plans = [state.plans[i] for i in sorted(state.by_serial.get(serial, ()))]
+        for plan in plans:
+            session.send(rotate_message(plan, serial, now))
+        return True
 
     def report_bundle(self, session: Session, held: Iterable[str], *, sequence: int = 0) -> None:
         """The agent of `session` now serves these roots (SHA-256 hex), after a pushed bundle

@@ -918,6 +918,7 @@ def build_server(cfg: ServeConfig, clock: Clock | None = None) -> CaServer:
         control=ControlService(
             coordinator=push,
             authenticator=ClientCertificateAuthenticator(trust_domain=cfg.trust_domain, clock=clock),
+            leaf_issuers=lambda: [a.signing_cert for a in keys.keyring.crl_signers()],
             clock=clock,
         )
         if push is not None

@@ -36,6 +36,7 @@ from ca.agent.settings import control_address
 from ca.agent.svid import Svid
 from ca.errors import ConfigError, MeshcaError
 from ca.issuance.crl import load_pem_crls
+from ca.issuance.possession import check_possession, rebind_statement
 from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger.rotation import Selector, TargetState
 from ca.server.serving_cert import ServingIdentity
@@ -265,9 +266,7 @@ def test_orders_for_another_certificate_or_twice_the_same_are_ignored(rig: Rig) 
     assert rig.renewer.calls == [Replacement(order_id="ro-000000000002", serial=serial_of(svid))]
 
 
-def test_a_new_certificate_reports_the_orders_followed_on_the_old_stream_then_reconnects_with_it(
-    rig: Rig,
-) -> None:
+def test_a_new_certificate_reports_the_orders_followed_then_moves_the_stream_to_it(rig: Rig) -> None:
     old = make_svid(rig.clock, rig.ca)
     stream = connected(rig, old)
     stream.send(pb.ControlMessage(rotate=pb.RotateOrder(order_id="ro-0123456789ab", serial=serial_of(old))))
@@ -278,10 +277,51 @@ def test_a_new_certificate_reports_the_orders_followed_on_the_old_stream_then_re
     assert report is not None and report.replaced == pb.Replaced(
         order_id="ro-0123456789ab", old_serial=serial_of(old), new_serial=serial_of(new)
     )
-    assert stream.next_received() is None  # the agent ended its side; the CA then ends the stream
-    again = rig.server.next_stream()
-    assert again.serial == serial_of(new)
-    wait_until(lambda: rig.control.connected_serial == serial_of(new), 5, "the new stream")
+    moved = stream.next_received()
+    assert moved is not None and moved.WhichOneof("kind") == "rebind"
+    assert moved.rebind.certificate_der == new.leaf.public_bytes(serialization.Encoding.DER)
+    check_possession(new.leaf, rebind_statement(serial_of(old), serial_of(new)), moved.rebind.proof)
+    with pytest.raises(MeshcaError):  # the proof is the new key's, for this change only
+        check_possession(old.leaf, rebind_statement(serial_of(old), serial_of(new)), moved.rebind.proof)
+    assert rig.control.connected_serial == serial_of(new)
+    with pytest.raises(queue.Empty):
+        rig.server.next_stream(timeout=0.5)  # no new connection
+    # What the CA sends now is for the new certificate: an order for it is followed.
+    stream.send(pb.ControlMessage(rotate=pb.RotateOrder(order_id="ro-0000000000b2", serial=serial_of(new))))
+    wait_until(lambda: len(rig.renewer.calls) == 2, 5, "the order for the new certificate")
+    assert rig.renewer.calls[-1] == Replacement(order_id="ro-0000000000b2", serial=serial_of(new))
+
+
+def test_a_stream_moved_to_a_new_certificate_that_the_ca_ends_reconnects_after_the_backoff(rig: Rig) -> None:
+    old = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, old)
+    stream.send(pb.ControlMessage(revocations=pb.RevocationList()))
+    wait_until(lambda: rig.crls, 5, "the list")
+    new = make_svid(rig.clock, rig.ca)
+    rig.control.publish(new)
+    moved = stream.next_received()
+    assert moved is not None and moved.WhichOneof("kind") == "rebind"
+    count = len(rig.clock.waits(0))
+    # A CA restart ends every stream: a moved one waits its jittered step like any other, so
+    # that thousands of agents rotated together do not all come back in the same second.
+    stream.outbox.put(grpc.StatusCode.UNAVAILABLE)
+    waits = rig.clock.waits(count + 1)
+    assert waits[-1] == pytest.approx(CONTROL_BACKOFF.delay_s(0, lambda: 0.25))
+    with pytest.raises(queue.Empty):
+        rig.server.next_stream(timeout=0.3)
+    rig.clock.advance_s(waits[-1])
+    assert rig.server.next_stream().serial == serial_of(new)
+
+
+def test_a_certificate_that_arrives_while_the_stream_is_ending_opens_a_new_stream_at_once(rig: Rig) -> None:
+    old = make_svid(rig.clock, rig.ca)
+    stream = connected(rig, old)
+    count = len(rig.clock.waits(0))
+    stream.outbox.put(grpc.StatusCode.UNAVAILABLE)
+    rig.clock.waits(count + 1)  # the stream ended; the agent waits to reconnect
+    new = make_svid(rig.clock, rig.ca)
+    rig.control.publish(new)  # wakes the wait: the next stream opens with the new certificate
+    assert rig.server.next_stream().serial == serial_of(new)
 
 
 def test_reissue_renews_with_the_token_and_waits_for_the_new_certificate_to_reconnect(rig: Rig) -> None:

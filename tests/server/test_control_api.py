@@ -13,13 +13,16 @@ from typing import TypeVar
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.common.clock import SystemClock
+from ca.issuance.possession import prove_possession, rebind_statement
 from ca.ledger.rotation import Selector, TargetState
 from ca.server.control_api import MAX_WRITES, WRITE_TIMEOUT_S, StreamSession
 from tests.support.clock import FakeClock
 from tests.support.control import AGENT_METADATA, CaProcess, Issued, ca_process
+from tests.support.svids import make_svid
 
 T = TypeVar("T")
 ORDER = "ro-00000000c0de"
@@ -156,6 +159,83 @@ def test_a_connected_certificate_revoked_gets_the_new_crl_and_reissue(ca: CaProc
     assert crl_serials(cart_stream.next()) == [int(cart.serial, 16)]
     assert kind(cart_stream.next()) == "reissue"
     assert crl_serials(web_stream.next()) == [int(cart.serial, 16)]
+
+
+def rebind(new: Issued, old_serial: str, *, signer: Issued | None = None) -> pb.AgentMessage:
+    """The Rebind an agent holding `new` sends on a stream opened as `old_serial`."""
+    proof = prove_possession((signer or new).key, rebind_statement(old_serial, new.serial))
+    der = new.leaf.public_bytes(serialization.Encoding.DER)
+    return pb.AgentMessage(rebind=pb.Rebind(certificate_der=der, proof=proof))
+
+
+def test_a_rebind_moves_the_stream_to_the_new_certificate_without_a_new_connection(ca: CaProcess) -> None:
+    cart = ca.issue()
+    stream = ca.control(cart)
+    assert kind(stream.next()) == "revocations"
+    renewed = ca.issue()
+    stream.send(rebind(renewed, cart.serial))
+    # The old certificate revoked: its CRL reaches the stream, but no Reissue, as it is not
+    # the stream's any more; an order for the new certificate is pushed on the same stream.
+    ca.revoke(cart.serial)
+    assert crl_serials(stream.next()) == [int(cart.serial, 16)]
+    ca.order(ORDER, Selector(serials=(renewed.serial,)))
+    pushed = stream.next()
+    assert kind(pushed) == "rotate" and pushed.rotate.serial == renewed.serial
+
+
+def test_a_connected_certificate_revoked_after_a_rebind_gets_reissue(ca: CaProcess) -> None:
+    cart = ca.issue()
+    stream = ca.control(cart)
+    stream.next()
+    renewed = ca.issue()
+    stream.send(rebind(renewed, cart.serial))
+    ca.order(ORDER, Selector(serials=(renewed.serial,)))
+    assert stream.next().rotate.serial == renewed.serial  # the CA knows the stream as renewed's
+    ca.revoke(renewed.serial)
+    assert crl_serials(stream.next()) == [int(renewed.serial, 16)]
+    assert stream.next().reissue.serial == renewed.serial
+
+
+def _foreign_cart() -> Issued:
+    """A shop/cart certificate, valid now, from a CA that is not this one."""
+    svid = make_svid(FakeClock())
+    chain = [c.public_bytes(serialization.Encoding.PEM).decode() for c in svid.chain]
+    return Issued(chain=chain, key=svid.key)
+
+
+REFUSED_REBINDS: dict[str, Callable[[CaProcess, Issued], pb.AgentMessage]] = {
+    "rebind_other_identity": lambda ca, cart: rebind(ca.issue("shop", "web"), cart.serial),
+    "rebind_proof_invalid": lambda ca, cart: rebind(ca.issue(), cart.serial, signer=cart),
+    "rebind_unreadable": lambda ca, cart: pb.AgentMessage(rebind=pb.Rebind(certificate_der=b"0\x03junk")),
+    "rebind_unknown_issuer": lambda ca, cart: rebind(_foreign_cart(), cart.serial),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSED_REBINDS))
+def test_a_rebind_that_cannot_be_trusted_ends_the_stream_with_what_to_do(ca: CaProcess, reason: str) -> None:
+    cart = ca.issue()
+    stream = ca.control(cart)
+    stream.next()
+    stream.send(REFUSED_REBINDS[reason](ca, cart))
+    with pytest.raises(grpc.RpcError) as ended:
+        stream.next()
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "reconnect with the certificate held" in (ended.value.details() or "")
+    eventually(lambda: reason in ca.log(), f"the refusal logged with reason {reason}")
+
+
+def test_a_rebind_to_a_revoked_certificate_ends_the_stream(ca: CaProcess) -> None:
+    cart = ca.issue()
+    renewed = ca.issue()
+    ca.revoke(renewed.serial)
+    eventually(lambda: renewal_refusal(ca, renewed), "the CA to take the revocation in")
+    stream = ca.control(cart)
+    assert crl_serials(stream.next()) == [int(renewed.serial, 16)]
+    stream.send(rebind(renewed, cart.serial))
+    with pytest.raises(grpc.RpcError) as ended:
+        stream.next()
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (ended.value.details() or "")
 
 
 def test_the_renewal_port_refuses_a_revoked_certificate(ca: CaProcess) -> None:
