@@ -22,8 +22,10 @@ renewal port, on a channel of its own with its certificate as the client certifi
 follows the protocol as `meshca agent` does: on a RotateOrder for the certificate it holds
 it waits delay_ms, asks for a certificate for a new key with its token and the metadata
 "meshca-order", "meshca-replaces" and "meshca-agent" (retrying a failed request after 0.5,
-1 and 2 s), reports Replaced on the old stream, closes it and opens a new stream with the
-new certificate; a stream that fails is reopened after a jittered wait. Two shortcuts, both
+1 and 2 s), reports Replaced and moves the stream to the new certificate with a Rebind (its
+DER and a signature by the new key), keeping the connection; a stream that fails is reopened
+after a jittered wait, and one the CA ends after a Rebind is reopened with the new
+certificate at once. Two shortcuts, both
 invisible to the CA: the new keys and CSRs are made before the order, so that the one load
 CPU spends the rotation on the protocol; and a real agent keeps a connection of its own to
 the token port, while here the agents of a load process share a few (so the CA's memory per
@@ -38,11 +40,12 @@ A run, in order:
      order into the ledger (state-dir mode), and the CA picks it up through its change
      watcher (SQLite: within a second);
   4. each agent records when the order reached it, when it held its new certificate and
-     when its new stream was up. Printed: the time from the order (its time in the ledger)
-     to every agent holding a new certificate (first, p50, p99, max), the issuance rate
-     during the rotation, errors (by phase and kind, with examples), the CPU the CA and the
-     load processes spent per agent, what the ledger says was replaced (waiting for the CA's
-     marks), the CA's own count of open streams, and its warnings.
+     when its stream was moved to it (the Rebind written). Printed: the time from the order
+     (its time in the ledger) to every agent holding a new certificate (first, p50, p99,
+     max), the issuance rate during the rotation, errors (by phase and kind, with
+     examples), the CPU the CA and the load processes spent per agent, what the ledger says
+     was replaced (waiting for the CA's marks), the CA's own count of open streams, and its
+     warnings.
 
 Targets (issue 12): 1,000 agents replaced within 5 s; 10,000 within 30 s with --spread 20s
 and no error; 10,000 idle streams held in under 1 GiB of CA memory. The default spread is
@@ -99,7 +102,6 @@ ISSUES_IN_FLIGHT = 32  # per load process, while getting the first certificates
 CONNECTS_IN_FLIGHT = 64  # per load process, while opening the first streams
 ISSUE_ATTEMPTS = 4  # a replacement request is retried this often (after 0.5, 1, 2 s) as an agent would
 LEDGER_WAIT_S = 60.0  # at most, after the last agent, for the ledger to show every target replaced
-CLOSE_WAIT_S = 10.0  # after closing its side of the old stream, cancel it if the CA has not ended it
 AGENTS_PER_PROC = 2500
 SAMPLES_PER_KIND = 2
 NAMESPACES = 16
@@ -342,13 +344,32 @@ def leaf_serial_and_client_chain(chain: Sequence[str]) -> tuple[str, bytes]:
     ).encode()
 
 
+def rebind_message(agent: SimAgent, old_serial: str) -> Any:
+    """The Rebind that moves the stream opened as `old_serial` to the agent's new certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ca._proto import meshca_control_pb2 as pb
+    from ca.issuance.keys import load_private_key_pem
+    from ca.issuance.possession import prove_possession, rebind_statement
+
+    leaf = x509.load_pem_x509_certificate(agent.chain_pem)
+    key = load_private_key_pem(agent.key_pem, "the agent's key")
+    proof = prove_possession(key, rebind_statement(old_serial, agent.serial))
+    return pb.AgentMessage(
+        rebind=pb.Rebind(certificate_der=leaf.public_bytes(serialization.Encoding.DER), proof=proof)
+    )
+
+
 class OpenStream:
-    """A control stream being served: its call, when it opened, how many messages it read, and
-    whether it still holds one of the slots that bound the first connections."""
+    """A control stream being served: the serial the CA knows it by (the certificate it opened
+    with, then the one a Rebind moved it to), its call, when it opened, how many messages it
+    read, and whether it still holds one of the slots that bound the first connections."""
 
-    __slots__ = ("call", "holds_slot", "messages", "opened")
+    __slots__ = ("call", "holds_slot", "messages", "opened", "serial")
 
-    def __init__(self, *, holds_slot: bool) -> None:
+    def __init__(self, *, holds_slot: bool, serial: str) -> None:
+        self.serial = serial
         self.call: Any = None
         self.holds_slot = holds_slot
         self.messages = 0
@@ -477,35 +498,31 @@ class Fleet:
             await asyncio.sleep(random.uniform(0.5, 1.0) * min(30.0, 2.0**failures))
 
     async def one_stream(self, agent: SimAgent) -> bool:
-        """One stream until it ends; True if it ended because the agent replaced its certificate."""
-        serial = agent.serial
-        stream = OpenStream(holds_slot=not agent.connected_once)
+        """One stream until it ends; True if it ended on a certificate the agent no longer holds
+        (a Rebind the CA refused: the agent reconnects at once, as `meshca agent` does)."""
+        stream = OpenStream(holds_slot=not agent.connected_once, serial=agent.serial)
         if stream.holds_slot:
             await self.connect_slots.acquire()
         channel = self._channel(agent)
         try:
-            await self._read_stream(agent, serial, channel, stream)
-            if agent.serial != serial:
+            await self._read_stream(agent, channel, stream)
+            if agent.serial != stream.serial:
                 return True
             code, details = await stream.call.code(), await stream.call.details()
             self.error(f"stream ended {code.name}", self._when(agent, stream, details or ""))
             return False
         except self.grpc.aio.AioRpcError as err:
-            if agent.serial != serial:
+            if agent.serial != stream.serial:
                 return True
             self.error(f"stream {err.code().name}", self._when(agent, stream, err.details() or ""))
             return False
-        except asyncio.CancelledError:
-            if self.stopping or agent.serial == serial:
-                raise
-            return True  # the old stream, cancelled because the CA did not end it
         finally:
             self._release_slot(stream)
             if stream.call is not None and self.calls.get(agent.index) is stream.call:
                 del self.calls[agent.index]
             await channel.close()
 
-    async def _read_stream(self, agent: SimAgent, serial: str, channel: Any, stream: OpenStream) -> None:
+    async def _read_stream(self, agent: SimAgent, channel: Any, stream: OpenStream) -> None:
         from ca._proto import meshca_control_pb2 as pb
 
         stream.call = channel.stream_stream(CONNECT_METHOD)()
@@ -517,8 +534,8 @@ class Fleet:
         while (raw := await stream.call.read()) is not self.eof:
             stream.messages += 1
             self._release_slot(stream)
-            self._connected(agent, serial)
-            self._handle(agent, serial, stream.call, pb.ControlMessage.FromString(raw))
+            self._connected(agent, stream.serial)
+            self._handle(agent, stream, pb.ControlMessage.FromString(raw))
 
     def _release_slot(self, stream: OpenStream) -> None:
         if stream.holds_slot:
@@ -541,13 +558,17 @@ class Fleet:
             if self.report.connected == self.report.issued:
                 self.all_connected.set()
         if serial == agent.serial and not math.isnan(agent.cert_at) and math.isnan(agent.reconnected_at):
-            agent.reconnected_at = time.time()  # the first message on the stream of the new certificate
-            self.rotated += 1
-            if self.rotated == self.report.issued:
-                self.all_rotated.set()
+            self._on_new_certificate(agent)  # a stream reopened after a refused Rebind
 
-    def _handle(self, agent: SimAgent, serial: str, call: Any, message: Any) -> None:
+    def _on_new_certificate(self, agent: SimAgent) -> None:
+        agent.reconnected_at = time.time()
+        self.rotated += 1
+        if self.rotated == self.report.issued:
+            self.all_rotated.set()
+
+    def _handle(self, agent: SimAgent, stream: OpenStream, message: Any) -> None:
         kind = message.WhichOneof("kind")
+        serial = stream.serial
         if kind == "rotate":
             order = message.rotate
             if order.serial != serial or order.order_id in agent.orders or agent.serial != serial:
@@ -555,14 +576,16 @@ class Fleet:
             agent.orders.add(order.order_id)
             if math.isnan(agent.order_at):
                 agent.order_at, agent.delay_ms = time.time(), order.delay_ms
-            asyncio.get_running_loop().create_task(self.follow(agent, serial, call, order))
+            asyncio.get_running_loop().create_task(self.follow(agent, stream, order))
         elif kind == "reissue":
             self.error("reissue", message.reissue.reason)
 
-    async def follow(self, agent: SimAgent, serial: str, call: Any, order: Any) -> None:
-        """A RotateOrder: wait its delay, get a new certificate, report Replaced, end the stream."""
+    async def follow(self, agent: SimAgent, stream: OpenStream, order: Any) -> None:
+        """A RotateOrder: wait its delay, get a new certificate, report Replaced, then move the
+        stream to the new certificate with a Rebind."""
         from ca._proto import meshca_control_pb2 as pb
 
+        serial, call = stream.serial, stream.call
         await asyncio.sleep(order.delay_ms / 1000)
         extra = (("meshca-order", order.order_id), ("meshca-replaces", serial))
         for attempt in range(ISSUE_ATTEMPTS):
@@ -581,12 +604,13 @@ class Fleet:
         try:
             await call.write(replaced.SerializeToString())
             self.report.replaced_reports += 1
-            await call.done_writing()
+            await call.write(rebind_message(agent, serial).SerializeToString())
         except (self.grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
-            self.error("replaced report not sent", repr(err))
+            self.error("replaced report or rebind not sent", repr(err))
             call.cancel()
             return
-        asyncio.get_running_loop().call_later(CLOSE_WAIT_S, call.cancel)
+        stream.serial = agent.serial
+        self._on_new_certificate(agent)
 
     async def close(self) -> None:
         self.stopping = True
@@ -1207,7 +1231,7 @@ def print_run(r: RunResult) -> None:
     for label, values in (
         ("order reached the agent", r.to_order_s),
         ("new certificate held", r.to_cert_s),
-        ("new stream open", r.to_reconnect_s),
+        ("stream on the new certificate", r.to_reconnect_s),
         ("held, less the delay asked", r.late_s),
     ):
         print(f"  {label:<28}" + "".join(f"{_ms(r.stat(values, q)):>10}" for q in (0.0, 0.5, 0.99, 1.0)))
@@ -1215,7 +1239,7 @@ def print_run(r: RunResult) -> None:
     rate = r.replaced / span if span and span == span and span > 0 else math.nan
     print(
         f"  agents: {r.ordered:,} got the order, {r.replaced:,} hold a new certificate, {r.reconnected:,} "
-        f"reconnected with it; {r.replaced_reports:,} Replaced reports sent"
+        f"moved their stream to it; {r.replaced_reports:,} Replaced reports sent"
     )
     print(
         f"  issuance during the rotation: {r.replaced:,} certificates, {rate:,.0f}/s from the first to the "
