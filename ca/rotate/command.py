@@ -3,7 +3,9 @@ into the ledger of --state-dir/--ledger, then printing the result.
 
 Without a CA address the operations run here against the ledger's RotationStore; a `meshca serve`
 on the same ledger notices the change within a second and pushes it. Which meshca agents are
-connected is then unknown (only a running CA knows), and the output says so.
+connected is read where the CA replicas report it (`ca.ledger.connected_agents`), as a replica
+reads the others': the serials of the replicas heard from in the last 10 s, less the revoked
+ones. With no CA running on the ledger, no agent is connected.
 
 Results go to stdout, warnings (nothing matched, a name the ledger never saw) to stderr. Exit
 status: 0 done, 1 refused (by the CA, or an order that matched nothing, or workloads that could
@@ -16,6 +18,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol, TextIO
 
 from ca.common.clock import Clock, SystemClock
@@ -45,6 +48,26 @@ class RotationBackend(Protocol):
     def close(self) -> None: ...
 
 
+class ConnectionTable(Protocol):
+    """Where the CA replicas report their agents' streams (`SqlConnectedAgents`)."""
+
+    def connected(self, now: datetime, *, excluding: str = "") -> frozenset[str]: ...
+
+
+def pushable_through_ledger(
+    table: ConnectionTable, store: RotationStore, clock: Clock
+) -> Callable[[], frozenset[str]]:
+    """The serials a push from some CA replica reaches now, where no CA is asked: those the
+    replicas reported lately, less the revoked ones (their streams are being closed)."""
+
+    def pushable() -> frozenset[str]:
+        now = clock.now()
+        revoked = {r.serial for r in store.revocations(now)}
+        return frozenset(table.connected(now) - revoked)
+
+    return pushable
+
+
 def _pods_only(pods: Sequence[operations.PodRef], restart: bool) -> list[operations.Workload]:
     return operations.pods_as_workloads(pods, problem=NO_OWNER_LOOKUP)
 
@@ -59,10 +82,12 @@ class LedgerRotation:
         clock: Clock,
         random_bytes: Callable[[int], bytes],
         ordered_by: str,
+        connected: Callable[[], frozenset[str]],
         workloads: Callable[[], WorkloadFinder] | None = None,
         on_close: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        self._connected = connected
         self._clock = clock
         self._random_bytes = random_bytes
         self._ordered_by = ordered_by
@@ -76,12 +101,12 @@ class LedgerRotation:
             now=self._clock.now(),
             order_id=operations.new_order_id(self._random_bytes),
             ordered_by=self._ordered_by,
-            connected=None,
+            connected=self._connected(),
             workloads=self._workloads() if self._workloads is not None else _pods_only,
         )
 
     def status(self, order_id: str) -> OrderStatus:
-        return operations.order_status(self._store, order_id, self._clock.now(), None)
+        return operations.order_status(self._store, order_id, self._clock.now(), self._connected())
 
     def orders(self, limit: int) -> list[tuple[Order, OrderCounts]]:
         return operations.list_orders(self._store, limit, self._clock.now())
@@ -127,9 +152,19 @@ def open_backend(connection: Connection, clock: Clock) -> RotationBackend:
         return CaRotationClient(connection)
     assert connection.ledger_url is not None
     _check_ledger_exists(connection.ledger_url)
+    from ca.ledger.connected_agents import SqlConnectedAgents
     from ca.ledger.rotation_store import SqlRotationStore
+    from ca.ledger.store import open_migrated
 
-    store = SqlRotationStore.open(connection.ledger_url)
+    ledger, _ = open_migrated(connection.ledger_url)
+    store = SqlRotationStore(ledger)
+    connections = SqlConnectedAgents(ledger)
+
+    def close() -> None:
+        connections.dispose()
+        store.dispose()
+        ledger.dispose()
+
     workloads: Callable[[], WorkloadFinder] | None = None
     if connection.kubeconfig is not None:
         from ca.kube import client as kube
@@ -146,8 +181,9 @@ def open_backend(connection: Connection, clock: Clock) -> RotationBackend:
         clock=clock,
         random_bytes=os.urandom,
         ordered_by=local_operator(),
+        connected=pushable_through_ledger(connections, store, clock),
         workloads=workloads,
-        on_close=store.dispose,
+        on_close=close,
     )
 
 

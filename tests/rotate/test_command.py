@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import grpc
 import pytest
 from cryptography import x509
 
+from ca.ledger.connected_agents import FRESH, SqlConnectedAgents
 from ca.ledger.rotation import OrderState, TargetState
 from tests.support import ledger as ledger_support
 from tests.support.ca_server import start_ca
@@ -33,6 +34,17 @@ def state(tmp_path: Path) -> Iterator[State]:
         yield made
 
 
+def report_streams(state: State, replica: str, pods: Sequence[str], *, age: timedelta = timedelta(0)) -> None:
+    """What a CA replica on this ledger writes: the serials its agents' streams were opened with,
+    and its heartbeat `age` ago."""
+    table = SqlConnectedAgents(state.rig.store)
+    try:
+        serials = frozenset(state.serials[pod] for pod in pods)
+        table.report(replica, serials, datetime.now(UTC) - age, since=None)
+    finally:
+        table.dispose()
+
+
 def _order_id(text: str) -> str:
     found = re.search(r"\bro-[0-9a-f]{12}\b", text)
     assert found, text
@@ -45,36 +57,59 @@ def _order_id(text: str) -> str:
 def test_a_dry_run_groups_the_blast_radius_and_changes_nothing(
     state: State, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # cart-1 has a stream to a running replica; checkout-1's replica has not reported for 30 s.
+    report_streams(state, "ca-a", ["cart-1"])
+    report_streams(state, "ca-gone", ["checkout-1"], age=FRESH * 3)
     code, out, err = run(capsys, "rotate", "--namespace", "shop", "--dry-run", *state.flags)
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == "dry run: nothing was changed"
-    assert lines[1].startswith("3 live certificates match: 2 held by meshca agents, 1 not pushable")
-    assert "known only to the running CA" in lines[1]
+    assert lines[1] == (
+        "3 live certificates match: 1 held by connected meshca agents (pushed within seconds), 1 by "
+        "meshca agents not connected now (pushed when they reconnect), 1 not pushable (other clients, "
+        "such as Istio's agent)"
+    )
     assert "namespace shop" in lines and "namespace shop-canary" not in out
-    assert f"  {SHOP_CART}: 2 certificates (1 meshca agent, 1 not pushable)" in lines
-    cart_1 = next(line for line in lines if line.strip().startswith("cart-1 "))
-    assert cart_1.split()[:4] == ["cart-1", "node-a", state.serials["cart-1"], "meshca"]
-    # Only the other client's pod is certainly out of a push's reach.
+    assert f"  {SHOP_CART}: 2 certificates (1 connected, 1 not pushable)" in lines
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("    ")}
+    assert rows["cart-1"][:4] == ["cart-1", "node-a", state.serials["cart-1"], "connected"]
+    assert rows["checkout-1"][3:5] == ["not", "connected"]
+    # The other client's pod and the agent not connected are out of a push's reach.
     heading = next(i for i, line in enumerate(lines) if line.startswith("workloads a push"))
     unreachable = lines[heading + 2 :]
-    assert [line.split()[:3] for line in unreachable] == [["shop", "Pod", "cart-2"]]
+    assert [line.split()[:3] for line in unreachable] == [
+        ["shop", "Pod", "cart-2"],
+        ["shop", "Pod", "checkout-1"],
+    ]
     with state.store() as store:
         assert store.orders() == []
     assert state.records("rotation_order") == []
 
 
 def test_a_dry_run_as_json(state: State, capsys: pytest.CaptureFixture[str]) -> None:
+    report_streams(state, "ca-a", ["cart-c"])
     code, out, _ = run(capsys, "rotate", "--service-account", "cart", "--dry-run", "-o", "json", *state.flags)
     result = json.loads(out)
     assert code == 0 and result["dry_run"] and result["order"] is None
-    assert (result["matched"], result["not_pushable"], result["connections_known"]) == (3, 1, False)
-    assert sorted((t["namespace"], t["pod"], t["node"]) for t in result["targets"]) == [
-        ("shop", "cart-1", "node-a"),
-        ("shop", "cart-2", "node-b"),
-        ("shop-canary", "cart-c", "node-a"),
+    holders = [result[k] for k in ("connected", "not_connected", "not_pushable", "connections_known")]
+    assert (result["matched"], holders) == (3, [1, 1, 1, True])
+    assert sorted((t["namespace"], t["pod"], t["node"], t["holder"]) for t in result["targets"]) == [
+        ("shop", "cart-1", "node-a", "not_connected"),
+        ("shop", "cart-2", "node-b", "not_pushable"),
+        ("shop-canary", "cart-c", "node-a", "connected"),
     ]
-    assert [w["name"] for w in result["workloads"]] == ["cart-2"] and result["warnings"] == []
+    assert [w["name"] for w in result["workloads"]] == ["cart-1", "cart-2"] and result["warnings"] == []
+
+
+def test_without_a_ca_running_on_the_ledger_no_agent_is_connected(
+    state: State, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "rotate", "--namespace", "shop", "--dry-run", *state.flags)
+    assert code == 0 and err == ""
+    assert out.splitlines()[1].startswith(
+        "3 live certificates match: 0 held by connected meshca agents (pushed within seconds), 2 by "
+        "meshca agents not connected now"
+    )
 
 
 def test_an_unknown_namespace_warns_that_nothing_matches(
@@ -141,6 +176,8 @@ def test_status_shows_what_is_still_outstanding(state: State, capsys: pytest.Cap
             order_id=order_id, old_serial=state.serials["cart-1"], new_serial="beef", at=now
         )
         store.revoke([state.serials["checkout-1"]], reason="keyCompromise", at=now)
+    # The replica has not closed checkout-1's stream yet: a push no longer counts it.
+    report_streams(state, "ca-a", ["cart-1", "checkout-1"])
 
     code, out, err = run(capsys, "rotate", "status", order_id, *state.flags)
     assert code == 0
@@ -155,13 +192,17 @@ def test_status_shows_what_is_still_outstanding(state: State, capsys: pytest.Cap
     assert rows[0][5:] == ["not", "pushable"]
     assert rows[1][:2] == ["replaced", state.serials["cart-1"]] and rows[1][-1] == "beef"
     assert rows[2][:2] == ["revoked", state.serials["checkout-1"]]
-    assert "known only to the running CA" in err  # outstanding, and no CA asked who is connected
+    assert err == ""  # who is connected is known: no note that only the CA knows
 
     code, out, _ = run(capsys, "rotate", *state.flags, "status", order_id.upper(), "-o", "json")
     status = json.loads(out)
     assert code == 0 and status["order"]["id"] == order_id and status["order"]["outstanding"] == 1
-    states = {t["pod"]: t["state"] for t in status["targets"]}
-    assert states == {"cart-1": "replaced", "cart-2": "outstanding", "checkout-1": "revoked"}
+    assert status["connections_known"]
+    assert {t["pod"]: (t["state"], t["holder"]) for t in status["targets"]} == {
+        "cart-1": ("replaced", "connected"),
+        "cart-2": ("outstanding", "not_pushable"),
+        "checkout-1": ("revoked", "not_connected"),
+    }
 
 
 def test_list_shows_the_newest_first(state: State, capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,6 +276,7 @@ def test_restart_workloads_with_a_kubeconfig(
         replica_set = apiserver.add_workload("replicaset", "shop", "cart-7f", owner=deployment)
         apiserver.add_pod("shop", "cart-2", owner=replica_set)
         kubeconfig = str(apiserver.write_kubeconfig(tmp_path / "kubeconfig"))
+        report_streams(state, "ca-a", ["cart-1", "checkout-1"])  # only cart-2 cannot be pushed
 
         code, out, _ = run(
             capsys, "rotate", "--namespace", "shop", "--dry-run", "--kubeconfig", kubeconfig, *state.flags
