@@ -9,12 +9,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
 
 from ca.issuance.spiffe_id import SpiffeId
-from ca.server.grpc_server import MAX_MESSAGE_BYTES, OPTIONS
+from ca.server.grpc_server import MAX_MESSAGE_BYTES, OPTIONS, AsyncioServer, ThreadedServer
 from ca.server.serving_cert import ServingIdentity
 from tests.support.clock import FakeClock
 from tests.support.issuing import make_root
@@ -112,3 +113,36 @@ def test_messages_larger_than_a_tls_record_go_through_whole() -> None:
     finally:
         channel.close()
         server.stop()
+
+
+class NoService:
+    """Stands in for the certificate API: a server with no methods."""
+
+    name = "meshca.test.Nothing"
+
+    def handler(self, *, asynchronous: bool = False) -> grpc.GenericRpcHandler:  # type: ignore[type-arg]
+        return grpc.method_handlers_generic_handler(self.name, {})
+
+
+@pytest.mark.parametrize("model", ["asyncio", "threaded"])
+def test_both_servers_keep_each_connection_small(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each agent's control stream holds a TLS connection for good: its records go out 1 KiB at a
+    time (gRPC's least, so that its buffers stay small) and gRPC keeps no channelz statistics."""
+    seen: dict[str, object] = {}
+    real_aio_server, real_server = grpc.aio.server, grpc.server
+
+    def aio_server(*args: Any, **kwargs: Any) -> grpc.aio.Server:
+        seen.update(kwargs["options"])
+        return real_aio_server(*args, **kwargs)
+
+    def server(*args: Any, **kwargs: Any) -> grpc.Server:
+        seen.update(kwargs["options"])
+        return real_server(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "server", aio_server)
+    monkeypatch.setattr(grpc, "server", server)
+    service: Any = NoService()
+    built = AsyncioServer(service) if model == "asyncio" else ThreadedServer(service, workers=1)
+    built.stop(0)
+    assert seen["grpc.tsi.max_frame_size"] == 1024
+    assert seen["grpc.enable_channelz"] == 0
