@@ -11,6 +11,7 @@ from ca.server.settings import serve_config, token_config
 def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from ca.common import logs
     from ca.common.gc_tuning import tune_for_long_running_server
+    from ca.common.malloc_tuning import map_large_blocks_apart
     from ca.common.signals import until_signalled
 
     cfg = serve_config(args, environ)
@@ -21,6 +22,7 @@ def run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return supervise(cfg)
     from ca.server.wiring import build_server
 
+    map_large_blocks_apart(environ)
     server = build_server(cfg)
     tune_for_long_running_server()
     server.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -341,3 +342,32 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_code(tmp_path:
         errors = [line for line in ca.output().splitlines() if line.startswith("meshca: error:")]
         assert len(errors) == 1 and "holds no CA" in errors[0]
         assert not ca.ports_file.exists()
+
+
+def test_a_worker_tunes_malloc_before_it_builds_its_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ca.common import malloc_tuning
+    from ca.server import processes, wiring
+
+    steps: list[str] = []
+
+    def tune(environ: object) -> bool:
+        steps.append("malloc tuned")
+        return True
+
+    def build(cfg: object, clock: object = None) -> object:
+        steps.append("server built")
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(malloc_tuning, "map_large_blocks_apart", tune)
+    monkeypatch.setattr(wiring, "build_server", build)
+    cfg = _serve("--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert processes._serve(cfg, ready=None) == 2  # type: ignore[arg-type]
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert steps == ["malloc tuned", "server built"]
