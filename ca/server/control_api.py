@@ -27,7 +27,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from cryptography import x509
@@ -111,7 +111,9 @@ class StreamSession:
         self.pod = pod
         self.node = node
         self._context = context
-        self._outbox: collections.deque[bytes] = collections.deque()
+        # Only while something waits to be written: an empty deque is about 760 bytes, and the
+        # thousands of idle streams a CA holds have nothing queued.
+        self._outbox: collections.deque[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closing: tuple[grpc.StatusCode, str] | None = None
         self._queued_crl: bytes | None = None  # the revocation list in the outbox, not yet sent
@@ -121,13 +123,15 @@ class StreamSession:
     def send(self, message: bytes) -> None:
         if self._closing is not None:
             return
+        if self._outbox is None:
+            self._outbox = collections.deque()
         self._outbox.append(message)
         self._wake_writer()
 
     def send_revocations(self, message: bytes) -> None:
         if self._closing is not None:
             return
-        if self._queued_crl is not None:
+        if self._queued_crl is not None and self._outbox:
             for index, queued in enumerate(self._outbox):
                 if queued is self._queued_crl:
                     self._outbox[index] = self._queued_crl = message
@@ -175,7 +179,7 @@ class StreamSession:
                     if message is self._queued_crl:
                         self._queued_crl = None
                     if not await self._write(message):
-                        self._outbox.clear()
+                        self._outbox = None
                         self._closing = (grpc.StatusCode.UNAVAILABLE, TOO_SLOW)
                         log.warning(
                             "closed a control stream too slow to take a message",
@@ -188,14 +192,25 @@ class StreamSession:
         except (grpc.aio.AbortError, asyncio.CancelledError):
             pass
         except Exception as err:  # the stream ended under us: nothing more can be sent
-            self._outbox.clear()
+            self._outbox = None
             log.debug("control stream write failed", extra={"serial": self.serial, "detail": repr(err)})
         finally:
             self._writer = None
+            if not self._outbox:
+                self._outbox = None
 
 
 def _name(text: str) -> str | None:
     return text[:_MAX_NAME] or None
+
+
+class AgentHello(NamedTuple):
+    """What the CA keeps of an agent's Hello for as long as its stream lasts: the parsed message
+    would keep the buffer it was parsed from."""
+
+    pod: str | None
+    node: str | None
+    roots: tuple[str, ...]  # SHA-256 hex of the roots the agent holds, as it reported them
 
 
 class ControlService:
@@ -256,8 +271,8 @@ class ControlService:
         session = StreamSession(
             serial=serial,
             spiffe_id=spiffe_id,
-            pod=_name(hello.pod_name),
-            node=_name(hello.node_name),
+            pod=hello.pod,
+            node=hello.node,
             context=context,
             writes=self._writes,
             clock=self._clock,
@@ -266,7 +281,7 @@ class ControlService:
             "control stream opened",
             extra={"serial": serial, "spiffe_id": spiffe_id, "pod": session.pod, "node": session.node},
         )
-        if not self._coordinator.register(session, held=hello.bundle_sha256):
+        if not self._coordinator.register(session, held=hello.roots):
             await self._read_until_closed(context)
             return
         try:
@@ -274,14 +289,15 @@ class ControlService:
         finally:
             self._coordinator.unregister(session)
 
-    async def _hello(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> pb.Hello:
+    async def _hello(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> AgentHello:
         first = await context.read()
         message = _agent_message(first)
         if message is None or message.WhichOneof("kind") != "hello":
             raise InvalidRequestError(
                 "a control stream starts with a Hello from the agent", reason="control_hello_missing"
             )
-        return message.hello
+        hello = message.hello
+        return AgentHello(_name(hello.pod_name), _name(hello.node_name), tuple(hello.bundle_sha256))
 
     async def _serve(self, session: StreamSession, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         while True:
