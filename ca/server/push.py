@@ -282,8 +282,9 @@ class BundleReports:
 
     def report(self, session: object, roots: frozenset[str]) -> None:
         self.forget(session)
-        self._by_session[session] = roots
-        self._holding.update(roots)
+        if roots:  # a session that reports no root holds none: nothing to keep for it
+            self._by_session[session] = roots
+            self._holding.update(roots)
 
     def forget(self, session: object) -> None:
         roots = self._by_session.pop(session, None)
@@ -308,7 +309,8 @@ class _State:
     revoked: frozenset[str] = frozenset()
     crl: CrlRelease | None = None
     crl_message: bytes = field(default_factory=lambda: revocation_message(None))
-    sessions: dict[str, set[Session]] = field(default_factory=dict)  # by serial
+    # By serial; a tuple (nearly always of one), not a set: a set is 216 bytes of each stream.
+    sessions: dict[str, tuple[Session, ...]] = field(default_factory=dict)
     session_count: int = 0
     reports: BundleReports = field(default_factory=BundleReports)  # the roots each session holds
     bundle_message: bytes | None = None  # the TrustBundle every session gets; None: none published
@@ -329,6 +331,21 @@ class _State:
     def mark_replaced(self, order_id: str, serial: str) -> None:
         self.replaced.add((order_id, serial))
         self._forget(serial, order_id)
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.serial] = (*self.sessions.get(session.serial, ()), session)
+
+    def remove_session(self, session: Session) -> bool:
+        """False if `session` is not known by its serial."""
+        held = self.sessions.get(session.serial, ())
+        if session not in held:
+            return False
+        rest = tuple(s for s in held if s is not session)
+        if rest:
+            self.sessions[session.serial] = rest
+        else:
+            del self.sessions[session.serial]
+        return True
 
     def _forget(self, serial: str, order_id: str) -> None:
         ids = self.by_serial.get(serial)
@@ -516,7 +533,7 @@ class PushCoordinator:
             state = self._state
             revoked = session.serial in state.revoked
             if not revoked:
-                state.sessions.setdefault(session.serial, set()).add(session)
+                state.add_session(session)
                 state.session_count += 1
                 state.reports.report(session, roots)
             crl_message = state.crl_message
@@ -542,12 +559,8 @@ class PushCoordinator:
     def unregister(self, session: Session) -> None:
         """On the loop."""
         with self._lock:
-            held = self._state.sessions.get(session.serial)
-            if held is None or session not in held:
+            if not self._state.remove_session(session):
                 return
-            held.discard(session)
-            if not held:
-                del self._state.sessions[session.serial]
             self._state.session_count -= 1
             self._state.reports.forget(session)
 
@@ -558,14 +571,10 @@ class PushCoordinator:
         now = self._clock.now()
         with self._lock:
             state = self._state
-            held = state.sessions.get(session.serial)
-            if serial in state.revoked or held is None or session not in held:
+            if serial in state.revoked or not state.remove_session(session):
                 return False
-            held.discard(session)
-            if not held:
-                del state.sessions[session.serial]
             session.serial = serial
-            state.sessions.setdefault(serial, set()).add(session)
+            state.add_session(session)
             plans = [state.plans[i] for i in sorted(state.by_serial.get(serial, ()))]
         for plan in plans:
             session.send(rotate_message(plan, serial, now))
