@@ -343,13 +343,14 @@ def worker_main(cfg: ServeConfig, ready: Connection, supervisor_pid: int) -> Non
 
 
 def _serve(cfg: ServeConfig, ready: Connection) -> int:
+    from ca.common.flags import environment
     from ca.common.gc_tuning import tune_for_long_running_server
     from ca.common.malloc_tuning import map_large_blocks_apart
     from ca.common.signals import until_signalled
     from ca.server.wiring import build_server
 
     logs.configure(cfg.log_level)
-    map_large_blocks_apart(os.environ)
+    map_large_blocks_apart(environment())
     try:
         with logs.held_until_running():
             server = build_server(cfg)
