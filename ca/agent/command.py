@@ -3,26 +3,49 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ca.agent.settings import agent_config
+from ca.agent.settings import AgentConfig, agent_config
+from ca.common.gc_tuning import collecting_rarely
+
+if TYPE_CHECKING:
+    from ca.agent.runner import AgentProcess
 
 
 def run(args: argparse.Namespace) -> int:
+    # Starting, the agent imports and builds what it keeps until it exits; with --once on (an
+    # init container, which its pod waits for) that is the whole run.
+    with collecting_rarely():
+        cfg = agent_config(args)
+        if cfg.once:
+            return _fetch_once(cfg)
+        process = _build(cfg)
+    return _run_until_signalled(process)
+
+
+def _build(cfg: AgentConfig) -> AgentProcess:
+    from ca.agent.runner import build_agent
+    from ca.common import logs
+
+    logs.configure(cfg.log_level)
+    return build_agent(cfg)
+
+
+def _fetch_once(cfg: AgentConfig) -> int:
     import time
 
     from ca.agent.once import fetch_once
-    from ca.agent.runner import build_agent
-    from ca.common import logs
+
+    process = _build(cfg)
+    try:
+        fetch_once(process.agent, timeout=cfg.once_timeout, clock=process.clock, sleep=time.sleep)
+    finally:
+        process.client.close()
+    return 0
+
+
+def _run_until_signalled(process: AgentProcess) -> int:
     from ca.common.signals import until_signalled
 
-    cfg = agent_config(args)
-    logs.configure(cfg.log_level)
-    process = build_agent(cfg)
-    if cfg.once:
-        try:
-            fetch_once(process.agent, timeout=cfg.once_timeout, clock=process.clock, sleep=time.sleep)
-        finally:
-            process.client.close()
-        return 0
     process.start()
     return until_signalled(process.stop, process.wait)

@@ -7,12 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ca.common.durations import parse_duration
 from ca.common.flags import PORTS_FILE_HELP, EnvDefaults, Subcommands, fraction, listen_address, path_or_off
 from ca.errors import ConfigError
-from ca.issuance.keys import KeyAlgorithm
-from ca.issuance.spiffe_id import trust_domain_flag
+
+if TYPE_CHECKING:
+    from ca.issuance.keys import KeyAlgorithm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +92,10 @@ def add_agent_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
+    # Imported here: reading the command line needs neither, and keys imports cryptography.
+    from ca.issuance.keys import KeyAlgorithm
+    from ca.issuance.spiffe_id import trust_domain_flag
+
     return AgentConfig(
         ca_address=args.ca_addr,
         ca_root=Path(args.ca_root),

@@ -1,4 +1,5 @@
-"""The collector tuning: start-up objects frozen, young collections less often, cycles still freed."""
+"""The collector tuning: start-up objects frozen, young collections less often, cycles still freed;
+and for a short run, young collections rarely, the thresholds as they were after it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from ca.common.gc_tuning import YOUNG_THRESHOLD, tune_for_long_running_server
+from ca.common.gc_tuning import (
+    SHORT_RUN_YOUNG_THRESHOLD,
+    YOUNG_THRESHOLD,
+    collecting_rarely,
+    tune_for_long_running_server,
+)
 
 
 @pytest.fixture
@@ -41,3 +47,37 @@ def test_cycles_made_after_tuning_are_still_collected(restored_collector: None) 
     del first, second
     gc.collect()
     assert gone() is None
+
+
+def young_collections_while(allocate: int) -> int:
+    """Young collections while `allocate` objects the collector tracks are made and kept."""
+    started = gc.get_stats()[0]["collections"]
+    kept = [[] for _ in range(allocate)]
+    assert len(kept) == allocate
+    return int(gc.get_stats()[0]["collections"] - started)
+
+
+def test_a_short_run_collects_rarely_and_restores_the_thresholds(restored_collector: None) -> None:
+    before = gc.get_threshold()
+    with collecting_rarely():
+        assert gc.get_threshold() == (SHORT_RUN_YOUNG_THRESHOLD, before[1], before[2])
+        assert young_collections_while(SHORT_RUN_YOUNG_THRESHOLD // 2) == 0
+    assert gc.get_threshold() == before
+    assert young_collections_while(10 * before[0]) > 0
+
+
+def test_a_short_run_that_fails_restores_the_thresholds(restored_collector: None) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), collecting_rarely():
+        raise RuntimeError("the run failed")
+    assert gc.get_threshold() == before
+
+
+def test_cycles_made_in_a_short_run_are_still_collected(restored_collector: None) -> None:
+    with collecting_rarely():
+        first, second = Node(), Node()
+        first.other, second.other = second, first
+        gone = weakref.ref(first)
+        del first, second
+        young_collections_while(2 * SHORT_RUN_YOUNG_THRESHOLD)
+        assert gone() is None
