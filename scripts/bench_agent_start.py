@@ -23,7 +23,8 @@ token (the CA's token cache never answers for it) and a fresh output directory:
 Each is run twice: in this environment as it is (where PYTHONDONTWRITEBYTECODE is set, as in
 some development shells, meshca's own modules are compiled from source at every start), and
 with bytecode cached in a private PYTHONPYCACHEPREFIX, as for a package pip installed (it
-compiles .pyc files), which is how the agent runs in an image.
+compiles .pyc files), which is how the agent runs in the image (deploy/Dockerfile compiles ca/
+when it builds it: at run time the image sets PYTHONDONTWRITEBYTECODE too).
 
 It prints min / median / p90 / max and ends with one JSON line. Figures move with the load of
 the machine: the load average is printed before and after. It is a benchmark, not a test.

@@ -95,3 +95,21 @@ def test_an_official_slim_python_a_non_root_user_and_meshca_as_the_entrypoint() 
         assert pod["securityContext"]["runAsUser"] == int(uid)
         assert pod["securityContext"]["runAsGroup"] == int(gid or uid)
         assert ca_container(manifests)["image"] == "meshca:0.1.0"
+
+
+def test_the_image_compiles_meshcas_bytecode_before_it_stops_being_root() -> None:
+    """At run time the image sets PYTHONDONTWRITEBYTECODE and runs as a user who cannot write to
+    ca/: bytecode not compiled into the image would be compiled again at every start."""
+    parsed = instructions(DOCKERFILE.read_text())
+    kinds = [kind for kind, _ in parsed]
+    compile_at = next(
+        i
+        for i, (kind, rest) in enumerate(parsed)
+        if kind == "RUN" and ["python3", "-m", "compileall", "-q", "ca"] in steps(rest)
+    )
+    copied_at = next(
+        i for i, (kind, rest) in enumerate(parsed) if kind == "COPY" and shlex.split(rest)[0] == "ca"
+    )
+    assert copied_at < compile_at < kinds.index("USER")
+    env = " ".join(rest for kind, rest in parsed if kind == "ENV")
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # why the step is needed; if this goes, so may it
