@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 
 from ca import __version__
+from ca._proto import istio_ca_pb2, istio_ca_pb2_grpc
 from ca.agent.bundle import HeldBundle
-from ca.agent.ca_messages import CREATE_CERTIFICATE, decode_response, encode_request
 from ca.agent.ca_tls import points_at_tls, verification_failure
 from ca.errors import MeshcaError, UnavailableError
 
@@ -89,23 +89,23 @@ class CaClient:
         self._lock = threading.Lock()
         self._root: bytes | None = None
         self._channel: grpc.Channel | None = None
-        self._create: grpc.UnaryUnaryMultiCallable[bytes, list[str]] | None = None
+        self._stub: istio_ca_pb2_grpc.IstioCertificateServiceStub | None = None
 
     def create_certificate(
         self, csr_pem: str, ttl_seconds: int, *, metadata: Sequence[tuple[str, str]] = ()
     ) -> list[str]:
         """Ask with the token; `metadata` is added to the request's (a rotation order's)."""
         token = read_token(self._token_file)
-        create, root = self._current_call()
+        stub, root = self._current_stub()
         headers = [("authorization", f"Bearer {token}"), (AGENT_HEADER, f"meshca/{__version__}"), *metadata]
         if self._endpoint.cluster_id:
             headers.append(("clusterid", self._endpoint.cluster_id))
-        request = encode_request(csr_pem, ttl_seconds)
+        request = istio_ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds)
         try:
-            chain = create(request, metadata=tuple(headers), timeout=self._endpoint.timeout_s)
+            response = stub.CreateCertificate(request, metadata=headers, timeout=self._endpoint.timeout_s)
         except grpc.RpcError as err:
             raise self._call_failed(err, root) from err
-        return chain
+        return list(response.cert_chain)
 
     def _call_failed(self, err: grpc.RpcError, root: bytes) -> MeshcaError:
         code, details = err.code(), err.details()
@@ -131,8 +131,8 @@ class CaClient:
             return UnavailableError(message, reason=code.name.lower())
         return CaRefusedError(message, reason=code.name.lower())
 
-    def _current_call(self) -> tuple[grpc.UnaryUnaryMultiCallable[bytes, list[str]], bytes]:
-        """CreateCertificate on a channel that trusts the root file as it is now and the bundle held: a
+    def _current_stub(self) -> tuple[istio_ca_pb2_grpc.IstioCertificateServiceStub, bytes]:
+        """The stub of a channel that trusts the root file as it is now and the bundle held: a
         changed file or bundle means a new channel, so a CA whose serving certificate moved to a
         new root is reached again."""
         try:
@@ -146,7 +146,7 @@ class CaClient:
         if self._bundle is not None:
             root = self._bundle.trust_pem(root)
         with self._lock:
-            if self._create is None or root != self._root:
+            if self._stub is None or root != self._root:
                 if self._channel is not None:
                     self._channel.close()
                 options = []
@@ -155,21 +155,15 @@ class CaClient:
                 self._channel = grpc.secure_channel(
                     self._endpoint.address, grpc.ssl_channel_credentials(root), options=options
                 )
-                # Requests go as bytes: create_certificate encodes each before the call, so a value
-                # out of range raises ValueError there (as building the protobuf message did), not
-                # as a failed call. _registered_method as in the stub protoc generates.
-                self._create = self._channel.unary_unary(  # type: ignore[call-arg]
-                    CREATE_CERTIFICATE,
-                    request_serializer=None,
-                    response_deserializer=decode_response,
-                    _registered_method=True,
+                self._stub = istio_ca_pb2_grpc.IstioCertificateServiceStub(  # type: ignore[no-untyped-call]
+                    self._channel
                 )
                 self._root = root
-            return self._create, root
+            return self._stub, root
 
     def close(self) -> None:
         with self._lock:
             if self._channel is not None:
                 self._channel.close()
                 self._channel = None
-                self._create = None
+                self._stub = None

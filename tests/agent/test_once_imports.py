@@ -5,7 +5,7 @@ holds once the certificate is on disk (not by timing).
 The running agent's parts (its scheduler, metrics, SDS and Workload API servers, control stream,
 the revocation lists it serves)
 and the other commands' (the CA server, the Kubernetes client, the ledger, policy, enforcement)
-stay out of it, and so does protobuf (the agent writes and reads its two messages itself). The
+stay out of it, and so do the protobuf modules of every API but Istio's certificate service. The
 cyclic collector does not walk the objects its imports make before the certificate is on disk."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ NOT_ON_THE_ONCE_PATH = (
     "pydantic",
     "requests",
     "jwt",  # the token's claims are read without it (ca.agent.identity)
-    "google.protobuf",  # the Istio certificate messages are written and read by ca.agent.ca_messages
-    "ca._proto",
+    "ca._proto.meshca_control_pb2",
+    "ca._proto.spiffe_workload_pb2",
     "ca.server",
     "ca.kube",
     "ca.ledger",
@@ -69,8 +69,8 @@ A_RUNNING_AGENT_IMPORTS = (
     "ca.agent.telemetry",
     "ca.issuance.crl",
     "ca.net.status_http",
-    "ca._proto",
-    "google.protobuf",
+    "ca._proto.meshca_control_pb2",
+    "ca._proto.spiffe_workload_pb2",
 )
 
 # Runs `meshca ARGS` the way `python -m ca.cli` does, then prints the modules it holds.
