@@ -50,14 +50,19 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return basic.ca and usage.key_cert_sign
 
 
-def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` names and signed `cert` (its signature only: no validity, no path)."""
+    if cert.issuer != issuer.subject:
         return False
     try:
-        cert.verify_directly_issued_by(cert)
+        cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def _is_self_signed(cert: x509.Certificate) -> bool:
+    return issued_by(cert, cert)
 
 
 def _subject_key_id(cert: x509.Certificate) -> str:

@@ -31,13 +31,13 @@ from typing import Any, NamedTuple
 
 import grpc
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from google.protobuf.message import DecodeError
 
 from ca._proto import meshca_control_pb2 as pb
 from ca.auth.base import Authenticator, Credentials
 from ca.common.clock import Clock
 from ca.errors import AuthenticationError, InvalidRequestError, InvalidSpiffeIdError, MeshcaError
+from ca.issuance.authority import issued_by
 from ca.issuance.possession import check_possession, rebind_statement
 from ca.issuance.svid_id import svid_spiffe_id
 from ca.ledger.rotation import normalize_serial
@@ -367,7 +367,7 @@ class ControlService:
                 f"the new certificate is for {spiffe_id}, the stream for {session.spiffe_id}",
                 "rebind_other_identity",
             )
-        if not any(_issued_by(cert, issuer) for issuer in self._leaf_issuers()):
+        if not any(issued_by(cert, issuer) for issuer in self._leaf_issuers()):
             raise _rebind_refused(
                 "no signing CA of this CA issued the new certificate", "rebind_unknown_issuer"
             )
@@ -417,16 +417,6 @@ def _rebind_refused(what: str, reason: str) -> AuthenticationError:
     return AuthenticationError(
         f"{what}; the stream is ended: reconnect with the certificate held", reason=reason
     )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _agent_message(raw: object) -> pb.AgentMessage | None:
