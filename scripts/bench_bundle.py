@@ -56,6 +56,7 @@ from bench_rotate import (
     LOAD_CPU,
     Fleet,
     LoadSpec,
+    OpenStream,
     SimAgent,
     _split,
     _wait_event,
@@ -148,9 +149,9 @@ class BundleFleet(Fleet):
         self.bundle_at: dict[int, float] = {}  # agent index -> when its first TrustBundle came
         self.all_bundled = asyncio.Event()
 
-    def _handle(self, agent: SimAgent, serial: str, call: Any, message: Any) -> None:
+    def _handle(self, agent: SimAgent, stream: OpenStream, message: Any) -> None:
         if message.WhichOneof("kind") != "bundle":
-            super()._handle(agent, serial, call, message)
+            super()._handle(agent, stream, message)
             return
         import hashlib
 
@@ -163,7 +164,7 @@ class BundleFleet(Fleet):
                 sequence=message.bundle.sequence,
             )
         )
-        asyncio.get_running_loop().create_task(self._write(call, held.SerializeToString()))
+        asyncio.get_running_loop().create_task(self._write(stream.call, held.SerializeToString()))
         if len(self.bundle_at) == self.report.issued:
             self.all_bundled.set()
 
