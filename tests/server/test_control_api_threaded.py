@@ -4,11 +4,14 @@ so once at start, naming what that costs and the fix."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from ca.server.control_api import THREADED_SERVER_AT_START
-from tests.support.control import ca_process
+from tests.support.control import CaProcess, ca_process
+
+SERVING_LINE_WAIT_S = 10.0  # the ports file can be written before the "serving" line reaches the log
 
 
 def warnings_at_start(log: str) -> list[str]:
@@ -25,9 +28,17 @@ def warnings_at_start(log: str) -> list[str]:
     raise AssertionError(f"the CA never said it was serving:\n{log}")
 
 
+def start_warnings(ca: CaProcess) -> list[str]:
+    """`warnings_at_start` of the CA's log, once the log holds its "serving" line."""
+    deadline = time.monotonic() + SERVING_LINE_WAIT_S
+    while '"msg": "meshca CA serving"' not in ca.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return warnings_at_start(ca.log())
+
+
 def test_the_threaded_server_with_a_ledger_warns_at_start_that_agents_get_no_orders_or_crls() -> None:
     with ca_process("--grpc-server", "threaded") as ca:
-        warned = warnings_at_start(ca.log())
+        warned = start_warnings(ca)
     assert warned.count(THREADED_SERVER_AT_START) == 1
     for words in ("rotation orders", "revocation lists", "revokes their", "--grpc-server asyncio"):
         assert words in THREADED_SERVER_AT_START
@@ -36,4 +47,4 @@ def test_the_threaded_server_with_a_ledger_warns_at_start_that_agents_get_no_ord
 @pytest.mark.parametrize("flags", [(), ("--grpc-server", "threaded", "--ledger", "off")])
 def test_no_warning_when_streams_are_served_or_there_is_nothing_to_push(flags: tuple[str, ...]) -> None:
     with ca_process(*flags) as ca:
-        assert THREADED_SERVER_AT_START not in warnings_at_start(ca.log())
+        assert THREADED_SERVER_AT_START not in start_warnings(ca)
