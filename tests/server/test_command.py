@@ -152,22 +152,9 @@ def test_cli_token_bad_pod_binding_exits_2(
 def test_cli_serve_tunes_malloc_before_it_builds_the_server(
     tmp_path: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ca.common import malloc_tuning
-    from ca.errors import ConfigError
-    from ca.server import wiring
+    from tests.support.startup_order import MALLOC_THEN_SERVER, record_malloc_and_build
 
-    steps: list[str] = []
-
-    def tune(environ: object) -> bool:
-        steps.append("malloc tuned")
-        return True
-
-    def build(cfg: object, clock: object = None) -> object:
-        steps.append("server built")
-        raise ConfigError("stop here")
-
-    monkeypatch.setattr(malloc_tuning, "map_large_blocks_apart", tune)
-    monkeypatch.setattr(wiring, "build_server", build)
+    steps = record_malloc_and_build(monkeypatch)
     assert cli.main(_loopback(tmp_path / "state")) == cli.EXIT_CONFIG
     capsys.readouterr()
-    assert steps == ["malloc tuned", "server built"]
+    assert steps == MALLOC_THEN_SERVER

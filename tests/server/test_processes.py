@@ -347,21 +347,10 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_code(tmp_path:
 def test_a_worker_tunes_malloc_before_it_builds_its_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ca.common import malloc_tuning
-    from ca.server import processes, wiring
+    from ca.server import processes
+    from tests.support.startup_order import MALLOC_THEN_SERVER, record_malloc_and_build
 
-    steps: list[str] = []
-
-    def tune(environ: object) -> bool:
-        steps.append("malloc tuned")
-        return True
-
-    def build(cfg: object, clock: object = None) -> object:
-        steps.append("server built")
-        raise ConfigError("stop here")
-
-    monkeypatch.setattr(malloc_tuning, "map_large_blocks_apart", tune)
-    monkeypatch.setattr(wiring, "build_server", build)
+    steps = record_malloc_and_build(monkeypatch)
     cfg = _serve("--state-dir", str(tmp_path / "state"), "--listen", "127.0.0.1:0")
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -370,4 +359,4 @@ def test_a_worker_tunes_malloc_before_it_builds_its_server(
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-    assert steps == ["malloc tuned", "server built"]
+    assert steps == MALLOC_THEN_SERVER
