@@ -56,6 +56,7 @@ class Caller:
     expires_at: datetime | None = None
     not_before: datetime | None = None
     token_leeway: TokenLeeway | None = None  # set when the leeway let this token's time check pass
+    certificate_serial: str | None = None  # lower-case hex, when a client certificate proved the caller
 
 
 class Authenticator(Protocol):

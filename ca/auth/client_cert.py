@@ -65,6 +65,7 @@ class ClientCertificateAuthenticator:
             service_account=workload[1],
             method=self.name,
             expires_at=cert.not_valid_after_utc,
+            certificate_serial=serial,
         )
 
     def _workload_id(self, cert: x509.Certificate) -> SpiffeId:

@@ -245,10 +245,9 @@ class ControlService:
         caller = self._authenticator.authenticate(
             Credentials(peer_certificate_pem=pem, peer_address=context.peer())
         )
-        if caller is None:
+        if caller is None or caller.certificate_serial is None:
             raise AuthenticationError(NOT_ON_THIS_PORT, reason="client_cert_missing")
-        serial = normalize_serial(format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x"))
-        return serial, caller.spiffe_id.uri
+        return normalize_serial(caller.certificate_serial), caller.spiffe_id.uri
 
     async def connect(self, _requests: object, context: grpc.aio.ServicerContext[bytes, bytes]) -> None:
         try:

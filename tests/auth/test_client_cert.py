@@ -164,3 +164,14 @@ def test_a_revoked_svid_is_refused_and_others_pass(
     assert caught.value.reason == "client_cert_revoked"
     assert f"serial {revoked}" in caught.value.message and "service-account token" in caught.value.message
     assert asked[-1] == revoked
+
+
+def test_the_caller_carries_its_certificates_serial(
+    authority: SigningAuthority, svid_clock: FakeClock
+) -> None:
+    pem = _svid(authority, svid_clock, SpiffeId.for_workload(TRUST_DOMAIN, "shop", "web"))
+    caller = _cert_auth(svid_clock).authenticate(Credentials(peer_certificate_pem=pem))
+    assert caller is not None
+    assert caller.certificate_serial == format(
+        x509.load_pem_x509_certificate(pem.encode()).serial_number, "x"
+    )

@@ -17,13 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca._proto import meshca_control_pb2 as pb
+from ca.auth.base import Authenticator, Caller, Credentials
+from ca.auth.client_cert import ClientCertificateAuthenticator
 from ca.common.clock import SystemClock
+from ca.errors import AuthenticationError
 from ca.issuance.possession import prove_possession, rebind_statement
 from ca.ledger.rotation import Selector, TargetState
 from ca.server.control_api import MAX_WRITES, WRITE_TIMEOUT_S, AgentHello, ControlService, StreamSession
 from tests.support.clock import FakeClock
 from tests.support.control import AGENT_METADATA, CaProcess, Issued, ca_process
-from tests.support.svids import make_svid
+from tests.support.svids import CART, make_svid
 
 T = TypeVar("T")
 ORDER = "ro-00000000c0de"
@@ -438,3 +441,61 @@ def test_the_ca_keeps_only_the_fields_it_needs_of_a_hello() -> None:
     service = ControlService.__new__(ControlService)
     kept = asyncio.run(service._hello(HelloContext(hello)))  # type: ignore[arg-type]
     assert kept == AgentHello(pod="cart-1", node=None, roots=("ab" * 32, "cd" * 32))
+
+
+# ---------------------------------------------------------------------- who opened the stream
+
+
+class PeerContext:
+    """A stream opened over mutual TLS with `pem` as the client certificate."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._pem = pem
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:40000"
+
+
+def _identifying_service(authenticator: Authenticator) -> ControlService:
+    service = ControlService.__new__(ControlService)
+    service._authenticator = authenticator
+    return service
+
+
+def test_a_stream_is_known_by_the_serial_the_authenticator_read_parsing_the_certificate_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    svid = make_svid(clock)
+    pem = svid.leaf.public_bytes(serialization.Encoding.PEM)
+    parses: list[bytes] = []
+    load = x509.load_pem_x509_certificate
+
+    def counting_load(data: bytes) -> x509.Certificate:
+        parses.append(data)
+        return load(data)
+
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", counting_load)
+    authenticator = ClientCertificateAuthenticator(trust_domain="cluster.local", clock=clock)
+    serial, spiffe_id = _identifying_service(authenticator).identify(PeerContext(pem))
+    assert (serial, spiffe_id) == (format(svid.leaf.serial_number, "x"), CART.uri)
+    assert len(parses) == 1
+
+
+class SerialLessAuthenticator:
+    """Names a caller but not the certificate that proved it."""
+
+    name = "serial-less"
+
+    def authenticate(self, credentials: Credentials) -> Caller | None:
+        return Caller(spiffe_id=CART, namespace="shop", service_account="cart", method=self.name)
+
+
+def test_a_caller_proved_by_no_certificate_serial_is_refused() -> None:
+    pem = make_svid(FakeClock()).leaf.public_bytes(serialization.Encoding.PEM)
+    with pytest.raises(AuthenticationError) as refused:
+        _identifying_service(SerialLessAuthenticator()).identify(PeerContext(pem))
+    assert refused.value.reason == "client_cert_missing"
