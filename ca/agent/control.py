@@ -176,6 +176,12 @@ class _Stream:
     answered: bool = False  # the CA has sent something on it (it sends a CRL at once)
 
 
+def _known_serial(stream: _Stream | None, opened_with: str) -> str:
+    """The serial the CA knows a stream by: the one it was rebound to, else the one it was opened
+    with (`stream` is None when the call could not be made)."""
+    return stream.serial if stream is not None else opened_with
+
+
 class ControlStream:
     """The agent's control stream; also an SvidSink (`publish`), to learn of each new certificate."""
 
@@ -371,7 +377,7 @@ class ControlStream:
             elif (
                 end is not StreamEnd.REISSUE
                 and not self._stopped.is_set()
-                and self._current_serial() == (stream.serial if stream is not None else serial)
+                and self._current_serial() == _known_serial(stream, serial)
             ):
                 log.warning(
                     "control stream to the CA failed",
@@ -386,8 +392,7 @@ class ControlStream:
             with self._lock:
                 self._stream = None
             channel.close()
-        known = stream.serial if stream is not None else serial
-        return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end, known
+        return healthy, StreamEnd.STOPPED if self._stopped.is_set() else end, _known_serial(stream, serial)
 
     def _unserved(self, err: grpc.RpcError) -> None:
         """Say once, clearly, that this CA will not push anything; later refusals only at debug."""
