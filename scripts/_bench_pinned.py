@@ -10,12 +10,16 @@ The floor is the work no implementation can skip, done in one process on the ser
 core: verify the token's RS256 signature with `cryptography` and read its claims, load
 the CSR and verify its signature, build and sign the leaf with the CA's key. The ratio
 is end to end / floor: the share of a core's cryptographic capacity that a core running
-meshca delivers as certificates.
+meshca delivers as certificates. The floor is measured again right before each run, so
+that each ratio compares two measurements a few seconds apart on a core whose speed may
+drift (a virtual machine's neighbours).
 
 Each round runs the server with `--ledger off` and with the default ledger (SQLite in
 the state dir), each at 32 requests in flight (closed loop) and then at half of that
 peak (open loop on a fixed timetable, latency counted from the scheduled send time).
-The table gives the median over rounds and the spread (min-max).
+The table gives the median over rounds and the spread (min-max). After each run with a
+ledger, the disk's fsync is probed at that run's half-load commit spacing: a certificate
+waits for its record's commit, so the disk's tail at that spacing is in the half-load p99.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from _bench_common import (
 
 LEDGER_SETTINGS = (("ledger off", "off"), ("ledger on (SQLite, default)", "auto"))
 SERVER_TOKEN_CACHE = 10_000  # `meshca serve`'s default --token-cache-size
+HALF_LOAD_FSYNCS = 500  # fsyncs probed after each ledger run, spaced as its half-load commits
 
 
 @dataclass(frozen=True)
@@ -352,7 +357,8 @@ class Setting:
     ledger: str
     peak: list[Phase] = field(default_factory=list)
     half: list[Phase] = field(default_factory=list)
-    floors: list[float] = field(default_factory=list)  # the floor measured in the same round
+    floors: list[float] = field(default_factory=list)  # the floor measured right before each run
+    half_fsyncs: list[tuple[float, float, float]] = field(default_factory=list)  # see fsync_ms
     prefilled: Path | None = None  # a ledger file copied into the state dir before each run
     transport: str | None = None  # not meshca: the transport floor server on this gRPC server model
     code: Path | None = None  # a baseline tree's `ca` (--baseline)
@@ -420,9 +426,11 @@ def profile_phase(
     print(f"(raw files in {out_dir})")
 
 
-def fsync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
-    """p50 and p99 of a 200-byte write + fsync in `directory`: the ledger's commit latency
-    floor (SQLite syncs its WAL on every commit, and a certificate waits for its record)."""
+def fsync_ms(directory: Path, count: int = 200, gap_s: float = 0.0) -> tuple[float, float, float]:
+    """p50, p99 and p99.9 of a 200-byte write + fsync in `directory`, back to back or one every
+    `gap_s`: the ledger's commit latency floor (SQLite syncs its WAL on every commit, and a
+    certificate waits for its record). Spaced as the half-load commits are, a virtual disk can
+    take several times longer in its tail than back to back."""
     path = directory / "fsync-probe"
     times = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -432,11 +440,13 @@ def fsync_ms(directory: Path, count: int = 200) -> tuple[float, float]:
             started = time.perf_counter()
             os.fsync(fd)
             times.append((time.perf_counter() - started) * 1e3)
+            if gap_s:
+                time.sleep(gap_s)
     finally:
         os.close(fd)
         path.unlink()
     times.sort()
-    return percentile(times, 0.5), percentile(times, 0.99)
+    return percentile(times, 0.5), percentile(times, 0.99), percentile(times, 0.999)
 
 
 def run_rounds(s: PinnedSettings) -> tuple[list[Setting], int]:
@@ -461,16 +471,17 @@ def run_rounds(s: PinnedSettings) -> tuple[list[Setting], int]:
         print(f"  making a pool of {s.pool} distinct tokens and CSRs ...", flush=True)
         pool = make_pool(state_dir, s.pool)
         for r in range(s.rounds):
-            floor = measure_floor(ctx, state_dir, pool, s)
-            sync50, sync99 = fsync_ms(state_dir)
+            sync50, sync99, _ = fsync_ms(state_dir)
             print(
-                f"round {r + 1}/{s.rounds}: floor {floor:,.0f}/s; fsync on the state dir's disk "
+                f"round {r + 1}/{s.rounds}: fsync on the state dir's disk, back to back, "
                 f"p50/p99 {sync50:.2f}/{sync99:.2f} ms",
                 flush=True,
             )
             for setting in settings:
+                # The floor right before each setting: on a shared machine the core's speed
+                # drifts within a round, and a ratio is only as good as its floor's timing.
+                setting.floors.append(measure_floor(ctx, state_dir, pool, s))
                 _one_setting(ctx, s, setting, state_dir, tmp, pool)
-                setting.floors.append(floor)
         if s.profile_s > 0:
             for ledger in s.profile_ledgers:
                 profile_phase(ctx, s, state_dir, tmp, pool, ledger)
@@ -513,11 +524,21 @@ def _one_setting(
     setting.peak.append(peak)
     setting.half.append(half)
     print(
-        f"  {setting.label}: {peak.certs_per_s:,.0f}/s, p50/p99 {peak.p50_ms:.1f}/{peak.p99_ms:.1f} ms, "
-        f"server {peak.server_cpu:.2f} cores, clients {peak.client_cpu:.2f}; half load "
-        f"p50/p99 {half.p50_ms:.2f}/{half.p99_ms:.2f} ms; errors {peak.errors + half.errors}",
+        f"  {setting.label}: floor {setting.floors[-1]:,.0f}/s; {peak.certs_per_s:,.0f}/s, p50/p99 "
+        f"{peak.p50_ms:.1f}/{peak.p99_ms:.1f} ms, server {peak.server_cpu:.2f} cores, clients "
+        f"{peak.client_cpu:.2f}; half load p50/p99 {half.p50_ms:.2f}/{half.p99_ms:.2f} ms; "
+        f"errors {peak.errors + half.errors}",
         flush=True,
     )
+    if setting.ledger != "off" and half.certs_per_s > 0:
+        spacing_s = 1 / half.certs_per_s  # about one commit per certificate at half load
+        setting.half_fsyncs.append(fsync_ms(state_dir, count=HALF_LOAD_FSYNCS, gap_s=spacing_s))
+        sync50, sync99, sync999 = setting.half_fsyncs[-1]
+        print(
+            f"    fsync spaced as its half-load commits (one per {spacing_s * 1e3:.1f} ms): "
+            f"p50/p99/p99.9 {sync50:.2f}/{sync99:.2f}/{sync999:.2f} ms",
+            flush=True,
+        )
     if ledger_file.exists():  # the next round starts from an empty ledger again
         for suffix in ("", "-wal", "-shm"):
             Path(f"{ledger_file}{suffix}").unlink(missing_ok=True)
@@ -583,7 +604,13 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
             "server_cpu_cores": [p.server_cpu for p in st.peak],
             "client_cpu_cores": [p.client_cpu for p in st.peak],
             "errors": errors,
+            "half_load_fsync_p50_p99_p999_ms": st.half_fsyncs,
         }
+    for st in settings:
+        if st.half_fsyncs:
+            fsync99s = [f[1] for f in st.half_fsyncs]
+            p99s = spread(fsync99s, ".2f")
+            print(f"{st.label}: the disk's fsync p99 at its half-load commit spacing {p99s} ms")
     by_ledger = {st.key: st for st in settings}
     ratio_on_off = _ratios(by_ledger, "auto", "off")
     if ratio_on_off:

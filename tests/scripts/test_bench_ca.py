@@ -52,4 +52,14 @@ def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table() -> No
         # The server and its ledger process shared one core: pinned, they cannot use more.
         assert 0 < figures["server_cpu_cores"][0] <= 1.05
     assert len(summary["ledger_on_over_off"]) == 1 and len(summary["prefilled_over_empty"]) == 1
+    # Each run with a ledger probed the disk at its own half-load commit spacing; runs without none.
+    for label, figures in settings.items():
+        probes = figures["half_load_fsync_p50_p99_p999_ms"]
+        if label == "ledger off" or label.startswith("transport only"):
+            assert probes == []
+        else:
+            ((p50, p99, p999),) = probes
+            assert 0 < p50 <= p99 <= p999
+    # Each run's floor was measured right before it, not once per round.
+    assert len({figures["floor_per_s"][0] for figures in settings.values()}) == len(settings)
     assert "| ledger off |" in done.stdout
