@@ -14,6 +14,7 @@ from cryptography import x509
 from ca.auth.base import Caller, Credentials
 from ca.common.clock import Clock
 from ca.errors import AuthenticationError, InvalidSpiffeIdError
+from ca.issuance.authority import valid_at
 from ca.issuance.spiffe_id import SpiffeId
 from ca.issuance.svid_id import svid_spiffe_id
 
@@ -46,8 +47,7 @@ class ClientCertificateAuthenticator:
             cert = x509.load_pem_x509_certificate(pem.encode())
         except ValueError as err:
             raise _refused(f"it cannot be parsed ({err})") from err
-        now = self._clock.now()
-        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        if not valid_at(cert, self._clock.now()):
             raise _refused(f"it is valid only from {cert.not_valid_before_utc} to {cert.not_valid_after_utc}")
         spiffe_id = self._workload_id(cert)
         serial = format(cert.serial_number, "x")

@@ -61,6 +61,12 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
+def valid_at(cert: x509.Certificate, moment: datetime) -> bool:
+    """Whether `moment` is within `cert`'s validity: from its notBefore, up to but not including
+    its notAfter (its dates only: no signature, no path)."""
+    return cert.not_valid_before_utc <= moment < cert.not_valid_after_utc
+
+
 def _is_self_signed(cert: x509.Certificate) -> bool:
     return issued_by(cert, cert)
 

@@ -37,7 +37,7 @@ from ca._proto import meshca_control_pb2 as pb
 from ca.auth.base import Authenticator, Credentials
 from ca.common.clock import Clock
 from ca.errors import AuthenticationError, InvalidRequestError, InvalidSpiffeIdError, MeshcaError
-from ca.issuance.authority import issued_by
+from ca.issuance.authority import issued_by, valid_at
 from ca.issuance.possession import check_possession, rebind_statement
 from ca.issuance.svid_id import svid_spiffe_id
 from ca.ledger.rotation import normalize_serial
@@ -350,8 +350,7 @@ class ControlService:
             raise _rebind_refused(
                 f"the new certificate cannot be parsed ({err})", "rebind_unreadable"
             ) from None
-        now = self._clock.now()
-        if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
+        if not valid_at(cert, self._clock.now()):
             raise _rebind_refused(
                 f"the new certificate is valid only from {cert.not_valid_before_utc} to "
                 f"{cert.not_valid_after_utc}",

@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 
+from ca.issuance.authority import valid_at
 from ca.issuance.keys import PrivateKey, private_key_pem
 from tests.support.issuing import cacerts_error
 from tests.support.pki import Hierarchy, ec_key, make_hierarchy, pem
@@ -82,3 +83,14 @@ def test_garbage_certificate_file_is_refused(hierarchy: Hierarchy, tmp_path: Pat
     (directory / "root-cert.pem").write_text("not a certificate\n")
     err = cacerts_error(directory)
     assert "root-cert.pem" in err.message
+
+
+def test_a_certificate_is_valid_from_its_not_before_until_just_before_its_not_after(
+    hierarchy: Hierarchy,
+) -> None:
+    cert = _leaf_cert(hierarchy.root, hierarchy.root_key, ec_key())
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    assert not valid_at(cert, start - timedelta(seconds=1))
+    assert valid_at(cert, start)
+    assert valid_at(cert, end - timedelta(seconds=1))
+    assert not valid_at(cert, end)
