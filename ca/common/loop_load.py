@@ -1,78 +1,99 @@
-"""How busy an event loop is: the share of recent time it spent running rather than waiting.
+"""How short of CPU an event loop is: the share of recent time its thread ran or waited to run.
 
 The ledger's group commit waits for company only when the CA is short of CPU: then every
 commit it saves is CPU given back to issuance. When the loop has time to spare, waiting
 only adds latency, because the commit in flight already gathers the next batch.
 
-The loop's selector is the one place that sees both: time inside `select` is time the loop
-had nothing to do. `IdleTimingSelector` wraps the platform's selector and feeds `LoopLoad`,
-which keeps the busy share of the last complete window.
+The kernel keeps, for each thread, the time it ran and the time it spent runnable but
+waiting for a CPU (`/proc/thread-self/schedstat`). Their sum is the loop thread's demand
+for CPU: time it sleeps in the poller, with nothing to do, is in neither. A loop whose
+demand fills the window is short of CPU, whether it ran all that time or lost part of it
+to the ledger process or gRPC's threads on the same core. `ThreadCpuDemand` reads it;
+`LoopLoad` turns it into the busy share of the last windows.
 """
 
 from __future__ import annotations
 
-import selectors
+import os
 import time
 from collections.abc import Callable
 
 WINDOW_S = 0.05  # long enough to span many loop turns, short enough to follow a burst
 SATURATED = 0.85  # busy share from which the loop counts as short of CPU
+SCHEDSTAT = "/proc/thread-self/schedstat"
+
+CpuDemand = Callable[[], float]
+"""Cumulative seconds that one thread (the loop's) has run or waited runnable."""
+
+
+class ThreadCpuDemand:
+    """The CPU demand of the thread that opened it, read from the kernel's schedstat: the
+    nanoseconds it ran and the nanoseconds it waited on a run queue."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    @classmethod
+    def of_this_thread(cls) -> CpuDemand:
+        """Call on the loop's own thread. Where the kernel has no schedstat (not Linux), the
+        thread's CPU time alone, which misses the time it waited for a busy core."""
+        try:
+            fd = os.open(SCHEDSTAT, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return time.thread_time
+        return cls(fd)
+
+    def __call__(self) -> float:
+        ran_ns, waited_ns = os.pread(self._fd, 128, 0).split()[:2]
+        return (int(ran_ns) + int(waited_ns)) / 1e9
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class LoopLoad:
     """The busy share of the last complete window of at least `window_s`, and of the one before:
     short of CPU means both were busy, so that a burst (a garbage collection, a handful of
-    requests arriving together) at half load does not count."""
+    requests arriving together) at half load does not count.
+
+    Windows close when asked (`saturated`), so an idle loop is not woken to measure itself; a
+    window that closes after a long quiet spell spans all of it and counts as idle."""
 
     def __init__(
         self,
+        demand: CpuDemand,
         monotonic: Callable[[], float] = time.monotonic,
         *,
         window_s: float = WINDOW_S,
         threshold: float = SATURATED,
     ) -> None:
+        self._demand = demand
         self._monotonic = monotonic
         self._window_s = window_s
         self._threshold = threshold
-        self._window_start = monotonic()
-        self._idle_s = 0.0
+        self._window_start: float | None = None
+        self._demand_at_start = 0.0
         self._busy_share = 0.0
         self._previous_share = 0.0
 
-    def waited(self, started: float, ended: float) -> None:
-        """The loop waited from `started` to `ended` (monotonic seconds)."""
-        self._idle_s += max(0.0, ended - started)
-        elapsed = ended - self._window_start
+    def _sample(self) -> None:
+        now = self._monotonic()
+        if self._window_start is None:
+            self._window_start, self._demand_at_start = now, self._demand()
+            return
+        elapsed = now - self._window_start
         if elapsed >= self._window_s:
+            demand = self._demand()
             self._previous_share = self._busy_share
-            self._busy_share = max(0.0, 1.0 - self._idle_s / elapsed)
-            self._window_start, self._idle_s = ended, 0.0
+            self._busy_share = min(1.0, max(0.0, (demand - self._demand_at_start) / elapsed))
+            self._window_start, self._demand_at_start = now, demand
 
     @property
     def busy_share(self) -> float:
         return self._busy_share
 
     def saturated(self) -> bool:
-        """True while the loop was busy at least `threshold` of each of the last two windows, and
-        the last is recent: a loop that has not come back from `select` since is waiting, not busy."""
-        recent = self._monotonic() - self._window_start < 2 * self._window_s
-        return recent and min(self._busy_share, self._previous_share) >= self._threshold
-
-    @property
-    def monotonic(self) -> Callable[[], float]:
-        return self._monotonic
-
-
-class IdleTimingSelector(selectors.DefaultSelector):
-    """The platform's default selector, telling `load` how long each `select` waited."""
-
-    def __init__(self, load: LoopLoad) -> None:
-        super().__init__()
-        self._load = load
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        clock = self._load.monotonic
-        started = clock()
-        ready: list[tuple[selectors.SelectorKey, int]] = super().select(timeout)
-        self._load.waited(started, clock())
-        return ready
+        """True when the loop's thread wanted the CPU at least `threshold` of each of the last two
+        windows. Call it on the loop's thread, whose demand this measures."""
+        self._sample()
+        return min(self._busy_share, self._previous_share) >= self._threshold

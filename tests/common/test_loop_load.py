@@ -1,11 +1,14 @@
-"""The loop's busy share, from the time its selector waited."""
+"""The loop's busy share, from its thread's demand for CPU (time run plus time waiting to run)."""
 
 from __future__ import annotations
 
-import asyncio
-import socket
+import os
+import threading
+import time
 
-from ca.common.loop_load import IdleTimingSelector, LoopLoad
+import pytest
+
+from ca.common.loop_load import SCHEDSTAT, LoopLoad, ThreadCpuDemand
 
 
 class Ticks:
@@ -18,87 +21,111 @@ class Ticks:
         return self.now
 
 
+class Demand:
+    """The loop thread's cumulative demand, as the test sets it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+def load_at(window_s: float = 0.5) -> tuple[LoopLoad, Ticks, Demand]:
+    t, d = Ticks(), Demand()
+    load = LoopLoad(d, t, window_s=window_s, threshold=0.85)
+    assert not load.saturated()  # the first question opens the first window
+    return load, t, d
+
+
+def advance(load: LoopLoad, t: Ticks, d: Demand, seconds: float, busy: float) -> bool:
+    t.now += seconds
+    d.seconds += busy
+    return load.saturated()
+
+
 def test_the_busy_share_is_that_of_the_last_complete_window() -> None:
-    t = Ticks()
-    load = LoopLoad(t, window_s=0.5, threshold=0.85)
-    assert load.busy_share == 0.0 and not load.saturated()
-    # 0.375 s of work, then a 0.125 s wait: 75% busy, below the threshold.
-    t.now = 0.5
-    load.waited(0.375, 0.5)
+    load, t, d = load_at()
+    # 0.375 s of demand in 0.5 s: 75% busy, below the threshold.
+    assert not advance(load, t, d, 0.5, 0.375)
     assert load.busy_share == 0.75
-    assert not load.saturated()
-    # 0.46875 s of work, a 0.03125 s wait: 93.75% busy, but the window before was not.
-    t.now = 1.0
-    load.waited(0.96875, 1.0)
+    # 93.75% busy, but the window before was not.
+    assert not advance(load, t, d, 0.5, 0.46875)
     assert load.busy_share == 0.9375
-    assert not load.saturated()
     # Another busy window: short of CPU.
-    t.now = 1.5
-    load.waited(1.5, 1.5)
+    assert advance(load, t, d, 0.5, 0.5)
     assert load.busy_share == 1.0
-    assert load.saturated()
+
+
+def test_time_waiting_for_the_core_counts_as_busy_and_the_share_stops_at_one() -> None:
+    load, t, d = load_at()
+    # The kernel's demand is run time plus run-queue time; a thread that ran half the window and
+    # waited for the core the other half wanted all of it.
+    assert not advance(load, t, d, 0.5, 0.25 + 0.25)
+    assert advance(load, t, d, 0.5, 0.75)
+    assert load.busy_share == 1.0
 
 
 def test_one_busy_window_between_quiet_ones_is_a_burst_not_a_shortage() -> None:
-    t = Ticks()
-    load = LoopLoad(t, window_s=0.5, threshold=0.85)
-    shares = []
-    for end, waited in ((0.5, 0.25), (1.0, 0.0), (1.5, 0.25), (2.0, 0.0), (2.5, 0.25)):
-        t.now = end
-        load.waited(end - waited, end)
-        shares.append(load.saturated())
-    assert shares == [False, False, False, False, False]
+    load, t, d = load_at()
+    busy = [0.25, 0.5, 0.25, 0.5, 0.25]
+    assert [advance(load, t, d, 0.5, b) for b in busy] == [False] * 5
 
 
 def test_a_window_counts_only_when_complete() -> None:
-    t = Ticks()
-    load = LoopLoad(t, window_s=0.5)
-    t.now = 0.25
-    load.waited(0.25, 0.25)  # half way into the window, all busy: nothing decided yet
+    load, t, d = load_at()
+    assert not advance(load, t, d, 0.25, 0.25)  # half way into the window, all busy
     assert load.busy_share == 0.0
+    assert not advance(load, t, d, 0.25, 0.25)
+    assert load.busy_share == 1.0
 
 
-def test_a_loop_that_has_not_come_back_from_waiting_is_not_saturated() -> None:
-    t = Ticks()
-    load = LoopLoad(t, window_s=0.5)
-    for end in (0.5, 1.0):
-        t.now = end
-        load.waited(end, end)
-    assert load.saturated()
-    t.now = 1.25  # still within two windows of the last one closing
-    assert load.saturated()
-    # The loop then waits in select for a long time: no window closes, but it is idle.
-    t.now = 2.0
-    assert not load.saturated()
+def test_a_long_quiet_spell_closes_one_idle_window() -> None:
+    load, t, d = load_at()
+    assert not advance(load, t, d, 0.5, 0.5)
+    assert advance(load, t, d, 0.5, 0.5)
+    # Nobody asked for 7.5 s, and the loop slept: the window that closes now spans it all.
+    assert not advance(load, t, d, 7.5, 0.125)
+    assert load.busy_share == 0.125 / 7.5
 
 
-def test_a_long_wait_makes_the_window_idle() -> None:
-    t = Ticks()
-    load = LoopLoad(t, window_s=0.5)
-    t.now = 8.0
-    load.waited(0.125, 8.0)
-    assert load.busy_share == 0.015625
-    assert not load.saturated()
+def spin(seconds: float) -> None:
+    """Work (not sleep) for `seconds` of the calling thread's CPU time."""
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
 
 
-def test_the_selector_reports_each_wait_of_a_real_event_loop() -> None:
-    waits: list[float] = []
+@pytest.mark.skipif(not os.path.exists(SCHEDSTAT), reason="the kernel has no per-thread schedstat")
+def test_the_demand_is_that_of_the_thread_that_opened_it() -> None:
+    opened: list[ThreadCpuDemand] = []
+    ready, release, go = threading.Event(), threading.Event(), threading.Event()
 
-    class Recording(LoopLoad):
-        def waited(self, started: float, ended: float) -> None:
-            waits.append(ended - started)
-            super().waited(started, ended)
+    def loop_thread() -> None:
+        demand = ThreadCpuDemand.of_this_thread()
+        assert isinstance(demand, ThreadCpuDemand)
+        opened.append(demand)
+        ready.set()
+        go.wait()
+        spin(0.2)  # the thread works ...
+        ready.set()
+        release.wait()  # ... then blocks, with nothing to do
 
-    load = Recording()
-    loop = asyncio.SelectorEventLoop(IdleTimingSelector(load))
-    a, b = socket.socketpair()
+    thread = threading.Thread(target=loop_thread)
+    thread.start()
     try:
-        got: asyncio.Future[bytes] = loop.create_future()
-        loop.add_reader(a.fileno(), lambda: got.set_result(a.recv(1)))
-        loop.call_soon(b.send, b"x")
-        assert loop.run_until_complete(got) == b"x"
+        assert ready.wait(10)
+        ready.clear()
+        demand = opened[0]
+        before = demand()  # read from another thread: still the loop thread's figure
+        go.set()
+        assert ready.wait(10)
+        worked = demand() - before
+        spin(0.2)  # this thread works while the loop thread is blocked
+        idle = demand() - before - worked
     finally:
-        loop.close()
-        a.close()
-        b.close()
-    assert waits and all(w >= 0 for w in waits)
+        release.set()
+        thread.join(10)
+        opened[0].close()
+    assert worked >= 0.19
+    assert idle < 0.05

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+import uvloop
 
 from ca.issuance.spiffe_id import SpiffeId
 from ca.server.grpc_server import MAX_MESSAGE_BYTES, OPTIONS, AsyncioServer, ThreadedServer
@@ -147,3 +148,26 @@ def test_both_servers_keep_each_connection_small(model: str, monkeypatch: pytest
     built.stop(0)
     assert seen["grpc.tsi.max_frame_size"] == 4096
     assert seen["grpc.enable_channelz"] == 0
+
+
+def test_the_asyncio_server_runs_on_uvloop_and_measures_its_loop_threads_demand() -> None:
+    """The ledger lingers only while the loop is short of CPU: a loop kept busy for two windows is,
+    as measured on the loop's own thread, and the loop is uvloop's."""
+    service: Any = NoService()
+    built = AsyncioServer(service)
+    try:
+        assert isinstance(built.loop, uvloop.Loop)
+
+        async def busy_for_two_windows() -> list[bool]:
+            seen = [built.load.saturated()]
+            for _ in range(2):
+                started = time.thread_time()
+                while time.thread_time() - started < 0.06:  # work, longer than a 50 ms window
+                    pass
+                seen.append(built.load.saturated())
+            return seen
+
+        seen = asyncio.run_coroutine_threadsafe(busy_for_two_windows(), built.loop).result(10)
+        assert seen == [False, False, True]
+    finally:
+        built.stop(0)
