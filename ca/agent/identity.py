@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ca.agent.ca_client import TokenUnavailableError, read_token
-from ca.auth.k8s_identity import split_username
+from ca.auth.service_account_username import split_username
 from ca.errors import MeshcaError
 from ca.issuance.spiffe_id import SpiffeId
 

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ca.auth.service_account_username import split_username
 from ca.errors import AuthenticationError
 
-SA_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
@@ -26,23 +26,6 @@ class ServiceAccountIdentity:
     pod_uid: str | None = None
     node_name: str | None = None
     token_id: str | None = None
-
-
-def split_username(username: object) -> tuple[str, str]:
-    """`system:serviceaccount:<ns>:<sa>` -> (ns, sa)."""
-    if not isinstance(username, str) or not username.startswith(SA_PREFIX):
-        raise AuthenticationError(
-            f"the token's subject {username!r} is not a service account; meshca certifies "
-            "workloads by their service-account token (system:serviceaccount:<ns>:<sa>)",
-            reason="token_not_service_account",
-        )
-    namespace, sep, name = username[len(SA_PREFIX) :].partition(":")
-    if not (namespace and sep and name) or ":" in name:
-        raise AuthenticationError(
-            f"the token's subject {username!r} is not of the form system:serviceaccount:<ns>:<sa>",
-            reason="token_not_service_account",
-        )
-    return namespace, name
 
 
 def _str_or_none(value: object) -> str | None:

@@ -4,9 +4,10 @@ holds once the certificate is on disk (not by timing).
 
 The running agent's parts (its scheduler, metrics, SDS and Workload API servers, control stream,
 the revocation lists it serves)
-and the other commands' (the CA server, the Kubernetes client, the ledger, policy, enforcement)
-stay out of it, and so do the protobuf modules of every API but Istio's certificate service. The
-cyclic collector does not walk the objects its imports make before the certificate is on disk."""
+and the other commands' (the CA server and its view of a caller, the Kubernetes client, the
+ledger, policy, enforcement) stay out of it, and so do the protobuf modules of every API but
+Istio's certificate service. The cyclic collector does not walk the objects its imports make
+before the certificate is on disk."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ NOT_ON_THE_ONCE_PATH = (
     "pydantic",
     "requests",
     "jwt",  # the token's claims are read without it (ca.agent.identity)
+    "ca.auth.k8s_identity",  # the CA's view of a caller; the agent splits its token's subject only
     "ca._proto.meshca_control_pb2",
     "ca._proto.spiffe_workload_pb2",
     "ca.server",
