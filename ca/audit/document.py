@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from ca.common.durations import format_duration
 from ca.issuance.authority import fingerprint_sha256
 from ca.issuance.issuer import IssuancePolicy
-from ca.issuance.keys import KeyPolicy
+from ca.issuance.key_policy import KeyPolicy
 from ca.issuance.slots import SlotCertificates
 from ca.ledger.audit_filter import AuditFilter
 from ca.ledger.checkpoint import Checkpoint

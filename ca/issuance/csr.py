@@ -13,7 +13,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from ca.errors import InvalidRequestError
-from ca.issuance.keys import KeyPolicy, PublicKey, key_type_label
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import PublicKey, key_type_label
 
 MAX_CSR_BYTES = 32 * 1024
 _PEM_MARKERS = ("-----BEGIN CERTIFICATE REQUEST-----", "-----BEGIN NEW CERTIFICATE REQUEST-----")

@@ -20,7 +20,7 @@ from ca.errors import ConfigError, InvalidRequestError
 from ca.issuance import leaf_der, profile
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.csr import ParsedCsr
-from ca.issuance.keys import KeyPolicy
+from ca.issuance.key_policy import KeyPolicy
 from ca.issuance.leaf_der import LeafWriter
 from ca.issuance.spiffe_id import SpiffeId
 

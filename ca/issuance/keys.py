@@ -1,8 +1,7 @@
-"""Key types: the issuance key policy, key generation and PEM encoding."""
+"""Key types: key generation, labels and PEM encoding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 from cryptography.hazmat.primitives import serialization
@@ -12,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PrivateKeyTypes,
 )
 
-from ca.errors import ConfigError, InvalidRequestError
+from ca.errors import ConfigError
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -34,7 +33,8 @@ class KeyAlgorithm(Enum):
             raise ConfigError(f"unknown key type {text!r}; choose one of {choices}") from None
 
 
-_CURVE_LABELS = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
+# Curve names (as cryptography gives them) to key type labels.
+CURVE_LABELS = {"secp256r1": "ec-p256", "secp384r1": "ec-p384", "secp521r1": "ec-p521"}
 
 
 def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
@@ -51,38 +51,10 @@ def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
 def key_type_label(key: CertificatePublicKeyTypes) -> str:
     """A short label such as `ec-p256` or `rsa-2048`, for policy, logs and audits."""
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return _CURVE_LABELS.get(key.curve.name, f"ec-{key.curve.name}")
+        return CURVE_LABELS.get(key.curve.name, f"ec-{key.curve.name}")
     if isinstance(key, rsa.RSAPublicKey):
         return f"rsa-{key.key_size}"
     return type(key).__name__.removesuffix("PublicKey").lower().lstrip("_")
-
-
-@dataclass(frozen=True, kw_only=True)
-class KeyPolicy:
-    """Which workload keys the CA certifies."""
-
-    ec_curves: frozenset[str] = frozenset({"secp256r1", "secp384r1"})
-    min_rsa_bits: int = 2048
-    max_rsa_bits: int = 8192
-
-    def check(self, key: CertificatePublicKeyTypes) -> PublicKey:
-        """Return the key if the policy allows it, else raise InvalidRequestError."""
-        if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in self.ec_curves:
-            return key
-        if isinstance(key, rsa.RSAPublicKey) and self.min_rsa_bits <= key.key_size <= self.max_rsa_bits:
-            return key
-        raise InvalidRequestError(
-            f"the CSR's key type {key_type_label(key)} is not allowed; use an EC P-256 or P-384 key, "
-            f"or RSA with {self.min_rsa_bits} to {self.max_rsa_bits} bits",
-            reason="key_type_not_allowed",
-        )
-
-    def allows_label(self, label: str) -> bool:
-        if label.startswith("rsa-"):
-            bits = label.removeprefix("rsa-")
-            # isascii: str.isdigit also takes '²' (which int() refuses) and other scripts' digits
-            return bits.isascii() and bits.isdigit() and self.min_rsa_bits <= int(bits) <= self.max_rsa_bits
-        return label in {_CURVE_LABELS[c] for c in self.ec_curves if c in _CURVE_LABELS}
 
 
 def private_key_pem(key: PrivateKey) -> bytes:

@@ -18,7 +18,8 @@ from ca.agent.svid import BadResponseError, Svid, accept_response
 from ca.errors import ConfigError, UnavailableError
 from ca.issuance.cert_dir import CERT_CHAIN, DATA_LINK, KEY, ROOT_CERT
 from ca.issuance.csr import parse_csr
-from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey, generate_private_key
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import KeyAlgorithm, PrivateKey, generate_private_key
 from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.pki import ec_key, make_csr

@@ -38,6 +38,7 @@ NOT_ON_THE_ONCE_PATH = (
     "requests",
     "jwt",  # the token's claims are read without it (ca.agent.identity)
     "ca.auth.k8s_identity",  # the CA's view of a caller; the agent splits its token's subject only
+    "ca.issuance.key_policy",  # which keys the CA certifies; the agent only generates its own
     "ca._proto.meshca_control_pb2",
     "ca._proto.spiffe_workload_pb2",
     "ca.server",
@@ -81,6 +82,25 @@ import json, sys
 from ca.cli.main import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "found": sorted(sys.modules)}))
+"""
+
+# The CA's dataclasses, which the agent does not use: Python 3.11 compiles each generated method of
+# a dataclass as its module runs (about 1 ms a class), so the modules `--once` imports define none.
+CA_ONLY_DATACLASSES = ("KeyPolicy", "ServiceAccountIdentity")
+
+# Runs `meshca ARGS` the same way, then prints the dataclasses meshca's modules it holds define.
+DATACLASSES_CHILD = """
+import dataclasses, json, sys
+from ca.cli.main import main
+code = main(sys.argv[1:])
+found = sorted(
+    f"{name}.{attribute}"
+    for name, module in list(sys.modules.items())
+    if name == "ca" or name.startswith("ca.")
+    for attribute, value in vars(module).items()
+    if dataclasses.is_dataclass(value) and getattr(value, "__module__", None) == name
+)
+print(json.dumps({"code": code, "found": found}))
 """
 
 # Runs `meshca ARGS` the same way, then prints the collector's runs (by generation) from the
@@ -173,6 +193,13 @@ def test_once_writes_its_files_without_the_running_agent_or_other_commands(
     assert (out / "cert-chain.pem").exists() and (out / "key.pem").exists()
     assert matching(modules, NOT_ON_THE_ONCE_PATH) == []
     assert "grpc" in modules and "ca.agent.ca_client" in modules  # it did reach the CA
+
+
+def test_once_defines_none_of_the_cas_own_dataclasses(ca: RunningCa, tmp_path: Path) -> None:
+    code, dataclasses, stderr = run_child(DATACLASSES_CHILD, once_command(ca, tmp_path))
+    assert code == 0, stderr
+    assert "ca.agent.svid.Svid" in dataclasses  # what the check reads is there
+    assert [d for d in dataclasses if d.rpartition(".")[2] in CA_ONLY_DATACLASSES] == []
 
 
 def test_once_runs_no_collection_while_it_imports_and_fetches(ca: RunningCa, tmp_path: Path) -> None:

@@ -26,7 +26,8 @@ from ca.agent.svid import Svid
 from ca.issuance.cert_dir import CRL
 from ca.issuance.crl import build_crl, crl_der, load_pem_crls
 from ca.issuance.csr import parse_csr
-from ca.issuance.keys import KeyPolicy, private_key_pem
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import private_key_pem
 from ca.issuance.spiffe_id import SpiffeId
 from ca.ledger.rotation import Revocation
 from ca.server.push import CrlRelease, crl_maker

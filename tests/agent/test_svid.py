@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from ca.agent.svid import BadResponseError, Svid, accept_response
 from ca.issuance.csr import parse_csr
 from ca.issuance.issuer import IssuancePolicy, Issuer
-from ca.issuance.keys import KeyPolicy, PrivateKey, load_private_key_pem
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import PrivateKey, load_private_key_pem
 from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
 from tests.support.issuing import authority_from

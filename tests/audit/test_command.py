@@ -32,7 +32,8 @@ from ca._proto import meshca_admin_pb2_grpc as pb_grpc
 from ca.cli.main import main
 from ca.errors import LedgerTamperedError
 from ca.issuance.issuer import IssuancePolicy
-from ca.issuance.keys import KeyPolicy, PrivateKey
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import PrivateKey
 from ca.kube import client as kube
 from ca.ledger import checkpoint as cp
 from ca.ledger import queries

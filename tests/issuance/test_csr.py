@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ca.errors import ErrorKind, InvalidRequestError
 from ca.issuance.csr import MAX_CSR_BYTES, parse_csr
-from ca.issuance.keys import KeyPolicy
+from ca.issuance.key_policy import KeyPolicy
 from tests.support.pki import make_csr, rsa_key
 
 POLICY = KeyPolicy()

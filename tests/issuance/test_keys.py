@@ -10,9 +10,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ca.errors import ConfigError, InvalidRequestError
+from ca.issuance.key_policy import KeyPolicy
 from ca.issuance.keys import (
     KeyAlgorithm,
-    KeyPolicy,
     PrivateKey,
     generate_private_key,
     key_type_label,

@@ -15,7 +15,8 @@ from ca.issuance.authority import SigningAuthority
 from ca.issuance.cacerts import load_cacerts_dir
 from ca.issuance.csr import ParsedCsr, parse_csr
 from ca.issuance.issuer import IssuancePolicy, IssuedCertificate, Issuer
-from ca.issuance.keys import KeyAlgorithm, KeyPolicy, PrivateKey
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import KeyAlgorithm, PrivateKey
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock

@@ -8,7 +8,8 @@ from ca.agent.svid import Svid, accept_response
 from ca.issuance.authority import SigningAuthority
 from ca.issuance.csr import parse_csr
 from ca.issuance.issuer import IssuancePolicy, Issuer
-from ca.issuance.keys import KeyAlgorithm, KeyPolicy
+from ca.issuance.key_policy import KeyPolicy
+from ca.issuance.keys import KeyAlgorithm
 from ca.issuance.selfsigned import RootFactory
 from ca.issuance.spiffe_id import SpiffeId
 from tests.support.clock import FakeClock
