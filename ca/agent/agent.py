@@ -93,6 +93,9 @@ def build_csr(key: PrivateKey, spiffe_id: SpiffeId | None) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class AgentSettings:
+    """How the agent asks for certificates: their trust domain, key type and TTL, when to renew, how
+    to back off after a failure, and the identity its token names (a CA answer must match it)."""
+
     trust_domain: str
     key_type: KeyAlgorithm
     ttl: timedelta

@@ -71,6 +71,10 @@ def read_token(path: Path) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class CaEndpoint:
+    """The CA's certificate service: its address, the --ca-root file the agent trusts it with, the
+    name its serving certificate must have, the cluster ID sent with each request, and each
+    request's timeout."""
+
     address: str
     root_file: Path
     server_name: str | None = None

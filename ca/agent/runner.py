@@ -73,6 +73,9 @@ def unix_server(path: Path, register: list[object]) -> grpc.Server:
 
 @dataclass
 class AgentProcess:
+    """A built agent: its attempts, CA client and sinks, and unless --once the servers, health
+    endpoint and control stream it runs until it is stopped."""
+
     cfg: AgentConfig
     agent: Agent
     broadcast: SvidBroadcast | None  # None with --once: no stream to serve

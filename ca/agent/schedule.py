@@ -18,6 +18,9 @@ all of its step."""
 
 @dataclass(frozen=True, kw_only=True)
 class RenewalPolicy:
+    """When a certificate is renewed: at `ratio` of its remaining lifetime, moved by up to +-`jitter`
+    of it (--rotation-ratio, --rotation-jitter)."""
+
     ratio: float = 0.5
     jitter: float = 0.01
 

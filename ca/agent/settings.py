@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
+    """`meshca agent`'s settings, read from its flags and environment."""
+
     ca_address: str
     ca_root: Path
     ca_server_name: str | None

@@ -34,6 +34,9 @@ def _spki(key: object) -> bytes:
 
 @dataclass(frozen=True, kw_only=True)
 class Svid:
+    """A certificate the agent holds: its SPIFFE ID, its chain (the leaf first), the roots it
+    chains to, and its private key."""
+
     spiffe_id: SpiffeId
     chain: tuple[x509.Certificate, ...]
     roots: tuple[x509.Certificate, ...]

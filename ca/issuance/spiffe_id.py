@@ -58,6 +58,8 @@ def _validate_path(uri: str, path: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SpiffeId:
+    """A valid SPIFFE ID, `spiffe://<trust domain><path>`: checked as it is made."""
+
     trust_domain: str
     path: str = ""
 

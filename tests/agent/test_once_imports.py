@@ -87,20 +87,23 @@ print(json.dumps({"code": code, "found": sorted(sys.modules)}))
 # The CA's dataclasses, which the agent does not use: Python 3.11 compiles each generated method of
 # a dataclass as its module runs (about 1 ms a class), so the modules `--once` imports define none.
 CA_ONLY_DATACLASSES = ("KeyPolicy", "ServiceAccountIdentity")
+NO_DOCSTRING = " (no docstring)"
 
-# Runs `meshca ARGS` the same way, then prints the dataclasses meshca's modules it holds define.
-DATACLASSES_CHILD = """
+# Runs `meshca ARGS` the same way, then prints the dataclasses meshca's modules it holds define,
+# marking those without a docstring of their own (dataclass then makes one from the class's
+# signature, with inspect, as the module runs).
+DATACLASSES_CHILD = f"""
 import dataclasses, json, sys
 from ca.cli.main import main
 code = main(sys.argv[1:])
 found = sorted(
-    f"{name}.{attribute}"
+    f"{{name}}.{{attribute}}" + ("{NO_DOCSTRING}" if value.__doc__.startswith(attribute + "(") else "")
     for name, module in list(sys.modules.items())
     if name == "ca" or name.startswith("ca.")
     for attribute, value in vars(module).items()
     if dataclasses.is_dataclass(value) and getattr(value, "__module__", None) == name
 )
-print(json.dumps({"code": code, "found": found}))
+print(json.dumps({{"code": code, "found": found}}))
 """
 
 # Runs `meshca ARGS` the same way, then prints the collector's runs (by generation) from the
@@ -195,11 +198,15 @@ def test_once_writes_its_files_without_the_running_agent_or_other_commands(
     assert "grpc" in modules and "ca.agent.ca_client" in modules  # it did reach the CA
 
 
-def test_once_defines_none_of_the_cas_own_dataclasses(ca: RunningCa, tmp_path: Path) -> None:
+def test_once_defines_none_of_the_cas_own_dataclasses_and_documents_its_own(
+    ca: RunningCa, tmp_path: Path
+) -> None:
     code, dataclasses, stderr = run_child(DATACLASSES_CHILD, once_command(ca, tmp_path))
     assert code == 0, stderr
-    assert "ca.agent.svid.Svid" in dataclasses  # what the check reads is there
-    assert [d for d in dataclasses if d.rpartition(".")[2] in CA_ONLY_DATACLASSES] == []
+    names = [d.removesuffix(NO_DOCSTRING) for d in dataclasses]
+    assert "ca.agent.svid.Svid" in names  # what the check reads is there
+    assert [n for n in names if n.rpartition(".")[2] in CA_ONLY_DATACLASSES] == []
+    assert [d for d in dataclasses if d.endswith(NO_DOCSTRING)] == []
 
 
 def test_once_runs_no_collection_while_it_imports_and_fetches(ca: RunningCa, tmp_path: Path) -> None:
