@@ -96,15 +96,21 @@ def spin(seconds: float) -> None:
         pass
 
 
+def blocked(native_id: int) -> bool:
+    """Whether the thread sleeps (state S in /proc): it neither runs nor waits for a core."""
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0] == "S"
+
+
 @pytest.mark.skipif(not os.path.exists(SCHEDSTAT), reason="the kernel has no per-thread schedstat")
 def test_the_demand_is_that_of_the_thread_that_opened_it() -> None:
-    opened: list[ThreadCpuDemand] = []
+    opened: list[tuple[ThreadCpuDemand, int]] = []
     ready, release, go = threading.Event(), threading.Event(), threading.Event()
 
     def loop_thread() -> None:
         demand = ThreadCpuDemand.of_this_thread()
         assert isinstance(demand, ThreadCpuDemand)
-        opened.append(demand)
+        opened.append((demand, threading.get_native_id()))
         ready.set()
         go.wait()
         spin(0.2)  # the thread works ...
@@ -116,16 +122,19 @@ def test_the_demand_is_that_of_the_thread_that_opened_it() -> None:
     try:
         assert ready.wait(10)
         ready.clear()
-        demand = opened[0]
+        demand, native_id = opened[0]
         before = demand()  # read from another thread: still the loop thread's figure
         go.set()
         assert ready.wait(10)
         worked = demand() - before
+        while not blocked(native_id):  # until it has reached release.wait()
+            time.sleep(0.001)
+        settled = demand()
         spin(0.2)  # this thread works while the loop thread is blocked
-        idle = demand() - before - worked
+        idle = demand() - settled
     finally:
         release.set()
         thread.join(10)
-        opened[0].close()
+        opened[0][0].close()
     assert worked >= 0.19
-    assert idle < 0.05
+    assert idle < 0.01

@@ -151,23 +151,22 @@ def test_both_servers_keep_each_connection_small(model: str, monkeypatch: pytest
 
 
 def test_the_asyncio_server_runs_on_uvloop_and_measures_its_loop_threads_demand() -> None:
-    """The ledger lingers only while the loop is short of CPU: a loop kept busy for two windows is,
-    as measured on the loop's own thread, and the loop is uvloop's."""
+    """The ledger lingers only while the loop is short of CPU, as measured on the loop's own
+    thread: a loop kept busy for a whole window shows a busy window. The loop is uvloop's."""
     service: Any = NoService()
     built = AsyncioServer(service)
     try:
         assert isinstance(built.loop, uvloop.Loop)
 
-        async def busy_for_two_windows() -> list[bool]:
-            seen = [built.load.saturated()]
-            for _ in range(2):
-                started = time.thread_time()
-                while time.thread_time() - started < 0.06:  # work, longer than a 50 ms window
-                    pass
-                seen.append(built.load.saturated())
-            return seen
+        async def busy_for_a_window() -> float:
+            built.load.saturated()  # opens a window
+            started = time.thread_time()
+            while time.thread_time() - started < 0.06:  # work, longer than a 50 ms window
+                pass
+            built.load.saturated()  # closes it
+            return built.load.busy_share
 
-        seen = asyncio.run_coroutine_threadsafe(busy_for_two_windows(), built.loop).result(10)
-        assert seen == [False, False, True]
+        # Not 1.0: another thread of this process may take the GIL now and then.
+        assert asyncio.run_coroutine_threadsafe(busy_for_a_window(), built.loop).result(10) >= 0.7
     finally:
         built.stop(0)
