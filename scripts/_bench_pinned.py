@@ -276,6 +276,7 @@ class Phase:
     errors: int
     server_cpu: float  # cores used by the server and its children
     client_cpu: float
+    error_samples: tuple[str, ...] = ()  # a few failed calls' status and details
 
 
 def _specs(
@@ -345,6 +346,7 @@ def run_phase(
         errors=sum(sum(r.errors.values()) for r in results),
         server_cpu=(cpu1 - cpu0) / s.duration_s,
         client_cpu=sum(r.cpu_s for r in results) / s.duration_s,
+        error_samples=tuple(sample for r in results for sample in r.error_samples)[:3],
     )
 
 
@@ -530,6 +532,8 @@ def _one_setting(
         f"errors {peak.errors + half.errors}",
         flush=True,
     )
+    for sample in (*peak.error_samples, *half.error_samples)[:3]:
+        print(f"    failed: {sample}", flush=True)
     if setting.ledger != "off" and half.certs_per_s > 0:
         spacing_s = 1 / half.certs_per_s  # about one commit per certificate at half load
         setting.half_fsyncs.append(fsync_ms(state_dir, count=HALF_LOAD_FSYNCS, gap_s=spacing_s))
