@@ -18,6 +18,7 @@ import bisect
 import contextlib
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -267,7 +268,12 @@ class LoopLedgerWriter:
 
     def _attach(self) -> None:
         if self._process.conn is not None and not self._attached:
-            self._loop.add_reader(self._process.conn.fileno(), self._on_reply)
+            fd = self._process.conn.fileno()
+            self._loop.add_reader(fd, self._on_reply)
+            # uvloop (libuv) makes a watched descriptor non-blocking; the pipe's whole-message
+            # recv and send need it blocking, or a reply or batch larger than the socket's
+            # buffer fails half way with BlockingIOError, which reads as the process lost.
+            os.set_blocking(fd, True)
             self._attached = True
 
     def _detach(self) -> None:

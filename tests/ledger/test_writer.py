@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
 from ca.common.backoff import Backoff
 from ca.errors import UnavailableError
@@ -145,6 +146,29 @@ def test_records_submitted_together_share_one_commit_made_by_the_ledger_process(
     asyncio.run(scenario())
     [(pid, ids)] = recorded_batches(tmp_path, with_pid=True)
     assert ids == ["0", "1", "2", "3", "4"] and pid != os.getpid()
+
+
+def test_on_uvloop_batches_larger_than_the_pipe_buffer_go_through_whole(
+    ledger_process: LedgerProcess, tmp_path: Path
+) -> None:
+    """The CA's loop is uvloop's, which makes a watched descriptor non-blocking: the writer keeps
+    the ledger pipe blocking, so a batch of half a megabyte is sent and answered whole."""
+
+    async def scenario() -> None:
+        writer = _writer(ledger_process)
+        waiters = [writer.submit({"id": i, "pad": "x" * 1024}) for i in range(1024)]
+        entries = [await _awaitable(w) for w in waiters]
+        assert [e.seq for e in entries] == list(range(1, 1025))
+        assert ledger_process.conn is not None  # watched by the loop by now, and still blocking
+        assert os.get_blocking(ledger_process.conn.fileno())
+        writer.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    assert [len(ids) for ids in recorded_batches(tmp_path)] == [512, 512]
 
 
 def test_records_that_arrive_during_a_commit_form_the_next_batch(
