@@ -184,5 +184,7 @@ class AsyncioServer:
         self._run(stop)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()  # its poller's descriptors: a process that builds many servers runs out
         if isinstance(self._demand, ThreadCpuDemand):
             self._demand.close()
