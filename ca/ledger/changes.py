@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import random
-import select
+import selectors
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -210,16 +210,21 @@ class ChangeWatcher:
 
     def _listen(self, conn: psycopg.Connection[Any]) -> None:
         """Until stopped (returns) or the connection fails (raises psycopg.Error)."""
-        while not self._stop.is_set():
-            ready, _, _ = select.select([conn.fileno(), self._wake_read], [], [], self._health_interval_s)
-            if self._wake_read in ready:
-                return
-            if ready:
-                for _ in conn.notifies(timeout=0):
-                    pass  # several notifications, one look at the marker
-            # Heard something, or a quiet interval: read the marker, which also proves the
-            # connection (a closed one is readable too, and fails here).
-            self._seen(_marker(conn))
+        # A selector (epoll), not select(): a CA holding thousands of agents' streams has
+        # descriptors past the 1,024 that select() takes.
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                ready = {key.fd for key, _ in selector.select(self._health_interval_s)}
+                if self._wake_read in ready:
+                    return
+                if ready:
+                    for _ in conn.notifies(timeout=0):
+                        pass  # several notifications, one look at the marker
+                # Heard something, or a quiet interval: read the marker, which also proves the
+                # connection (a closed one is readable too, and fails here).
+                self._seen(_marker(conn))
 
 
 def _marker(conn: psycopg.Connection[Any]) -> int:

@@ -3,6 +3,7 @@ by NOTIFY, and a lost PostgreSQL connection replaced without losing what changed
 
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import sys
@@ -139,6 +140,25 @@ def test_postgresql_notifies_the_watcher_when_a_change_commits(postgres_store: S
         started = time.monotonic()
         watcher.stop()
         assert time.monotonic() - started < 0.5
+
+
+def test_postgresql_notifies_a_watcher_whose_descriptors_are_past_1024(
+    postgres_store: SqlRotationStore,
+) -> None:
+    """A CA holding thousands of agents' streams opens its listening connection on a descriptor
+    that select() refuses; the watcher still hears each change."""
+    taken = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    heard = Heard()
+    watcher = ChangeWatcher(postgres_store.url, heard, clock=SystemClock())
+    try:
+        watcher.start()
+        assert watcher.wait_listening(10)
+        postgres_store.create_order(_order(1), [])
+        assert heard.next() == 1
+    finally:
+        watcher.stop()
+        for fd in taken:
+            os.close(fd)
 
 
 def test_a_lost_connection_is_replaced_and_what_changed_meanwhile_reported(
