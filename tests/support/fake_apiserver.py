@@ -1191,8 +1191,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._write_chunk(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
 
     def _peer_closed(self) -> bool:
+        # poll, not select: select() refuses descriptors past 1,024, which a long test process
+        # can reach, and every watch would then end as if its client had gone.
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            poller = select.poll()
+            poller.register(self.connection, select.POLLIN)
+            readable = poller.poll(0)
             return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
         except (OSError, ValueError):
             return True
