@@ -9,6 +9,7 @@ import time
 import pytest
 
 from ca.common.loop_load import SCHEDSTAT, LoopLoad, ThreadCpuDemand
+from tests.support.cpu import spin
 
 
 class Ticks:
@@ -87,13 +88,6 @@ def test_a_long_quiet_spell_closes_one_idle_window() -> None:
     # Nobody asked for 7.5 s, and the loop slept: the window that closes now spans it all.
     assert not advance(load, t, d, 7.5, 0.125)
     assert load.busy_share == 0.125 / 7.5
-
-
-def spin(seconds: float) -> None:
-    """Work (not sleep) for `seconds` of the calling thread's CPU time."""
-    started = time.thread_time()
-    while time.thread_time() - started < seconds:
-        pass
 
 
 def blocked(native_id: int) -> bool:

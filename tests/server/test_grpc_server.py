@@ -20,6 +20,7 @@ from ca.issuance.spiffe_id import SpiffeId
 from ca.server.grpc_server import MAX_MESSAGE_BYTES, OPTIONS, AsyncioServer, ThreadedServer
 from ca.server.serving_cert import ServingIdentity
 from tests.support.clock import FakeClock
+from tests.support.cpu import spin
 from tests.support.issuing import make_root
 
 METHOD = "/meshca.test.Echo/Echo"
@@ -161,9 +162,7 @@ def test_the_asyncio_server_runs_on_uvloop_and_measures_its_loop_threads_demand(
 
         async def busy_for_a_window() -> float:
             built.load.saturated()  # opens a window
-            started = time.thread_time()
-            while time.thread_time() - started < 0.06:  # work, longer than a 50 ms window
-                pass
+            spin(0.06)  # work, longer than a 50 ms window
             built.load.saturated()  # closes it
             return built.load.busy_share
 
