@@ -595,6 +595,7 @@ class ClientResult:
     ok_in_window: int = 0  # successful responses that arrived inside the window
     sent_in_window: int = 0
     latencies_s: list[float] = field(default_factory=list)  # OK requests started in the window
+    started_s: list[float] = field(default_factory=list)  # their start (perf_counter), in the same order
     errors: Counter[str] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
     unfinished: int = 0  # sent but not answered by the end of the drain
@@ -723,6 +724,7 @@ def _summarize(channels: Sequence[_Channel], window: tuple[float, float], cpu_s:
             result.sent_in_window += 1
             if ok:
                 result.latencies_s.append(done - sent)
+                result.started_s.append(sent)
             else:
                 name = code.name if code is not None else "NONE"
                 result.errors[name] += 1

@@ -30,6 +30,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -80,6 +81,7 @@ class PinnedSettings:
     transports: tuple[str, ...]  # gRPC server models whose transport floor to measure
     baseline: Path | None  # a source tree whose `ca` runs as extra settings, interleaved
     prefilled: int  # also run the ledger-on server on a ledger already holding this many records
+    trace_dir: Path | None = None  # where to write each half-load phase's per-request timeline
 
 
 def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
@@ -125,6 +127,13 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         default=1_000_000,
         help="records in the ledger of a third setting (ledger on, not empty); 0 leaves it out",
     )
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        default=None,
+        help="write each half-load phase's requests (start on CLOCK_MONOTONIC, latency) as CSV here, "
+        "and print how its slowest 1%% cluster in time",
+    )
     parser.add_argument("--quick", action="store_true", help="one short round, small pool (smoke run)")
     a = parser.parse_args(argv)
     if a.quick:
@@ -155,6 +164,7 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
         transports=tuple(t for t in a.transports.split(",") if t),
         baseline=a.baseline.resolve() if a.baseline else None,
         prefilled=a.prefilled,
+        trace_dir=a.trace,
     )
 
 
@@ -277,6 +287,7 @@ class Phase:
     server_cpu: float  # cores used by the server and its children
     client_cpu: float
     error_samples: tuple[str, ...] = ()  # a few failed calls' status and details
+    timeline: tuple[tuple[float, float], ...] = ()  # (start, latency) of each OK call, by start
 
 
 def _specs(
@@ -339,6 +350,7 @@ def run_phase(
                 proc.terminate()
             proc.join(timeout=5)
     latencies = sorted(x for r in results for x in r.latencies_s)
+    timeline = sorted(pair for r in results for pair in zip(r.started_s, r.latencies_s, strict=True))
     return Phase(
         certs_per_s=sum(r.ok_in_window for r in results) / s.duration_s,
         p50_ms=percentile(latencies, 0.50) * 1e3,
@@ -347,6 +359,7 @@ def run_phase(
         server_cpu=(cpu1 - cpu0) / s.duration_s,
         client_cpu=sum(r.cpu_s for r in results) / s.duration_s,
         error_samples=tuple(sample for r in results for sample in r.error_samples)[:3],
+        timeline=tuple(timeline),
     )
 
 
@@ -534,6 +547,8 @@ def _one_setting(
     )
     for sample in (*peak.error_samples, *half.error_samples)[:3]:
         print(f"    failed: {sample}", flush=True)
+    if s.trace_dir is not None:
+        write_trace(s.trace_dir, setting, half)
     if setting.ledger != "off" and half.certs_per_s > 0:
         spacing_s = 1 / half.certs_per_s  # about one commit per certificate at half load
         setting.half_fsyncs.append(fsync_ms(state_dir, count=HALF_LOAD_FSYNCS, gap_s=spacing_s))
@@ -546,6 +561,51 @@ def _one_setting(
     if ledger_file.exists():  # the next round starts from an empty ledger again
         for suffix in ("", "-wal", "-shm"):
             Path(f"{ledger_file}{suffix}").unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- trace
+
+
+BURST_GAP_S = 0.05  # slow calls closer than this in start time belong to one burst
+
+
+def slow_bursts(timeline: Sequence[tuple[float, float]], q: float = 0.99) -> list[tuple[float, int, float]]:
+    """The calls slower than the `q` quantile, grouped into bursts by start time: (first start,
+    calls, worst latency) per burst. A few long bursts point at a stall (a checkpoint, a
+    collection); slow calls spread evenly point at queueing."""
+    if not timeline:
+        return []
+    threshold = percentile(sorted(latency for _, latency in timeline), q)
+    bursts: list[tuple[float, int, float]] = []
+    last = -math.inf
+    for start, latency in timeline:
+        if latency < threshold:
+            continue
+        if start - last > BURST_GAP_S or not bursts:
+            bursts.append((start, 1, latency))
+        else:
+            first, calls, worst = bursts[-1]
+            bursts[-1] = (first, calls + 1, max(worst, latency))
+        last = start
+    return bursts
+
+
+def write_trace(directory: Path, setting: Setting, half: Phase) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^a-z0-9]+", "-", setting.label.lower()).strip("-")
+    path = directory / f"{name}-round{len(setting.half)}.csv"
+    with path.open("w") as out:
+        out.write("start_s,latency_ms\n")
+        for start, latency in half.timeline:
+            out.write(f"{start:.6f},{latency * 1e3:.3f}\n")
+    bursts = slow_bursts(half.timeline)
+    if not bursts:
+        return
+    t0 = half.timeline[0][0]
+    shown = ", ".join(
+        f"{first - t0:.2f}s x{calls} (<= {worst * 1e3:.1f} ms)" for first, calls, worst in bursts[:12]
+    )
+    print(f"    slowest 1% at half load: {len(bursts)} burst(s): {shown}; trace {path}", flush=True)
 
 
 # --------------------------------------------------------------------------- report
@@ -612,9 +672,8 @@ def report(s: PinnedSettings, settings: list[Setting], pool_size: int, elapsed_s
         }
     for st in settings:
         if st.half_fsyncs:
-            fsync99s = [f[1] for f in st.half_fsyncs]
-            p99s = spread(fsync99s, ".2f")
-            print(f"{st.label}: the disk's fsync p99 at its half-load commit spacing {p99s} ms")
+            fsync99s = spread([f[1] for f in st.half_fsyncs], ".2f")
+            print(f"{st.label}: the disk's fsync p99 at its half-load commit spacing {fsync99s} ms")
     by_ledger = {st.key: st for st in settings}
     ratio_on_off = _ratios(by_ledger, "auto", "off")
     if ratio_on_off:
