@@ -19,11 +19,18 @@ import time
 from collections.abc import Callable
 
 WINDOW_S = 0.05  # long enough to span many loop turns, short enough to follow a burst
-# The busy share from which the loop counts as short of CPU. A saturated core keeps its loop's
+# The busy share from which a window counts as short of CPU. A saturated core keeps its loop's
 # demand at 0.99-1.0 in every window; at half load, run-queue waits behind the ledger process
 # and gRPC's threads put a window above 0.85 now and then (2.6% of consecutive pairs in one
 # pinned run, 0.5% above 0.9: scripts/bench_ca.py, 2026-12-07).
 SATURATED = 0.9
+# How long every window must have been that busy before the CA counts as short of CPU. A stall
+# at half load (a garbage collection, a scheduled job holding the GIL, a slow commit) leaves
+# a backlog that the loop works off at full demand for about as long as the stall lasted, tens
+# of milliseconds. Counting that as a shortage made the ledger linger through the catch-up,
+# adding its 10 ms to every certificate for 50-100 ms after each stall, and that set the
+# half-load p99 (scripts/bench_ca.py --trace, 2026-12-07). A peak keeps every window busy.
+SUSTAINED_S = 0.5
 SCHEDSTAT = "/proc/thread-self/schedstat"
 
 CpuDemand = Callable[[], float]
@@ -56,9 +63,9 @@ class ThreadCpuDemand:
 
 
 class LoopLoad:
-    """The busy share of the last complete window of at least `window_s`, and of the one before:
-    short of CPU means both were busy, so that a burst (a garbage collection, a handful of
-    requests arriving together) at half load does not count.
+    """The busy share of the last complete window of at least `window_s`; short of CPU means every
+    window of the last `sustained_s` was busy, so that a burst (a handful of requests arriving
+    together) or the catch-up after a stall does not count.
 
     Windows close when asked (`saturated`), so an idle loop is not woken to measure itself; a
     window that closes after a long quiet spell spans all of it and counts as idle."""
@@ -70,15 +77,17 @@ class LoopLoad:
         *,
         window_s: float = WINDOW_S,
         threshold: float = SATURATED,
+        sustained_s: float = SUSTAINED_S,
     ) -> None:
         self._demand = demand
         self._monotonic = monotonic
         self._window_s = window_s
         self._threshold = threshold
+        self._sustained_s = sustained_s
         self._window_start: float | None = None
         self._demand_at_start = 0.0
         self._busy_share = 0.0
-        self._previous_share = 0.0
+        self._busy_since: float | None = None  # the start of the run of busy windows that goes on
 
     def _sample(self) -> None:
         now = self._monotonic()
@@ -88,8 +97,11 @@ class LoopLoad:
         elapsed = now - self._window_start
         if elapsed >= self._window_s:
             demand = self._demand()
-            self._previous_share = self._busy_share
             self._busy_share = min(1.0, max(0.0, (demand - self._demand_at_start) / elapsed))
+            if self._busy_share < self._threshold:
+                self._busy_since = None
+            elif self._busy_since is None:
+                self._busy_since = self._window_start
             self._window_start, self._demand_at_start = now, demand
 
     @property
@@ -97,7 +109,11 @@ class LoopLoad:
         return self._busy_share
 
     def saturated(self) -> bool:
-        """True when the loop's thread wanted the CPU at least `threshold` of each of the last two
-        windows. Call it on the loop's thread, whose demand this measures."""
+        """True when the loop's thread wanted the CPU at least `threshold` of every window closed
+        in the last `sustained_s`, and of at least two. Call it on the loop's thread, whose demand
+        this measures."""
         self._sample()
-        return min(self._busy_share, self._previous_share) >= self._threshold
+        if self._busy_since is None or self._window_start is None:
+            return False
+        busy_for = self._window_start - self._busy_since
+        return busy_for >= max(self._sustained_s, 2 * self._window_s)

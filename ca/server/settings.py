@@ -220,9 +220,10 @@ def add_serve_parser(commands: Subcommands, environ: Mapping[str, str]) -> None:
     s.add(
         "--ledger-linger",
         "10ms",
-        "while busy and short of CPU (the server's event loop busy 85%% of the time), how long a "
-        "ledger commit waits to be shared by more certificates (more throughput for that much "
-        "latency; with CPU to spare it never waits; 0 commits each batch at once)",
+        "while busy and short of CPU (the server's event loop busy 90%% of the time for half a "
+        "second), how long a ledger commit waits to be shared by more certificates (more "
+        "throughput for that much latency; with CPU to spare it never waits; 0 commits each "
+        "batch at once)",
     )
     s.add(
         "--crl-validity",

@@ -73,6 +73,26 @@ def test_one_busy_window_between_quiet_ones_is_a_burst_not_a_shortage() -> None:
     assert [advance(load, t, d, 0.5, b) for b in busy] == [False] * 5
 
 
+def test_short_of_cpu_only_once_every_window_of_the_sustained_span_was_busy() -> None:
+    t, d = Ticks(), Demand()
+    load = LoopLoad(d, t, window_s=0.0625, threshold=0.875, sustained_s=0.5)
+    assert not load.saturated()
+    # Eight busy windows of 1/16 s make half a second: short of CPU at the eighth, not before.
+    assert [advance(load, t, d, 0.0625, 0.0625) for _ in range(8)] == [False] * 7 + [True]
+    # One window with time to spare ends it, and the next run of busy windows starts over.
+    assert not advance(load, t, d, 0.0625, 0.03125)
+    assert [advance(load, t, d, 0.0625, 0.0625) for _ in range(8)] == [False] * 7 + [True]
+
+
+def test_the_catch_up_after_a_stall_is_not_a_shortage() -> None:
+    t, d = Ticks(), Demand()
+    load = LoopLoad(d, t, window_s=0.0625, threshold=0.875, sustained_s=0.5)
+    assert not load.saturated()
+    # At half load a 30 ms stall leaves a backlog the loop works off in a few busy windows.
+    half, busy = [0.03125] * 4, [0.0625] * 4
+    assert not any(advance(load, t, d, 0.0625, b) for b in [*half, *busy, *half, *busy, *half])
+
+
 def test_a_window_counts_only_when_complete() -> None:
     load, t, d = load_at()
     assert not advance(load, t, d, 0.25, 0.25)  # half way into the window, all busy
