@@ -13,6 +13,9 @@ An issued record that names a rotation order and the serial it replaces marks th
 target replaced in the same transaction, and the rotation change marker grows once for the
 batch: the record and the mark are one write, so a replacement whose issuance is in the
 ledger is never missing from its order.
+
+On SQLite, commits leave the write-ahead log's checkpoints to a thread of their own
+(ca.ledger.wal_checkpointer), so that no certificate waits for one.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ca.errors import UnavailableError
 from ca.ledger.chain import Entry, canonical, chain_hash
 from ca.ledger.entries import INDEXED_FIELDS, ISSUED, Record, content_of
+
+if TYPE_CHECKING:
+    from ca.ledger.wal_checkpointer import WalCheckpointer
 
 # The tables an append writes (ca.ledger.schema defines them; store.py checks they agree).
 ENTRIES_TABLE = "ledger_entries"
@@ -50,13 +56,13 @@ def storage_error(action: str, err: Exception) -> UnavailableError:
 
 def connect(url: str, lock_timeout_s: float) -> Any:
     """A DBAPI connection to the ledger at `url` (a sqlite:/// or postgresql:// URL, as
-    ca.ledger.store takes it), set up as store.make_engine sets up its connections."""
+    ca.ledger.store takes it), set up as store.make_engine sets up its connections; on SQLite,
+    one whose commits checkpoint the log only past the backstop (see ca.ledger.wal_checkpointer)."""
     if url.startswith("sqlite:///"):
-        import sqlite3
+        from ca.ledger.wal_checkpointer import BACKSTOP_PAGES
 
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={int(lock_timeout_s * 1000)}"):
-            conn.execute(f"PRAGMA {pragma}")
+        conn = _sqlite_connect(url, lock_timeout_s)
+        conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         return conn
     if url.startswith("postgresql"):
         import psycopg
@@ -68,6 +74,15 @@ def connect(url: str, lock_timeout_s: float) -> Any:
             connect_timeout=max(1, int(lock_timeout_s)),
         )
     raise ValueError(f"not a ledger URL: {url.split('://', 1)[0]}://...")
+
+
+def _sqlite_connect(url: str, lock_timeout_s: float) -> Any:
+    import sqlite3
+
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={int(lock_timeout_s * 1000)}"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
 
 
 def replacements(contents: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str, str]]:
@@ -130,6 +145,7 @@ class LedgerAppender:
         self._sql = _Statements(is_sqlite=self._is_sqlite)
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._checkpointer: WalCheckpointer | None = None
 
     def append(self, records: Sequence[Record]) -> list[Entry]:
         """Append entries as one transaction, chained after the current head."""
@@ -138,10 +154,21 @@ class LedgerAppender:
             try:
                 if self._conn is None:
                     self._conn = connect(self._url, self._lock_timeout_s)
-                return self._write(contents)
+                written = self._write(contents)
             except Exception as err:
                 self._abandon()
                 raise storage_error("written", err) from err
+            if self._is_sqlite:
+                self._wal_checkpointer().nudge()
+            return written
+
+    def _wal_checkpointer(self) -> WalCheckpointer:
+        if self._checkpointer is None:
+            from ca.ledger.wal_checkpointer import WalCheckpointer
+
+            url, timeout_s = self._url, self._lock_timeout_s
+            self._checkpointer = WalCheckpointer(lambda: _sqlite_connect(url, timeout_s))
+        return self._checkpointer
 
     def _write(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:
         cursor = self._conn.cursor()
@@ -192,3 +219,6 @@ class LedgerAppender:
     def dispose(self) -> None:
         with self._lock:
             self._abandon()
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
