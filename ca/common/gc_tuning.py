@@ -2,15 +2,22 @@
 (below), and for a start, or the whole of a command that runs briefly (`collecting_rarely`).
 
 With the default thresholds a young collection runs every 700 net allocations of container
-objects, every tenth of those collects the middle generation, and full collections, which
-walk every live object, follow as the middle generation fills. A CA holding thousands of
-control streams keeps hundreds of thousands of objects alive, and a burst of requests
-allocates quickly: in scripts/bench_rotate.py with 3,000 agents the collector took about
-1.0 s of the CA's CPU over the run, 0.8 s of it in seven full collections. With a young
-collection every 10,000 allocations, and what the CA built while starting (modules,
-configuration, the CA material) left out of every later collection, it took 0.35 s.
-Reference counting still frees everything without cycles at once; cycles wait a little
-longer.
+objects, every tenth of those collects the middle generation, and every tenth of those may
+be a full collection, which walks every live object. A CA holding thousands of control
+streams keeps hundreds of thousands of objects alive: in scripts/bench_rotate.py with 3,000
+agents the collector took about 1.0 s of the CA's CPU over the run, 0.8 s of it in seven
+full collections. With full collections ten times rarer, and what the CA built while
+starting (modules, configuration, the CA material) left out of every later collection, it
+took 0.35 s.
+
+Young and middle collections stay small, because each one stops the event loop for as long
+as it takes. Every call grpc.aio serves leaves a reference cycle (its method lookup's closure,
+with the call's details and metadata), about ten objects that only a collection frees. When
+a young collection ran every 10,000 allocations, it freed some 9,900 such objects at a time
+and held the loop 6-7 ms, and the middle collection 11 ms: at half load each one put every
+certificate issued meanwhile past 5 ms (scripts/bench_ca.py --trace, 2026-12-07). At 1,000
+the pauses are a tenth as long, the collector's total work is about the same, and the old
+threshold of 100 keeps full collections as rare as before.
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-YOUNG_THRESHOLD = 10_000
+YOUNG_THRESHOLD = 1_000
+MIDDLE_THRESHOLD = 10
+OLD_THRESHOLD = 100  # a full collection after 1,000,000 net allocations at the most
 
 
 def tune_for_long_running_server() -> None:
     """Call once the server is built: what exists by then lives as long as the process."""
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
 
 
 SHORT_RUN_YOUNG_THRESHOLD = 100_000

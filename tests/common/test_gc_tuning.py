@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from ca.common.gc_tuning import (
+    MIDDLE_THRESHOLD,
+    OLD_THRESHOLD,
     SHORT_RUN_YOUNG_THRESHOLD,
     YOUNG_THRESHOLD,
     collecting_rarely,
@@ -32,11 +34,14 @@ class Node:
         self.other: Node | None = None
 
 
-def test_startup_objects_are_frozen_and_young_collections_come_less_often(restored_collector: None) -> None:
-    before = gc.get_threshold()
+def test_startup_objects_are_frozen_and_full_collections_come_less_often(restored_collector: None) -> None:
     tune_for_long_running_server()
     assert gc.get_freeze_count() > 0
-    assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+    assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+    # As many net allocations before a full collection as before the young threshold came down
+    # (10,000 x 10 x 10), and young collections short.
+    assert YOUNG_THRESHOLD * MIDDLE_THRESHOLD * OLD_THRESHOLD == 1_000_000
+    assert YOUNG_THRESHOLD <= 1_000
 
 
 def test_cycles_made_after_tuning_are_still_collected(restored_collector: None) -> None:
