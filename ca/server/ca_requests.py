@@ -2,9 +2,9 @@
 
 The CLI writes `<state-dir>/ca-requests/<id>.request.json`; the leading `meshca serve` takes it
 within a second, makes (or refuses) the transition, and writes `<id>.answer.json`, which the
-CLI reads and removes. The CA also writes `<state-dir>/ca-status.json` at each turn, which is
-what `meshca ca status` shows. Every file is written atomically, so neither side reads half
-of one.
+CLI reads and removes. The CA also writes `<state-dir>/ca-status.json` when it changes, and at
+least every STATUS_REWRITE_S so that `meshca ca status` can tell a running CA's report from a
+stale one. Every file is written atomically, so neither side reads half of one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ca.common.clock import Clock
+from ca.common.clock import Clock, SystemClock
 from ca.common.files import atomic_write
 from ca.errors import ConfigError, UnavailableError
 
@@ -28,6 +28,11 @@ REQUESTS_DIR = "ca-requests"
 STATUS_FILE = "ca-status.json"
 REQUEST_SUFFIX = ".request.json"
 ANSWER_SUFFIX = ".answer.json"
+# While nothing in it changes, the status is rewritten this often (well within the CLI's
+# freshness window, ca.server.ca_command.STATUS_FRESH_S); each write is two fsyncs, and the
+# turn that writes it holds the GIL that the CA's request loop needs.
+STATUS_REWRITE_S = 4.0
+WRITTEN_AT = "written_at"  # the one field of the status that changes at every turn
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +122,27 @@ class CaInbox:
 
     def write_status(self, status: Mapping[str, Any]) -> None:
         atomic_write(self._status, json.dumps(status, indent=2).encode())
+
+
+class StatusHeartbeat:
+    """Writes the CA's status through `inbox` when anything but its time changed, and at least
+    every STATUS_REWRITE_S."""
+
+    def __init__(self, inbox: CaInbox, clock: Clock | None = None) -> None:
+        self._inbox = inbox
+        self._clock = clock or SystemClock()
+        self._written: dict[str, Any] | None = None
+        self._written_at = 0.0
+
+    def write(self, status: Mapping[str, Any]) -> bool:
+        """True if it wrote `status`."""
+        content = {key: value for key, value in status.items() if key != WRITTEN_AT}
+        now = self._clock.monotonic()
+        if content == self._written and now - self._written_at < STATUS_REWRITE_S:
+            return False
+        self._inbox.write_status(status)
+        self._written, self._written_at = content, now
+        return True
 
 
 def _with_mtime(paths: Iterable[Path]) -> Iterator[tuple[float, Path]]:

@@ -60,7 +60,7 @@ from ca.server import state_dir
 from ca.server.admin_api import LedgerAdminService, build_admin_service
 from ca.server.ca_keys import CaKeys, TransitionRecorder, answer_ca_request
 from ca.server.ca_keys_api import CaKeysService
-from ca.server.ca_requests import CaInbox
+from ca.server.ca_requests import CaInbox, StatusHeartbeat
 from ca.server.ca_status import status_document
 from ca.server.certificate_api import CertificateService, OutstandingOrders
 from ca.server.connections import SharedConnections
@@ -262,6 +262,7 @@ class CaServer:
     connections: SharedConnections | None = None  # with a ledger: the agents connected to every replica
     webhook_serving: ServingIdentity | None = None  # with --webhook-listen: the webhook's certificate
     _leadership: Leadership = field(init=False)
+    _status: StatusHeartbeat = field(init=False)
     _bundle_endpoint: BundleEndpoint | None = None
     _webhook: InjectionWebhook | None = None
     _server: ApiServer | None = None
@@ -272,6 +273,7 @@ class CaServer:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self._status = StatusHeartbeat(self._inbox, self.clock)
         self._leadership = Leadership(
             identity=self.cfg.replica or replica_identity(),
             make_elector=self.make_elector or self._default_elector(),
@@ -510,7 +512,7 @@ class CaServer:
             if self.is_leader:
                 self.keys.tick()
                 self._answer_ca_requests()
-                self._inbox.write_status(
+                self._status.write(
                     status_document(
                         self.keys.keyring,
                         policy=self.keys.policy,
