@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ca.errors import UnavailableError
@@ -162,12 +162,19 @@ class LedgerAppender:
                 self._wal_checkpointer().nudge()
             return written
 
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        with self._lock:
+            yield
+
     def _wal_checkpointer(self) -> WalCheckpointer:
         if self._checkpointer is None:
             from ca.ledger.wal_checkpointer import WalCheckpointer
 
             url, timeout_s = self._url, self._lock_timeout_s
-            self._checkpointer = WalCheckpointer(lambda: _sqlite_connect(url, timeout_s))
+            self._checkpointer = WalCheckpointer(
+                lambda: _sqlite_connect(url, timeout_s), hold_writer=self._held
+            )
         return self._checkpointer
 
     def _write(self, contents: Sequence[Mapping[str, Any]]) -> list[Entry]:

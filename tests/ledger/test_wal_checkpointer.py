@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Iterator
@@ -128,3 +129,24 @@ def test_a_checkpoint_that_fails_is_logged_once_and_retried_on_a_new_connection(
     warnings = [r for r in caplog.records if "write-ahead log" in r.getMessage()]
     assert len(warnings) == 1
     assert "disk I/O error" in warnings[0].__dict__["detail"]
+
+
+def test_the_last_checkpoint_of_a_run_holds_the_writer(ledger_file: Path) -> None:
+    held: list[bool] = []
+
+    @contextlib.contextmanager
+    def hold_writer() -> Iterator[None]:
+        held.append(True)
+        yield
+
+    conn = _connect(ledger_file)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    _commit(conn)
+    wal = WalCheckpointer(lambda: _connect(ledger_file), hold_writer=hold_writer, pause_s=0.0)
+    try:
+        wal.nudge()
+        assert wal.wait_for_runs(1, timeout_s=10)
+    finally:
+        wal.close()
+        conn.close()
+    assert held == [True]
