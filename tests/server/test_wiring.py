@@ -3,6 +3,7 @@ that follows it leave no gap, and the CA's rotation parts share one store."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -76,3 +77,20 @@ def test_the_ca_rotation_parts_share_one_store(tmp_path: Path) -> None:
         assert server.rotation.store is server.rotation_store
     finally:
         ca.stop()
+
+
+def test_the_periodic_jobs_run_apart_within_each_second(tmp_path: Path) -> None:
+    """Each holds the GIL the request loop needs; fired together they stalled it for up to 6.5 ms."""
+    ca = start_ca(tmp_path / "state", "--ledger", "auto")
+    try:
+        scheduler = ca.server._scheduler
+        assert scheduler is not None
+        starts = {
+            job_id: scheduler.get_job(job_id).trigger.start_date
+            for job_id in ("ca-keys", "rotation-tick", "connected-agents", "ledger-checkpoint")
+        }
+    finally:
+        ca.stop()
+    first = min(starts.values())
+    offsets = sorted((start - first).total_seconds() % 1 for start in starts.values())
+    assert all(later - earlier >= 0.2 for earlier, later in itertools.pairwise(offsets))
