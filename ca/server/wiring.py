@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,10 +126,18 @@ def open_ca_keys(cfg: ServeConfig, clock: Clock, api: Any | None) -> tuple[CaKey
     return CaKeys(stored=stored, store=store, factory=factory, policy=policy, clock=clock, acks=_nobody), what
 
 
-def _phase(job: str) -> datetime:
-    """When a periodic job first runs, and so where in each second it runs (PHASE_S); the
-    scheduler runs on the wall clock, not on the CA's injected one."""
-    return datetime.now(UTC) + timedelta(seconds=PHASE_S[job])
+def _add_phased(
+    scheduler: BackgroundScheduler,
+    job: Callable[[], object],
+    job_id: str,
+    *,
+    seconds: float = 1.0,
+    **options: Any,
+) -> None:
+    """Run `job` every `seconds`, starting at its place in the second (PHASE_S); the scheduler
+    runs on the wall clock, not on the CA's injected one."""
+    start = datetime.now(UTC) + timedelta(seconds=PHASE_S[job_id])
+    scheduler.add_job(job, "interval", seconds=seconds, start_date=start, id=job_id, **options)
 
 
 class SharedHolders:
@@ -484,12 +492,11 @@ class CaServer:
         # Singleton jobs: on every replica's scheduler, run only where this replica leads.
         singleton = self._leadership.singleton
         if self.ledger is not None:
-            scheduler.add_job(
+            _add_phased(
+                scheduler,
                 singleton(self._checkpoint_ledger),
-                "interval",
+                "ledger-checkpoint",
                 seconds=self.cfg.ledger_checkpoint_interval.total_seconds() or 5,
-                start_date=_phase("ledger-checkpoint"),
-                id="ledger-checkpoint",
             )
             if self.cfg.ledger_retention is not None:
                 scheduler.add_job(singleton(self._compact_ledger), "interval", hours=1, id="ledger-retention")
@@ -499,18 +506,9 @@ class CaServer:
             # entries; the number is thisUpdate in ms). Its writes are safe on every replica: an
             # order completes once (the UPDATE ... WHERE state = 'pushing' that changed the row),
             # and each replica's crl_published record describes the CRL that replica served.
-            scheduler.add_job(
-                self.push.tick, "interval", seconds=1, start_date=_phase("rotation-tick"), id="rotation-tick"
-            )
+            _add_phased(scheduler, self.push.tick, "rotation-tick")
         if self.connections is not None:
-            scheduler.add_job(
-                self._report_connections,
-                "interval",
-                seconds=1,
-                start_date=_phase("connected-agents"),
-                id="connected-agents",
-                max_instances=1,
-            )
+            _add_phased(scheduler, self._report_connections, "connected-agents", max_instances=1)
         scheduler.start()
         return scheduler
 
@@ -518,14 +516,7 @@ class CaServer:
         """The leader makes the transitions that are due; every other replica adopts them."""
         if self.keys is None:
             return
-        scheduler.add_job(
-            self._ca_keys_turn,
-            "interval",
-            seconds=1,
-            start_date=_phase("ca-keys"),
-            id="ca-keys",
-            max_instances=1,
-        )
+        _add_phased(scheduler, self._ca_keys_turn, "ca-keys", max_instances=1)
         if self.cfg.cacerts is not None:
             scheduler.add_job(self._watch_cacerts, "interval", seconds=CACERTS_POLL_S, id="cacerts-watch")
 
