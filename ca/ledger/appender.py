@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ca.errors import UnavailableError
@@ -162,18 +162,13 @@ class LedgerAppender:
                 self._wal_checkpointer().nudge()
             return written
 
-    @contextlib.contextmanager
-    def _held(self) -> Iterator[None]:
-        with self._lock:
-            yield
-
     def _wal_checkpointer(self) -> WalCheckpointer:
         if self._checkpointer is None:
             from ca.ledger.wal_checkpointer import WalCheckpointer
 
             url, timeout_s = self._url, self._lock_timeout_s
             self._checkpointer = WalCheckpointer(
-                lambda: _sqlite_connect(url, timeout_s), hold_writer=self._held
+                lambda: _sqlite_connect(url, timeout_s), hold_writer=lambda: self._lock
             )
         return self._checkpointer
 
@@ -226,6 +221,8 @@ class LedgerAppender:
     def dispose(self) -> None:
         with self._lock:
             self._abandon()
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
+            checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            # Outside the lock: a run's last checkpoint takes it (hold_writer), and the close
+            # waits for that run.
+            checkpointer.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ca.ledger import wal_checkpointer
 from ca.ledger.appender import LedgerAppender
 from ca.ledger.store import LedgerStore
 from ca.ledger.wal_checkpointer import BACKSTOP_PAGES, WalCheckpointer, checkpoint, checkpoint_until_copied
@@ -150,3 +152,29 @@ def test_the_last_checkpoint_of_a_run_holds_the_writer(ledger_file: Path) -> Non
         wal.close()
         conn.close()
     assert held == [True]
+
+
+def test_disposing_the_appender_does_not_wait_on_a_run_that_needs_its_lock(
+    ledger_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's last checkpoint takes the appender's lock; a dispose that held it while closing the
+    checkpointer waited out the close's 5 s timeout."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_rounds(conn: sqlite3.Connection, rounds: int = 8) -> tuple[int, int]:
+        entered.set()
+        assert release.wait(10)
+        return checkpoint(conn)
+
+    monkeypatch.setattr(wal_checkpointer, "checkpoint_until_copied", slow_rounds)
+    appender = LedgerAppender(f"sqlite:///{ledger_file}")
+    appender.append([_event(1)])  # nudges the checkpointer: its run waits in slow_rounds
+    assert entered.wait(10)
+    checkpointer = appender._checkpointer
+    assert checkpointer is not None
+    disposing = threading.Thread(target=appender.dispose)
+    disposing.start()
+    assert checkpointer._stopping.wait(10)  # the dispose is closing the checkpointer ...
+    release.set()  # ... and the run goes on to its last checkpoint, which takes the lock
+    disposing.join(2.5)
+    assert not disposing.is_alive()
