@@ -145,6 +145,13 @@ def parse_pinned(argv: Sequence[str]) -> PinnedSettings:
             parser.error(f"CPU {cpu} is not available to this process (have {sorted(cpus)})")
     if a.server_cpu == a.load_cpu:
         parser.error("--server-cpu and --load-cpu must differ")
+    if a.trace is not None:
+        try:  # now, not after the first setting has run for a minute
+            a.trace.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(
+                f"--trace {a.trace}: cannot make that directory ({err.strerror}); give a writable one"
+            )
     return PinnedSettings(
         server_cpu=a.server_cpu,
         load_cpu=a.load_cpu,
@@ -591,7 +598,6 @@ def slow_bursts(timeline: Sequence[tuple[float, float]], q: float = 0.99) -> lis
 
 
 def write_trace(directory: Path, setting: Setting, half: Phase) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^a-z0-9]+", "-", setting.label.lower()).strip("-")
     path = directory / f"{name}-round{len(setting.half)}.csv"
     with path.open("w") as out:

@@ -21,12 +21,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the pinned method needs two CPUs")
-def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table() -> None:
+def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table(tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))[:2]
+    trace = tmp_path / "trace"
     done = subprocess.run(
         [
             *(sys.executable, str(REPO / "scripts" / "bench_ca.py"), "--quick", "--prefilled", "3000"),
             *("--duration", "1", "--server-cpu", str(cpus[0]), "--load-cpu", str(cpus[1])),
+            *("--trace", str(trace)),
         ],
         cwd=REPO,
         capture_output=True,
@@ -63,3 +65,29 @@ def test_the_pinned_benchmark_issues_without_errors_and_prints_its_table() -> No
     # Each run's floor was measured right before it, not once per round.
     assert len({figures["floor_per_s"][0] for figures in settings.values()}) == len(settings)
     assert "| ledger off |" in done.stdout
+    # --trace: each setting's half-load phase as a CSV of (start, latency), ordered by start.
+    traces = sorted(trace.glob("*.csv"))
+    assert len(traces) == len(settings)
+    for path in traces:
+        header, *rows = path.read_text().splitlines()
+        assert header == "start_s,latency_ms" and rows
+        starts = [float(row.split(",")[0]) for row in rows]
+        assert starts == sorted(starts)
+        assert all(float(row.split(",")[1]) > 0 for row in rows)
+    assert done.stdout.count("slowest 1% at half load") == len(settings)
+
+
+def test_a_trace_directory_that_cannot_be_made_is_refused_before_any_run(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_ca.py"), "--trace", str(not_a_directory / "trace")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"--trace {not_a_directory / 'trace'}: cannot make that directory" in done.stderr
+    assert "Traceback" not in done.stderr
